@@ -1,0 +1,16 @@
+"""Analyses: registered in one place with their catalogue ids (``vlprobe analyses``).
+
+Entries are lazy (``"module:Class"``) so listing them does not import torch or sklearn.
+"""
+
+from __future__ import annotations
+
+from vlprobe.analyses.base import Analysis, FeatureRequest, LayerFeatures, Result
+from vlprobe.registry import Registry
+
+ANALYSES: Registry[type[Analysis]] = Registry("analysis")
+
+# name -> "module:Class", aliases = catalogue ids (one line per analysis)
+
+
+__all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -1,0 +1,167 @@
+"""The analysis contract.
+
+An analysis is a class registered in :mod:`vlprobe.analyses` with a catalogue id (V1, R1, ...).
+The runner first asks it which features it needs (:meth:`Analysis.requests`), extracts all of
+them with one forward pass per (model, stimuli), then calls :meth:`Analysis.run` with a
+:class:`FeatureSource` that reads the cached activations. ``run`` returns a :class:`Result`:
+a tidy table plus figures.
+
+Tidy tables have one row per measured number and at least the columns
+``analysis, model, dataset, layer, site, metric, value``; optional ``ci_low, ci_high, se,
+n, seed`` and analysis-specific columns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+TIDY_COLUMNS = ("analysis", "model", "dataset", "layer", "site", "metric", "value")
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Pooled features one analysis needs.
+
+    Attributes:
+        model: model key in the run config.
+        dataset: dataset key in the run config.
+        split: split name, e.g. ``"train"``.
+        sites: sites to capture; ``None`` = every hidden-state layer of the tower that matches
+            the stimuli modality (``layer_sites``) plus its embedding site.
+        pooling: pooling method (``cls``, ``eos``, ``mean``, ``last``, ``none``) or ``None``
+            for the adapter's default.
+        view: ``"items"`` (the dataset's own items) or ``"class_prompts"`` (one sentence per
+            class built from ``template``; how text models enter RSA).
+        template: the class prompt template for ``view="class_prompts"``.
+        modality: which tower to run (``"image"``/``"text"``), ``None`` = the stimuli's
+            modality (when the model accepts only one of the stimuli's modalities).
+    """
+
+    model: str
+    dataset: str
+    split: str
+    sites: tuple[str, ...] | None = None
+    pooling: str | None = None
+    view: str = "items"
+    template: str | None = None
+    modality: str | None = None
+
+
+@dataclass
+class LayerFeatures:
+    """Features of one (model, stimuli) for several sites.
+
+    Attributes:
+        features: site -> ``[N, D]`` float32 array (pooled).
+        layers: site -> catalogue layer index (None for non-layer sites such as embeddings).
+        labels: ``[N]`` int64 labels of the stimuli (or None).
+        ids: N item ids.
+        label_names: class names or None.
+        n_truncated: number of texts truncated at the model's maximum length.
+    """
+
+    features: dict[str, np.ndarray]
+    layers: dict[str, int | None]
+    labels: np.ndarray | None
+    ids: list[str]
+    label_names: list[str] | None = None
+    n_truncated: int = 0
+
+    def layer_sites(self) -> list[str]:
+        """Sites that are layers, in layer order."""
+        sites = [s for s, i in self.layers.items() if i is not None]
+        return sorted(sites, key=lambda s: self.layers[s])  # type: ignore[arg-type,return-value]
+
+
+class FeatureSource(Protocol):
+    """What an analysis sees of the extracted activations."""
+
+    def get(self, request: FeatureRequest) -> LayerFeatures:
+        """Pooled features for ``request`` (read from the activation store)."""
+        ...
+
+    def model_modalities(self, model: str) -> tuple[str, ...]:
+        """Modalities the model accepts."""
+        ...
+
+    def dataset_modalities(self, dataset: str) -> tuple[str, ...]:
+        """Payload modalities of the dataset's items."""
+        ...
+
+    def splits(self, dataset: str) -> list[str]:
+        """Split names the dataset has."""
+        ...
+
+
+@dataclass
+class Result:
+    """What one analysis returns.
+
+    Attributes:
+        analysis: analysis name (e.g. ``"layer_probe"``).
+        catalogue: catalogue ids (e.g. ``("V1",)``).
+        table: tidy ``pandas.DataFrame`` (see module docstring for columns).
+        figures: name -> matplotlib Figure.
+        params: the resolved parameters (recorded with the table).
+        notes: human-readable remarks for the report (fallbacks taken, truncation counts...).
+        extra_tables: other named tables (e.g. an RDM matrix in long form).
+    """
+
+    analysis: str
+    catalogue: tuple[str, ...]
+    table: Any
+    figures: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra_tables: dict[str, Any] = field(default_factory=dict)
+
+
+class Analysis(ABC):
+    """Base class of analyses. ``params`` are validated in ``__init__`` (unknown keys -> error).
+
+    Class attributes:
+        name: registry name, e.g. ``"layer_probe"``.
+        catalogue: catalogue ids, e.g. ``("V1",)``.
+        summary: one line for ``vlprobe analyses``.
+        defaults: parameter name -> default value. Unknown parameter names are an error.
+    """
+
+    name: ClassVar[str] = ""
+    catalogue: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, models: list[str], dataset: str, params: dict[str, Any] | None = None, seed: int = 0
+    ) -> None:
+        from vlprobe.errors import ConfigError
+
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            import difflib
+
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, list(self.defaults), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"analysis {self.name!r}: unknown parameter(s) {', '.join(hints)}; "
+                f"known: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        self.models = list(models)
+        self.dataset = dataset
+        self.params = {**self.defaults, **params}
+        self.seed = seed
+
+    @abstractmethod
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        """Features needed (the runner extracts them all before :meth:`run`)."""
+
+    @abstractmethod
+    def run(self, source: FeatureSource) -> Result:
+        """Compute the result from cached features."""

@@ -1,0 +1,62 @@
+"""Datasets: loaders registered in one place, and :func:`load_dataset`.
+
+A loader is a function ``loader(spec: DatasetSpec) -> dict[str, Stimuli]`` returning the
+splits the source has (e.g. ``{"train": ..., "test": ...}``). :func:`load_dataset` then
+applies the generic, seeded split carving and subsampling of :mod:`vlprobe.data.splits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlprobe.data.stimuli import ImageSource, Stimuli, class_prompt_stimuli
+from vlprobe.registry import Registry
+
+DATASETS: Registry[Any] = Registry("dataset loader")
+
+# name -> "module:function"  (one line per loader)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the user wrote about one dataset in a run config.
+
+    Attributes:
+        loader: registered loader name (``vlprobe datasets`` lists them).
+        name: the dataset's key in the run config (used in ids, results and cache keys).
+        path: file or directory (``${reference}`` and ``~`` are expanded), or a hub id.
+        options: loader-specific options (columns, templates, label files, ...).
+        subsample: split -> number of items to keep (stratified by label when labelled).
+        test_fraction: carve a ``test`` split of this fraction from ``train`` when the source
+            has no test split (stratified, seeded).
+        seed: seed of carving and subsampling.
+        on_error: ``"raise"`` (default) or ``"skip"`` unreadable items (skips are counted).
+    """
+
+    loader: str
+    name: str = ""
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    subsample: dict[str, int] = field(default_factory=dict)
+    test_fraction: float | None = None
+    seed: int = 0
+    on_error: str = "raise"
+
+
+def load_dataset(spec: DatasetSpec) -> dict[str, Stimuli]:
+    """Load all splits of ``spec`` with carving and subsampling applied (deterministic)."""
+    from vlprobe.data.splits import apply_split_spec
+
+    loader = DATASETS.get(spec.loader)
+    return apply_split_spec(loader(spec), spec)
+
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "ImageSource",
+    "Stimuli",
+    "class_prompt_stimuli",
+    "load_dataset",
+]

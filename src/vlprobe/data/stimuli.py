@@ -1,0 +1,204 @@
+"""Stimuli: the items a model is run on, with their descriptors.
+
+A :class:`Stimuli` holds N items of one split of one dataset. Each item has an id, a payload
+per modality (an image, a text, or both) and descriptors (label, group, spans, boxes, ...).
+Images are loaded lazily through an :class:`ImageSource`, so a 50k-image split costs only its
+encoded bytes in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from vlprobe.errors import DataError
+
+
+class ImageSource:
+    """Lazy, indexable images: ``source[i]`` returns an RGB ``PIL.Image``.
+
+    Args:
+        loaders: one zero-argument callable per item returning an RGB PIL image.
+        names: a human-readable origin per item (file path or ``file.parquet[row]``), used in
+            error messages.
+        digests: a content digest per item (e.g. sha1 of the encoded bytes) for fingerprints.
+    """
+
+    def __init__(
+        self,
+        loaders: Sequence[Callable[[], Any]],
+        names: Sequence[str],
+        digests: Sequence[str],
+    ) -> None:
+        if not (len(loaders) == len(names) == len(digests)):
+            raise ValueError("loaders, names and digests must have the same length")
+        self._loaders = list(loaders)
+        self.names = list(names)
+        self.digests = list(digests)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            image = self._loaders[index]()
+        except DataError:
+            raise
+        except Exception as exc:  # PIL raises many kinds; name the file
+            raise DataError(f"cannot read image {self.names[index]}: {exc}") from exc
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        """The images at ``indices``, in that order."""
+        return ImageSource(
+            [self._loaders[i] for i in indices],
+            [self.names[i] for i in indices],
+            [self.digests[i] for i in indices],
+        )
+
+
+@dataclass
+class Stimuli:
+    """N items of one split of one dataset.
+
+    Attributes:
+        dataset: dataset name (the key in the run config) or loader id.
+        split: split name (``"train"``, ``"test"``, ...).
+        ids: N unique item ids (strings).
+        images: N lazy images, or None for text-only data.
+        texts: N strings, or None for image-only data.
+        labels: ``[N]`` int64 class indices, or None.
+        label_names: class names indexed by label, or None.
+        descriptors: other per-item columns, name -> length-N list (groups, spans, boxes, ...).
+        source: where the data came from (path or hub id) and loader options, for provenance.
+    """
+
+    dataset: str
+    split: str
+    ids: list[str]
+    images: ImageSource | None = None
+    texts: list[str] | None = None
+    labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    descriptors: dict[str, list[Any]] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        where = f"dataset {self.dataset!r} split {self.split!r}"
+        if n == 0:
+            raise DataError(f"{where} is empty (0 items)")
+        if len(set(self.ids)) != n:
+            raise DataError(f"{where}: item ids are not unique")
+        if self.images is None and self.texts is None:
+            raise DataError(f"{where} has neither images nor texts")
+        for name, column in (("images", self.images), ("texts", self.texts)):
+            if column is not None and len(column) != n:
+                raise DataError(f"{where}: {len(column)} {name} for {n} items")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels)
+            if self.labels.shape != (n,):
+                raise DataError(
+                    f"{where}: labels have shape {self.labels.shape}, expected ({n},) "
+                    "(one label per item)"
+                )
+            if not np.issubdtype(self.labels.dtype, np.integer):
+                raise DataError(f"{where}: labels must be integer class indices")
+            self.labels = self.labels.astype(np.int64)
+            if self.label_names is not None and n and self.labels.max() >= len(self.label_names):
+                raise DataError(
+                    f"{where}: label {int(self.labels.max())} has no name "
+                    f"({len(self.label_names)} label_names)"
+                )
+        for name, column in self.descriptors.items():
+            if len(column) != n:
+                raise DataError(f"{where}: descriptor {name!r} has {len(column)} values for {n} items")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Which payloads the items carry."""
+        return tuple(m for m, col in (("image", self.images), ("text", self.texts)) if col is not None)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (from label_names, else max label + 1)."""
+        if self.labels is None:
+            raise DataError(f"dataset {self.dataset!r} has no labels")
+        return len(self.label_names) if self.label_names else int(self.labels.max()) + 1
+
+    def payloads(self, modality: str, indices: Sequence[int]) -> list[Any]:
+        """Images (PIL) or texts of the items at ``indices``."""
+        if modality == "image":
+            if self.images is None:
+                raise DataError(f"dataset {self.dataset!r} has no images")
+            return [self.images[i] for i in indices]
+        if modality == "text":
+            if self.texts is None:
+                raise DataError(f"dataset {self.dataset!r} has no texts")
+            return [self.texts[i] for i in indices]
+        raise ValueError(f"unknown modality {modality!r}")
+
+    def subset(self, indices: Sequence[int], split: str | None = None) -> Stimuli:
+        """A new Stimuli with the items at ``indices`` (in that order)."""
+        idx = [int(i) for i in indices]
+        return replace(
+            self,
+            split=split or self.split,
+            ids=[self.ids[i] for i in idx],
+            images=self.images.subset(idx) if self.images is not None else None,
+            texts=[self.texts[i] for i in idx] if self.texts is not None else None,
+            labels=self.labels[idx] if self.labels is not None else None,
+            descriptors={k: [v[i] for i in idx] for k, v in self.descriptors.items()},
+        )
+
+    def fingerprint(self) -> str:
+        """Content hash of ids, payloads, labels and label names (part of every cache key).
+
+        Two Stimuli with the same fingerprint give the same activations for the same model.
+        """
+        h = hashlib.sha256()
+        for i, item_id in enumerate(self.ids):
+            h.update(item_id.encode())
+            h.update(b"\0")
+            if self.images is not None:
+                h.update(self.images.digests[i].encode())
+            h.update(b"\1")
+            if self.texts is not None:
+                h.update(self.texts[i].encode())
+            h.update(b"\2")
+        if self.labels is not None:
+            h.update(self.labels.astype(np.int64).tobytes())
+        if self.label_names is not None:
+            h.update("\0".join(self.label_names).encode())
+        return h.hexdigest()[:16]
+
+
+def class_prompt_stimuli(stimuli: Stimuli, template: str = "a photo of a {}.") -> Stimuli:
+    """One text item per class: ``template.format(class_name)``, label = class index.
+
+    This is how text models enter class-level comparisons (R1 RSA, thesis §4): class ``c`` is
+    represented by the sentence "a photo of a {c}.".
+    """
+    if stimuli.label_names is None:
+        raise DataError(
+            f"dataset {stimuli.dataset!r} has no class names; class prompts need label_names"
+        )
+    if "{}" not in template and "{c}" not in template:
+        raise DataError(f"prompt template {template!r} must contain '{{}}' or '{{c}}'")
+    texts = [template.replace("{c}", "{}").format(name) for name in stimuli.label_names]
+    return Stimuli(
+        dataset=stimuli.dataset,
+        split=f"class_prompts[{template}]",
+        ids=[f"class:{i}" for i in range(len(texts))],
+        texts=texts,
+        labels=np.arange(len(texts), dtype=np.int64),
+        label_names=list(stimuli.label_names),
+        source={**stimuli.source, "view": "class_prompts", "template": template},
+    )

@@ -35,8 +35,9 @@ class FeatureRequest:
         pooling: pooling method (``cls``, ``eos``, ``mean``, ``last``, ``none``) or ``None``
             for the adapter's default.
         view: ``"items"`` (the dataset's own items) or ``"class_prompts"`` (one sentence per
-            class built from ``template``; how text models enter RSA).
-        template: the class prompt template for ``view="class_prompts"``.
+            (class, template) built from ``templates``; how text models enter RSA).
+        templates: class prompt templates for ``view="class_prompts"``, e.g.
+            ``("a photo of a {}.",)``.
         modality: which tower to run (``"image"``/``"text"``), ``None`` = the stimuli's
             modality (when the model accepts only one of the stimuli's modalities).
     """
@@ -47,7 +48,7 @@ class FeatureRequest:
     sites: tuple[str, ...] | None = None
     pooling: str | None = None
     view: str = "items"
-    template: str | None = None
+    templates: tuple[str, ...] = ("a photo of a {}.",)
     modality: str | None = None
 
 

@@ -180,25 +180,37 @@ class Stimuli:
         return h.hexdigest()[:16]
 
 
-def class_prompt_stimuli(stimuli: Stimuli, template: str = "a photo of a {}.") -> Stimuli:
-    """One text item per class: ``template.format(class_name)``, label = class index.
+def class_prompt_stimuli(
+    stimuli: Stimuli, templates: Sequence[str] = ("a photo of a {}.",)
+) -> Stimuli:
+    """One text item per (class, template): ``template.format(class_name)``, label = class.
 
     This is how text models enter class-level comparisons (R1 RSA, thesis §4): class ``c`` is
-    represented by the sentence "a photo of a {c}.".
+    represented by the sentence "a photo of a {c}." (several templates give several samples
+    per class). Items are ordered class-major: class 0 with every template, then class 1, ...
     """
     if stimuli.label_names is None:
         raise DataError(
             f"dataset {stimuli.dataset!r} has no class names; class prompts need label_names"
         )
-    if "{}" not in template and "{c}" not in template:
-        raise DataError(f"prompt template {template!r} must contain '{{}}' or '{{c}}'")
-    texts = [template.replace("{c}", "{}").format(name) for name in stimuli.label_names]
+    templates = list(templates)
+    if not templates:
+        raise DataError("class prompts need at least one template")
+    for template in templates:
+        if "{}" not in template and "{c}" not in template:
+            raise DataError(f"prompt template {template!r} must contain '{{}}' or '{{c}}'")
+    texts, labels, ids = [], [], []
+    for c, name in enumerate(stimuli.label_names):
+        for t, template in enumerate(templates):
+            texts.append(template.replace("{c}", "{}").format(name))
+            labels.append(c)
+            ids.append(f"class:{c}:template:{t}")
     return Stimuli(
         dataset=stimuli.dataset,
-        split=f"class_prompts[{template}]",
-        ids=[f"class:{i}" for i in range(len(texts))],
+        split="class_prompts",
+        ids=ids,
         texts=texts,
-        labels=np.arange(len(texts), dtype=np.int64),
+        labels=np.asarray(labels, dtype=np.int64),
         label_names=list(stimuli.label_names),
-        source={**stimuli.source, "view": "class_prompts", "template": template},
+        source={**stimuli.source, "view": "class_prompts", "templates": templates},
     )

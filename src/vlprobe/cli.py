@@ -1,0 +1,227 @@
+"""``vlprobe`` command line: a thin shell over the Python API.
+
+vlprobe models                     registered adapters, which are usable offline
+vlprobe analyses                   registered analyses with their catalogue ids
+vlprobe datasets                   registered dataset loaders
+vlprobe validate CONFIG            check a config without running it
+vlprobe run CONFIG [--set k=v]     models x datasets x analyses -> a run directory
+vlprobe ls [ROOT]                  past runs, one line each
+vlprobe report RUN_DIR             (re)build the HTML report
+vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
+vlprobe demo                       the offline demo on real pretrained models
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vlprobe.errors import VLProbeError
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from vlprobe.models import MODELS
+
+    rows = []
+    for name in MODELS.names():
+        cls = MODELS.get(name)
+        ok, why = cls.offline_status()
+        rows.append((name, "yes" if ok else "no", cls.summary, why))
+    _print_table(("adapter", "offline", "what", "weights"), rows)
+    return 0
+
+
+def _cmd_analyses(args: argparse.Namespace) -> int:
+    from vlprobe.analyses import ANALYSES
+
+    rows = []
+    for name in ANALYSES.names():
+        cls = ANALYSES.get(name)
+        rows.append((", ".join(cls.catalogue), name, cls.summary))
+    rows.sort()
+    _print_table(("id", "analysis", "what"), rows)
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from vlprobe.data import DATASETS
+
+    rows = []
+    for name in DATASETS.names():
+        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+        rows.append((name, doc[0] if doc else ""))
+    _print_table(("loader", "what"), rows)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from vlprobe.config import load_config
+    from vlprobe.runner import run_dir_for
+
+    cfg = load_config(args.config, args.set)
+    print(
+        f"{args.config}: ok ({len(cfg.models)} models, {len(cfg.datasets)} datasets, "
+        f"{len(cfg.analyses)} analyses) -> {run_dir_for(cfg)}"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vlprobe.config import load_config
+    from vlprobe.runner import run
+
+    cfg = load_config(args.config, args.set)
+    run_dir = run(
+        cfg,
+        skip_existing=args.skip_existing,
+        progress=not args.no_progress,
+        config_path=str(Path(args.config).resolve()),
+    )
+    return _summarise(run_dir)
+
+
+def _summarise(run_dir: Path) -> int:
+    from vlprobe.results.records import read_run
+
+    record = read_run(run_dir)
+    for name, info in record["analyses"].items():
+        extra = f": {info.get('error')}" if info.get("status") == "failed" else ""
+        print(f"  {name:32s} {info.get('status')}{extra}")
+    print(f"model forward batches: {record.get('forward_batches')}")
+    print(f"run directory: {run_dir}")
+    print(f"report: {run_dir / 'report.html'}")
+    return 0 if record["status"] == "ok" else 1
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from vlprobe.results.records import list_runs
+    from vlprobe.settings import runs_dir
+
+    root = Path(args.root) if args.root else runs_dir()
+    runs = list_runs(root)
+    if not runs:
+        print(f"no runs under {root}")
+        return 0
+    rows = []
+    for r in runs:
+        analyses = r.get("analyses", {})
+        ok = sum(1 for a in analyses.values() if a.get("status") == "ok")
+        rows.append(
+            (
+                Path(r["dir"]).name,
+                r.get("started", ""),
+                r.get("status", ""),
+                f"{ok}/{len(analyses)}",
+                f"{r.get('timings', {}).get('total_s', '')}",
+            )
+        )
+    _print_table(("run", "started", "status", "analyses ok", "seconds"), rows)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vlprobe.report.html import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from vlprobe.results.query import query_runs
+    from vlprobe.settings import runs_dir
+
+    frame = query_runs(args.sql, Path(args.root) if args.root else runs_dir())
+    with pd.option_context("display.max_rows", 200, "display.width", 160):
+        print(frame.to_string(index=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vlprobe.demo import run_demo
+
+    run_dir = run_demo(output_dir=args.output_dir, progress=not args.no_progress)
+    return _summarise(run_dir)
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths[-1] = 0  # last column unpadded
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlprobe",
+        description="What does multimodal training put into a model's representations?",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="registered model adapters").set_defaults(fn=_cmd_models)
+    sub.add_parser("analyses", help="registered analyses").set_defaults(fn=_cmd_analyses)
+    sub.add_parser("datasets", help="registered dataset loaders").set_defaults(fn=_cmd_datasets)
+    for name, fn, text in (
+        ("run", _cmd_run, "run a config"),
+        ("validate", _cmd_validate, "validate a config"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="YAML run config")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set seed=1 --set analyses.0.params.shots=[1,5]",
+        )
+        if name == "run":
+            p.add_argument(
+                "--skip-existing",
+                action="store_true",
+                help="keep results already in the run directory",
+            )
+            p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("ls", help="list past runs")
+    p.add_argument(
+        "root", nargs="?", help="runs directory (default VLPROBE_RUNS or ./vlprobe_runs)"
+    )
+    p.set_defaults(fn=_cmd_ls)
+    p = sub.add_parser("report", help="(re)build a run's HTML report")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=_cmd_report)
+    p = sub.add_parser("query", help="SQL over all result tables (view `results`)")
+    p.add_argument("sql")
+    p.add_argument("root", nargs="?")
+    p.set_defaults(fn=_cmd_query)
+    p = sub.add_parser("demo", help="offline demo on real pretrained models")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args) or 0)
+    except VLProbeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted (finished shards and results are kept; rerun to resume)", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

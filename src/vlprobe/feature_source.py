@@ -1,0 +1,219 @@
+"""The runner's :class:`~vlprobe.analyses.base.FeatureSource`: stimuli + adapters + store.
+
+It resolves a :class:`FeatureRequest` into (adapter, stimuli view, modality, sites, pooling),
+extracts through the activation store (a cache hit costs no forward pass) and returns
+:class:`LayerFeatures`. Datasets and models are loaded once, on first use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vlprobe.analyses.base import FeatureRequest, LayerFeatures
+from vlprobe.config import RunConfig
+from vlprobe.data import DatasetSpec, Stimuli, class_prompt_stimuli, load_dataset
+from vlprobe.errors import ConfigError
+from vlprobe.models import ModelAdapter, ModelSpec, load_model
+
+
+@dataclass
+class ExtractionLog:
+    """One extraction call, as recorded in ``run.json``."""
+
+    model: str
+    dataset: str
+    split: str
+    view: str
+    modality: str
+    n_items: int
+    n_sites: int
+    n_forward_batches: int
+    n_items_computed: int
+    n_truncated: int
+    seconds_model: float
+    seconds_total: float
+
+
+@dataclass
+class RunFeatureSource:
+    """Feature access for analyses of one run (implements ``FeatureSource``)."""
+
+    cfg: RunConfig
+    progress: bool = True
+    _datasets: dict[str, dict[str, Stimuli]] = field(default_factory=dict)
+    _models: dict[str, ModelAdapter] = field(default_factory=dict)
+    log: list[ExtractionLog] = field(default_factory=list)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from vlprobe.extract import ActivationStore
+        from vlprobe.settings import cache_dir
+
+        root = self.cfg.cache_dir or cache_dir()
+        self.store = ActivationStore(root=_activation_root(root))
+
+    # -- loading ---------------------------------------------------------------------
+    def dataset_splits(self, dataset: str) -> dict[str, Stimuli]:
+        """All splits of a configured dataset (loaded once)."""
+        if dataset not in self._datasets:
+            entry = self.cfg.datasets[dataset]
+            spec = DatasetSpec(name=dataset, **asdict(entry))
+            start = time.perf_counter()
+            self._datasets[dataset] = load_dataset(spec)
+            self.load_seconds[f"dataset:{dataset}"] = time.perf_counter() - start
+        return self._datasets[dataset]
+
+    def adapter(self, model: str) -> ModelAdapter:
+        """The adapter of a configured model (built once; weights load lazily)."""
+        if model not in self._models:
+            entry = self.cfg.models[model]
+            spec = ModelSpec(**asdict(entry))
+            start = time.perf_counter()
+            self._models[model] = load_model(spec, device=_device(self.cfg.device))
+            self.load_seconds[f"model:{model}"] = time.perf_counter() - start
+        return self._models[model]
+
+    # -- FeatureSource protocol -----------------------------------------------------------
+    def model_modalities(self, model: str) -> tuple[str, ...]:
+        return tuple(self.adapter(model).modalities)
+
+    def dataset_modalities(self, dataset: str) -> tuple[str, ...]:
+        return next(iter(self.dataset_splits(dataset).values())).modalities
+
+    def splits(self, dataset: str) -> list[str]:
+        return list(self.dataset_splits(dataset))
+
+    def stimuli(self, request: FeatureRequest) -> Stimuli:
+        """The stimuli a request refers to (a split, or its class-prompt view)."""
+        splits = self.dataset_splits(request.dataset)
+        if request.split not in splits:
+            raise ConfigError(
+                f"dataset {request.dataset!r} has no split {request.split!r}; "
+                f"it has {', '.join(splits)} (use test_fraction to carve a test split)"
+            )
+        stimuli = splits[request.split]
+        if request.view == "class_prompts":
+            return class_prompt_stimuli(stimuli, request.templates)
+        if request.view != "items":
+            raise ConfigError(f"unknown stimuli view {request.view!r}")
+        return stimuli
+
+    def resolve(self, request: FeatureRequest) -> tuple[ModelAdapter, Stimuli, str, list[str]]:
+        """(adapter, stimuli, modality, sites) for a request."""
+        adapter = self.adapter(request.model)
+        stimuli = self.stimuli(request)
+        modality = request.modality
+        if modality is None:
+            shared = [m for m in stimuli.modalities if m in adapter.modalities]
+            if not shared:
+                raise ConfigError(
+                    f"model {request.model!r} accepts {'/'.join(adapter.modalities)} but dataset "
+                    f"{request.dataset!r} has {'/'.join(stimuli.modalities)} items"
+                )
+            modality = shared[0]
+        if request.sites is None:
+            sites = [*adapter.layer_sites(modality), adapter.embedding_site(modality)]
+        else:
+            sites = list(request.sites)
+            adapter.check_sites(sites)
+        return adapter, stimuli, modality, sites
+
+    def get(self, request: FeatureRequest) -> LayerFeatures:
+        """Pooled features for ``request``; extracted through the store (cached)."""
+        from vlprobe.extract import extract_features
+
+        adapter, stimuli, modality, sites = self.resolve(request)
+        pooling = request.pooling or self.cfg.extraction.pooling
+        result = extract_features(
+            adapter,
+            stimuli,
+            modality=modality,
+            sites=sites,
+            pooling=pooling,
+            store=self.store,
+            batch_size=self.cfg.extraction.batch_size,
+            shard_size=self.cfg.extraction.shard_size,
+            bucket_by_length=self.cfg.extraction.bucket_by_length,
+            progress=self.progress,
+        )
+        self.log.append(
+            ExtractionLog(
+                model=request.model,
+                dataset=request.dataset,
+                split=request.split,
+                view=request.view,
+                modality=modality,
+                n_items=len(stimuli),
+                n_sites=len(sites),
+                n_forward_batches=result.n_forward_batches,
+                n_items_computed=result.n_items_computed,
+                n_truncated=result.n_truncated,
+                seconds_model=result.seconds_model,
+                seconds_total=result.seconds_total,
+            )
+        )
+        return LayerFeatures(
+            features=result.features,
+            layers={site: adapter.layer_index(site) for site in sites},
+            labels=stimuli.labels,
+            ids=list(stimuli.ids),
+            label_names=stimuli.label_names,
+            n_truncated=result.n_truncated,
+        )
+
+    def prefetch(self, requests: list[FeatureRequest]) -> None:
+        """Extract every request with one forward pass per (model, stimuli, modality).
+
+        Requests that differ only in their sites are merged, so the model runs once and
+        every site is captured in that pass; later :meth:`get` calls are cache hits.
+        """
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        first: dict[tuple[Any, ...], FeatureRequest] = {}
+        for request in requests:
+            _, _, modality, sites = self.resolve(request)
+            key = (
+                request.model,
+                request.dataset,
+                request.split,
+                request.view,
+                request.templates,
+                modality,
+                request.pooling,
+            )
+            merged = groups.setdefault(key, [])
+            merged.extend(s for s in sites if s not in merged)
+            first.setdefault(key, request)
+        for key, sites in groups.items():
+            base = first[key]
+            self.get(
+                FeatureRequest(
+                    model=base.model,
+                    dataset=base.dataset,
+                    split=base.split,
+                    sites=tuple(sites),
+                    pooling=base.pooling,
+                    view=base.view,
+                    templates=base.templates,
+                    modality=key[5],
+                )
+            )
+
+    def forward_batches(self) -> int:
+        """Total model forward passes performed so far in this run."""
+        return sum(entry.n_forward_batches for entry in self.log)
+
+
+def _activation_root(root: Any):
+    from pathlib import Path
+
+    return Path(root).expanduser() / "activations"
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,6 +16,18 @@ from vlprobe.registry import Registry
 DATASETS: Registry[Any] = Registry("dataset loader")
 
 # name -> "module:function"  (one line per loader)
+DATASETS.add("hf_parquet", "vlprobe.data.images_parquet:load_parquet", aliases=("parquet",))
+DATASETS.add("image_folder", "vlprobe.data.image_folder:load_image_folder", aliases=("folder",))
+DATASETS.add("idx", "vlprobe.data.idx:load_idx")
+DATASETS.add("mnist", "vlprobe.data.idx:load_mnist")
+DATASETS.add("fashion_mnist", "vlprobe.data.idx:load_fashion_mnist", aliases=("fashion-mnist",))
+DATASETS.add("coco_captions", "vlprobe.data.coco:load_coco_captions", aliases=("coco",))
+DATASETS.add("coco_instances", "vlprobe.data.coco:load_coco_instances")
+DATASETS.add("sentences", "vlprobe.data.text:load_sentences", aliases=("text_lines", "fasttext"))
+DATASETS.add("gensim_polarity", "vlprobe.data.text:load_gensim_polarity")
+DATASETS.add("senteval", "vlprobe.data.text:load_senteval")
+DATASETS.add("skimage_photos", "vlprobe.data.skimage_photos:load_skimage_photos")
+DATASETS.add("hf_hub", "vlprobe.data.hub:load_hub", aliases=("hub",))
 
 
 @dataclass(frozen=True)

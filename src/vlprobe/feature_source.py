@@ -46,6 +46,7 @@ class RunFeatureSource:
     _models: dict[str, ModelAdapter] = field(default_factory=dict)
     log: list[ExtractionLog] = field(default_factory=list)
     load_seconds: dict[str, float] = field(default_factory=dict)
+    _prefetching: bool = False
 
     def __post_init__(self) -> None:
         from vlprobe.extract import ActivationStore
@@ -138,22 +139,23 @@ class RunFeatureSource:
             bucket_by_length=self.cfg.extraction.bucket_by_length,
             progress=self.progress,
         )
-        self.log.append(
-            ExtractionLog(
-                model=request.model,
-                dataset=request.dataset,
-                split=request.split,
-                view=request.view,
-                modality=modality,
-                n_items=len(stimuli),
-                n_sites=len(sites),
-                n_forward_batches=result.n_forward_batches,
-                n_items_computed=result.n_items_computed,
-                n_truncated=result.n_truncated,
-                seconds_model=result.seconds_model,
-                seconds_total=result.seconds_total,
+        if self._prefetching or result.n_forward_batches:
+            self.log.append(
+                ExtractionLog(
+                    model=request.model,
+                    dataset=request.dataset,
+                    split=request.split,
+                    view=request.view,
+                    modality=modality,
+                    n_items=len(stimuli),
+                    n_sites=len(sites),
+                    n_forward_batches=result.n_forward_batches,
+                    n_items_computed=result.n_items_computed,
+                    n_truncated=result.n_truncated,
+                    seconds_model=result.seconds_model,
+                    seconds_total=result.seconds_total,
+                )
             )
-        )
         return LayerFeatures(
             features=result.features,
             layers={site: adapter.layer_index(site) for site in sites},
@@ -163,16 +165,25 @@ class RunFeatureSource:
             n_truncated=result.n_truncated,
         )
 
-    def prefetch(self, requests: list[FeatureRequest]) -> None:
+    def prefetch(self, requests: list[FeatureRequest]) -> list[str]:
         """Extract every request with one forward pass per (model, stimuli, modality).
 
         Requests that differ only in their sites are merged, so the model runs once and
         every site is captured in that pass; later :meth:`get` calls are cache hits.
+        A group that fails (bad data, missing weights) does not stop the others; its error
+        is returned (and raised again by the analyses that need it).
         """
+        from vlprobe.errors import VLProbeError
+
+        errors: list[str] = []
         groups: dict[tuple[Any, ...], list[str]] = {}
         first: dict[tuple[Any, ...], FeatureRequest] = {}
         for request in requests:
-            _, _, modality, sites = self.resolve(request)
+            try:
+                _, _, modality, sites = self.resolve(request)
+            except VLProbeError as exc:
+                errors.append(f"{request.model} on {request.dataset}/{request.split}: {exc}")
+                continue
             key = (
                 request.model,
                 request.dataset,
@@ -187,18 +198,24 @@ class RunFeatureSource:
             first.setdefault(key, request)
         for key, sites in groups.items():
             base = first[key]
-            self.get(
-                FeatureRequest(
-                    model=base.model,
-                    dataset=base.dataset,
-                    split=base.split,
-                    sites=tuple(sites),
-                    pooling=base.pooling,
-                    view=base.view,
-                    templates=base.templates,
-                    modality=key[5],
-                )
+            merged_request = FeatureRequest(
+                model=base.model,
+                dataset=base.dataset,
+                split=base.split,
+                sites=tuple(sites),
+                pooling=base.pooling,
+                view=base.view,
+                templates=base.templates,
+                modality=key[5],
             )
+            self._prefetching = True
+            try:
+                self.get(merged_request)
+            except VLProbeError as exc:
+                errors.append(f"{base.model} on {base.dataset}/{base.split}: {exc}")
+            finally:
+                self._prefetching = False
+        return errors
 
     def forward_batches(self) -> int:
         """Total model forward passes performed so far in this run."""

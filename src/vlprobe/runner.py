@@ -159,12 +159,9 @@ def run(
             requests.extend(analysis.requests(source))
         except VLProbeError as exc:
             record["analyses"][entry.name] = {"status": "failed", "error": str(exc)}
-    failed_extraction = None
-    try:
-        source.prefetch(requests)
-    except VLProbeError as exc:
-        failed_extraction = str(exc)
-        log.error("extraction failed: %s", exc)
+    extraction_errors = source.prefetch(requests)
+    for error in extraction_errors:
+        log.error("extraction failed: %s", error)
     record["timings"]["extraction_s"] = round(time.perf_counter() - t0, 3)
 
     for entry, analysis in todo:
@@ -200,8 +197,12 @@ def run(
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     statuses = [a["status"] for a in record["analyses"].values()]
     record["status"] = "ok" if all(s != "failed" for s in statuses) else "partial"
-    if failed_extraction:
-        record["extraction_error"] = failed_extraction
+    record["warnings"] = extraction_errors + [
+        f"{e.n_truncated} of {e.n_items} texts of {e.dataset}/{e.split} were truncated to "
+        f"the maximum length of model {e.model}"
+        for e in source.log
+        if e.n_truncated
+    ]
     _write_record(run_dir, record)
     if report:
         from vlprobe.report.html import write_report

@@ -80,6 +80,8 @@ def render_report(run_dir: str | Path) -> str:
         f"started {_e(record.get('started'))} &middot; "
         f"status <span class={status}>{status}</span></p>",
     ]
+    for warning in dict.fromkeys(record.get("warnings") or []):
+        parts.append(f"<p class=skipped>&#9888; {_e(warning)}</p>")
     analyses = record.get("analyses", {})
     parts.append("<h2>Analyses</h2><ul>")
     for name, info in analyses.items():

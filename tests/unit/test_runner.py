@@ -1,0 +1,147 @@
+"""End to end on tiny seeded random models: config -> run directory -> report -> CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlprobe.cli import main
+from vlprobe.config import parse_config
+from vlprobe.models import MODELS
+from vlprobe.results.records import read_result_table, read_run
+from vlprobe.runner import run
+
+CLASSES = ("red", "green", "blue")
+
+
+def write_image_folder(root, n_train=10, n_test=6, seed=0):
+    """Noise images whose dominant colour channel is the class."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 90, size=(32, 32, 3))
+                pixels[..., c] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def spec_dict(adapter: str, tmp_path) -> dict:
+    spec = MODELS.get(adapter).tiny_spec(tmp_path / adapter)
+    data = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0, "float32")}
+    data["adapter"] = spec.adapter
+    return data
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    images = write_image_folder(tmp_path / "images")
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "models": {
+            "vit": spec_dict("hf_vit", tmp_path),
+            "bert": spec_dict("hf_text", tmp_path),
+        },
+        "datasets": {"colours": {"loader": "image_folder", "path": str(images)}},
+        "analyses": [
+            {"analysis": "V1", "models": ["vit"], "dataset": "colours"},
+            {"analysis": "V3", "models": ["vit"], "dataset": "colours",
+             "params": {"shots": [1, 5], "trials": 3}},
+            {"analysis": "R1", "models": ["vit", "bert"], "dataset": "colours",
+             "params": {"distance": "cosine"}},
+        ],
+        "extraction": {"batch_size": 8, "shard_size": 16},
+    }
+
+
+def test_run_writes_tables_record_and_report_then_reuses_the_cache(tiny_config):
+    cfg = parse_config(tiny_config)
+    run_dir = run(cfg, progress=False)
+    record = read_run(run_dir)
+    assert record["status"] == "ok", record["analyses"]
+    assert set(record["analyses"]) == {"V1_colours", "V3_colours", "R1_colours"}
+    assert record["versions"]["torch"] and record["versions"]["vlprobe"]
+    assert record["config"]["seed"] == 0 and record["config_hash"] == cfg.config_hash()
+    assert record["forward_batches"] > 0
+    assert (run_dir / "report.html").is_file() and (run_dir / "config.yaml").is_file()
+    probe = read_result_table(run_dir, "V1_colours")
+    for column in ("analysis", "model", "dataset", "layer", "site", "metric", "value"):
+        assert column in probe.columns
+    assert probe["layer"].nunique() >= 2
+    # the colour is trivially decodable from the patch embedding
+    assert probe["value"].max() > 0.8
+
+    # same config again: every activation comes from the store
+    run_dir_2 = run(parse_config(tiny_config), progress=False)
+    assert run_dir_2 == run_dir
+    assert read_run(run_dir_2)["forward_batches"] == 0
+    probe_2 = read_result_table(run_dir, "V1_colours")
+    assert np.allclose(probe["value"], probe_2["value"])  # seeded: identical numbers
+
+
+def test_a_failing_analysis_keeps_the_others(tiny_config):
+    tiny_config["analyses"][1]["params"]["shots"] = [50]  # more shots than training items
+    run_dir = run(parse_config(tiny_config), progress=False)
+    record = read_run(run_dir)
+    assert record["status"] == "partial"
+    assert record["analyses"]["V3_colours"]["status"] == "failed"
+    assert record["analyses"]["V1_colours"]["status"] == "ok"
+    assert read_result_table(run_dir, "V1_colours").shape[0] > 0
+
+
+def test_skip_existing_keeps_results(tiny_config):
+    cfg = parse_config(tiny_config)
+    run_dir = run(cfg, progress=False, report=False)
+    table = run_dir / "results" / "V1_colours.parquet"
+    before = table.stat().st_mtime_ns
+    run(cfg, progress=False, skip_existing=True, report=False)
+    assert table.stat().st_mtime_ns == before
+    statuses = {k: v["status"] for k, v in read_run(run_dir)["analyses"].items()}
+    assert set(statuses.values()) == {"skipped (exists)"}
+
+
+def test_cli_commands(tiny_config, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    assert main(["validate", str(path)]) == 0
+    assert main(["run", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert main(["ls", str(tmp_path / "runs")]) == 0
+    assert run_dir.name in capsys.readouterr().out
+    assert main(["report", str(run_dir)]) == 0
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "efficientnet_lite0" in listing and "clip" in listing
+    assert main(["analyses"]) == 0
+    assert "V1" in capsys.readouterr().out
+    # errors are one clear line, exit code 2, no traceback
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**tiny_config, "sed": 1}))
+    assert main(["run", str(bad)]) == 2
+    assert "unknown key 'sed'" in capsys.readouterr().err
+    json.loads((run_dir / "run.json").read_text())
+
+
+def test_query_over_runs(tiny_config):
+    pytest.importorskip("duckdb")
+    from vlprobe.results.query import query_runs
+
+    run(parse_config(tiny_config), progress=False, report=False)
+    frame = query_runs(
+        "SELECT model, max(value) AS best FROM results WHERE analysis = 'layer_probe' "
+        "GROUP BY model",
+        tiny_config["output_dir"],
+    )
+    assert list(frame["model"]) == ["vit"]

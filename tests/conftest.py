@@ -40,7 +40,9 @@ def reference_dir() -> Path:
     """The reference kit, or skip with the reason."""
     env = os.environ.get("VLPROBE_REFERENCE")
     if not env:
-        pytest.skip("reference kit not configured: set VLPROBE_REFERENCE (e.g. ../shared/reference)")
+        pytest.skip(
+            "reference kit not configured: set VLPROBE_REFERENCE (e.g. ../shared/reference)"
+        )
     path = Path(env)
     if not path.is_dir():
         pytest.skip(f"reference kit not found at VLPROBE_REFERENCE={env}")

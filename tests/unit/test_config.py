@@ -68,7 +68,7 @@ def test_overrides_set_nested_fields_and_list_items():
     assert data["models"]["m"]["seed"] == 7
     with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(base_config(), ["analyses.5.name=x"])
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         apply_overrides(base_config(), ["seed"])
 
 

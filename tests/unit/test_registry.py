@@ -23,7 +23,7 @@ def test_unknown_name_suggests_close_ones():
     reg: Registry = Registry("model adapter")
 
     @reg.register("efficientnet_lite0")
-    class A:  # noqa: B903
+    class A:
         pass
 
     with pytest.raises(UnknownNameError) as info:

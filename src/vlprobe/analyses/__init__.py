@@ -11,6 +11,9 @@ from vlprobe.registry import Registry
 ANALYSES: Registry[type[Analysis]] = Registry("analysis")
 
 # name -> "module:Class", aliases = catalogue ids (one line per analysis)
+ANALYSES.add("layer_probe", "vlprobe.analyses.probe:LayerProbe", aliases=("V1",))
+ANALYSES.add("few_shot", "vlprobe.analyses.fewshot:FewShot", aliases=("V3",))
+ANALYSES.add("rsa", "vlprobe.analyses.rsa:RSA", aliases=("R1",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

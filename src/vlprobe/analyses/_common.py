@@ -1,0 +1,139 @@
+"""Helpers shared by the probe / few-shot / RSA analyses.
+
+- :func:`check_finite`: NaN/Inf features -> :class:`AnalysisError` naming model and site.
+- :func:`standardize`: per-feature z-scoring with statistics from the training rows only;
+  constant features (std = 0) are left centred at 0 instead of dividing by zero.
+- :func:`stratified_split`: seeded, stratified carve of a validation split out of train.
+- :func:`resolve_modality` / :func:`select_layer_sites`: which tower and which sites to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vlprobe.analyses.base import FeatureSource, LayerFeatures
+from vlprobe.errors import AnalysisError, ConfigError
+
+
+def check_finite(x: np.ndarray, model: str, site: str) -> None:
+    """Raise :class:`AnalysisError` if ``x`` has NaN or Inf values."""
+    if not np.all(np.isfinite(x)):
+        n_nan = int(np.isnan(x).sum())
+        n_inf = int(np.isinf(x).sum())
+        raise AnalysisError(
+            f"model {model!r} site {site!r}: features contain {n_nan} NaN and {n_inf} Inf "
+            f"values (shape {tuple(x.shape)}); check the extraction (overflow in float16?)"
+        )
+
+
+def check_labels(feats: LayerFeatures, model: str, what: str) -> np.ndarray:
+    """The labels of ``feats`` as int64, or an error saying the analysis needs labels."""
+    if feats.labels is None:
+        raise AnalysisError(f"model {model!r}: {what} has no labels; this analysis needs them")
+    return np.asarray(feats.labels).astype(np.int64)
+
+
+def fit_standardizer(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (guarded) std of the training rows; std = 1 where a feature is constant."""
+    x64 = np.asarray(x_train, dtype=np.float64)
+    mean = x64.mean(axis=0)
+    std = x64.std(axis=0)
+    scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return mean, scale
+
+
+def standardize(
+    x_train: np.ndarray, *others: np.ndarray, dtype: Any = np.float32
+) -> list[np.ndarray]:
+    """Z-score ``x_train`` and ``others`` with the statistics of ``x_train`` only."""
+    mean, scale = fit_standardizer(x_train)
+    return [((np.asarray(x, np.float64) - mean) / scale).astype(dtype) for x in (x_train, *others)]
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, min_per_class: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``range(len(labels))`` into (keep, held_out) index arrays.
+
+    Each class with ``n_c`` >= 2 samples gives ``max(min_per_class, round(fraction * n_c))``
+    samples (but never all of them) to the held-out part; classes with 1 sample stay in keep.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        if len(idx) < 2:
+            keep.append(idx)
+            continue
+        k = int(min(len(idx) - 1, max(min_per_class, round(fraction * len(idx)))))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    keep_idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    assert not set(keep_idx.tolist()) & set(held_idx.tolist()), "split is not disjoint"
+    return keep_idx, held_idx
+
+
+def assert_disjoint_ids(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str) -> None:
+    """Raise :class:`AnalysisError` if two id lists share an item (data leakage)."""
+    shared = set(a) & set(b)
+    if shared:
+        example = sorted(shared)[:3]
+        raise AnalysisError(
+            f"{what_a} and {what_b} share {len(shared)} item id(s), e.g. {example}: "
+            "held-out items must never be used for fitting"
+        )
+
+
+def resolve_modality(
+    source: FeatureSource, model: str, dataset: str, prefer: str | None = None
+) -> str | None:
+    """The tower of ``model`` that can read ``dataset``'s items, or None if none can.
+
+    When both towers can (a dual encoder on an image+text dataset), ``prefer`` decides
+    (default: image).
+    """
+    common = [m for m in source.dataset_modalities(dataset) if m in source.model_modalities(model)]
+    if not common:
+        return None
+    if prefer is not None:
+        if prefer not in common:
+            return None
+        return prefer
+    return "image" if "image" in common else common[0]
+
+
+def select_layer_sites(
+    feats: LayerFeatures, layers: Any, model: str, default: str = "all"
+) -> list[str]:
+    """Layer sites chosen by ``layers``: ``"all"``, ``"last"``, an int or a list of ints.
+
+    Layer indices follow the catalogue convention (0 = embedding output, L = last block);
+    negative ints count from the end (``-1`` = last).
+    """
+    sites = feats.layer_sites()
+    if not sites:
+        raise AnalysisError(f"model {model!r}: no layer sites in the extracted features")
+    spec = default if layers is None else layers
+    if spec == "all":
+        return sites
+    if spec == "last":
+        return [sites[-1]]
+    wanted = [spec] if isinstance(spec, int | np.integer) else list(spec)
+    by_index = {feats.layers[s]: s for s in sites}
+    available = sorted(by_index)  # type: ignore[type-var]
+    chosen = []
+    for w in wanted:
+        if not isinstance(w, int | np.integer):
+            raise ConfigError(f"layers must be 'all', 'last', an int or a list of ints; got {w!r}")
+        idx = available[w] if w < 0 and -len(available) <= w else w
+        if idx not in by_index:
+            raise ConfigError(f"model {model!r} has no layer {w}; available layers: {available}")
+        chosen.append(by_index[idx])
+    return chosen

@@ -1,0 +1,224 @@
+"""V1 ``layer_probe``: a linear (and optionally MLP) probe on every layer of every model.
+
+Protocol (SCIENCE.md V1; CLIP-style linear probe):
+
+1. Features of the ``train_split`` and ``test_split`` items, every layer site of the tower that
+   reads the dataset (image tower for image data, text tower for sentences).
+2. A validation split is carved out of train (stratified, seeded, ``val_fraction``); it never
+   contains test items (checked on item ids).
+3. Linear probe: sklearn-equivalent multinomial L2 logistic regression for every layer x C
+   (``Cs``) solved at once (:mod:`vlprobe.analyses.probe_solver`); C chosen per layer on val
+   (ties -> smallest C), then refitted on train + val; test accuracy reported.
+4. MLP probe (``probe`` = ``"mlp"``/``"both"``): 1 hidden layer, Adam; hidden size / weight
+   decay chosen on val with early stopping; test accuracy of the selected model.
+
+``chance`` = max(1 / n_classes, majority-class rate of the test split).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.analyses._common import (
+    assert_disjoint_ids,
+    check_finite,
+    check_labels,
+    resolve_modality,
+    select_layer_sites,
+    stratified_split,
+)
+from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.errors import AnalysisError, ConfigError
+
+_PROBES = ("linear", "mlp", "both")
+
+
+class LayerProbe(Analysis):
+    """Layer-wise probe accuracy (V1).
+
+    Params:
+        train_split / test_split: split names (default ``"train"`` / ``"test"``).
+        val_fraction: fraction of each train class carved out for validation (0.2).
+        Cs: C sweep of the logistic probe (8 values, 1e-3 ... 1e4, log-spaced).
+        probe: ``"linear"`` (default), ``"mlp"`` or ``"both"``.
+        layers: ``"all"`` (default), ``"last"``, an int or a list of layer indices.
+        pooling: pooling method, ``None`` = the adapter's default.
+        modality: tower to probe when both could read the data (``None``: image first).
+        x_axis: figure x axis, ``"layer"`` (index) or ``"relative"`` (index / depth).
+        dtype: solver precision, ``"float32"`` (default) or ``"float64"``.
+        max_iter, tol: L-BFGS limits (sklearn semantics).
+        mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
+    """
+
+    name: ClassVar[str] = "layer_probe"
+    catalogue: ClassVar[tuple[str, ...]] = ("V1",)
+    summary: ClassVar[str] = "Linear / MLP probe accuracy at every layer (C chosen on val)"
+    defaults: ClassVar[dict[str, Any]] = {
+        "train_split": "train",
+        "test_split": "test",
+        "val_fraction": 0.2,
+        "Cs": list(DEFAULT_CS),
+        "probe": "linear",
+        "layers": "all",
+        "pooling": None,
+        "modality": None,
+        "x_axis": "layer",
+        "dtype": "float32",
+        "max_iter": 1000,
+        "tol": 1e-4,
+        "mlp_hidden": [256],
+        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
+        "mlp_max_epochs": 100,
+        "mlp_patience": 10,
+    }
+
+    def __init__(self, models, dataset, params=None, seed=0) -> None:
+        super().__init__(models, dataset, params, seed)
+        p = self.params
+        if p["probe"] not in _PROBES:
+            raise ConfigError(f"layer_probe: probe must be one of {_PROBES}, got {p['probe']!r}")
+        if not 0.0 < float(p["val_fraction"]) < 1.0:
+            raise ConfigError(
+                f"layer_probe: val_fraction must be in (0, 1), got {p['val_fraction']}"
+            )
+        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
+        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
+            raise ConfigError(f"layer_probe: Cs must be positive numbers, got {p['Cs']!r}")
+        p["Cs"] = [float(c) for c in Cs]
+        if p["x_axis"] not in ("layer", "relative"):
+            raise ConfigError(
+                f"layer_probe: x_axis must be 'layer' or 'relative', got {p['x_axis']!r}"
+            )
+        if p["dtype"] not in ("float32", "float64"):
+            raise ConfigError(f"layer_probe: dtype must be float32 or float64, got {p['dtype']!r}")
+        if p["train_split"] == p["test_split"]:
+            raise ConfigError("layer_probe: train_split and test_split must differ")
+
+    # ----------------------------------------------------------------------------------------
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
+        splits = source.splits(self.dataset)
+        for key in ("train_split", "test_split"):
+            if self.params[key] not in splits:
+                raise AnalysisError(
+                    f"layer_probe: dataset {self.dataset!r} has no split "
+                    f"{self.params[key]!r} ({key}); available: {splits}"
+                )
+        plan, notes = {}, []
+        for model in self.models:
+            modality = resolve_modality(source, model, self.dataset, self.params["modality"])
+            if modality is None:
+                notes.append(
+                    f"layer_probe: model {model!r} ({'/'.join(source.model_modalities(model))}) "
+                    f"cannot read dataset {self.dataset!r} "
+                    f"({'/'.join(source.dataset_modalities(self.dataset))}); skipped"
+                )
+            else:
+                plan[model] = modality
+        if not plan:
+            raise AnalysisError(
+                f"layer_probe: none of the models {self.models} can read dataset {self.dataset!r}"
+            )
+        return plan, notes
+
+    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
+        return FeatureRequest(
+            model, self.dataset, split, sites=None, pooling=self.params["pooling"],
+            modality=modality,
+        )
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        plan, _ = self._plan(source)
+        return [
+            self._request(m, self.params[s], mod)
+            for m, mod in plan.items()
+            for s in ("train_split", "test_split")
+        ]
+
+    def run(self, source: FeatureSource) -> Result:
+        import pandas as pd
+
+        from vlprobe.analyses.plots import plot_accuracy_vs_layer
+
+        p = self.params
+        plan, notes = self._plan(source)
+        rows: list[dict[str, Any]] = []
+        for model, modality in plan.items():
+            ftr = source.get(self._request(model, p["train_split"], modality))
+            fte = source.get(self._request(model, p["test_split"], modality))
+            ytr_all = check_labels(ftr, model, f"split {p['train_split']!r}")
+            yte = check_labels(fte, model, f"split {p['test_split']!r}")
+            if len(np.unique(ytr_all)) < 2:
+                raise AnalysisError(
+                    f"layer_probe: model {model!r}: split {p['train_split']!r} has a single "
+                    "class; a probe needs at least 2"
+                )
+            sites = select_layer_sites(ftr, p["layers"], model, default="all")
+            tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
+            ids_tr = [ftr.ids[i] for i in tr_idx]
+            ids_va = [ftr.ids[i] for i in va_idx]
+            assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
+            assert_disjoint_ids(ids_va, fte.ids, "validation split", f"split {p['test_split']!r}")
+            assert_disjoint_ids(ids_tr, fte.ids, f"split {p['train_split']!r}",
+                                f"split {p['test_split']!r}")
+            Xtr, Xva, Xte = [], [], []
+            for site in sites:
+                a, b = ftr.features[site], fte.features[site]
+                check_finite(a, model, site)
+                check_finite(b, model, site)
+                Xtr.append(a[tr_idx])
+                Xva.append(a[va_idx])
+                Xte.append(b)
+            ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
+            n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
+            counts = np.bincount(yte)
+            chance = max(1.0 / n_classes, float(counts.max() / counts.sum()))
+            base = {
+                "analysis": self.name, "model": model, "dataset": self.dataset,
+                "metric": "accuracy", "n_train": len(tr_idx), "n_val": len(va_idx),
+                "n_test": len(yte), "chance": chance, "n_classes": n_classes,
+                "modality": modality, "seed": self.seed,
+            }
+            if p["probe"] in ("linear", "both"):
+                sel = select_and_evaluate(
+                    (Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], dtype=p["dtype"],
+                    max_iter=int(p["max_iter"]), tol=float(p["tol"]),
+                )
+                if not sel.refit.converged.all() or not sel.path.converged.all():
+                    notes.append(
+                        f"layer_probe: model {model!r}: some logistic probes stopped before "
+                        f"max |grad| <= tol={p['tol']} (max_iter={p['max_iter']} reached or "
+                        "line search failed)"
+                    )
+                for li, site in enumerate(sites):
+                    best = int(np.flatnonzero(np.asarray(p["Cs"]) == sel.best_C[li])[0])
+                    rows.append({
+                        **base, "layer": ftr.layers[site], "site": site,
+                        "value": float(sel.test_accuracy[li]), "probe": "linear",
+                        "C": float(sel.best_C[li]),
+                        "val_accuracy": float(sel.val_accuracy[li, best]),
+                    })
+            if p["probe"] in ("mlp", "both"):
+                for li, site in enumerate(sites):
+                    res = fit_mlp_probe(
+                        (Xtr[li], ytr), (Xva[li], yva), (Xte[li], yte),
+                        hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
+                        max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
+                        seed=self.seed,
+                    )
+                    rows.append({
+                        **base, "layer": ftr.layers[site], "site": site,
+                        "value": res.test_accuracy, "probe": "mlp", "C": np.nan,
+                        "val_accuracy": res.val_accuracy, "hidden": res.hidden,
+                        "weight_decay": res.weight_decay,
+                    })
+        table = pd.DataFrame(rows)
+        fig = plot_accuracy_vs_layer(
+            table, x=p["x_axis"], title=f"Layer-wise probe accuracy ({self.dataset})"
+        )
+        return Result(
+            analysis=self.name, catalogue=self.catalogue, table=table,
+            figures={"accuracy_vs_layer": fig}, params=dict(p), notes=notes,
+        )

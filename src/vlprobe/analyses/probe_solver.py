@@ -1,0 +1,654 @@
+"""Fast probes: many L2-regularised logistic regressions (all layers x a C sweep) at once.
+
+Objective (identical to scikit-learn 1.9 ``LogisticRegression(C=C, fit_intercept=True)``
+with ``solver="lbfgs"``; see ``sklearn/linear_model/_logistic.py``, where
+``l2_reg_strength = 1 / (C * n_samples)`` is passed to ``LinearModelLoss``)::
+
+    J(W, b) = (1/n) sum_i CE(y_i, x_i W^T + b) + 1/(2 C n) ||W||_F^2      (intercept not penalised)
+
+i.e. sklearn's ``sum_i CE_i + 1/(2C) ||W||^2`` divided by n, so for the same C the minimiser is
+the same. Multiclass (K >= 3) uses the symmetric multinomial parameterisation (K weight
+vectors); binary (K = 2) uses ONE weight vector and the logistic loss, as sklearn does (a
+2-class multinomial with the same C would be a different problem: its effective C is halved).
+
+Solver: a *batched* L-BFGS. Every probe (layer l, regularisation C_p) has its own L-BFGS
+history, step length (backtracking Armijo line search) and convergence test, but all probes
+advance together so each iteration is two batched matrix products ``[L, N, D] x [L, D, P*K]``.
+A probe stops when ``max |grad J| <= tol`` (scipy's ``gtol``, what sklearn passes as ``tol``);
+finished layers / C columns are dropped from the batch (compaction) so the slow, weakly
+regularised probes do not make the finished ones cost anything.
+
+Layers of different widths are *grouped by width* (one batched solve per distinct width)
+rather than zero-padded to the widest layer: padding would be exact (a zero column has zero
+data gradient and the L2 term keeps its weight at 0) but wastes up to (D_max / D_l) x the
+flops for models whose stages differ a lot in width (ResNets: 256 ... 2048).
+
+Features are standardised per layer with the mean/std of the training rows only (constant
+features keep std = 1). Coefficients are reported in the standardised space (``coef``) and
+can be mapped back with :meth:`ProbePath.coef_original`.
+
+Also: :func:`select_and_evaluate` (CLIP protocol: choose C per layer on a validation split,
+refit on train + val, report test accuracy) and :func:`fit_mlp_probe` (1-hidden-layer MLP,
+Adam, small sweep on validation, early stopping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vlprobe.analyses._common import fit_standardizer
+from vlprobe.errors import AnalysisError
+
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 4, 8))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+# --------------------------------------------------------------------------------------------
+# batched L-BFGS core
+# --------------------------------------------------------------------------------------------
+
+
+def _loss_grad(X, y, W, b, lam, binary: bool):
+    """Objective and gradient of every probe.
+
+    X: [L, N, D]; y: [N] int64 (binary: 0/1); W: [L, P, Kf, D]; b: [L, P, Kf]; lam: [L, P]
+    (= 1 / (C n), float64). Returns f [L, P] (float64), gW like W, gb like b.
+    Layout: W is [L, P, Kf, D] so that per-probe reductions run over contiguous memory; the
+    matrix products use transposed views (no copies).
+    """
+    torch = _torch()
+    L, N, D = X.shape
+    P, Kf = W.shape[1], W.shape[2]
+    Wt = W.reshape(L, P * Kf, D).transpose(1, 2)  # [L, D, P*Kf] view
+    Z = torch.baddbmm(b.reshape(L, 1, P * Kf), X, Wt).reshape(L, N, P, Kf)
+    if binary:
+        z = Z[..., 0]
+        yb = y.to(Z.dtype).view(1, N, 1)
+        ce = torch.nn.functional.softplus(z) - yb * z
+        G = (torch.sigmoid(z) - yb).unsqueeze(-1)
+    else:
+        # softmax and log-sum-exp from one exp pass (torch.logsumexp is slow on CPU)
+        idx = y.view(1, N, 1, 1).expand(L, N, P, 1)
+        zmax = Z.amax(-1, keepdim=True)
+        G = torch.exp(Z - zmax)
+        ssum = G.sum(-1, keepdim=True)
+        ce = (zmax + torch.log(ssum) - Z.gather(-1, idx)).squeeze(-1)
+        G.div_(ssum)
+        G.scatter_add_(-1, idx, torch.full_like(ssum, -1.0))
+    pen = W.reshape(L, P, Kf * D).pow(2).sum(-1).double()
+    f = ce.sum(1, dtype=torch.float64) / N + 0.5 * lam * pen
+    gW = torch.bmm(G.reshape(L, N, P * Kf).transpose(1, 2), X).reshape(L, P, Kf, D)
+    gW.div_(N).add_(W * lam.to(W.dtype).view(L, P, 1, 1))
+    gb = G.sum(1) / N
+    return f, gW, gb
+
+
+def _pdot(aW, ab, bW, bb):
+    """Per-probe inner product -> [L, P] (float64)."""
+    L, P = aW.shape[:2]  # (torch.linalg.vecdot is ~20x slower than this on CPU)
+    return ((aW * bW).reshape(L, P, -1).sum(-1) + (ab * bb).sum(-1)).double()
+
+
+def _gmax(gW, gb):
+    return _torch().maximum(gW.abs().amax((2, 3)), gb.abs().amax(-1)).double()
+
+
+@dataclass
+class _SolveOut:
+    W: Any
+    b: Any
+    n_iter: Any
+    converged: Any
+
+
+def _batched_lbfgs(
+    X,
+    y,
+    lam,
+    n_free: int,
+    binary: bool,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    history: int = 10,
+    max_ls: int = 30,
+    W0=None,
+    b0=None,
+) -> _SolveOut:
+    """Minimise every probe's objective with its own L-BFGS state (see module docstring)."""
+    torch = _torch()
+    L_all, _, D = X.shape
+    P_all = lam.shape[1]
+    dtype = X.dtype
+    eps = float(torch.finfo(dtype).eps)
+    out_W = torch.zeros(L_all, P_all, n_free, D, dtype=dtype)
+    out_b = torch.zeros(L_all, P_all, n_free, dtype=dtype)
+    if W0 is not None:
+        out_W.copy_(W0)
+        out_b.copy_(b0)
+    n_iter = np.zeros((L_all, P_all), dtype=np.int64)
+    converged = np.zeros((L_all, P_all), dtype=bool)
+
+    li = torch.arange(L_all)  # active rows (layers) and columns (C values)
+    pi = torch.arange(P_all)
+    Xa, lama = X, lam
+    W, b = out_W.clone(), out_b.clone()
+    f, gW, gb = _loss_grad(Xa, y, W, b, lama, binary)
+    active = _gmax(gW, gb) > tol
+    conv_a = ~active
+    hist: list[list[Any]] = []  # [sW, sb, yW, yb, rho]
+    gamma = torch.ones(L_all, P_all, dtype=torch.float64)
+    fresh = torch.ones(L_all, P_all, dtype=torch.bool)  # no curvature pair yet
+
+    def flush():
+        for a, l_idx in enumerate(li.tolist()):
+            out_W[l_idx][pi] = W[a]
+            out_b[l_idx][pi] = b[a]
+            converged[l_idx, pi.numpy()] = conv_a[a].numpy()
+
+    for _ in range(max_iter):
+        if not bool(active.any()):
+            break
+        # ---- two-loop recursion, per probe --------------------------------------------
+        qW, qb = gW.clone(), gb.clone()
+        alphas = []
+        for sW, sb, yW, yb, rho in reversed(hist):
+            a = rho * _pdot(sW, sb, qW, qb)
+            ac = a.to(dtype)
+            qW -= ac[:, :, None, None] * yW
+            qb -= ac[..., None] * yb
+            alphas.append(a)
+        gc = gamma.to(dtype)
+        qW *= gc[:, :, None, None]
+        qb *= gc[..., None]
+        for (sW, sb, yW, yb, rho), a in zip(hist, reversed(alphas)):
+            beta = rho * _pdot(yW, yb, qW, qb)
+            c = (a - beta).to(dtype)
+            qW += c[:, :, None, None] * sW
+            qb += c[..., None] * sb
+        dW, db = -qW, -qb
+        gd = _pdot(gW, gb, dW, db)
+        bad_dir = gd >= 0  # not a descent direction: fall back to steepest descent
+        if bool(bad_dir.any()):
+            m = bad_dir.to(dtype)
+            dW = dW * (1 - m)[:, :, None, None] - gW * m[:, :, None, None]
+            db = db * (1 - m)[..., None] - gb * m[..., None]
+            gd = _pdot(gW, gb, dW, db)
+            fresh = fresh | bad_dir
+        # first step of a probe without curvature information: ||step|| = 1 at most
+        gnorm = _pdot(gW, gb, gW, gb).sqrt()
+        t = torch.where(fresh, torch.clamp(1.0 / gnorm.clamp_min(1e-300), max=1.0), 1.0)
+        t = torch.where(active, t, torch.zeros_like(t))
+        # ---- backtracking Armijo line search (per probe) ---------------------------------
+        slack = 10 * eps * f.abs().clamp_min(1.0)  # float32 cannot resolve tinier decreases
+        pending = active.clone()
+        for _ in range(max_ls + 1):
+            tc = t.to(dtype)
+            Wn = W + tc[:, :, None, None] * dW
+            bn = b + tc[..., None] * db
+            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary)
+            # Armijo (with float slack), or -- where the loss cannot resolve the decrease --
+            # a clear drop of the directional derivative (gradients stay accurate in float32)
+            gd_new = _pdot(gWn, gbn, dW, db)
+            ok = (fn <= f + 1e-4 * t * gd + slack) | (
+                (fn <= f + 100 * slack) & (gd_new.abs() <= 0.9 * gd.abs())
+            )
+            pending = pending & ~ok
+            if not bool(pending.any()):
+                break
+            # quadratic interpolation of the step, safeguarded to [0.1 t, 0.5 t]
+            denom = 2 * (fn - f - t * gd)
+            t_q = torch.where(denom > 0, -gd * t * t / denom.clamp_min(1e-300), 0.5 * t)
+            t_new = torch.minimum(torch.maximum(t_q, 0.1 * t), 0.5 * t)
+            t = torch.where(pending, t_new, t)
+        else:
+            # line search failed for these probes: accept no step; they stop (as scipy does)
+            t = torch.where(pending, torch.zeros_like(t), t)
+            tc = t.to(dtype)
+            Wn = W + tc[:, :, None, None] * dW
+            bn = b + tc[..., None] * db
+            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary)
+            active = active & ~pending
+        # ---- curvature pair -------------------------------------------------------------
+        tc = t.to(dtype)
+        sW, sb = tc[:, :, None, None] * dW, tc[..., None] * db
+        yW, yb = gWn - gW, gbn - gb
+        sy = _pdot(sW, sb, yW, yb)
+        yy = _pdot(yW, yb, yW, yb)
+        valid = active & (sy > eps * yy) & (yy > 0)
+        rho = torch.where(valid, 1.0 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+        gamma = torch.where(valid, sy / yy.clamp_min(1e-300), gamma)
+        fresh = fresh & ~valid
+        hist.append([sW, sb, yW, yb, rho])
+        if len(hist) > history:
+            hist.pop(0)
+        f_old = f
+        W, b, f, gW, gb = Wn, bn, fn, gWn, gbn
+        ai = active.numpy()
+        n_iter[np.ix_(li.numpy(), pi.numpy())] += ai
+        # ---- convergence ----------------------------------------------------------------
+        gm = _gmax(gW, gb)
+        done_g = gm <= tol
+        done_f = (f_old - f).abs() <= 64 * float(np.finfo(np.float64).eps) * (
+            torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
+        )
+        # stagnation of the objective counts as converged (scipy's ftol test does the same)
+        conv_a = conv_a | (active & (done_g | (done_f & (t > 0))))
+        active = active & ~done_g & ~(done_f & (t > 0))
+        # ---- compaction: drop finished layers / C columns --------------------------------
+        keep_l = active.any(1)
+        keep_p = active.any(0)
+        if (not bool(keep_l.all()) or not bool(keep_p.all())) and bool(active.any()):
+            flush()
+            all_l, all_p = bool(keep_l.all()), bool(keep_p.all())
+            kl, kp = keep_l.nonzero().squeeze(1), keep_p.nonzero().squeeze(1)
+
+            def take(x, pdim, kl=kl, kp=kp, all_l=all_l, all_p=all_p):
+                x = x if all_l else x.index_select(0, kl)
+                return x if all_p else x.index_select(pdim, kp)
+
+            li, pi = li[kl], pi[kp]
+            if not all_l:  # (never copy the feature tensor when only C columns finish)
+                Xa = Xa.index_select(0, kl)
+            lama = take(lama, 1)
+            W, b, gW, gb = take(W, 1), take(b, 1), take(gW, 1), take(gb, 1)
+            f, active, conv_a = take(f, 1), take(active, 1), take(conv_a, 1)
+            gamma, fresh = take(gamma, 1), take(fresh, 1)
+            hist = [[take(h_, 1) for h_ in h] for h in hist]
+    flush()
+    return _SolveOut(out_W, out_b, n_iter, converged)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbePath:
+    """Logistic probes for every (layer, C).
+
+    Attributes:
+        Cs: ``[P]`` inverse regularisation strengths (sklearn's C).
+        classes: ``[K]`` the class labels (sorted unique training labels).
+        coef: per layer, ``[P, K, D_l]`` weights in the *standardised* feature space
+            (binary: ``[P, 1, D_l]``, like sklearn's ``coef_``).
+        intercept: per layer, ``[P, K]`` (binary ``[P, 1]``).
+        means, scales: per layer standardisation statistics (from the training rows).
+        n_iter, converged: ``[L, P]`` solver diagnostics.
+    """
+
+    Cs: np.ndarray
+    classes: np.ndarray
+    coef: list[np.ndarray]
+    intercept: list[np.ndarray]
+    means: list[np.ndarray]
+    scales: list[np.ndarray]
+    n_iter: np.ndarray
+    converged: np.ndarray
+    standardized: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.coef)
+
+    def _z(self, layer: int, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return (x - self.means[layer]) / self.scales[layer] if self.standardized else x
+
+    def decision_function(self, X_layers: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per layer ``[P, N, K]`` logits (binary ``[P, N, 1]``)."""
+        self._check_layers(X_layers)
+        out = []
+        for layer, x in enumerate(X_layers):
+            z = self._z(layer, x)
+            logits = np.einsum("nd,pkd->pnk", z, self.coef[layer])
+            out.append(logits + self.intercept[layer][:, None])
+        return out
+
+    def predict_proba(self, X_layers: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per layer ``[P, N, K]`` class probabilities (columns ordered as ``classes``)."""
+        probs = []
+        for z in self.decision_function(X_layers):
+            if z.shape[-1] == 1:
+                p1 = 1.0 / (1.0 + np.exp(-z[..., 0]))
+                probs.append(np.stack([1 - p1, p1], axis=-1))
+            else:
+                z = z - z.max(-1, keepdims=True)
+                e = np.exp(z)
+                probs.append(e / e.sum(-1, keepdims=True))
+        return probs
+
+    def predict(self, X_layers: Sequence[np.ndarray]) -> np.ndarray:
+        """``[L, P, N]`` predicted labels."""
+        preds = []
+        for z in self.decision_function(X_layers):
+            idx = (z[..., 0] > 0).astype(np.int64) if z.shape[-1] == 1 else z.argmax(-1)
+            preds.append(self.classes[idx])
+        return np.stack(preds)
+
+    def score(self, X_layers: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
+        """``[L, P]`` accuracy."""
+        return (self.predict(X_layers) == np.asarray(y)[None, None]).mean(-1)
+
+    def coef_original(self, layer: int, c_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(coef ``[K, D]``, intercept ``[K]``) in the original (unstandardised) feature space."""
+        w = self.coef[layer][c_index]
+        b = self.intercept[layer][c_index]
+        if not self.standardized:
+            return w, b
+        w_o = w / self.scales[layer]
+        return w_o, b - w_o @ self.means[layer]
+
+    def _check_layers(self, X_layers: Sequence[np.ndarray]) -> None:
+        if len(X_layers) != self.n_layers:
+            raise ValueError(f"expected {self.n_layers} layers, got {len(X_layers)}")
+
+
+def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+    if len(classes) < 2:
+        raise AnalysisError(
+            f"a probe needs at least 2 classes in the training data, got {len(classes)} "
+            f"({classes.tolist()})"
+        )
+    return classes, y_idx.astype(np.int64)
+
+
+def fit_logistic_path(
+    X_layers: Sequence[np.ndarray],
+    y: np.ndarray,
+    Cs: Sequence[float] | float = DEFAULT_CS,
+    *,
+    standardize: bool = True,
+    dtype: str = "float32",
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+    history: int = 10,
+    layer_Cs: np.ndarray | None = None,
+    init: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> ProbePath:
+    """Fit a multinomial L2 logistic probe for every layer and every C, all at once.
+
+    Args:
+        X_layers: one ``[N, D_l]`` array per layer (same N rows, widths may differ).
+        y: ``[N]`` labels (any integer/str values; >= 2 classes).
+        Cs: inverse regularisation strengths (sklearn's C), shared by all layers.
+        standardize: z-score each layer with these rows' statistics (recommended).
+        dtype: ``"float32"`` (fast) or ``"float64"`` (to match sklearn to ~1e-6).
+        max_iter, tol: L-BFGS limits; ``tol`` bounds ``max |grad|`` of the mean-loss objective,
+            as sklearn's ``tol`` does for ``solver="lbfgs"``.
+        history: L-BFGS memory.
+        layer_Cs: optional ``[L, P]`` per-layer C values (overrides ``Cs``; used for the refit
+            at each layer's selected C).
+        init: optional warm start, per layer ``(coef [P, Kf, D], intercept [P, Kf])`` in the
+            ORIGINAL feature space (e.g. from :meth:`ProbePath.coef_original`); the optimum
+            does not depend on it, only the number of iterations.
+
+    Returns:
+        A :class:`ProbePath`.
+    """
+    torch = _torch()
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[str(dtype)]
+    X_layers = [np.asarray(x) for x in X_layers]
+    if not X_layers:
+        raise ValueError("no layers given")
+    n = len(y)
+    for i, x in enumerate(X_layers):
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"layer {i}: expected [{n}, D] features, got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise AnalysisError(f"layer {i}: features contain NaN or Inf")
+    classes, y_idx = _encode_labels(y)
+    K = len(classes)
+    binary = K == 2
+    n_free = 1 if binary else K
+    if layer_Cs is None:
+        Cs_arr = np.atleast_1d(np.asarray(Cs, dtype=np.float64))
+        grid = np.broadcast_to(Cs_arr, (len(X_layers), len(Cs_arr))).copy()
+    else:
+        grid = np.asarray(layer_Cs, dtype=np.float64)
+        Cs_arr = grid[0] if np.all(grid == grid[0]) else np.full(grid.shape[1], np.nan)
+    if np.any(grid <= 0):
+        raise ValueError("C must be > 0")
+    L, P = grid.shape
+
+    means, scales = [], []
+    for x in X_layers:
+        if standardize:
+            m, s = fit_standardizer(x)
+        else:
+            m, s = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        means.append(m)
+        scales.append(s)
+
+    coef: list[np.ndarray] = [np.zeros(0)] * L
+    intercept: list[np.ndarray] = [np.zeros(0)] * L
+    n_iter = np.zeros((L, P), dtype=np.int64)
+    conv = np.zeros((L, P), dtype=bool)
+    y_t = torch.as_tensor(y_idx)
+    # Softmax tails and converged probes' tiny L-BFGS vectors produce subnormal floats, which
+    # make x86 CPUs ~10x slower; flush them to zero during the solve (restored afterwards).
+    flushed = torch.set_flush_denormal(True)
+    try:
+        res_by_width = _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype,
+                                     init=init, max_iter=max_iter, tol=tol, history=history)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+    for idx, res in res_by_width:
+        for a, i in enumerate(idx):
+            coef[i] = res.W[a].numpy().astype(np.float64)  # [P, Kf, D]
+            intercept[i] = res.b[a].numpy().astype(np.float64)
+            n_iter[i] = res.n_iter[a]
+            conv[i] = res.converged[a]
+    return ProbePath(
+        Cs=Cs_arr,
+        classes=classes,
+        coef=coef,
+        intercept=intercept,
+        means=means,
+        scales=scales,
+        n_iter=n_iter,
+        converged=conv,
+        standardized=standardize,
+        extra={"layer_Cs": grid},
+    )
+
+
+def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, init=None, **kw):
+    """One batched solve per distinct layer width -> [(layer indices, _SolveOut)]."""
+    torch = _torch()
+    n = len(y_t)
+    out = []
+    by_width: dict[int, list[int]] = {}
+    for i, x in enumerate(X_layers):
+        by_width.setdefault(x.shape[1], []).append(i)
+    for width, idx in by_width.items():
+        # standardise straight into the batch tensor (no float64 copy of every layer)
+        Xg = torch.empty(len(idx), n, width, dtype=tdtype)
+        npd = np.float32 if tdtype == torch.float32 else np.float64
+        for a, i in enumerate(idx):
+            z = (X_layers[i].astype(npd) - means[i].astype(npd)) / scales[i].astype(npd)
+            Xg[a] = torch.as_tensor(np.ascontiguousarray(z))
+        lam = torch.as_tensor(1.0 / (grid[idx] * n), dtype=torch.float64)
+        W0 = b0 = None
+        if init is not None:  # original space -> this fit's standardised space
+            W0 = torch.stack([torch.as_tensor(np.asarray(init[i][0]) * scales[i], dtype=tdtype)
+                              for i in idx])
+            b0 = torch.stack([torch.as_tensor(np.asarray(init[i][1])
+                                              + np.asarray(init[i][0]) @ means[i], dtype=tdtype)
+                              for i in idx])
+        out.append((idx, _batched_lbfgs(Xg, y_t, lam, n_free, binary, W0=W0, b0=b0, **kw)))
+    return out
+
+
+@dataclass
+class ProbeSelection:
+    """Outcome of :func:`select_and_evaluate` (one entry per layer).
+
+    Attributes:
+        Cs: the sweep.
+        val_accuracy: ``[L, P]`` validation accuracy of the probes fitted on train.
+        best_C: ``[L]`` selected C (highest val accuracy; ties -> the smallest C).
+        test_accuracy: ``[L]`` test accuracy of the probe refitted on train + val at best_C.
+        path: the train-only path; refit: the train+val probes.
+    """
+
+    Cs: np.ndarray
+    val_accuracy: np.ndarray
+    best_C: np.ndarray
+    test_accuracy: np.ndarray
+    path: ProbePath
+    refit: ProbePath
+
+
+def select_and_evaluate(
+    train: tuple[Sequence[np.ndarray], np.ndarray],
+    val: tuple[Sequence[np.ndarray], np.ndarray],
+    test: tuple[Sequence[np.ndarray], np.ndarray],
+    Cs: Sequence[float] = DEFAULT_CS,
+    *,
+    refit: bool = True,
+    **fit_kwargs: Any,
+) -> ProbeSelection:
+    """CLIP protocol: fit the C path on train, pick C per layer on val, refit on train + val.
+
+    Each argument is ``(X_layers, y)``. With ``refit=False`` the train-only probe at the
+    selected C is evaluated instead.
+    """
+    Xtr, ytr = train
+    Xva, yva = val
+    Xte, yte = test
+    Cs_arr = np.asarray(Cs, dtype=np.float64)
+    path = fit_logistic_path(Xtr, ytr, Cs_arr, **fit_kwargs)
+    val_acc = path.score(Xva, yva)  # [L, P]
+    # ties -> first index of the sorted sweep = the smallest C (strongest regularisation)
+    order = np.argsort(Cs_arr)
+    best = np.array(
+        [order[np.flatnonzero(row[order] >= row.max() - 1e-12)[0]] for row in val_acc]
+    )
+    best_C = Cs_arr[best]
+    if refit:
+        X_all = [np.concatenate([a, b]) for a, b in zip(Xtr, Xva)]
+        y_all = np.concatenate([np.asarray(ytr), np.asarray(yva)])
+        # warm start from the train-only probe at the selected C (fewer iterations)
+        init = []
+        for layer, p_idx in enumerate(best):
+            w, b0 = path.coef_original(layer, int(p_idx))
+            init.append((w[None], b0[None]))
+        same_classes = np.array_equal(np.unique(y_all), path.classes)
+        final = fit_logistic_path(X_all, y_all, layer_Cs=best_C[:, None],
+                                  init=init if same_classes else None, **fit_kwargs)
+        test_acc = final.score(Xte, yte)[:, 0]
+    else:
+        final = path
+        test_acc = path.score(Xte, yte)[np.arange(len(best)), best]
+    return ProbeSelection(Cs_arr, val_acc, best_C, test_acc, path, final)
+
+
+# --------------------------------------------------------------------------------------------
+# MLP probe
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MLPProbeResult:
+    """Best MLP probe of one layer: config chosen on val, test accuracy of that model."""
+
+    hidden: int
+    weight_decay: float
+    val_accuracy: float
+    test_accuracy: float
+    epochs: int
+    sweep: list[dict[str, Any]]
+
+
+def fit_mlp_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    hidden_sizes: Sequence[int] = (256,),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
+    lr: float = 1e-3,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> MLPProbeResult:
+    """1-hidden-layer MLP probe (Linear-ReLU-Linear, Adam), one layer's features.
+
+    Features are standardised with train statistics. For each (hidden, weight_decay) the model
+    is trained on train with early stopping on val loss (best epoch kept); the config with
+    the highest val accuracy is evaluated once on test. No refit on train + val (early
+    stopping needs the held-out split). Early stopping watches the validation loss (patience
+    in epochs); the selection across configs uses validation accuracy. Seeded: the same seed
+    gives the same numbers.
+    """
+    torch = _torch()
+    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
+    classes, ytr_i = _encode_labels(ytr)
+    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    yva_i = np.array([lookup.get(c, -1) for c in np.asarray(yva).tolist()], dtype=np.int64)
+    yte_i = np.array([lookup.get(c, -1) for c in np.asarray(yte).tolist()], dtype=np.int64)
+    m, s = fit_standardizer(xtr)
+    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32)
+         for x in (xtr, xva, xte)]
+    ytr_t = torch.as_tensor(ytr_i)
+    yva_t = torch.as_tensor(yva_i)
+    K, D = len(classes), t[0].shape[1]
+    # small training sets still get several updates per epoch
+    batch_size = int(min(batch_size, max(16, len(ytr_t) // 8)))
+    sweep, best = [], None
+    for h in hidden_sizes:
+        for wd in weight_decays:
+            gen = torch.Generator().manual_seed(int(seed))
+            torch.manual_seed(int(seed))
+            net = torch.nn.Sequential(
+                torch.nn.Linear(D, int(h)), torch.nn.ReLU(), torch.nn.Linear(int(h), K)
+            )
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(wd))
+            best_loss, best_acc, best_state, best_ep, bad = np.inf, 0.0, None, 0, 0
+            for ep in range(max_epochs):
+                net.train()
+                perm = torch.randperm(len(ytr_t), generator=gen)
+                for start in range(0, len(perm), batch_size):
+                    bi = perm[start : start + batch_size]
+                    loss = torch.nn.functional.cross_entropy(net(t[0][bi]), ytr_t[bi])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                net.eval()
+                with torch.no_grad():
+                    out = net(t[1])
+                    acc = float((out.argmax(1).numpy() == yva_i).mean())
+                    seen = yva_t >= 0
+                    vloss = float(torch.nn.functional.cross_entropy(out[seen], yva_t[seen]))
+                # early stopping on the validation loss (smoother than accuracy on small data)
+                if vloss < best_loss - 1e-4:
+                    best_loss, best_acc, best_ep, bad = vloss, acc, ep + 1, 0
+                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+            net.load_state_dict(best_state)  # type: ignore[arg-type]
+            sweep.append({"hidden": int(h), "weight_decay": float(wd), "val_accuracy": best_acc,
+                          "epochs": best_ep})
+            if best is None or best_acc > best[0]:
+                with torch.no_grad():
+                    te = float((net(t[2]).argmax(1).numpy() == yte_i).mean())
+                best = (best_acc, int(h), float(wd), te, best_ep)
+    assert best is not None
+    return MLPProbeResult(best[1], best[2], best[0], best[3], best[4], sweep)

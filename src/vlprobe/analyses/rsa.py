@@ -1,0 +1,335 @@
+"""R1 ``rsa``: class-level RDMs per model and their correlations (seed 004 §4.4, eq. 4.1).
+
+RDM distances between classes i, j (features of one site per model, raw, not standardised):
+
+- ``welch_t`` (default, eq. 4.1): ``|| (mu_i - mu_j) / sqrt(s_i^2/n_i + s_j^2/n_j) ||_2`` with
+  per-dimension class means ``mu`` and *unbiased* variances ``s^2`` (ddof = 1). Dimensions
+  where the denominator is 0 (constant in both classes) have it floored at ``epsilon`` times
+  the mean positive denominator of that pair (reported in the notes). Needs >= 2 samples per
+  class: a model with one sample per class (a text model with one prompt template) falls
+  back to ``fallback_distance`` (default ``"cosine"``; the thesis effectively used the L2
+  norm, ``"euclidean"``) with a note, or raises with ``strict: true``.
+- ``cosine``: ``1 - cos(mu_i, mu_j)``; ``correlation``: ``1 - pearson(mu_i, mu_j)`` (same as
+  rsatoolbox ``calc_rdm(method="correlation")``); ``euclidean``: ``||mu_i - mu_j||_2``
+  (rsatoolbox's ``"euclidean"`` is the *squared* distance divided by the number of channels).
+
+Models are compared by the Pearson and/or Spearman correlation of the RDM upper triangles
+(rsatoolbox ``compare(method="corr")`` / ``"spearman"``). Image models use the items of
+``split`` grouped by label; text-only models on an image dataset use the class prompts
+(``view="class_prompts"``, one sentence per (class, template)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.analyses._common import check_finite, check_labels, resolve_modality
+from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.errors import AnalysisError, ConfigError
+
+DISTANCES = ("welch_t", "cosine", "correlation", "euclidean")
+COMPARISONS = ("pearson", "spearman")
+
+
+# --------------------------------------------------------------------------------------------
+# maths
+# --------------------------------------------------------------------------------------------
+
+
+def class_stats(x: np.ndarray, labels: np.ndarray, classes: np.ndarray):
+    """Per class: mean ``[C, D]``, unbiased variance ``[C, D]`` (NaN if n = 1), counts ``[C]``."""
+    x = np.asarray(x, dtype=np.float64)
+    means, vars_, counts = [], [], []
+    for c in classes:
+        xc = x[labels == c]
+        means.append(xc.mean(0))
+        vars_.append(xc.var(0, ddof=1) if len(xc) > 1 else np.full(x.shape[1], np.nan))
+        counts.append(len(xc))
+    return np.stack(means), np.stack(vars_), np.asarray(counts)
+
+
+def welch_t_rdm(
+    x: np.ndarray, labels: np.ndarray, classes: np.ndarray, epsilon: float = 1e-8
+) -> tuple[np.ndarray, int]:
+    """Welch-t RDM (eq. 4.1) and the number of (pair, dimension) denominators floored."""
+    mu, var, n = class_stats(x, labels, classes)
+    if np.any(n < 2):
+        raise AnalysisError("welch_t needs at least 2 samples per class")
+    se2 = var / n[:, None]  # [C, D]
+    C = len(classes)
+    rdm = np.zeros((C, C))
+    n_floored = 0
+    for i in range(C):
+        den = se2[i][None, :] + se2  # [C, D]
+        pos = den > 0
+        mean_pos = np.where(pos.any(1), (den * pos).sum(1) / np.maximum(pos.sum(1), 1), 1.0)
+        floor = epsilon * np.maximum(mean_pos, np.finfo(float).tiny)[:, None]
+        small = den < floor
+        n_floored += int(small[np.arange(C) != i].sum())
+        den = np.where(small, floor, den)
+        rdm[i] = np.sqrt((((mu[i][None, :] - mu) ** 2) / den).sum(1))
+    np.fill_diagonal(rdm, 0.0)
+    return rdm, n_floored // 2
+
+
+def mean_rdm(x: np.ndarray, labels: np.ndarray, classes: np.ndarray, distance: str) -> np.ndarray:
+    """RDM between class means with ``cosine``, ``correlation`` or ``euclidean`` distance."""
+    from scipy.spatial.distance import pdist, squareform
+
+    mu, _, _ = class_stats(x, labels, classes)
+    if distance == "cosine":
+        mu = mu / np.maximum(np.linalg.norm(mu, axis=1, keepdims=True), 1e-12)
+        rdm = 1.0 - mu @ mu.T
+    elif distance == "correlation":
+        mc = mu - mu.mean(1, keepdims=True)
+        mc = mc / np.maximum(np.linalg.norm(mc, axis=1, keepdims=True), 1e-12)
+        rdm = 1.0 - mc @ mc.T
+    elif distance == "euclidean":
+        rdm = squareform(pdist(mu, "euclidean"))
+    else:
+        raise ConfigError(f"rsa: unknown distance {distance!r}; known: {DISTANCES}")
+    rdm = (rdm + rdm.T) / 2
+    np.fill_diagonal(rdm, 0.0)
+    return np.maximum(rdm, 0.0)
+
+
+def upper(rdm: np.ndarray) -> np.ndarray:
+    """Upper triangle (k = 1), row-major (the order of scipy's ``squareform``)."""
+    return rdm[np.triu_indices(rdm.shape[0], k=1)]
+
+
+def compare_rdms(a: np.ndarray, b: np.ndarray, method: str) -> float:
+    """Pearson or Spearman correlation of two RDMs' upper triangles (NaN if one is constant)."""
+    from scipy.stats import rankdata
+
+    u, v = upper(a), upper(b)
+    if method == "spearman":
+        u, v = rankdata(u), rankdata(v)
+    elif method != "pearson":
+        raise ConfigError(f"rsa: unknown comparison {method!r}; known: {COMPARISONS}")
+    u, v = u - u.mean(), v - v.mean()
+    den = np.linalg.norm(u) * np.linalg.norm(v)
+    return float(u @ v / den) if den > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# analysis
+# --------------------------------------------------------------------------------------------
+
+
+class RSA(Analysis):
+    """Class-level RDMs and model x model RDM correlations (R1).
+
+    Params:
+        layer: ``"last"`` (default: last layer site), ``"embedding"`` (the model's embedding
+            site) or a layer index (negative = from the end).
+        split: split whose items give the image-model classes (default ``"test"``).
+        templates: prompt templates for text models (default ``["a photo of a {}."]``).
+        distance: ``"welch_t"`` (default), ``"cosine"``, ``"correlation"``, ``"euclidean"``.
+        fallback_distance: used for a model with one sample per class under welch_t
+            (default ``"cosine"``).
+        strict: raise instead of falling back.
+        comparison: list of ``"pearson"``/``"spearman"`` (default both).
+        epsilon: relative floor of zero Welch denominators (1e-8).
+        pooling, modality: as for ``layer_probe``.
+        prompt_models: models that enter through the class prompts (their text tower) even
+            though they could read the dataset's items (e.g. a CLIP model as "CLIP-T").
+    """
+
+    name: ClassVar[str] = "rsa"
+    catalogue: ClassVar[tuple[str, ...]] = ("R1",)
+    summary: ClassVar[str] = "Class-level RDMs (Welch-t) and model x model RDM correlations"
+    defaults: ClassVar[dict[str, Any]] = {
+        "layer": "last",
+        "split": "test",
+        "templates": ["a photo of a {}."],
+        "distance": "welch_t",
+        "fallback_distance": "cosine",
+        "strict": False,
+        "comparison": list(COMPARISONS),
+        "epsilon": 1e-8,
+        "pooling": None,
+        "modality": None,
+        "prompt_models": [],
+    }
+
+    def __init__(self, models, dataset, params=None, seed=0) -> None:
+        super().__init__(models, dataset, params, seed)
+        p = self.params
+        if p["distance"] not in DISTANCES:
+            raise ConfigError(f"rsa: distance must be one of {DISTANCES}, got {p['distance']!r}")
+        if p["fallback_distance"] not in DISTANCES[1:]:
+            raise ConfigError(
+                f"rsa: fallback_distance must be one of {DISTANCES[1:]}, "
+                f"got {p['fallback_distance']!r}"
+            )
+        comp = [p["comparison"]] if isinstance(p["comparison"], str) else list(p["comparison"])
+        if not comp or any(c not in COMPARISONS for c in comp):
+            raise ConfigError(f"rsa: comparison must be a subset of {COMPARISONS}, got {comp!r}")
+        p["comparison"] = comp
+        layer = p["layer"]
+        if not (layer in ("last", "embedding") or isinstance(layer, int | np.integer)):
+            raise ConfigError(f"rsa: layer must be 'last', 'embedding' or an int, got {layer!r}")
+        templates = [p["templates"]] if isinstance(p["templates"], str) else list(p["templates"])
+        if not templates or any("{}" not in t and "{c}" not in t for t in templates):
+            raise ConfigError(f"rsa: templates must contain '{{}}', got {templates!r}")
+        p["templates"] = templates
+        pm = [p["prompt_models"]] if isinstance(p["prompt_models"], str) else p["prompt_models"]
+        p["prompt_models"] = list(pm or [])
+
+    def _plan_request(self, source: FeatureSource, model: str) -> FeatureRequest | None:
+        p = self.params
+        modality = resolve_modality(source, model, self.dataset, p["modality"])
+        if model in p["prompt_models"]:
+            if "text" not in source.model_modalities(model):
+                raise ConfigError(f"rsa: prompt_models: model {model!r} has no text tower")
+            modality = None
+        if modality is not None:
+            return FeatureRequest(model, self.dataset, p["split"], sites=None,
+                                  pooling=p["pooling"], modality=modality)
+        if "text" in source.model_modalities(model):
+            return FeatureRequest(model, self.dataset, p["split"], sites=None,
+                                  pooling=p["pooling"], view="class_prompts",
+                                  templates=tuple(p["templates"]), modality="text")
+        return None
+
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
+        if self.params["split"] not in source.splits(self.dataset):
+            raise AnalysisError(
+                f"rsa: dataset {self.dataset!r} has no split {self.params['split']!r}; "
+                f"available: {source.splits(self.dataset)}"
+            )
+        plan, notes = {}, []
+        for model in self.models:
+            req = self._plan_request(source, model)
+            if req is None:
+                notes.append(f"rsa: model {model!r} cannot read dataset {self.dataset!r}; skipped")
+            else:
+                plan[model] = req
+        if not plan:
+            raise AnalysisError(f"rsa: none of the models {self.models} can be used")
+        return plan, notes
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        return list(self._plan(source)[0].values())
+
+    def _site(self, feats: LayerFeatures, model: str) -> str:
+        layer = self.params["layer"]
+        sites = feats.layer_sites()
+        if layer == "embedding":
+            emb = [s for s, i in feats.layers.items() if i is None]
+            if not emb:
+                raise AnalysisError(f"rsa: model {model!r} has no embedding site in "
+                                    f"{sorted(feats.features)}")
+            named = [s for s in emb if s.endswith("embedding")]
+            return (named or emb)[0]
+        if not sites:
+            raise AnalysisError(f"rsa: model {model!r}: no layer sites")
+        if layer == "last":
+            return sites[-1]
+        by_index = {feats.layers[s]: s for s in sites}
+        idx = sorted(by_index)  # type: ignore[type-var]
+        key = idx[layer] if layer < 0 and -len(idx) <= layer else layer
+        if key not in by_index:
+            raise ConfigError(f"rsa: model {model!r} has no layer {layer}; available: {idx}")
+        return by_index[key]
+
+    def run(self, source: FeatureSource) -> Result:
+        import pandas as pd
+
+        from vlprobe.analyses import plots
+
+        p = self.params
+        plan, notes = self._plan(source)
+        data = {}
+        for model, req in plan.items():
+            feats = source.get(req)
+            site = self._site(feats, model)
+            x = feats.features[site]
+            check_finite(x, model, site)
+            labels = check_labels(feats, model, f"view {req.view!r}")
+            data[model] = (feats, site, x, labels)
+        common = sorted(set.intersection(*[set(np.unique(d[3]).tolist()) for d in data.values()]))
+        if len(common) < 3:
+            raise AnalysisError(
+                f"rsa: the models share only {len(common)} class(es); an RDM comparison needs "
+                "at least 3 classes"
+            )
+        classes = np.asarray(common)
+        for model, (_, _, _, labels) in data.items():
+            dropped = sorted(set(np.unique(labels).tolist()) - set(common))
+            if dropped:
+                notes.append(f"rsa: model {model!r}: classes {dropped} not shared by all models; "
+                             "left out of the RDM")
+        names_src = next((d[0].label_names for d in data.values() if d[0].label_names), None)
+        class_names = [names_src[c] if names_src and c < len(names_src) else str(c)
+                       for c in common]
+
+        rdms: dict[str, np.ndarray] = {}
+        used: dict[str, str] = {}
+        rdm_rows = []
+        for model, (feats, site, x, labels) in data.items():
+            mask = np.isin(labels, classes)
+            xm, lm = x[mask], labels[mask]
+            dist = p["distance"]
+            if dist == "welch_t":
+                n_min = int(min((lm == c).sum() for c in classes))
+                if n_min < 2:
+                    msg = (f"rsa: model {model!r} has {n_min} sample(s) for some class at site "
+                           f"{site!r}; welch_t needs >= 2")
+                    if p["strict"]:
+                        raise AnalysisError(msg + " (strict: true)")
+                    dist = p["fallback_distance"]
+                    notes.append(msg + f"; used {dist!r} distance for this model instead")
+            if dist == "welch_t":
+                rdm, n_floor = welch_t_rdm(xm, lm, classes, float(p["epsilon"]))
+                if n_floor:
+                    notes.append(f"rsa: model {model!r}: {n_floor} (class pair, dimension) Welch "
+                                 "denominators were 0 and floored at epsilon")
+            else:
+                rdm = mean_rdm(xm, lm, classes, dist)
+            rdms[model], used[model] = rdm, dist
+            for i, ci in enumerate(class_names):
+                for j, cj in enumerate(class_names):
+                    rdm_rows.append({"model": model, "site": site, "layer": feats.layers[site],
+                                     "class_i": ci, "class_j": cj, "distance": float(rdm[i, j]),
+                                     "distance_metric": dist})
+
+        models = list(rdms)
+        mats = {m: np.eye(len(models)) for m in p["comparison"]}
+        rows = []
+        for a_i, a in enumerate(models):
+            for b_i, b in enumerate(models):
+                for method in p["comparison"]:
+                    r = compare_rdms(rdms[a], rdms[b], method)
+                    mats[method][a_i, b_i] = r
+                    fa, sa = data[a][0], data[a][1]
+                    fb, sb = data[b][0], data[b][1]
+                    rows.append({
+                        "analysis": self.name, "model": a, "model_b": b, "dataset": self.dataset,
+                        "layer": fa.layers[sa], "site": sa, "layer_b": fb.layers[sb],
+                        "site_b": sb, "metric": method, "value": r,
+                        "distance": used[a], "distance_b": used[b],
+                        "n_classes": len(classes), "seed": self.seed,
+                    })
+        table = pd.DataFrame(rows)
+        main = p["comparison"][0]
+        figures = {
+            "rdm_correlation": plots.plot_matrix_heatmap(
+                mats[main], models, title=f"RDM {main} correlation ({self.dataset})"
+            ),
+            "rdms": plots.plot_rdms(rdms, class_names, distances=used),
+        }
+        if len(models) >= 2:
+            figures["dendrogram"] = plots.plot_dendrogram(mats[main], models)
+        if len(models) >= 3:
+            figures["mds"] = plots.plot_mds(mats[main], models, seed=self.seed)
+        else:
+            notes.append("rsa: MDS of models needs >= 3 models; figure skipped")
+        return Result(
+            analysis=self.name, catalogue=self.catalogue, table=table, figures=figures,
+            params=dict(p), notes=notes,
+            extra_tables={"rdm": pd.DataFrame(rdm_rows)},
+        )

@@ -1,0 +1,121 @@
+"""The batched logistic-probe solver agrees with sklearn's LogisticRegression(lbfgs)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from vlprobe.analyses.probe_solver import (
+    fit_logistic_path,
+    fit_mlp_probe,
+    select_and_evaluate,
+)
+from vlprobe.errors import AnalysisError
+
+
+def _data(n=150, k=3, dims=(8, 8, 5), seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    xs = []
+    for j, d in enumerate(dims):
+        means = rng.normal(size=(k, d))
+        xs.append(rng.normal(size=(n, d)) + (0.3 + 0.5 * j) * means[y] + 3.0)
+    return xs, y
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_matches_sklearn_coefficients_and_probabilities(k):
+    xs, y = _data(k=k)
+    Cs = [0.01, 0.3, 10.0]
+    path = fit_logistic_path(xs, y, Cs, dtype="float64", tol=1e-9, max_iter=2000)
+    assert path.converged.all()
+    proba = path.predict_proba(xs)
+    for layer, x in enumerate(xs):
+        z = (x - path.means[layer]) / path.scales[layer]  # the solver's standardisation
+        for p, C in enumerate(Cs):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit(z, y)
+            np.testing.assert_allclose(path.coef[layer][p], ref.coef_, atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(path.intercept[layer][p], ref.intercept_, atol=1e-4)
+            assert np.abs(proba[layer][p] - ref.predict_proba(z)).max() < 1e-5
+            # mapping back to raw features gives the same logits
+            w, b = path.coef_original(layer, p)
+            own = path.decision_function(xs)[layer][p]
+            np.testing.assert_allclose(x @ w.T + b, own, atol=1e-8)
+
+
+def test_float32_close_to_sklearn():
+    xs, y = _data(k=3)
+    path = fit_logistic_path(xs, y, [0.1, 1.0], dtype="float32")
+    proba = path.predict_proba(xs)
+    for layer, x in enumerate(xs):
+        z = (x - path.means[layer]) / path.scales[layer]
+        for p, C in enumerate([0.1, 1.0]):
+            ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(z, y)
+            assert np.abs(proba[layer][p] - ref.predict_proba(z)).max() < 1e-3
+
+
+def test_string_labels_and_predict():
+    xs, y = _data(k=3)
+    names = np.array(["cat", "dog", "eel"])[y]
+    path = fit_logistic_path(xs, names, [1.0])
+    assert set(path.predict(xs).ravel()) <= {"cat", "dog", "eel"}
+    assert path.score(xs, names).shape == (3, 1)
+
+
+def test_constant_feature_and_single_class():
+    xs, y = _data(k=3)
+    xs[0][:, 2] = 7.0  # constant feature: standardisation must not divide by zero
+    path = fit_logistic_path(xs, y, [1.0], dtype="float64")
+    assert np.all(np.isfinite(path.coef[0]))
+    assert abs(path.coef[0][0][:, 2]).max() < 1e-8
+    with pytest.raises(AnalysisError, match="at least 2 classes"):
+        fit_logistic_path(xs, np.zeros(len(y), int), [1.0])
+    bad = [x.copy() for x in xs]
+    bad[1][0, 0] = np.nan
+    with pytest.raises(AnalysisError, match="NaN"):
+        fit_logistic_path(bad, y, [1.0])
+
+
+def test_select_and_evaluate_picks_c_and_refits():
+    xs, y = _data(n=300, k=3)
+    tr, va, te = np.arange(0, 180), np.arange(180, 240), np.arange(240, 300)
+    sel = select_and_evaluate(
+        ([x[tr] for x in xs], y[tr]), ([x[va] for x in xs], y[va]),
+        ([x[te] for x in xs], y[te]), [0.001, 0.1, 10.0],
+    )
+    assert sel.val_accuracy.shape == (3, 3)
+    assert sel.best_C.shape == (3,) and set(sel.best_C) <= {0.001, 0.1, 10.0}
+    for layer in range(3):
+        row = sel.val_accuracy[layer]
+        assert row[list(sel.Cs).index(sel.best_C[layer])] == row.max()
+    # the most informative layer (largest planted signal) is probed best
+    assert sel.test_accuracy[2] >= sel.test_accuracy[0]
+    assert sel.refit.coef[0].shape[0] == 1
+
+
+def test_mlp_probe_learns_nonlinear_and_is_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] * x[:, 1] > 0).astype(int)  # XOR: not linearly separable
+    split = (x[:240], y[:240]), (x[240:320], y[240:320]), (x[320:], y[320:])
+    kw = {"hidden_sizes": (32,), "weight_decays": (0.0,), "max_epochs": 15, "lr": 2e-2}
+    a = fit_mlp_probe(*split, seed=3, **kw)
+    b = fit_mlp_probe(*split, seed=3, **kw)
+    assert a.test_accuracy == b.test_accuracy and a.val_accuracy == b.val_accuracy
+    assert a.test_accuracy > 0.85
+    lin = select_and_evaluate(*[([s[0]], s[1]) for s in split], [1.0])
+    assert lin.test_accuracy[0] < 0.75
+
+
+def test_warm_start_reaches_the_same_optimum():
+    xs, y = _data(k=3)
+    cold = fit_logistic_path(xs, y, [0.5], dtype="float64", tol=1e-9)
+    init = [((c[0] + 0.3)[None], (i[0] - 0.2)[None]) for c, i in zip(cold.coef, cold.intercept)]
+    warm = fit_logistic_path(xs, y, [0.5], dtype="float64", tol=1e-9, init=init)
+    for a, b in zip(cold.coef, warm.coef):
+        np.testing.assert_allclose(a, b, atol=1e-6)

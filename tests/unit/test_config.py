@@ -37,8 +37,8 @@ def test_config_hash_ignores_output_location_but_not_seed():
     [
         (lambda c: c.update(sed=1), "unknown key 'sed' (did you mean 'seed'?)"),
         (lambda c: c["models"]["m"].update(adaptor="x"), "models.m: unknown key 'adaptor'"),
-        (lambda c: c["models"]["m"].update(adapter="hf_vitt"), "did you mean 'hf_vit'"),
-        (lambda c: c["datasets"]["d"].update(loader="imagefolder"), "did you mean 'image_folder'"),
+        (lambda c: c["models"]["m"].update(adapter="hf_vitt"), "Did you mean 'hf_vit'"),
+        (lambda c: c["datasets"]["d"].update(loader="imagefolder"), "Did you mean 'image_folder'"),
         (lambda c: c["analyses"][0].update(analysis="V99"), "analyses[0].analysis: unknown"),
         (lambda c: c["analyses"][0].update(models=["n"]), "analyses[0].models[0]: 'n' is not"),
         (lambda c: c["analyses"][0].update(dataset="e"), "analyses[0].dataset: 'e' is not"),

@@ -14,6 +14,8 @@ ANALYSES: Registry[type[Analysis]] = Registry("analysis")
 ANALYSES.add("layer_probe", "vlprobe.analyses.probe:LayerProbe", aliases=("V1",))
 ANALYSES.add("few_shot", "vlprobe.analyses.fewshot:FewShot", aliases=("V3",))
 ANALYSES.add("rsa", "vlprobe.analyses.rsa:RSA", aliases=("R1",))
+ANALYSES.add("sentence_probing", "vlprobe.analyses.sentence_probing:SentenceProbing",
+             aliases=("T1",))
 ANALYSES.add("transfer", "vlprobe.analyses.transfer:Transfer", aliases=("V2",))
 ANALYSES.add("clustering", "vlprobe.analyses.clustering:Clustering", aliases=("V4",))
 ANALYSES.add("cka", "vlprobe.analyses.cka:CKA", aliases=("R2",))

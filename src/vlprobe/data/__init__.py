@@ -28,6 +28,7 @@ DATASETS.add("gensim_polarity", "vlprobe.data.text:load_gensim_polarity")
 DATASETS.add("senteval", "vlprobe.data.text:load_senteval")
 DATASETS.add("skimage_photos", "vlprobe.data.skimage_photos:load_skimage_photos")
 DATASETS.add("hf_hub", "vlprobe.data.hub:load_hub", aliases=("hub",))
+DATASETS.add("probing_task", "vlprobe.data.probing_tasks:load_probing_task")
 
 
 @dataclass(frozen=True)

@@ -63,29 +63,29 @@ def _as_labels(labels: Any) -> np.ndarray:
 def _allocate(caps: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Split ``n`` draws over classes proportionally to ``caps`` (at most ``caps[k]`` each).
 
-    Every class with ``caps[k] > 0`` first gets one draw when ``n`` allows it (so no class is
-    left out of a sample that could hold all classes); the rest is shared by largest remainder,
-    ties broken by the seeded ``rng``.
+    Largest-remainder rounding of the exact quotas ``n * caps / sum(caps)``; then every class
+    with ``caps[k] > 0`` gets at least one draw when ``n`` allows it (so no class is left out of
+    a sample that could hold all classes), taken from the classes most above their quota.
+    Ties are broken by the seeded ``rng``.
     """
     caps = caps.astype(np.int64)
-    alloc = np.zeros_like(caps)
+    quota = n * caps / max(int(caps.sum()), 1)
+    alloc = np.minimum(np.floor(quota).astype(np.int64), caps)
+    tiebreak = rng.random(len(caps))
+    left = n - int(alloc.sum())
+    if left > 0:
+        frac = quota - alloc
+        frac[(caps - alloc) <= 0] = -np.inf
+        order = np.lexsort((tiebreak, -frac))
+        alloc[order[:left]] += 1
     avail = np.flatnonzero(caps > 0)
     if n >= len(avail):
-        alloc[avail] = 1
-    remaining = n - int(alloc.sum())
-    if remaining > 0:
-        room = caps - alloc
-        total = int(room.sum())
-        share = remaining * room / total
-        extra = np.floor(share).astype(np.int64)
-        alloc += extra
-        left = remaining - int(extra.sum())
-        if left > 0:
-            frac = share - extra
-            frac[(caps - alloc) <= 0] = -1.0
-            tiebreak = rng.random(len(caps))
-            order = np.lexsort((tiebreak, -frac))
-            alloc[order[:left]] += 1
+        for k in avail[alloc[avail] == 0]:
+            surplus = alloc - quota
+            surplus[alloc <= 1] = -np.inf
+            donor = int(np.lexsort((tiebreak, -surplus))[0])
+            alloc[donor] -= 1
+            alloc[k] += 1
     return alloc
 
 

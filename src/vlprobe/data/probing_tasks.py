@@ -1,0 +1,907 @@
+"""Generate the ten SentEval probing tasks (Conneau et al. 2018) from a treebank.
+
+Usage::
+
+    corpus = read_corpus("/path/to/ptb")                  # a .mrg/.conllu file or a directory
+    task = generate_task("TreeDepth", corpus, seed=0)     # -> ProbingTask
+    write_senteval_task(task, "out/tree_depth.txt")       # SentEval file + datasheet JSON
+    splits = task.to_stimuli()                            # {"train","validation","test"}
+
+or, in a run config, the ``probing_task`` dataset loader (:func:`load_probing_task`)::
+
+    datasets: {treedepth: {loader: probing_task, path: ${reference}/text/ptb_sample,
+                           options: {task: TreeDepth}, seed: 0}}
+
+or from a shell: ``python -m vlprobe.data.probing_tasks TREEBANK OUTDIR [--tasks ...]``.
+
+Tasks, labels and where they come from (``gold`` = read off the treebank's annotation;
+``constructed`` = correct by construction of the perturbation):
+
+======== ========= ====================================================== =====================
+task     category  label                                                  needs
+======== ========= ====================================================== =====================
+SentLen  surface   word-count bin "0".."5" of [5-8, 9-12, 13-16, 17-20,   any (tokens)
+                   21-25, 26-28] tokens (punctuation counts; other
+                   lengths are not used)
+WC       surface   the one chosen mid-frequency word the sentence         any
+                   contains (exactly one token of the chosen vocabulary)
+TreeDepth syntactic height of the cleaned tree, 5..12 (edges from the     bracketed trees
+                   sentence node to the deepest word; pre-terminal = 1)
+TopConst syntactic children of the sentence node, ``_``-joined            bracketed trees
+                   (``NP_VP_.``): the 19 most frequent sequences + OTHER
+                   (20 classes, as SentEval)
+BShift   syntactic O / I: two adjacent word tokens swapped                any
+Tense    semantic  PAST / PRES: Tense of the root if finite, else of its  CoNLL-U, or
+                   finite aux/cop (PTB: tag of the main VP's first verb:  bracketed trees
+                   VBD / VBZ, VBP)
+SubjNum  semantic  NN / NNS: Number of the root's nsubj / nsubj:pass      CoNLL-U, or
+                   (common nouns only, as SentEval's NN/NNS; PTB: tag of  bracketed trees
+                   the head noun of the NP-SBJ)
+ObjNum   semantic  NN / NNS: Number of the root's obj (common nouns;      CoNLL-U, or
+                   PTB: head noun of the main verb's first NP object)     bracketed trees
+SOMO     semantic  O / C: one noun or verb replaced by another word of    any (POS tags)
+                   the same POS tag and similar corpus frequency
+CoordInv semantic  O / I: the two clauses of a top-level ``S (,) CC S``   bracketed trees
+                   coordination swapped
+======== ========= ====================================================== =====================
+
+Bracketed trees are cleaned first (``-NONE-`` traces / empty elements removed, function tags
+stripped: ``NP-SBJ`` -> ``NP``). Exact duplicate sentences are kept once. All files of a
+treebank directory form one pool of sentences (a UD treebank's own train/dev/test files are
+not kept apart: the generator makes its own sentence-level splits).
+
+Splits and balance. Splits are disjoint at the sentence level: every source sentence gives at
+most one item. Label tasks: classes with fewer than ``min_per_class`` sentences (WC:
+``wc_min_per_word``) are dropped,
+every other class is downsampled to the smallest kept class (capped at ``max_per_class``),
+then each class is split train/validation/test by ``fractions`` (so every split is balanced).
+Perturbation tasks: eligible sentences (capped at ``2 * max_per_class``) are split by sentence
+FIRST, then within each split one half stays original and the other half is perturbed (an
+odd sentence out is dropped), so an original and its perturbed version never meet in two
+splits. Everything is seeded (numpy ``default_rng([seed, crc32(task)])``).
+
+Small treebanks give small tasks; SentEval's tasks have 100k/10k/10k items. The datasheet of
+every generated task gives its sizes per split and class, label source, treebank path and
+sha256 of its files, the seed and the options.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlprobe.data.treebank import (
+    Tree,
+    UDSentence,
+    base_label,
+    file_sha256,
+    function_tags,
+    iter_conllu,
+    iter_ptb,
+    ptb_word,
+    treebank_files,
+)
+from vlprobe.errors import DataError
+
+SENTEVAL_SIZES = {"train": 100_000, "validation": 10_000, "test": 10_000}
+_SPLIT_CODES = {"train": "tr", "validation": "va", "test": "te"}
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    category: str
+    kind: str  # "label" or "perturbation"
+    needs: str | None  # None, "tree" or "ud"
+    senteval_file: str
+    label_source: str
+    ptb_label_source: str = ""  # when read off bracketed trees instead of UD
+
+
+TASKS: dict[str, TaskInfo] = {
+    t.name: t
+    for t in (
+        TaskInfo("SentLen", "surface", "label", None, "sentence_length.txt",
+                 "gold: number of tokens of the treebank sentence, binned"),
+        TaskInfo("WC", "surface", "label", None, "word_content.txt",
+                 "gold: the single chosen mid-frequency word the sentence contains"),
+        TaskInfo("TreeDepth", "syntactic", "label", "tree", "tree_depth.txt",
+                 "gold: height of the treebank's constituency tree (traces removed)"),
+        TaskInfo("TopConst", "syntactic", "label", "tree", "top_constituents.txt",
+                 "gold: labels of the sentence node's children in the treebank tree"),
+        TaskInfo("BShift", "syntactic", "perturbation", None, "bigram_shift.txt",
+                 "constructed: two adjacent tokens swapped (I) or not (O)"),
+        TaskInfo("Tense", "semantic", "label", None, "past_present.txt",
+                 "gold: UD Tense feature of the main-clause finite verb (root or its aux/cop)",
+                 "gold: PTB tag (VBD vs VBZ/VBP) of the first verb of the main clause's VP"),
+        TaskInfo("SubjNum", "semantic", "label", None, "subj_number.txt",
+                 "gold: UD Number feature of the root's nsubj (common noun)",
+                 "gold: PTB tag (NN vs NNS) of the head noun of the main clause's NP-SBJ"),
+        TaskInfo("ObjNum", "semantic", "label", None, "obj_number.txt",
+                 "gold: UD Number feature of the root's obj (common noun)",
+                 "gold: PTB tag (NN vs NNS) of the head noun of the main verb's first NP "
+                 "object (no function tag)"),
+        TaskInfo("SOMO", "semantic", "perturbation", None, "odd_man_out.txt",
+                 "constructed: one noun/verb replaced by a same-tag word of similar frequency "
+                 "(C) or not (O)"),
+        TaskInfo("CoordInv", "semantic", "perturbation", "tree", "coordination_inversion.txt",
+                 "constructed: the two clauses of a top-level S CC S coordination swapped (I) "
+                 "or not (O)"),
+    )
+}
+_ALIASES = {
+    "sentence_length": "SentLen", "word_content": "WC", "tree_depth": "TreeDepth",
+    "top_constituents": "TopConst", "bigram_shift": "BShift", "past_present": "Tense",
+    "subj_number": "SubjNum", "obj_number": "ObjNum", "odd_man_out": "SOMO",
+    "coordination_inversion": "CoordInv",
+}  # fmt: skip
+
+SENTLEN_BINS = ((5, 8), (9, 12), (13, 16), (17, 20), (21, 25), (26, 28))
+SOMO_TAGS = frozenset({"NN", "NNS", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "NOUN", "VERB"})
+
+DEFAULTS: dict[str, Any] = {
+    "fractions": (0.8, 0.1, 0.1),
+    "max_per_class": None,  # cap per class (perturbation tasks: per O/I half)
+    "min_per_class": 5,  # classes with fewer sentences are dropped
+    "balance": "downsample",  # or "none"
+    "sentlen_bins": SENTLEN_BINS,
+    "depth_range": (5, 12),
+    "n_top": 19,  # TopConst: most frequent sequences kept; the rest -> OTHER
+    "n_words": 1000,  # WC vocabulary size
+    "skip_top": 100,  # WC: the most frequent words (function words) are not candidates
+    "wc_min_per_word": 10,  # WC: sentences needed per word (replaces min_per_class for WC)
+    "somo_freq_ratio": 2.0,  # SOMO: replacement frequency within [f / r, f * r]
+    # "gold" (hand-annotated treebank) or "silver" (parser output): recorded as the label
+    # quality of the label tasks in the datasheet and the Stimuli source
+    "annotation": "gold",
+}
+
+
+# how each generated task differs from SentEval's (recorded in the datasheet)
+DIFFERENCES = {
+    "SentLen": "bin edges chosen here (6 bins, 5-28 tokens); SentEval's corpus is Toronto "
+               "BookCorpus, here the treebank's sentences",
+    "WC": "SentEval: 1000 words of frequency rank 2k-3k in a large corpus; here n_words words "
+          "after the skip_top most frequent, shrunk until each has wc_min_per_word sentences "
+          "holding it as the only vocabulary word",
+    "TreeDepth": "SentEval decorrelates depth from sentence length; not done here; gold trees "
+                 "instead of parser output",
+    "TopConst": "gold trees instead of parser output",
+    "BShift": "as SentEval (one random adjacent pair of word tokens swapped)",
+    "Tense": "gold UD features / PTB tags instead of a silver parse",
+    "SubjNum": "gold UD features / PTB tags instead of a silver parse",
+    "ObjNum": "gold UD features / PTB tags instead of a silver parse",
+    "SOMO": "SentEval also matches the bigram frequencies with the neighbours of the replaced "
+            "word; here only the fine POS tag and the unigram frequency (within a factor "
+            "somo_freq_ratio) are matched",
+    "CoordInv": "only top-level S (,) CC S coordinations of the gold tree; a sentence-initial "
+                "capital moves to the new first clause",
+}
+
+
+def task_info(name: str) -> TaskInfo:
+    """The task called ``name`` (SentEval names / file stems accepted, case-insensitive)."""
+    key = str(name).strip()
+    for canon in TASKS:
+        if key.lower() == canon.lower():
+            return TASKS[canon]
+    stem = key.lower().removesuffix(".txt")
+    if stem in _ALIASES:
+        return TASKS[_ALIASES[stem]]
+    raise DataError(f"unknown probing task {name!r}; known: {', '.join(TASKS)} "
+                    f"(or SentEval file names: {', '.join(_ALIASES)})")
+
+
+# --- corpus -----------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceSentence:
+    """One treebank sentence: display words, POS tags, and its tree or UD parse."""
+
+    sid: str
+    words: list[str]
+    tags: list[str]
+    tree: Tree | None = None
+    ud: UDSentence | None = None
+    tagged_tree: Tree | None = None  # the cleaned tree with its function tags kept
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+@dataclass
+class Corpus:
+    """A read treebank: its format, files (with sha256) and deduplicated sentences."""
+
+    path: str
+    format: str
+    files: list[dict[str, str]]
+    sentences: list[SourceSentence]
+    n_read: int
+    n_duplicates: int
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    """Read a PTB (.mrg) or CoNLL-U treebank file / directory (see the module docstring)."""
+    fmt, files = treebank_files(path)
+    sentences: list[SourceSentence] = []
+    n_read = 0
+    seen: set[str] = set()
+    if fmt == "ptb":
+        for sid, raw in iter_ptb(files):
+            n_read += 1
+            tree = raw.clean()
+            if tree is None:
+                continue
+            tagged = tree.tagged()
+            sentences.append(SourceSentence(sid, [ptb_word(w) for w, _ in tagged],
+                                            [t for _, t in tagged], tree=tree.top(),
+                                            tagged_tree=raw.clean(strip_tags=False).top()))
+    else:
+        for sid, ud in iter_conllu(files):
+            n_read += 1
+            tags = [t.xpos if t.xpos not in ("_", "") else t.upos for t in ud.tokens]
+            sentences.append(SourceSentence(sid, [t.form for t in ud.tokens], tags, ud=ud))
+    unique = []
+    for s in sentences:
+        if s.words and s.text not in seen:
+            seen.add(s.text)
+            unique.append(s)
+    if not unique:
+        raise DataError(f"treebank {str(path)!r}: no sentences read")
+    hashes = [{"file": str(f), "sha256": file_sha256(f)} for f in files]
+    return Corpus(str(path), fmt, hashes, unique, n_read, len(sentences) - len(unique))
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def sentlen_label(s: SourceSentence, bins: Sequence[Sequence[int]] = SENTLEN_BINS) -> str | None:
+    n = len(s.words)
+    for k, (lo, hi) in enumerate(bins):
+        if lo <= n <= hi:
+            return str(k)
+    return None
+
+
+def tree_depth(tree: Tree) -> int:
+    """Height of the (cleaned) sentence node: edges down to the deepest word."""
+    return tree.height()
+
+
+def top_constituents(tree: Tree) -> str | None:
+    """``_``-joined labels of the sentence node's children (None for a one-word tree)."""
+    if tree.is_preterminal:
+        return None
+    return "_".join(c.label for c in tree.children if isinstance(c, Tree))
+
+
+def _is_finite(tok) -> bool:
+    return tok.feats.get("VerbForm") == "Fin" and tok.feats.get("Tense") in ("Past", "Pres")
+
+
+def ud_tense(ud: UDSentence) -> str | None:
+    """PAST / PRES of the main clause: the root when finite, else its finite aux / cop."""
+    root = ud.root()
+    if root is None:
+        return None
+    finite = root if _is_finite(root) else None
+    if finite is None:
+        for tok in ud.children(root.id):
+            if tok.deprel.split(":")[0] in ("aux", "cop") and _is_finite(tok):
+                finite = tok
+                break
+    if finite is None:
+        return None
+    return {"Past": "PAST", "Pres": "PRES"}[finite.feats["Tense"]]
+
+
+def _ud_number(ud: UDSentence, relations: tuple[str, ...]) -> str | None:
+    root = ud.root()
+    if root is None:
+        return None
+    args = [t for t in ud.children(root.id) if t.deprel in relations]
+    if len(args) != 1 or args[0].upos != "NOUN":
+        return None
+    return {"Sing": "NN", "Plur": "NNS"}.get(args[0].feats.get("Number", ""))
+
+
+def ud_subj_number(ud: UDSentence) -> str | None:
+    """NN / NNS: Number of the root's single nsubj (or nsubj:pass) when it is a common noun."""
+    return _ud_number(ud, ("nsubj", "nsubj:pass"))
+
+
+def ud_obj_number(ud: UDSentence) -> str | None:
+    """NN / NNS: Number of the root's single obj when it is a common noun."""
+    return _ud_number(ud, ("obj",))
+
+
+def _kids(node: Tree) -> list[Tree]:
+    return [c for c in node.children if isinstance(c, Tree)]
+
+
+def _main_clause(tree: Tree) -> tuple[Tree, Tree] | None:
+    """(S, its first VP child) of a tree whose sentence node is an S, else None."""
+    if base_label(tree.label) != "S":
+        return None
+    vps = [c for c in _kids(tree) if base_label(c.label) == "VP"]
+    return (tree, vps[0]) if vps else None
+
+
+def np_head_noun(node: Tree) -> Tree | None:
+    """Pre-terminal of an NP's head noun: its last NN* child, else the head of its first NP
+    child (``NP -> NP PP``); None for coordinated NPs and NPs without a noun (pronouns)."""
+    kids = _kids(node)
+    if any(base_label(k.label) in ("CC", "CONJP") for k in kids):
+        return None
+    nouns = [k for k in kids if k.is_preterminal and k.label.startswith("NN")]
+    if nouns:
+        return nouns[-1]
+    if kids and base_label(kids[0].label) == "NP":
+        return np_head_noun(kids[0])
+    return None
+
+
+def _number(node: Tree | None) -> str | None:
+    head = np_head_noun(node) if node is not None else None
+    return head.label if head is not None and head.label in ("NN", "NNS") else None
+
+
+def ptb_tense(tree: Tree) -> str | None:
+    """PAST / PRES: the first verb tag of the main VP (descending ``VP -> VP CC VP``);
+    VBD -> PAST, VBZ / VBP -> PRES; a modal or no finite verb -> None."""
+    main = _main_clause(tree)
+    if main is None:
+        return None
+    vp: Tree | None = main[1]
+    while vp is not None:
+        for k in _kids(vp):
+            if k.is_preterminal and k.label in ("VBD", "VBZ", "VBP", "MD", "VB", "VBN", "VBG",
+                                                 "TO"):
+                return {"VBD": "PAST", "VBZ": "PRES", "VBP": "PRES"}.get(k.label)
+        inner = [k for k in _kids(vp) if base_label(k.label) == "VP"]
+        vp = inner[0] if inner else None
+    return None
+
+
+def ptb_subj_number(tree: Tree) -> str | None:
+    """NN / NNS: tag of the head noun of the main clause's single NP-SBJ (common nouns)."""
+    main = _main_clause(tree)
+    if main is None:
+        return None
+    subj = [k for k in _kids(main[0]) if base_label(k.label) == "NP"
+            and "SBJ" in function_tags(k.label)]
+    return _number(subj[0]) if len(subj) == 1 else None
+
+
+def ptb_obj_number(tree: Tree) -> str | None:
+    """NN / NNS: head noun of the first untagged NP complement of the main verb (auxiliary
+    VP chains are followed down to the lexical verb's VP)."""
+    main = _main_clause(tree)
+    if main is None:
+        return None
+    vp = main[1]
+    while True:
+        objects = [k for k in _kids(vp) if base_label(k.label) == "NP"
+                   and not function_tags(k.label)]
+        inner = [k for k in _kids(vp) if base_label(k.label) == "VP"]
+        if objects or len(inner) != 1:
+            break
+        vp = inner[0]
+    return _number(objects[0]) if objects else None
+
+
+# --- perturbations ----------------------------------------------------------------------------
+
+
+def _wordlike(w: str) -> bool:
+    return any(ch.isalnum() for ch in w)
+
+
+def bshift_positions(words: Sequence[str]) -> list[int]:
+    """Positions i where swapping words i, i+1 changes the sentence (both word-like)."""
+    return [i for i in range(len(words) - 1)
+            if _wordlike(words[i]) and _wordlike(words[i + 1])
+            and words[i].lower() != words[i + 1].lower()]
+
+
+def bigram_shift(words: Sequence[str], i: int) -> list[str]:
+    out = list(words)
+    out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+def _match_case(new: str, old: str) -> str:
+    if old[:1].isupper():
+        return new[:1].upper() + new[1:]
+    return new
+
+
+class SomoLexicon:
+    """Word frequencies per POS tag; replacements of similar frequency and the same tag."""
+
+    def __init__(self, sentences: Sequence[SourceSentence], ratio: float = 2.0) -> None:
+        self.ratio = float(ratio)
+        self.freq: Counter[tuple[str, str]] = Counter()
+        for s in sentences:
+            for w, t in zip(s.words, s.tags):
+                if t in SOMO_TAGS and w.isalpha():
+                    self.freq[(w.lower(), t)] += 1
+        by_tag: dict[str, list[tuple[int, str]]] = {}
+        for (w, t), f in self.freq.items():
+            by_tag.setdefault(t, []).append((f, w))
+        # per tag: words sorted by (frequency, word), so a frequency band is one slice
+        self.by_tag = {t: sorted(v) for t, v in by_tag.items()}
+        self._freqs = {t: [f for f, _ in v] for t, v in self.by_tag.items()}
+        self._cache: dict[tuple[str, str], list[str]] = {}
+
+    def replacements(self, word: str, tag: str) -> list[str]:
+        """Words of the same tag whose frequency is within ``[f / ratio, f * ratio]``."""
+        key = (word.lower(), tag)
+        if key not in self._cache:
+            f = self.freq.get(key, 0)
+            out: list[str] = []
+            if f:
+                freqs = self._freqs[tag]
+                a = bisect.bisect_left(freqs, f / self.ratio)
+                b = bisect.bisect_right(freqs, f * self.ratio)
+                out = [w for _, w in self.by_tag[tag][a:b] if w != key[0]]
+            self._cache[key] = out
+        return self._cache[key]
+
+    def positions(self, s: SourceSentence) -> list[int]:
+        return [i for i, (w, t) in enumerate(zip(s.words, s.tags))
+                if t in SOMO_TAGS and w.isalpha() and self.replacements(w, t)]
+
+
+def coordination_split(tree: Tree) -> tuple[int, int, int, int] | None:
+    """Token spans of a top-level ``S (,) CC S (punct)`` coordination, or None.
+
+    Returns ``(a0, a1, b0, b1)``: clause 1 = words[a0:a1], clause 2 = words[b0:b1]; what lies
+    between is the optional comma and the conjunction; after b1 only punctuation. A comma or
+    colon that ends a clause is left out of its span (it stays where it is).
+    """
+    kids = [c for c in tree.children if isinstance(c, Tree)]
+    labels = [c.label for c in kids]
+    sizes = [len(c.leaves()) for c in kids]
+    starts = list(np.cumsum([0, *sizes]))
+    s_idx = [i for i, lab in enumerate(labels) if lab == "S"]
+    if len(s_idx) != 2 or s_idx[0] != 0:
+        return None
+    i, j = s_idx
+    if labels[i + 1 : j] not in (["CC"], [",", "CC"]):
+        return None
+    if any(lab not in (".", ":", "''", ",") for lab in labels[j + 1 :]):
+        return None
+    tags = [t for _, t in tree.tagged()]
+    a0, a1, b0, b1 = int(starts[i]), int(starts[i + 1]), int(starts[j]), int(starts[j + 1])
+    while a1 > a0 + 1 and tags[a1 - 1] in (",", ":"):  # a clause-final comma stays in place
+        a1 -= 1
+    while b1 > b0 + 1 and tags[b1 - 1] in (",", ":"):
+        b1 -= 1
+    return a0, a1, b0, b1
+
+
+def coordination_inversion(s: SourceSentence, spans: tuple[int, int, int, int]) -> list[str]:
+    """The words with the two clauses swapped; a sentence-initial capital moves along (the
+    second clause's first word is capitalised, the first clause's lower-cased unless it is
+    tagged NNP/NNPS or is "I")."""
+    a0, a1, b0, b1 = spans
+    first, second = list(s.words[a0:a1]), list(s.words[b0:b1])
+    if a0 == 0 and first and second and first[0][:1].isupper():  # a sentence-initial capital
+        if s.tags[a0] not in ("NNP", "NNPS") and first[0] != "I":
+            first[0] = first[0][:1].lower() + first[0][1:]
+        second[0] = second[0][:1].upper() + second[0][1:]
+    return [*s.words[:a0], *second, *s.words[a1:b0], *first, *s.words[b1:]]
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskItem:
+    split: str
+    label: str
+    text: str
+    source_id: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProbingTask:
+    """A generated task: items (split, label, text, source sentence) and its datasheet."""
+
+    name: str
+    category: str
+    items: list[TaskItem]
+    label_names: list[str]
+    datasheet: dict[str, Any]
+
+    def split_items(self, split: str) -> list[TaskItem]:
+        return [it for it in self.items if it.split == split]
+
+    def senteval_lines(self) -> list[str]:
+        return [f"{_SPLIT_CODES[it.split]}\t{it.label}\t{it.text}" for it in self.items]
+
+    def to_stimuli(self, dataset: str | None = None, source: dict[str, Any] | None = None):
+        """``{"train", "validation", "test"}`` -> :class:`~vlprobe.data.stimuli.Stimuli`
+        (ids ``split/source sentence id``; descriptor ``source_sentence``)."""
+        from vlprobe.data.stimuli import Stimuli
+
+        index = {name: i for i, name in enumerate(self.label_names)}
+        out = {}
+        for split in SPLITS:
+            items = self.split_items(split)
+            if not items:
+                continue
+            out[split] = Stimuli(
+                dataset=dataset or self.name,
+                split=split,
+                ids=[f"{split}/{it.source_id}" for it in items],
+                texts=[it.text for it in items],
+                labels=np.asarray([index[it.label] for it in items], dtype=np.int64),
+                label_names=list(self.label_names),
+                descriptors={"source_sentence": [it.source_id for it in items]},
+                source={"loader": "probing_task", "task": self.name,
+                        "label_source": self.datasheet["label_source"],
+                        "label_quality": self.datasheet["label_quality"],
+                        "treebank": self.datasheet["treebank"]["path"],
+                        "seed": self.datasheet["seed"], **(source or {})},
+            )
+        return out
+
+
+def _rng(seed: int, task: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(task.encode())])
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(f < 0 for f in fr) or fr[0] <= 0 or abs(sum(fr) - 1.0) > 1e-6:
+        raise DataError(f"fractions must be 3 non-negative numbers (train, validation, test) "
+                        f"summing to 1 with train > 0, got {fractions!r}")
+    return fr  # type: ignore[return-value]
+
+
+def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """(train, val, test) counts of n; val / test get >= 1 when n >= 3 and their share > 0."""
+    n_va = round(n * fractions[1])
+    n_te = round(n * fractions[2])
+    if n >= 3:
+        n_va = max(n_va, 1) if fractions[1] > 0 else 0
+        n_te = max(n_te, 1) if fractions[2] > 0 else 0
+    n_va, n_te = min(n_va, n), min(n_te, n - min(n_va, n))
+    return n - n_va - n_te, n_va, n_te
+
+
+def _assign(order: Sequence[int], fractions) -> list[str]:
+    n_tr, n_va, _ = _split_sizes(len(order), fractions)
+    return ["train"] * n_tr + ["validation"] * n_va + ["test"] * (len(order) - n_tr - n_va)
+
+
+def _wc_labels(sentences, opts) -> tuple[dict[int, str], dict[str, Any]]:
+    """WC: vocabulary = ``n_words`` words after the ``skip_top`` most frequent (by number of
+    sentences containing them); a sentence is labelled when it holds exactly one vocabulary
+    token. Words with fewer than ``wc_min_per_word`` such sentences are removed from the
+    vocabulary a few at a time (the lowest counts first), which can only give the others more
+    single-word sentences, until every word left has enough (``wc_min_per_word``)."""
+    min_n = int(opts["wc_min_per_word"])
+    doc_freq: Counter[str] = Counter()
+    for s in sentences:
+        doc_freq.update({w.lower() for w in s.words if w.isalpha()})
+    ranked = sorted(doc_freq, key=lambda w: (-doc_freq[w], w))
+    candidates = [w for w in ranked[int(opts["skip_top"]) :] if doc_freq[w] >= min_n]
+    vocab = set(candidates[: int(opts["n_words"])])
+    hits_of = [[w.lower() for w in s.words if w.lower() in vocab] for s in sentences]
+    labels: dict[int, str] = {}
+    while True:
+        labels = {}
+        for k, hits in enumerate(hits_of):
+            kept = [w for w in hits if w in vocab]
+            if len(kept) == 1:
+                labels[k] = kept[0]
+        counts = Counter(labels.values())
+        short = sorted((w for w in vocab if counts[w] < min_n), key=lambda w: (counts[w], w))
+        if not short:
+            break
+        vocab -= set(short[: max(1, len(short) // 10)])
+    info = {"wc_vocabulary_size": len(vocab), "wc_candidates": len(candidates),
+            "wc_rank_range": [int(opts["skip_top"]),
+                              int(opts["skip_top"]) + min(len(candidates), int(opts["n_words"]))]}
+    return labels, info
+
+
+def _label_items(info: TaskInfo, corpus: Corpus, opts, rng) -> tuple[list[TaskItem], dict]:
+    sents = corpus.sentences
+    extra: dict[str, Any] = {}
+    labels: dict[int, str] = {}
+    if info.name == "SentLen":
+        bins = [tuple(b) for b in opts["sentlen_bins"]]
+        labels = {k: lab for k, s in enumerate(sents) if (lab := sentlen_label(s, bins))}
+        extra["label_meaning"] = {str(k): f"{lo}-{hi} tokens" for k, (lo, hi) in enumerate(bins)}
+    elif info.name == "WC":
+        labels, extra = _wc_labels(sents, opts)
+    elif info.name == "TreeDepth":
+        lo, hi = (int(v) for v in opts["depth_range"])
+        for k, s in enumerate(sents):
+            d = tree_depth(s.tree)  # type: ignore[arg-type]
+            if lo <= d <= hi:
+                labels[k] = str(d)
+    elif info.name == "TopConst":
+        raw = {k: lab for k, s in enumerate(sents) if (lab := top_constituents(s.tree))}
+        common = [lab for lab, _ in sorted(Counter(raw.values()).items(),
+                                           key=lambda kv: (-kv[1], kv[0]))[: int(opts["n_top"])]]
+        labels = {k: (lab if lab in common else "OTHER") for k, lab in raw.items()}
+        extra["top_sequences"] = common
+    else:
+        if corpus.format == "ptb":
+            fn = {"Tense": ptb_tense, "SubjNum": ptb_subj_number,
+                  "ObjNum": ptb_obj_number}[info.name]
+            labels = {k: lab for k, s in enumerate(sents) if (lab := fn(s.tagged_tree))}
+        else:
+            fn = {"Tense": ud_tense, "SubjNum": ud_subj_number,
+                  "ObjNum": ud_obj_number}[info.name]
+            labels = {k: lab for k, s in enumerate(sents) if (lab := fn(s.ud))}
+    counts = Counter(labels.values())
+    min_n = int(opts["wc_min_per_word" if info.name == "WC" else "min_per_class"])
+    kept = sorted(c for c, n in counts.items() if n >= min_n)
+    extra["n_eligible"] = len(labels)
+    extra["classes_dropped"] = {c: n for c, n in sorted(counts.items()) if n < min_n}
+    if len(kept) < 2:
+        raise DataError(f"{info.name}: fewer than 2 classes with >= {min_n} sentences in "
+                        f"{corpus.path!r} (counts: {dict(counts)})")
+    if opts["balance"] == "downsample":
+        n_per = min(counts[c] for c in kept)
+        if opts["max_per_class"]:
+            n_per = min(n_per, int(opts["max_per_class"]))
+        extra["n_per_class"] = n_per
+    elif opts["balance"] == "none":
+        n_per = None
+    else:
+        raise DataError(f"balance must be 'downsample' or 'none', got {opts['balance']!r}")
+    items: list[TaskItem] = []
+    for c in kept:
+        members = np.asarray(sorted(k for k, lab in labels.items() if lab == c))
+        n_take = len(members) if n_per is None else n_per
+        if opts["max_per_class"]:
+            n_take = min(n_take, int(opts["max_per_class"]))
+        chosen = rng.permutation(members)[:n_take]
+        for k, split in zip(chosen, _assign(chosen, opts["fractions"])):
+            s = sents[int(k)]
+            items.append(TaskItem(split, c, s.text, s.sid))
+    return items, extra
+
+
+def _perturbation_items(info: TaskInfo, corpus: Corpus, opts, rng) -> tuple[list[TaskItem], dict]:
+    sents = corpus.sentences
+    extra: dict[str, Any] = {}
+    lexicon = SomoLexicon(sents, opts["somo_freq_ratio"]) if info.name == "SOMO" else None
+    eligible: list[int] = []
+    for k, s in enumerate(sents):
+        if info.name == "BShift":
+            ok = bool(bshift_positions(s.words))
+        elif info.name == "SOMO":
+            ok = bool(lexicon.positions(s))  # type: ignore[union-attr]
+        else:
+            ok = coordination_split(s.tree) is not None  # type: ignore[arg-type]
+        if ok:
+            eligible.append(k)
+    extra["n_eligible"] = len(eligible)
+    if len(eligible) < 2 * 3:
+        raise DataError(f"{info.name}: only {len(eligible)} eligible sentences in "
+                        f"{corpus.path!r}; need at least 6")
+    order = rng.permutation(np.asarray(eligible))
+    if opts["max_per_class"]:
+        order = order[: 2 * int(opts["max_per_class"])]
+    items: list[TaskItem] = []
+    splits = _assign(order, opts["fractions"])
+    changed_label = "C" if info.name == "SOMO" else "I"
+    for split in SPLITS:
+        members = [int(k) for k, sp in zip(order, splits) if sp == split]
+        half = len(members) // 2
+        for pos, k in enumerate(members[: 2 * half]):
+            s = sents[k]
+            if pos < half:
+                items.append(TaskItem(split, "O", s.text, s.sid))
+                continue
+            if info.name == "BShift":
+                cand = bshift_positions(s.words)
+                i = int(cand[rng.integers(len(cand))])
+                words, detail = bigram_shift(s.words, i), {"swapped": i}
+            elif info.name == "SOMO":
+                cand = lexicon.positions(s)  # type: ignore[union-attr]
+                i = int(cand[rng.integers(len(cand))])
+                options = lexicon.replacements(s.words[i], s.tags[i])  # type: ignore[union-attr]
+                new = options[int(rng.integers(len(options)))]
+                words = list(s.words)
+                words[i] = _match_case(new, s.words[i])
+                detail = {"replaced": i, "tag": s.tags[i], "original": s.words[i]}
+            else:
+                spans = coordination_split(s.tree)  # type: ignore[arg-type]
+                words = coordination_inversion(s, spans)  # type: ignore[arg-type]
+                detail = {"spans": list(spans)}  # type: ignore[arg-type]
+            items.append(TaskItem(split, changed_label, " ".join(words), s.sid, detail))
+    return items, extra
+
+
+def generate_task(task: str, treebank: str | Path | Corpus, seed: int = 0,
+                  **options: Any) -> ProbingTask:
+    """Generate one probing task from a treebank (path or :class:`Corpus`).
+
+    Options (defaults in :data:`DEFAULTS`): ``fractions`` (train, validation, test),
+    ``max_per_class``, ``min_per_class``, ``balance`` (``downsample``/``none``),
+    ``sentlen_bins``, ``depth_range``, ``n_top``, ``n_words``, ``skip_top``,
+    ``wc_min_per_word``, ``somo_freq_ratio``, ``annotation`` (``gold``, or ``silver`` for an
+    automatically parsed treebank: recorded as the label quality).
+    """
+    info = task_info(task)
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise DataError(f"unknown probing task option(s) {unknown}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **options}
+    opts["fractions"] = _check_fractions(opts["fractions"])
+    if opts["annotation"] not in ("gold", "silver"):
+        raise DataError(f"annotation must be 'gold' or 'silver', got {opts['annotation']!r}")
+    corpus = treebank if isinstance(treebank, Corpus) else read_corpus(treebank)
+    need = {"tree": "ptb", "ud": "conllu"}.get(info.needs or "")
+    if need and corpus.format != need:
+        what = "bracketed constituency trees (PTB .mrg)" if need == "ptb" else "CoNLL-U (UD)"
+        raise DataError(f"task {info.name} needs {what}; {corpus.path!r} is {corpus.format}")
+    rng = _rng(seed, info.name)
+    builder = _label_items if info.kind == "label" else _perturbation_items
+    items, extra = builder(info, corpus, opts, rng)
+    order = {s.sid: i for i, s in enumerate(corpus.sentences)}
+    items.sort(key=lambda it: (SPLITS.index(it.split), order[it.source_id]))
+    names = sorted({it.label for it in items}, key=_label_key)
+    datasheet = _datasheet(info, corpus, seed, opts, items, names, extra)
+    return ProbingTask(info.name, info.category, items, names, datasheet)
+
+
+def _label_key(label: str) -> tuple[int, Any]:
+    try:
+        return (0, int(label))
+    except ValueError:
+        return (1, label)
+
+
+def _datasheet(info, corpus, seed, opts, items, names, extra) -> dict[str, Any]:
+    sizes: dict[str, Any] = {}
+    for split in SPLITS:
+        part = [it.label for it in items if it.split == split]
+        counts = Counter(part)
+        sizes[split] = {"total": len(part), "per_class": {n: counts.get(n, 0) for n in names}}
+    got = "/".join(str(sizes[s]["total"]) for s in SPLITS)
+    return {
+        "task": info.name,
+        "senteval_file": info.senteval_file,
+        "category": info.category,
+        "label_source": (info.ptb_label_source if corpus.format == "ptb"
+                         and info.ptb_label_source else info.label_source),
+        "label_quality": str(opts["annotation"]) if info.kind == "label" else
+                         "constructed (correct by construction; not human-annotated)",
+        "label_names": names,
+        "n_classes": len(names),
+        "sizes": sizes,
+        "size_note": (
+            f"this task has {got} train/validation/test items, generated from a treebank of "
+            f"{len(corpus.sentences)} unique sentences; SentEval's probing tasks have "
+            "100k/10k/10k. Small treebanks give small tasks: compare accuracies with "
+            "SentEval's published numbers with care."
+        ),
+        "balancing": (
+            "label tasks: classes with fewer than min_per_class eligible sentences dropped, "
+            "every kept class downsampled to the smallest (capped at max_per_class), then "
+            "split per class by fractions; perturbation tasks: sentences split first, half "
+            "of each split perturbed"
+            if opts["balance"] == "downsample" else "none (natural class frequencies)"
+        ),
+        "differences_from_senteval": DIFFERENCES[info.name],
+        "split_unit": "source sentence (each treebank sentence gives at most one item)",
+        "treebank": {"path": corpus.path, "format": corpus.format, "files": corpus.files,
+                     "n_sentences_read": corpus.n_read,
+                     "n_duplicates_dropped": corpus.n_duplicates},
+        "seed": int(seed),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items()},
+        **extra,
+    }
+
+
+def available_tasks(corpus: Corpus) -> list[str]:
+    """Tasks a treebank of this format can give."""
+    need = {"ptb": "ud", "conllu": "tree"}[corpus.format]
+    return [t.name for t in TASKS.values() if t.needs != need]
+
+
+def generate_all(treebank: str | Path | Corpus, seed: int = 0, tasks: Sequence[str] | None = None,
+                 skipped: dict[str, str] | None = None, **options: Any) -> dict[str, ProbingTask]:
+    """Every task this treebank can give (or ``tasks``), reading the treebank once.
+
+    With a ``skipped`` dict, a task that cannot be made (too few sentences or classes) is left
+    out and its reason stored there; without, the DataError is raised.
+    """
+    corpus = treebank if isinstance(treebank, Corpus) else read_corpus(treebank)
+    names = [task_info(t).name for t in tasks] if tasks else available_tasks(corpus)
+    out = {}
+    for name in names:
+        try:
+            out[name] = generate_task(name, corpus, seed, **options)
+        except DataError as exc:
+            if skipped is None:
+                raise
+            skipped[name] = str(exc)
+    return out
+
+
+def write_senteval_task(task: ProbingTask, path: str | Path) -> tuple[Path, Path]:
+    """Write ``split<TAB>label<TAB>sentence`` lines and ``<path stem>.datasheet.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(task.senteval_lines()) + "\n", encoding="utf-8")
+    sheet = path.with_name(path.stem + ".datasheet.json")
+    sheet.write_text(json.dumps(task.datasheet, indent=2) + "\n", encoding="utf-8")
+    return path, sheet
+
+
+def load_probing_task(spec: Any) -> dict[str, Any]:
+    """Dataset loader ``probing_task``: one task generated on the fly from ``spec.path``.
+
+    ``options.task`` (required) names the task; ``options.seed`` (default ``spec.seed``) and
+    the generator options of :func:`generate_task` are passed on.
+    """
+    from vlprobe.data._common import dataset_name, resolve_path
+
+    options = dict(spec.options)
+    if "task" not in options:
+        raise DataError(f"probing_task: options.task is required (one of {', '.join(TASKS)})")
+    task = options.pop("task")
+    seed = int(options.pop("seed", getattr(spec, "seed", 0) or 0))
+    options.pop("path", None)
+    path = resolve_path(spec, "probing_task")
+    generated = generate_task(task, path, seed, **options)
+    return generated.to_stimuli(dataset_name(spec, "probing_task"),
+                                {"sizes": {s: generated.datasheet["sizes"][s]["total"]
+                                           for s in SPLITS}})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vlprobe.data.probing_tasks TREEBANK OUTDIR [--tasks T ...] [--seed N]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Generate SentEval probing tasks.")
+    parser.add_argument("treebank")
+    parser.add_argument("outdir")
+    parser.add_argument("--tasks", nargs="*", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-per-class", type=int, default=None)
+    args = parser.parse_args(argv)
+    skipped: dict[str, str] = {}
+    tasks = generate_all(args.treebank, args.seed, args.tasks, skipped=skipped,
+                         max_per_class=args.max_per_class)
+    for name, task in tasks.items():
+        out, _ = write_senteval_task(task, Path(args.outdir) / TASKS[name].senteval_file)
+        print(f"{name}: {task.datasheet['size_note'].split(',')[0]} -> {out}")
+    for name, reason in skipped.items():
+        print(f"{name}: not generated: {reason}")
+    return 0 if tasks else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+__all__ = [
+    "DEFAULTS", "SENTEVAL_SIZES", "TASKS", "Corpus", "ProbingTask", "SourceSentence", "TaskItem",
+    "available_tasks", "generate_all", "generate_task", "load_probing_task", "read_corpus",
+    "task_info", "write_senteval_task",
+]  # fmt: skip

@@ -19,6 +19,8 @@ ANALYSES.add("sentence_probing", "vlprobe.analyses.sentence_probing:SentenceProb
 ANALYSES.add("transfer", "vlprobe.analyses.transfer:Transfer", aliases=("V2",))
 ANALYSES.add("clustering", "vlprobe.analyses.clustering:Clustering", aliases=("V4",))
 ANALYSES.add("cka", "vlprobe.analyses.cka:CKA", aliases=("R2",))
+ANALYSES.add("grounded_word_embeddings", "vlprobe.analyses.grounded_words:GroundedWords",
+              aliases=("T4",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -217,6 +217,22 @@ class RunFeatureSource:
                 self._prefetching = False
         return errors
 
+    def dataset_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per loaded dataset and split: item count, classes, skipped items (for run.json)."""
+        summary: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, splits in self._datasets.items():
+            summary[name] = {
+                split: {
+                    "n_items": len(stimuli),
+                    "n_classes": len(stimuli.label_names) if stimuli.label_names else None,
+                    "modalities": list(stimuli.modalities),
+                    "fingerprint": stimuli.fingerprint(),
+                    "skipped": len(stimuli.source.get("skipped") or []),
+                }
+                for split, stimuli in splits.items()
+            }
+        return summary
+
     def forward_batches(self) -> int:
         """Total model forward passes performed so far in this run."""
         return sum(entry.n_forward_batches for entry in self.log)

@@ -190,6 +190,7 @@ def run(
             log.error("analysis %s crashed: %s", entry.name, exc)
         _write_record(run_dir, record)
 
+    record["datasets"] = source.dataset_summary()
     record["extractions"] = [entry.__dict__ for entry in source.log]
     record["forward_batches"] = source.forward_batches()
     record["timings"]["load_s"] = {k: round(v, 3) for k, v in source.load_seconds.items()}
@@ -197,12 +198,21 @@ def run(
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     statuses = [a["status"] for a in record["analyses"].values()]
     record["status"] = "ok" if all(s != "failed" for s in statuses) else "partial"
-    record["warnings"] = extraction_errors + [
-        f"{e.n_truncated} of {e.n_items} texts of {e.dataset}/{e.split} were truncated to "
-        f"the maximum length of model {e.model}"
-        for e in source.log
-        if e.n_truncated
-    ]
+    record["warnings"] = (
+        extraction_errors
+        + [
+            f"{e.n_truncated} of {e.n_items} texts of {e.dataset}/{e.split} were truncated to "
+            f"the maximum length of model {e.model}"
+            for e in source.log
+            if e.n_truncated
+        ]
+        + [
+            f"dataset {name}/{split}: {info['skipped']} unreadable items skipped (on_error: skip)"
+            for name, splits in record["datasets"].items()
+            for split, info in splits.items()
+            if info.get("skipped")
+        ]
+    )
     _write_record(run_dir, record)
     if report:
         from vlprobe.report.html import write_report

@@ -145,3 +145,42 @@ def test_query_over_runs(tiny_config):
         tiny_config["output_dir"],
     )
     assert list(frame["model"]) == ["vit"]
+
+
+def test_truncation_and_skipped_items_are_reported(tmp_path):
+    images = write_image_folder(tmp_path / "images", n_train=4, n_test=3)
+    (images / "train" / "red" / "broken.png").write_bytes(b"not a png")
+    sentences = tmp_path / "sentences.txt"
+    long_text = " ".join(["word"] * 300)
+    sentences.write_text(
+        "\n".join(f"__label__{'a' if i % 2 else 'b'} short sentence {i}" for i in range(20))
+        + f"\n__label__a {long_text}\n"
+    )
+    data = {
+        "name": "edge",
+        "output_dir": str(tmp_path / "runs"),
+        "models": {"bert": spec_dict("hf_text", tmp_path), "vit": spec_dict("hf_vit", tmp_path)},
+        "datasets": {
+            "text": {"loader": "sentences", "path": str(sentences), "test_fraction": 0.3},
+            "colours": {"loader": "image_folder", "path": str(images), "on_error": "skip"},
+        },
+        "analyses": [
+            {"analysis": "V1", "models": ["bert"], "dataset": "text"},
+            {"analysis": "V1", "models": ["vit"], "dataset": "colours"},
+        ],
+    }
+    record = read_run(run(parse_config(data), progress=False, report=True))
+    assert record["status"] == "ok", record["analyses"]
+    warnings = " ".join(record["warnings"])
+    assert "1 of" in warnings and "truncated" in warnings
+    assert "1 unreadable items skipped" in warnings
+    assert record["datasets"]["colours"]["train"]["skipped"] == 1
+
+
+def test_corrupt_image_without_skip_names_the_file(tmp_path, tiny_config):
+    broken = tmp_path / "images" / "train" / "red" / "broken.png"
+    broken.write_bytes(b"not a png")
+    record = read_run(run(parse_config(tiny_config), progress=False, report=False))
+    assert record["status"] == "partial"
+    errors = " ".join(a.get("error", "") for a in record["analyses"].values())
+    assert "broken.png" in errors

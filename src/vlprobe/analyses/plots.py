@@ -74,7 +74,7 @@ def plot_matrix_heatmap(
 ) -> Any:
     """Annotated square heatmap (e.g. model x model RDM correlations)."""
     n = len(labels)
-    fig, axes = _figure(size=(1.0 + 0.6 * max(n, 4), 0.6 + 0.6 * max(n, 4)))
+    fig, axes = _figure(size=(2.0 + 0.6 * max(n, 4), 1.0 + 0.6 * max(n, 4)))
     ax = axes[0, 0]
     im = ax.imshow(matrix, cmap=cmap, vmin=np.nanmin(matrix), vmax=np.nanmax(matrix))
     ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
@@ -85,7 +85,7 @@ def plot_matrix_heatmap(
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if matrix[i, j] < np.nanmean(matrix) else "black")
     fig.colorbar(im, ax=ax)
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=10)  # a figure title never collides with the colour bar
     return fig
 
 

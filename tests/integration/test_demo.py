@@ -19,8 +19,10 @@ def demo_run(tmp_path_factory):
     data["output_dir"] = str(tmp_path_factory.mktemp("runs"))
     data["datasets"]["fashion_mnist"]["subsample"] = {"train": 300, "test": 150}
     cfg = parse_config(data)
-    first = run(cfg, progress=False)
-    second = run(cfg, progress=False)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: set up before the autouse cache
+        patch.setenv("VLPROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        first = run(cfg, progress=False)
+        second = run(cfg, progress=False)
     return first, second
 
 

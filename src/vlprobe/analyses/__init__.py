@@ -21,6 +21,8 @@ ANALYSES.add("clustering", "vlprobe.analyses.clustering:Clustering", aliases=("V
 ANALYSES.add("cka", "vlprobe.analyses.cka:CKA", aliases=("R2",))
 ANALYSES.add("grounded_word_embeddings", "vlprobe.analyses.grounded_words:GroundedWords",
               aliases=("T4",))
+ANALYSES.add("downstream", "vlprobe.analyses.downstream:Downstream", aliases=("T3",))
+ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead")
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -29,6 +29,8 @@ DATASETS.add("senteval", "vlprobe.data.text:load_senteval")
 DATASETS.add("skimage_photos", "vlprobe.data.skimage_photos:load_skimage_photos")
 DATASETS.add("hf_hub", "vlprobe.data.hub:load_hub", aliases=("hub",))
 DATASETS.add("probing_task", "vlprobe.data.probing_tasks:load_probing_task")
+DATASETS.add("boolq", "vlprobe.data.superglue:load_boolq")
+DATASETS.add("wic", "vlprobe.data.superglue:load_wic")
 
 
 @dataclass(frozen=True)

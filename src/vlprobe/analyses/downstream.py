@@ -1,0 +1,249 @@
+"""T3 ``downstream``: a trained classification head on frozen features (BoolQ, WiC, ...).
+
+Protocol (SCIENCE.md T3; seed 000 §3.5, table 1):
+
+1. Pooled text features (``pooling``; ``None`` = the adapter's default, e.g. CLIP ``eos``) of
+   the ``train_split`` and ``eval_split`` items, at the chosen ``layers`` of the text tower
+   (default: the last layer; ``"all"``, ``"embedding"`` (the model's final pooled embedding
+   site), an int or a list of ints also work). The encoder is frozen.
+2. A validation split of ``val_fraction`` of train is carved out (stratified, seeded); it is
+   used only for model selection and never overlaps the evaluation items (checked on ids).
+3. Head ``"linear"``: L2 logistic regression for every layer x C of ``Cs`` solved at once
+   (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`), C chosen on the carved
+   validation split (ties -> smallest C), refitted on train + validation.
+   Head ``"mlp"``: 1-hidden-layer MLP (:func:`~vlprobe.analyses.probe_solver.fit_mlp_probe`),
+   hidden size x weight decay chosen on validation with early stopping. ``"both"``: both.
+4. Accuracy on ``eval_split`` (default ``validation``). SuperGLUE test labels are hidden, so
+   the official dev set (``val.jsonl``, loaded as ``validation``) is the test proxy, as usual.
+
+Truncation: every input longer than the model's maximum length is cut by the adapter and
+counted; the table carries ``n_truncated_train``, ``n_truncated_eval``, ``n_truncated``
+(their sum), ``fraction_truncated`` (sum / all train + eval items) and ``max_length`` (the
+model's maximum text length in tokens when the feature source can tell it, else missing);
+the same counts are written in ``Result.notes``. CLIP's 77-token limit cuts most BoolQ
+passages (seed 000 §3.5).
+
+Not implemented: fine-tuning the encoder (SCIENCE.md T3 mentions "frozen or fine-tuned"
+encoders); only frozen features are supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.analyses._common import (
+    assert_disjoint_ids,
+    check_finite,
+    check_labels,
+    readable_models,
+    select_layer_sites,
+    stratified_split,
+)
+from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.errors import AnalysisError, ConfigError
+
+_HEADS = ("linear", "mlp", "both")
+
+
+def model_max_length(source: Any, model: str) -> int | None:
+    """The model's maximum text length in tokens, when ``source`` exposes its adapter
+    (the runner's feature source has ``adapter(model)``); ``None`` otherwise."""
+    adapter = getattr(source, "adapter", None)
+    if not callable(adapter):
+        return None
+    try:
+        value = adapter(model).max_text_length()
+    except Exception:  # an unknown max length is reported as missing
+        return None
+    return int(value) if isinstance(value, int | np.integer) and value > 0 else None
+
+
+def select_sites(feats: LayerFeatures, layers: Any, model: str) -> list[str]:
+    """Sites for ``layers``: ``"embedding"`` = the non-layer ``*.embedding`` site, else
+    :func:`~vlprobe.analyses._common.select_layer_sites` (default: last layer)."""
+    if layers == "embedding":
+        sites = [s for s, i in feats.layers.items() if i is None and s.endswith("embedding")]
+        if len(sites) != 1:
+            raise AnalysisError(f"downstream: model {model!r}: no single embedding site among "
+                                f"{sorted(feats.layers)}")
+        return sites
+    return select_layer_sites(feats, layers, model, default="last")
+
+
+class Downstream(Analysis):
+    """Trained head on frozen features: accuracy on a downstream task (T3).
+
+    Params:
+        train_split / eval_split: split names (``"train"`` / ``"validation"``: SuperGLUE's
+            dev set is the test proxy).
+        val_fraction: fraction of each train class carved out for model selection (0.1).
+        head: ``"linear"`` (default, logistic regression with a C sweep), ``"mlp"`` or
+            ``"both"``.
+        layers: ``"last"`` (default), ``"all"``, ``"embedding"``, an int or a list of ints.
+        pooling: pooling method, ``None`` = the adapter's default.
+        modality: tower to use (``"text"``).
+        Cs, dtype, max_iter, tol: the logistic sweep and solver (as in ``layer_probe``).
+        mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
+    """
+
+    name: ClassVar[str] = "downstream"
+    catalogue: ClassVar[tuple[str, ...]] = ("T3",)
+    summary: ClassVar[str] = (
+        "Downstream task accuracy (BoolQ, WiC) of a trained head on frozen features, "
+        "truncation counted"
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "train_split": "train",
+        "eval_split": "validation",
+        "val_fraction": 0.1,
+        "head": "linear",
+        "layers": "last",
+        "pooling": None,
+        "modality": "text",
+        "Cs": list(DEFAULT_CS),
+        "dtype": "float32",
+        "max_iter": 1000,
+        "tol": 1e-4,
+        "mlp_hidden": [256],
+        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
+        "mlp_max_epochs": 100,
+        "mlp_patience": 10,
+    }
+
+    def __init__(self, models, dataset, params=None, seed=0) -> None:
+        super().__init__(models, dataset, params, seed)
+        p = self.params
+        if p["head"] not in _HEADS:
+            raise ConfigError(f"downstream: head must be one of {_HEADS}, got {p['head']!r}")
+        if not 0.0 < float(p["val_fraction"]) < 1.0:
+            raise ConfigError(f"downstream: val_fraction must be in (0, 1), "
+                              f"got {p['val_fraction']}")
+        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
+        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
+            raise ConfigError(f"downstream: Cs must be positive numbers, got {p['Cs']!r}")
+        p["Cs"] = [float(c) for c in Cs]
+        if p["dtype"] not in ("float32", "float64"):
+            raise ConfigError(f"downstream: dtype must be float32 or float64, got {p['dtype']!r}")
+        if p["train_split"] == p["eval_split"]:
+            raise ConfigError("downstream: train_split and eval_split must differ")
+
+    # ----------------------------------------------------------------------------------------
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=(self.params["train_split"], self.params["eval_split"]),
+        )
+
+    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
+        return FeatureRequest(model, self.dataset, split, sites=None,
+                              pooling=self.params["pooling"], modality=modality)
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        plan, _ = self._plan(source)
+        return [self._request(m, self.params[s], mod)
+                for m, mod in plan.items() for s in ("train_split", "eval_split")]
+
+    def run(self, source: FeatureSource) -> Result:
+        import pandas as pd
+
+        p = self.params
+        plan, notes = self._plan(source)
+        train_name, eval_name = p["train_split"], p["eval_split"]
+        notes.append(
+            f"downstream: accuracy on split {eval_name!r} of {self.dataset!r}; for SuperGLUE "
+            "tasks (test labels hidden) the official dev set is the test proxy. Model selection "
+            f"on {float(p['val_fraction']):.0%} of {train_name!r} (stratified, seed {self.seed}); "
+            "frozen encoder (fine-tuning not implemented)."
+        )
+        heads = ["linear", "mlp"] if p["head"] == "both" else [p["head"]]
+        rows: list[dict[str, Any]] = []
+        for model, modality in plan.items():
+            ftr = source.get(self._request(model, train_name, modality))
+            fev = source.get(self._request(model, eval_name, modality))
+            ytr_all = check_labels(ftr, model, f"split {train_name!r}")
+            yev = check_labels(fev, model, f"split {eval_name!r}")
+            if len(np.unique(ytr_all)) < 2:
+                raise AnalysisError(f"downstream: model {model!r}: split {train_name!r} has a "
+                                    "single class; a classifier needs at least 2")
+            sites = select_sites(ftr, p["layers"], model)
+            tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
+            ids_tr = [ftr.ids[i] for i in tr_idx]
+            ids_va = [ftr.ids[i] for i in va_idx]
+            assert_disjoint_ids(ids_tr, ids_va, "train", "validation carve")
+            assert_disjoint_ids(ids_tr, fev.ids, f"split {train_name!r}", f"split {eval_name!r}")
+            assert_disjoint_ids(ids_va, fev.ids, "validation carve", f"split {eval_name!r}")
+            Xtr, Xva, Xev = [], [], []
+            for site in sites:
+                check_finite(ftr.features[site], model, site)
+                check_finite(fev.features[site], model, site)
+                Xtr.append(ftr.features[site][tr_idx])
+                Xva.append(ftr.features[site][va_idx])
+                Xev.append(fev.features[site])
+            ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
+            n_classes = len(np.unique(np.concatenate([ytr_all, yev])))
+            counts = np.bincount(yev)
+            chance = max(1.0 / n_classes, float(counts.max() / counts.sum()))
+            max_len = model_max_length(source, model)
+            n_tr_trunc, n_ev_trunc = int(ftr.n_truncated), int(fev.n_truncated)
+            n_items = len(ytr_all) + len(yev)
+            base = {
+                "analysis": self.name, "model": model, "dataset": self.dataset,
+                "metric": "accuracy", "eval_split": eval_name, "n_train": len(ytr),
+                "n_val": len(yva), "n_eval": len(yev), "chance": chance,
+                "n_classes": n_classes, "modality": modality,
+                "pooling": p["pooling"] or "default", "seed": self.seed,
+                "n_truncated_train": n_tr_trunc, "n_truncated_eval": n_ev_trunc,
+                "n_truncated": n_tr_trunc + n_ev_trunc,
+                "fraction_truncated": (n_tr_trunc + n_ev_trunc) / n_items,
+                "max_length": max_len,
+            }
+            limit = f"the maximum length of {max_len} tokens" if max_len else "its maximum length"
+            notes.append(
+                f"downstream: model {model!r} truncated {n_tr_trunc} of {len(ytr_all)} "
+                f"{train_name!r} and {n_ev_trunc} of {len(yev)} {eval_name!r} inputs at {limit} "
+                f"({base['fraction_truncated']:.1%} of all inputs)"
+            )
+            if "linear" in heads:
+                sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xev, yev), p["Cs"],
+                                          dtype=p["dtype"], max_iter=int(p["max_iter"]),
+                                          tol=float(p["tol"]))
+                if not sel.refit.converged.all() or not sel.path.converged.all():
+                    notes.append(f"downstream: model {model!r}: some logistic heads stopped "
+                                 f"before convergence (max_iter={p['max_iter']})")
+                for li, site in enumerate(sites):
+                    best = int(np.flatnonzero(np.asarray(p["Cs"]) == sel.best_C[li])[0])
+                    rows.append({**base, "layer": ftr.layers[site], "site": site,
+                                 "value": float(sel.test_accuracy[li]), "head": "linear",
+                                 "C": float(sel.best_C[li]),
+                                 "val_accuracy": float(sel.val_accuracy[li, best])})
+            if "mlp" in heads:
+                for li, site in enumerate(sites):
+                    res = fit_mlp_probe(
+                        (Xtr[li], ytr), (Xva[li], yva), (Xev[li], yev),
+                        hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
+                        max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
+                        seed=self.seed,
+                    )
+                    rows.append({**base, "layer": ftr.layers[site], "site": site,
+                                 "value": float(res.test_accuracy), "head": "mlp", "C": np.nan,
+                                 "val_accuracy": float(res.val_accuracy), "hidden": res.hidden,
+                                 "weight_decay": res.weight_decay})
+        table = pd.DataFrame(rows)
+        if len(table):
+            table["max_length"] = table["max_length"].astype("Int64")
+        figures = {}
+        if len(table) and table["layer"].notna().sum() > 1:
+            from vlprobe.analyses.plots import plot_accuracy_vs_layer
+
+            figures["accuracy_vs_layer"] = plot_accuracy_vs_layer(
+                table.assign(probe=table["head"]),
+                title=f"Downstream accuracy ({self.dataset}, {eval_name})",
+            )
+        return Result(analysis=self.name, catalogue=self.catalogue, table=table,
+                      figures=figures, params={**p, "heads": heads}, notes=notes)
+
+
+__all__ = ["Downstream", "model_max_length", "select_sites"]

@@ -109,6 +109,45 @@ def resolve_modality(
     return "image" if "image" in common else common[0]
 
 
+def readable_models(
+    source: FeatureSource,
+    analysis: str,
+    models: list[str],
+    dataset: str,
+    prefer: str | None = None,
+    required_splits: tuple[str, ...] = (),
+) -> tuple[dict[str, str], list[str]]:
+    """Which tower of each model reads ``dataset``: ``({model: modality}, notes)``.
+
+    Models that cannot read the dataset are skipped with a note (a text model on an image
+    dataset, say). Raises AnalysisError when a required split is missing or no model can
+    read the dataset at all.
+    """
+    splits = source.splits(dataset)
+    for split in required_splits:
+        if split not in splits:
+            raise AnalysisError(
+                f"{analysis}: dataset {dataset!r} has no split {split!r}; available: {splits}"
+            )
+    plan: dict[str, str] = {}
+    notes: list[str] = []
+    for model in models:
+        modality = resolve_modality(source, model, dataset, prefer)
+        if modality is None:
+            notes.append(
+                f"{analysis}: model {model!r} ({'/'.join(source.model_modalities(model))}) "
+                f"cannot read dataset {dataset!r} "
+                f"({'/'.join(source.dataset_modalities(dataset))})"
+                + (f" with modality {prefer!r}" if prefer else "")
+                + "; skipped"
+            )
+        else:
+            plan[model] = modality
+    if not plan:
+        raise AnalysisError(f"{analysis}: none of the models {models} can read dataset {dataset!r}")
+    return plan, notes
+
+
 def select_layer_sites(
     feats: LayerFeatures, layers: Any, model: str, default: str = "all"
 ) -> list[str]:

@@ -24,7 +24,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
-    resolve_modality,
+    readable_models,
     select_layer_sites,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
@@ -106,26 +106,10 @@ class FewShot(Analysis):
             raise ConfigError("few_shot: train_split and test_split must differ")
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        splits = source.splits(self.dataset)
-        for key in ("train_split", "test_split"):
-            if self.params[key] not in splits:
-                raise AnalysisError(
-                    f"few_shot: dataset {self.dataset!r} has no split {self.params[key]!r} "
-                    f"({key}); available: {splits}"
-                )
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, self.params["modality"])
-            if modality is None:
-                notes.append(f"few_shot: model {model!r} cannot read dataset "
-                             f"{self.dataset!r}; skipped")
-            else:
-                plan[model] = modality
-        if not plan:
-            raise AnalysisError(
-                f"few_shot: none of the models {self.models} can read dataset {self.dataset!r}"
-            )
-        return plan, notes
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=(self.params["train_split"], self.params["test_split"]),
+        )
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
         return FeatureRequest(model, self.dataset, split, sites=None,

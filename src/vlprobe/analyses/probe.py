@@ -25,7 +25,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
-    resolve_modality,
+    readable_models,
     select_layer_sites,
     stratified_split,
 )
@@ -99,29 +99,10 @@ class LayerProbe(Analysis):
 
     # ----------------------------------------------------------------------------------------
     def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        splits = source.splits(self.dataset)
-        for key in ("train_split", "test_split"):
-            if self.params[key] not in splits:
-                raise AnalysisError(
-                    f"layer_probe: dataset {self.dataset!r} has no split "
-                    f"{self.params[key]!r} ({key}); available: {splits}"
-                )
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, self.params["modality"])
-            if modality is None:
-                notes.append(
-                    f"layer_probe: model {model!r} ({'/'.join(source.model_modalities(model))}) "
-                    f"cannot read dataset {self.dataset!r} "
-                    f"({'/'.join(source.dataset_modalities(self.dataset))}); skipped"
-                )
-            else:
-                plan[model] = modality
-        if not plan:
-            raise AnalysisError(
-                f"layer_probe: none of the models {self.models} can read dataset {self.dataset!r}"
-            )
-        return plan, notes
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=(self.params["train_split"], self.params["test_split"]),
+        )
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
         return FeatureRequest(

@@ -34,7 +34,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
-    resolve_modality,
+    readable_models,
     select_layer_sites,
     stratified_split,
 )
@@ -173,18 +173,10 @@ class SentenceProbing(Analysis):
         return ([*wanted, p["validation_split"]] if has_val else wanted), has_val
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, self.params["modality"])
-            if modality is None:
-                notes.append(f"sentence_probing: model {model!r} cannot read the text of "
-                             f"dataset {self.dataset!r}; skipped")
-            else:
-                plan[model] = modality
-        if not plan:
-            raise AnalysisError(f"sentence_probing: none of the models {self.models} has a "
-                                f"tower that reads dataset {self.dataset!r}")
-        return plan, notes
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=(),
+        )
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
         return FeatureRequest(model, self.dataset, split, sites=None,

@@ -40,7 +40,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
-    resolve_modality,
+    readable_models,
     select_layer_sites,
     stratified_split,
 )
@@ -274,24 +274,10 @@ class Transfer(Analysis):
                               f"list of ints, got {layer!r}")
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        p = self.params
-        splits = source.splits(self.dataset)
-        for key in ("train_split", "test_split"):
-            if p[key] not in splits:
-                raise AnalysisError(f"transfer: dataset {self.dataset!r} has no split "
-                                    f"{p[key]!r} ({key}); available: {splits}")
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, p["modality"])
-            if modality is None:
-                notes.append(f"transfer: model {model!r} cannot read dataset {self.dataset!r}; "
-                             "skipped")
-            else:
-                plan[model] = modality
-        if not plan:
-            raise AnalysisError(f"transfer: none of the models {self.models} can read dataset "
-                                f"{self.dataset!r}")
-        return plan, notes
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=(self.params["train_split"], self.params["test_split"]),
+        )
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
         return FeatureRequest(model, self.dataset, split, sites=None,

@@ -22,6 +22,7 @@ ANALYSES.add("cka", "vlprobe.analyses.cka:CKA", aliases=("R2",))
 ANALYSES.add("grounded_word_embeddings", "vlprobe.analyses.grounded_words:GroundedWords",
               aliases=("T4",))
 ANALYSES.add("downstream", "vlprobe.analyses.downstream:Downstream", aliases=("T3",))
+ANALYSES.add("human_centric", "vlprobe.analyses.human_centric:HumanCentric", aliases=("M7",))
 ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead")
 
 

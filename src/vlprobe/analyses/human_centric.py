@@ -1,0 +1,727 @@
+"""M7 ``human_centric``: probes on image features, text features and their concatenation.
+
+Protocol (SCIENCE.md M7; seed 004 ch. 5, Bielawski et al. 2022): datasets whose items carry
+an image AND a text (poster + title/plot, tweet image + tweet, book cover + title) are
+classified from frozen features of
+
+- ``"image"``: the image encoder's vector of each item;
+- ``"text"``: the text encoder's vector of each item;
+- ``"image+text"``: both, concatenated ("the encoding of an image by a visual model and the
+  encoding of the corresponding text by a textual model are simply concatenated").
+
+Where the features come from (the *encoder pair*):
+
+- ``image_model`` / ``text_model`` unset (default): every model of ``models`` is one pair with
+  itself: a dual encoder (CLIP) gives its image tower for ``"image"``, its text tower for
+  ``"text"`` (``FeatureRequest(modality="image"/"text")`` of the same model) and both for
+  ``"image+text"`` (the thesis' CLIP + CLIP-T). A single-tower model gives only the sets its
+  tower can serve (the others are skipped with a note).
+- ``image_model`` and/or ``text_model`` set (each must be one of ``models``): ONE pair of two
+  models (e.g. RN50 + BERT); ``"image"`` uses ``image_model``, ``"text"`` uses
+  ``text_model``, ``"image+text"`` concatenates them. The table's ``model`` column is the
+  model of the set (``"rn50+bert"`` for the concatenation); ``image_model`` /
+  ``text_model`` columns name both sides.
+
+The features are the tower's final embedding (``layer: "embedding"``, default; the last
+layer with a note when a tower has none), or ``"last"`` / a layer index. A set that needs text
+on a dataset without item texts (e.g. the reference kit's movie posters, image + genre only)
+is skipped with a note; if no set is left, an :class:`AnalysisError`. The two parts of a
+concatenation must describe the same items: the same item ids (their order may differ: rows
+are aligned by id) and the same labels; anything else is an :class:`AnalysisError`.
+
+Splits: ``train_split`` / ``test_split``; a validation split (``val_fraction``, stratified by
+label for single-label tasks, seeded) is carved out of train and never shares item ids with
+test (checked).
+
+Probes (``probe``: ``"linear"``, ``"mlp"`` or ``"both"``); features are z-scored with the
+fitting rows' statistics (per column, so the two halves of a concatenation are on the same
+scale):
+
+- single-label, linear: multinomial L2 logistic regression, C chosen on validation accuracy
+  from ``Cs`` and refitted on train + val (:func:`~vlprobe.analyses.probe_solver.
+  select_and_evaluate`; all feature sets of a pair in one batched solve).
+- single-label, MLP: :func:`~vlprobe.analyses.probe_solver.fit_mlp_probe` (Linear-ReLU-
+  Linear, 256 hidden units by default as in the thesis, cross-entropy). That function returns
+  the test accuracy only (no predictions), so the MLP rows report ``accuracy`` only.
+- multi-label, linear: one-vs-rest: one binary L2 logistic probe per label, C chosen per
+  label on validation accuracy and refitted on train + val; a label is predicted when its
+  probability is > 0.5 (the thesis "rounds" the sigmoid outputs). A label with a single value
+  in train (never / always present) is predicted constant (noted).
+- multi-label, MLP: Linear-ReLU-Linear with one sigmoid output per label and binary
+  cross-entropy (the thesis' head), AdamW, early stopping on validation loss; hidden size /
+  weight decay chosen on validation sample-F1; outputs rounded at 0.5.
+
+Metrics (on test):
+
+- single-label: ``accuracy`` (what the thesis reports for MVSA / Book Covers),
+  ``balanced_accuracy`` (mean per-class recall over the classes present in test, i.e.
+  accuracy with every class weighted equally), ``f1_macro`` and ``f1_weighted`` (per-class F1
+  averaged uniformly / by test support).
+- multi-label: ``f1_samples`` (the thesis metric: ``TP / (TP + (FN + FP) / 2)`` per item,
+  averaged over the test items), ``f1_micro``, ``f1_macro`` (over the label vocabulary),
+  ``subset_accuracy`` (exact match of the label set) and ``label_accuracy``
+  (1 - Hamming loss).
+
+  About "weighted accuracy" (named in SCIENCE.md M7): seed 004 never defines it (it reports
+  accuracy for single-label and sample-averaged F1 for multi-label). It is not emitted under
+  that ambiguous name; ``balanced_accuracy`` (class-weighted) and ``f1_weighted``
+  (support-weighted F1) are the two usual readings. F1 of an item/label with neither true nor
+  predicted positives counts as 0 (sklearn ``zero_division=0``).
+
+Every row also carries ``baseline``: the metric of a trivial predictor fitted on train (the
+majority class; multi-label: every label present in >= half of the training items, or the
+single most frequent label when none is).
+
+Multi-label data: ``multi_label`` names an item descriptor (a per-item column kept by the
+loader, e.g. ``descriptor_columns: [genres]`` of ``hf_parquet``) whose value is a list of
+labels or a string of labels joined by ``label_separator`` (``"|"``). Descriptors are read
+through the source's ``stimuli(request)`` (the run's feature source has it). Masking text in
+images (the thesis' EAST masking) is a data-preparation step, not part of this analysis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.analyses._common import (
+    assert_disjoint_ids,
+    check_finite,
+    select_layer_sites,
+    stratified_split,
+)
+from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.analyses.transfer import embedding_site
+from vlprobe.errors import AnalysisError, ConfigError
+
+FEATURE_SETS = ("image", "text", "image+text")
+_NEEDS = {"image": ("image",), "text": ("text",), "image+text": ("image", "text")}
+_PROBES = ("linear", "mlp", "both")
+SINGLE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
+MULTI_METRICS = ("f1_samples", "f1_micro", "f1_macro", "subset_accuracy", "label_accuracy")
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+
+
+def single_label_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """accuracy, balanced accuracy (mean recall over test classes), macro / weighted F1."""
+    from sklearn.metrics import f1_score
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        raise AnalysisError("human_centric: no test items to score")
+    hit = y_pred == y_true
+    classes = np.unique(y_true)
+    return {
+        "accuracy": float(hit.mean()),
+        "balanced_accuracy": float(np.mean([hit[y_true == c].mean() for c in classes])),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+    }
+
+
+def multi_label_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict[str, float]:
+    """Sample-averaged F1 (thesis), micro / macro F1, subset and per-label accuracy.
+
+    ``Y_true``, ``Y_pred``: ``[N, K]`` 0/1 indicator matrices.
+    """
+    from sklearn.metrics import f1_score
+
+    Y_true = np.asarray(Y_true, dtype=np.int64)
+    Y_pred = np.asarray(Y_pred, dtype=np.int64)
+    if Y_true.shape != Y_pred.shape or Y_true.ndim != 2 or len(Y_true) == 0:
+        raise AnalysisError(f"human_centric: label matrices of shapes {Y_true.shape} and "
+                            f"{Y_pred.shape}; expected the same non-empty [N, K]")
+    return {
+        "f1_samples": float(f1_score(Y_true, Y_pred, average="samples", zero_division=0)),
+        "f1_micro": float(f1_score(Y_true, Y_pred, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(Y_true, Y_pred, average="macro", zero_division=0)),
+        "subset_accuracy": float((Y_true == Y_pred).all(1).mean()),
+        "label_accuracy": float((Y_true == Y_pred).mean()),
+    }
+
+
+def parse_label_sets(values: Sequence[Any], separator: str = "|") -> list[tuple[str, ...]]:
+    """Per-item label sets from a descriptor column (lists, or ``separator``-joined strings)."""
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(())
+        elif isinstance(v, str):
+            out.append(tuple(sorted({s.strip() for s in v.split(separator) if s.strip()})))
+        elif isinstance(v, list | tuple | set | frozenset | np.ndarray):
+            out.append(tuple(sorted({str(s) for s in v})))
+        else:
+            raise AnalysisError(f"human_centric: item {i}: multi-label value {v!r} is neither a "
+                                f"list of labels nor a {separator!r}-joined string")
+    return out
+
+
+def label_matrix(sets: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
+    """``[N, K]`` 0/1 indicators of ``sets`` over ``vocabulary``."""
+    index = {name: k for k, name in enumerate(vocabulary)}
+    Y = np.zeros((len(sets), len(vocabulary)), dtype=np.int64)
+    for i, labels in enumerate(sets):
+        for name in labels:
+            Y[i, index[name]] = 1
+    return Y
+
+
+# --------------------------------------------------------------------------------------------
+# multi-label probes
+# --------------------------------------------------------------------------------------------
+
+
+def fit_ovr_logistic(
+    train: tuple[Sequence[np.ndarray], np.ndarray],
+    val: tuple[Sequence[np.ndarray], np.ndarray],
+    test_X: Sequence[np.ndarray],
+    Cs: Sequence[float] = DEFAULT_CS,
+    **fit_kwargs: Any,
+) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
+    """One-vs-rest binary logistic probes, every feature set at once per label.
+
+    ``train`` / ``val``: ``(X_sets, Y [N, K])``. Returns (per set ``[N_test, K]`` 0/1
+    predictions, ``[n_sets, K]`` chosen C (NaN for constant labels), indices of the labels
+    predicted constant because train has a single value for them).
+    """
+    Xtr, Ytr = train
+    Xva, Yva = val
+    n_sets, K = len(Xtr), Ytr.shape[1]
+    n_test = len(test_X[0])
+    preds = [np.zeros((n_test, K), dtype=np.int64) for _ in range(n_sets)]
+    best_C = np.full((n_sets, K), np.nan)
+    constant = []
+    for k in range(K):
+        ytr, yva = Ytr[:, k], Yva[:, k]
+        if len(np.unique(ytr)) < 2:
+            constant.append(k)
+            for s in range(n_sets):
+                preds[s][:, k] = int(ytr[0])
+            continue
+        sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (test_X, np.zeros(n_test, np.int64)),
+                                  Cs, **fit_kwargs)
+        p = sel.refit.predict(test_X)[:, 0, :]  # [n_sets, N_test] in {0, 1}
+        for s in range(n_sets):
+            preds[s][:, k] = p[s]
+        best_C[:, k] = sel.best_C
+    return preds, best_C, constant
+
+
+def fit_mlp_multilabel(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test_x: np.ndarray,
+    *,
+    hidden_sizes: Sequence[int] = (256,),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
+    lr: float = 1e-3,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Linear-ReLU-Linear with K sigmoid outputs and binary cross-entropy (seed 004 §5.3).
+
+    Standardised with train statistics; early stopping on validation BCE (best epoch kept);
+    the (hidden, weight decay) config with the highest validation sample-F1 predicts test.
+    Returns (``[N_test, K]`` 0/1 predictions, info on the chosen config).
+    """
+    import torch
+    from sklearn.metrics import f1_score
+
+    from vlprobe.analyses._common import fit_standardizer
+
+    (xtr, Ytr), (xva, Yva) = train, val
+    m, s = fit_standardizer(xtr)
+    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32)
+         for x in (xtr, xva, test_x)]
+    ytr_t = torch.as_tensor(np.asarray(Ytr), dtype=torch.float32)
+    yva_t = torch.as_tensor(np.asarray(Yva), dtype=torch.float32)
+    D, K = t[0].shape[1], ytr_t.shape[1]
+    batch_size = int(min(batch_size, max(16, len(ytr_t) // 8)))
+    best: tuple[float, Any, dict[str, Any]] | None = None
+    sweep = []
+    for h in hidden_sizes:
+        for wd in weight_decays:
+            gen = torch.Generator().manual_seed(int(seed))
+            torch.manual_seed(int(seed))
+            net = torch.nn.Sequential(torch.nn.Linear(D, int(h)), torch.nn.ReLU(),
+                                      torch.nn.Linear(int(h), K))
+            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(wd))
+            best_loss, best_state, best_ep, bad = np.inf, None, 0, 0
+            for ep in range(int(max_epochs)):
+                net.train()
+                perm = torch.randperm(len(ytr_t), generator=gen)
+                for start in range(0, len(perm), batch_size):
+                    bi = perm[start:start + batch_size]
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(t[0][bi]),
+                                                                                ytr_t[bi])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                net.eval()
+                with torch.no_grad():
+                    vloss = float(torch.nn.functional.binary_cross_entropy_with_logits(
+                        net(t[1]), yva_t))
+                if vloss < best_loss - 1e-4:
+                    best_loss, best_ep, bad = vloss, ep + 1, 0
+                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+            net.load_state_dict(best_state)  # type: ignore[arg-type]
+            with torch.no_grad():
+                pva = (net(t[1]) > 0).numpy().astype(np.int64)
+            vf1 = float(f1_score(np.asarray(Yva), pva, average="samples", zero_division=0))
+            info = {"hidden": int(h), "weight_decay": float(wd), "val_f1_samples": vf1,
+                    "epochs": best_ep}
+            sweep.append(info)
+            if best is None or vf1 > best[0]:
+                with torch.no_grad():
+                    pte = (net(t[2]) > 0).numpy().astype(np.int64)
+                best = (vf1, pte, info)
+    assert best is not None
+    return best[1], {**best[2], "sweep": sweep}
+
+
+# --------------------------------------------------------------------------------------------
+# analysis
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_set(name: Any) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"human_centric: feature set must be a string, got {name!r}")
+    parts = [p.strip() for p in name.split("+")]
+    key = "+".join(m for m in ("image", "text") if m in parts)
+    if key not in FEATURE_SETS or len(parts) != len(set(parts)) or not set(parts) <= {
+            "image", "text"}:
+        raise ConfigError(f"human_centric: unknown feature set {name!r}; "
+                          f"known: {list(FEATURE_SETS)}")
+    return key
+
+
+class HumanCentric(Analysis):
+    """Probes on image, text and image+text features (M7; see the module docstring).
+
+    Params:
+        feature_sets: subset of ``["image", "text", "image+text"]`` (default: all three).
+        image_model / text_model: one explicit encoder pair (each one of ``models``); unset =
+            every model is its own pair (dual encoders: both towers of the same model).
+        layer: ``"embedding"`` (default), ``"last"`` or a layer index, for both towers.
+        train_split / test_split: split names (``"train"`` / ``"test"``).
+        val_fraction: fraction of train carved out for validation (0.2).
+        probe: ``"linear"`` (default), ``"mlp"`` or ``"both"``.
+        Cs: C sweep of the logistic probes (1e-3 ... 1e4, 8 values).
+        multi_label: descriptor holding each item's label set; ``None`` = single-label
+            (the items' ``label``).
+        label_separator: separator of string-valued label sets (``"|"``).
+        standardize, dtype, max_iter, tol: logistic solver options (sklearn semantics).
+        pooling: pooling of both towers (``None``: adapter defaults).
+        mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
+    """
+
+    name: ClassVar[str] = "human_centric"
+    catalogue: ClassVar[tuple[str, ...]] = ("M7",)
+    summary: ClassVar[str] = (
+        "Linear / MLP probes on image, text and concatenated image+text features "
+        "(single- and multi-label)"
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "feature_sets": list(FEATURE_SETS),
+        "image_model": None,
+        "text_model": None,
+        "layer": "embedding",
+        "train_split": "train",
+        "test_split": "test",
+        "val_fraction": 0.2,
+        "probe": "linear",
+        "Cs": list(DEFAULT_CS),
+        "multi_label": None,
+        "label_separator": "|",
+        "standardize": True,
+        "dtype": "float32",
+        "max_iter": 1000,
+        "tol": 1e-4,
+        "pooling": None,
+        "mlp_hidden": [256],
+        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
+        "mlp_max_epochs": 100,
+        "mlp_patience": 10,
+    }
+
+    def __init__(self, models, dataset, params=None, seed=0) -> None:
+        super().__init__(models, dataset, params, seed)
+        p = self.params
+        sets = p["feature_sets"]
+        sets = [sets] if isinstance(sets, str) else list(sets or [])
+        if not sets:
+            raise ConfigError("human_centric: feature_sets is empty")
+        p["feature_sets"] = list(dict.fromkeys(_normalise_set(s) for s in sets))
+        for key in ("image_model", "text_model"):
+            if p[key] is not None and p[key] not in self.models:
+                raise ConfigError(f"human_centric: {key} {p[key]!r} is not one of the "
+                                  f"analysis' models {self.models}")
+        if p["probe"] not in _PROBES:
+            raise ConfigError(f"human_centric: probe must be one of {_PROBES}, "
+                              f"got {p['probe']!r}")
+        if not 0.0 < float(p["val_fraction"]) < 1.0:
+            raise ConfigError(f"human_centric: val_fraction must be in (0, 1), "
+                              f"got {p['val_fraction']}")
+        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
+        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
+            raise ConfigError(f"human_centric: Cs must be positive numbers, got {p['Cs']!r}")
+        p["Cs"] = [float(c) for c in Cs]
+        if p["dtype"] not in ("float32", "float64"):
+            raise ConfigError(f"human_centric: dtype must be float32 or float64, "
+                              f"got {p['dtype']!r}")
+        if p["train_split"] == p["test_split"]:
+            raise ConfigError("human_centric: train_split and test_split must differ")
+        layer = p["layer"]
+        if not (layer in ("embedding", "last") or
+                (isinstance(layer, int | np.integer) and not isinstance(layer, bool))):
+            raise ConfigError(f"human_centric: layer must be 'embedding', 'last' or an int, "
+                              f"got {layer!r}")
+        if p["multi_label"] is not None and not isinstance(p["multi_label"], str):
+            raise ConfigError(f"human_centric: multi_label must be a descriptor name, "
+                              f"got {p['multi_label']!r}")
+
+    # ---------------------------------------------------------------------------------------
+    def _pairs(self) -> list[tuple[str | None, str | None]]:
+        p = self.params
+        if p["image_model"] is not None or p["text_model"] is not None:
+            return [(p["image_model"], p["text_model"])]
+        return [(m, m) for m in self.models]
+
+    def _plan(self, source: FeatureSource) -> tuple[list[dict[str, Any]], list[str]]:
+        """Jobs ``{set, image_model, text_model}`` that can run, and notes on skipped ones."""
+        p = self.params
+        splits = source.splits(self.dataset)
+        for key in ("train_split", "test_split"):
+            if p[key] not in splits:
+                raise AnalysisError(f"human_centric: dataset {self.dataset!r} has no split "
+                                    f"{p[key]!r} ({key}); available: {splits}")
+        data_mods = tuple(source.dataset_modalities(self.dataset))
+        jobs, notes = [], []
+        for img, txt in self._pairs():
+            for fset in p["feature_sets"]:
+                ok = True
+                for mod in _NEEDS[fset]:
+                    model = img if mod == "image" else txt
+                    if mod not in data_mods:
+                        ok = False
+                        notes.append(
+                            f"human_centric: feature set {fset!r} skipped: dataset "
+                            f"{self.dataset!r} has no item {mod}s ({'/'.join(data_mods)} only); "
+                            f"{mod} features need item {mod}s (e.g. options.text_column)")
+                    elif model is None or mod not in source.model_modalities(model):
+                        ok = False
+                        who = model if model is not None else f"(no {mod}_model)"
+                        notes.append(f"human_centric: feature set {fset!r} skipped: model "
+                                     f"{who!r} has no {mod} tower")
+                if ok:
+                    jobs.append({"set": fset, "pair": (img, txt),
+                                 "image_model": img if "image" in _NEEDS[fset] else None,
+                                 "text_model": txt if "text" in _NEEDS[fset] else None})
+        if not jobs:
+            raise AnalysisError(f"human_centric: no feature set of {p['feature_sets']} can be "
+                                f"computed for models {self.models} on dataset "
+                                f"{self.dataset!r}: {'; '.join(dict.fromkeys(notes))}")
+        return jobs, list(dict.fromkeys(notes))
+
+    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
+        return FeatureRequest(model, self.dataset, split, sites=None,
+                              pooling=self.params["pooling"], modality=modality)
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        jobs, _ = self._plan(source)
+        wanted = {(j[f"{mod}_model"], mod) for j in jobs for mod in ("image", "text")
+                  if j[f"{mod}_model"] is not None}
+        return [self._request(m, self.params[s], mod) for m, mod in sorted(wanted)
+                for s in ("train_split", "test_split")]
+
+    def _site(self, feats: LayerFeatures, model: str, notes: list[str]) -> str:
+        layer = self.params["layer"]
+        if layer == "embedding":
+            site = embedding_site(feats)
+            if site is not None:
+                return site
+            notes.append(f"human_centric: model {model!r} has no embedding site; used its last "
+                         "layer")
+            layer = "last"
+        return select_layer_sites(feats, layer, model, default="last")[0]
+
+    def _multi_label_sets(self, source: FeatureSource, model: str, split: str,
+                          modality: str, ids: list[str]) -> list[tuple[str, ...]]:
+        name = self.params["multi_label"]
+        getter = getattr(source, "stimuli", None)
+        if getter is None:
+            raise AnalysisError("human_centric: multi_label needs the items' descriptors; this "
+                                "feature source does not expose them (no stimuli())")
+        stimuli = getter(self._request(model, split, modality))
+        if name not in stimuli.descriptors:
+            raise AnalysisError(f"human_centric: split {split!r} of dataset {self.dataset!r} "
+                                f"has no descriptor {name!r} (multi_label); descriptors: "
+                                f"{sorted(stimuli.descriptors)}")
+        if list(stimuli.ids) != list(ids):
+            raise AnalysisError(f"human_centric: descriptor {name!r} of split {split!r} is not "
+                                "aligned with the features' item ids")
+        return parse_label_sets(stimuli.descriptors[name], self.params["label_separator"])
+
+    def run(self, source: FeatureSource) -> Result:
+        import pandas as pd
+
+        p = self.params
+        jobs, notes = self._plan(source)
+        multi = p["multi_label"] is not None
+        cache: dict[tuple[str, str, str], LayerFeatures] = {}
+
+        def feats_of(model: str, mod: str, split: str) -> LayerFeatures:
+            key = (model, mod, split)
+            if key not in cache:
+                cache[key] = source.get(self._request(model, split, mod))
+            return cache[key]
+
+        # one group per encoder pair: all its feature sets share one batched solve
+        groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+        for job in jobs:
+            groups.setdefault(job["pair"], []).append(job)
+
+        rows: list[dict[str, Any]] = []
+        for members in groups.values():
+            data = {split_key: self._assemble(members, p[split_key], feats_of, notes)
+                    for split_key in ("train_split", "test_split")}
+            rows.extend(self._fit_group(source, members, data, multi, notes))
+        table = pd.DataFrame(rows)
+        figures = {"human_centric": _plot(table, self.dataset)} if len(table) else {}
+        return Result(analysis=self.name, catalogue=self.catalogue, table=table,
+                      figures=figures, params=dict(p), notes=list(dict.fromkeys(notes)))
+
+    # ---------------------------------------------------------------------------------------
+    def _assemble(self, members, split, feats_of, notes) -> dict[str, Any]:
+        """Per feature set: X ``[N, D]``, site, layer, model; plus ids / labels (aligned)."""
+        ref_ids: list[str] | None = None
+        ref_labels: np.ndarray | None = None
+        ref_what = ""
+        out: dict[str, Any] = {"sets": {}}
+        parts_cache: dict[tuple[str, str], tuple[np.ndarray, str, Any, LayerFeatures]] = {}
+
+        def part(model: str, mod: str):
+            if (model, mod) not in parts_cache:
+                f = feats_of(model, mod, split)
+                site = self._site(f, model, notes)
+                if site not in f.features:
+                    raise AnalysisError(f"human_centric: model {model!r} split {split!r}: "
+                                        f"no site {site!r} in the extracted features")
+                x = np.asarray(f.features[site])
+                check_finite(x, model, site)
+                if x.ndim != 2 or x.shape[0] != len(f.ids):
+                    raise AnalysisError(f"human_centric: model {model!r} site {site!r}: "
+                                        f"features of shape {x.shape} for {len(f.ids)} items")
+                parts_cache[(model, mod)] = (x, site, f.layers.get(site), f)
+            return parts_cache[(model, mod)]
+
+        for job in members:
+            xs, sites, layers = [], [], []
+            for mod in _NEEDS[job["set"]]:
+                model = job[f"{mod}_model"]
+                x, site, layer, f = part(model, mod)
+                what = f"{mod} features of model {model!r} (split {split!r})"
+                if ref_ids is None:
+                    ref_ids, ref_labels, ref_what = list(f.ids), f.labels, what
+                elif list(f.ids) != ref_ids:
+                    order = self._align(f.ids, ref_ids, what, ref_what)
+                    x = x[order]
+                    labels = None if f.labels is None else np.asarray(f.labels)[order]
+                    self._check_labels(labels, ref_labels, what, ref_what)
+                else:
+                    self._check_labels(f.labels, ref_labels, what, ref_what)
+                xs.append(x)
+                sites.append(site)
+                layers.append(layer)
+            model_name = "+".join(dict.fromkeys(job[f"{m}_model"] for m in _NEEDS[job["set"]]))
+            out["sets"][job["set"]] = {
+                "X": np.concatenate(xs, axis=1) if len(xs) > 1 else xs[0],
+                "site": "+".join(sites), "layer": layers[0] if len(layers) == 1 else None,
+                "model": model_name,
+            }
+        out["ids"], out["labels"], out["what"] = ref_ids, ref_labels, ref_what
+        # any part gives the request used for descriptors
+        first = members[0]
+        mod0 = _NEEDS[first["set"]][0]
+        out["ref"] = (first[f"{mod0}_model"], mod0)
+        return out
+
+    @staticmethod
+    def _align(ids: Sequence[str], ref_ids: list[str], what: str, ref_what: str) -> np.ndarray:
+        """Row order that puts ``ids`` in the order of ``ref_ids`` (same items required)."""
+        if len(ids) != len(ref_ids) or set(ids) != set(ref_ids) or len(set(ids)) != len(ids):
+            only_a = sorted(set(ids) - set(ref_ids))[:3]
+            only_b = sorted(set(ref_ids) - set(ids))[:3]
+            raise AnalysisError(
+                f"human_centric: cannot concatenate {what} ({len(ids)} items) with {ref_what} "
+                f"({len(ref_ids)} items): the item ids differ (only in the first: {only_a}, "
+                f"only in the second: {only_b}); both towers must see the same items (all "
+                "feature sets of an encoder pair are fitted and tested on the same items)")
+        pos = {i: k for k, i in enumerate(ids)}
+        return np.array([pos[i] for i in ref_ids], dtype=np.int64)
+
+    @staticmethod
+    def _check_labels(labels, ref_labels, what: str, ref_what: str) -> None:
+        if labels is None or ref_labels is None:
+            return
+        a, b = np.asarray(labels), np.asarray(ref_labels)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise AnalysisError(f"human_centric: {what} and {ref_what} carry different labels "
+                                "for the same item ids")
+
+    # ---------------------------------------------------------------------------------------
+    def _fit_group(self, source, members, data, multi: bool, notes) -> list[dict[str, Any]]:
+        p = self.params
+        tr, te = data["train_split"], data["test_split"]
+        assert_disjoint_ids(tr["ids"], te["ids"], f"split {p['train_split']!r}",
+                            f"split {p['test_split']!r}")
+        n_tr = len(tr["ids"])
+        if multi:
+            model0, mod0 = tr["ref"]
+            sets_tr = self._multi_label_sets(source, model0, p["train_split"], mod0, tr["ids"])
+            sets_te = self._multi_label_sets(source, model0, p["test_split"], mod0, te["ids"])
+            vocab = sorted({lab for s in [*sets_tr, *sets_te] for lab in s})
+            if not vocab:
+                raise AnalysisError("human_centric: the multi-label sets are all empty")
+            Ytr_all, Yte = label_matrix(sets_tr, vocab), label_matrix(sets_te, vocab)
+            strat = np.zeros(n_tr, dtype=np.int64)
+        else:
+            for part in (tr, te):
+                if part["labels"] is None:
+                    raise AnalysisError(f"human_centric: {part['what']} has no labels; set "
+                                        "multi_label for label sets, or use a labelled dataset")
+            ytr_all = np.asarray(tr["labels"]).astype(np.int64)
+            yte = np.asarray(te["labels"]).astype(np.int64)
+            if len(np.unique(ytr_all)) < 2:
+                raise AnalysisError(f"human_centric: split {p['train_split']!r} has a single "
+                                    "class; a classifier needs at least 2")
+            strat = ytr_all
+        tr_idx, va_idx = stratified_split(strat, float(p["val_fraction"]), self.seed)
+        if len(va_idx) == 0 or len(tr_idx) == 0:
+            raise AnalysisError(f"human_centric: no validation items could be carved from split "
+                                f"{p['train_split']!r} ({n_tr} items)")
+        ids_tr = [tr["ids"][i] for i in tr_idx]
+        ids_va = [tr["ids"][i] for i in va_idx]
+        assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
+        assert_disjoint_ids(ids_va, te["ids"], "validation split", f"split {p['test_split']!r}")
+        names = [m["set"] for m in members]
+        Xtr = [tr["sets"][s]["X"][tr_idx] for s in names]
+        Xva = [tr["sets"][s]["X"][va_idx] for s in names]
+        Xte = [te["sets"][s]["X"] for s in names]
+        fit_kw = {"standardize": bool(p["standardize"]), "dtype": p["dtype"],
+                  "max_iter": int(p["max_iter"]), "tol": float(p["tol"])}
+        mlp_kw = {"hidden_sizes": list(p["mlp_hidden"]),
+                  "weight_decays": list(p["mlp_weight_decay"]),
+                  "max_epochs": int(p["mlp_max_epochs"]), "patience": int(p["mlp_patience"]),
+                  "seed": self.seed}
+        probes = ["linear", "mlp"] if p["probe"] == "both" else [p["probe"]]
+        results: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
+        if multi:
+            Ytr, Yva = Ytr_all[tr_idx], Ytr_all[va_idx]
+            prevalence = Ytr_all.mean(0)
+            base = (prevalence >= 0.5).astype(np.int64)
+            if not base.any():
+                base[int(prevalence.argmax())] = 1
+            baseline = multi_label_scores(Yte, np.broadcast_to(base, Yte.shape))
+            n_classes = len(vocab)
+            if "linear" in probes:
+                preds, best_C, constant = fit_ovr_logistic((Xtr, Ytr), (Xva, Yva), Xte,
+                                                           p["Cs"], **fit_kw)
+                if constant:
+                    notes.append(f"human_centric: label(s) {[vocab[k] for k in constant]} have a "
+                                 f"single value in the training part of {p['train_split']!r}; "
+                                 "predicted constant")
+                for s, pred in enumerate(preds):
+                    c = best_C[s][np.isfinite(best_C[s])]
+                    results.append(("linear", s, multi_label_scores(Yte, pred),
+                                    {"C": float(np.exp(np.log(c).mean())) if len(c) else None}))
+            if "mlp" in probes:
+                for s in range(len(names)):
+                    pred, info = fit_mlp_multilabel((Xtr[s], Ytr), (Xva[s], Yva), Xte[s],
+                                                    **mlp_kw)
+                    results.append(("mlp", s, multi_label_scores(Yte, pred),
+                                    {"hidden": info["hidden"],
+                                     "weight_decay": info["weight_decay"]}))
+        else:
+            ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
+            if len(np.unique(ytr)) < 2:
+                raise AnalysisError(f"human_centric: the training part of split "
+                                    f"{p['train_split']!r} has a single class")
+            counts = np.bincount(ytr_all)
+            baseline = single_label_scores(yte, np.full(len(yte), int(counts.argmax())))
+            n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
+            if "linear" in probes:
+                sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], **fit_kw)
+                pred = sel.refit.predict(Xte)[:, 0, :]
+                if not (bool(sel.path.converged.all()) and bool(sel.refit.converged.all())):
+                    notes.append(f"human_centric: some logistic fits stopped before max |grad| "
+                                 f"<= tol={p['tol']} (max_iter={p['max_iter']})")
+                for s in range(len(names)):
+                    results.append(("linear", s, single_label_scores(yte, pred[s]),
+                                    {"C": float(sel.best_C[s]),
+                                     "val_accuracy": float(sel.val_accuracy[s].max())}))
+            if "mlp" in probes:
+                notes.append("human_centric: MLP rows (single-label) report accuracy only: "
+                             "fit_mlp_probe returns no predictions")
+                for s in range(len(names)):
+                    r = fit_mlp_probe((Xtr[s], ytr), (Xva[s], yva), (Xte[s], yte), **mlp_kw)
+                    results.append(("mlp", s, {"accuracy": r.test_accuracy},
+                                    {"hidden": r.hidden, "weight_decay": r.weight_decay,
+                                     "val_accuracy": r.val_accuracy}))
+        rows = []
+        for probe, s, scores, extra in results:
+            fset = names[s]
+            info = tr["sets"][fset]
+            job = members[s]
+            for metric, value in scores.items():
+                rows.append({
+                    "analysis": self.name, "model": info["model"], "dataset": self.dataset,
+                    "pair": "+".join(dict.fromkeys(str(m) for m in job["pair"] if m)),
+                    "layer": info["layer"], "site": info["site"], "metric": metric,
+                    "value": float(value), "feature_set": fset, "probe": probe,
+                    "task": "multi_label" if multi else "single_label",
+                    "image_model": job["image_model"], "text_model": job["text_model"],
+                    "dim": int(Xtr[s].shape[1]), "n_train": len(tr_idx), "n_val": len(va_idx),
+                    "n_test": len(te["ids"]), "n_classes": n_classes,
+                    "baseline": float(baseline[metric]), "seed": self.seed, **extra,
+                })
+        return rows
+
+
+def _plot(table, dataset: str):
+    """Grouped bars: main metric per feature set, one bar per model (and probe)."""
+    import matplotlib.pyplot as plt
+
+    metric = "f1_samples" if (table["metric"] == "f1_samples").any() else "accuracy"
+    sub = table[table["metric"] == metric]
+    sets = [s for s in FEATURE_SETS if s in set(sub["feature_set"])]
+    pairs = list(dict.fromkeys(zip(sub["pair"], sub["probe"])))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(sets) + 1), 3.2))
+    width = 0.8 / max(1, len(pairs))
+    for k, (pair, probe) in enumerate(pairs):
+        vals = []
+        for fset in sets:
+            r = sub[(sub["feature_set"] == fset) & (sub["probe"] == probe) & (sub["pair"] == pair)]
+            vals.append(float(r["value"].iloc[0]) if len(r) else np.nan)
+        ax.bar(np.arange(len(sets)) + k * width, vals, width, label=f"{pair} ({probe})")
+    ax.set_xticks(np.arange(len(sets)) + width * (len(pairs) - 1) / 2, sets)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Human-centric probes ({dataset})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

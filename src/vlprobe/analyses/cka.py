@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.analyses._common import check_finite, resolve_modality, select_layer_sites
+from vlprobe.analyses._common import check_finite, readable_models, select_layer_sites
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -217,21 +217,15 @@ class CKA(Analysis):
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
         p = self.params
-        if p["split"] not in source.splits(self.dataset):
-            raise AnalysisError(f"cka: dataset {self.dataset!r} has no split {p['split']!r}; "
-                                f"available: {source.splits(self.dataset)}")
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, p["modality"])
-            if modality is None:
-                notes.append(f"cka: model {model!r} cannot read the items of dataset "
-                             f"{self.dataset!r}; skipped (CKA needs the same items)")
-                continue
-            plan[model] = FeatureRequest(model, self.dataset, p["split"], sites=None,
-                                         pooling=p["pooling"], modality=modality)
-        if not plan:
-            raise AnalysisError(f"cka: none of the models {self.models} can read dataset "
-                                f"{self.dataset!r}")
+        modalities, notes = readable_models(
+            source, self.name, self.models, self.dataset, p["modality"],
+            required_splits=(p["split"],),
+        )
+        plan = {
+            model: FeatureRequest(model, self.dataset, p["split"], sites=None,
+                                  pooling=p["pooling"], modality=modality)
+            for model, modality in modalities.items()
+        }
         return plan, notes
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:

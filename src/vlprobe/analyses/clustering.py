@@ -32,7 +32,7 @@ import numpy as np
 from vlprobe.analyses._common import (
     check_finite,
     check_labels,
-    resolve_modality,
+    readable_models,
     select_layer_sites,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
@@ -187,21 +187,15 @@ class Clustering(Analysis):
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
         p = self.params
-        if p["split"] not in source.splits(self.dataset):
-            raise AnalysisError(f"clustering: dataset {self.dataset!r} has no split "
-                                f"{p['split']!r}; available: {source.splits(self.dataset)}")
-        plan, notes = {}, []
-        for model in self.models:
-            modality = resolve_modality(source, model, self.dataset, p["modality"])
-            if modality is None:
-                notes.append(f"clustering: model {model!r} cannot read dataset "
-                             f"{self.dataset!r}; skipped")
-                continue
-            plan[model] = FeatureRequest(model, self.dataset, p["split"], sites=None,
-                                         pooling=p["pooling"], modality=modality)
-        if not plan:
-            raise AnalysisError(f"clustering: none of the models {self.models} can read "
-                                f"dataset {self.dataset!r}")
+        modalities, notes = readable_models(
+            source, self.name, self.models, self.dataset, p["modality"],
+            required_splits=(p["split"],),
+        )
+        plan = {
+            model: FeatureRequest(model, self.dataset, p["split"], sites=None,
+                                  pooling=p["pooling"], modality=modality)
+            for model, modality in modalities.items()
+        }
         return plan, notes
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:

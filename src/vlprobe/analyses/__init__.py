@@ -24,6 +24,7 @@ ANALYSES.add("grounded_word_embeddings", "vlprobe.analyses.grounded_words:Ground
 ANALYSES.add("downstream", "vlprobe.analyses.downstream:Downstream", aliases=("T3",))
 ANALYSES.add("human_centric", "vlprobe.analyses.human_centric:HumanCentric", aliases=("M7",))
 ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead")
+ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -31,6 +31,7 @@ DATASETS.add("hf_hub", "vlprobe.data.hub:load_hub", aliases=("hub",))
 DATASETS.add("probing_task", "vlprobe.data.probing_tasks:load_probing_task")
 DATASETS.add("boolq", "vlprobe.data.superglue:load_boolq")
 DATASETS.add("wic", "vlprobe.data.superglue:load_wic")
+DATASETS.add("conll2000", "vlprobe.data.conll:load_conll2000", aliases=("conll",))
 
 
 @dataclass(frozen=True)

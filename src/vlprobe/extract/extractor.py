@@ -18,6 +18,18 @@ while the model runs on the current batch (``prefetch=True``); batch plans (incl
 token counts for bucketing) are computed up front so the tokenizer is never shared by two
 threads at once.
 
+Span pooling (``span``, catalogue T2): every item is one character span
+(``stimuli.descriptors["span_chars"]``, ``(start, end)`` end exclusive) of its text, and many
+items share one text (CoNLL chunks of one sentence). Inside each shard the items are grouped by
+text (first-appearance order): ONE forward pass per unique text, and every span item of that
+text is pooled from it (``Batch.offsets`` -> token span via
+:func:`~vlprobe.extract.alignment.align_spans`). ``batch_size`` then counts unique texts per
+forward. Other sites of the same pass (e.g. the embedding, ``none``) are pooled per text and
+copied to each of its items. For span pooling ``n_truncated`` counts span ITEMS cut (fully or
+partly) by truncation; a fully cut span is stored as an all-zero vector. The cache key holds
+pooling ``span``; the spans themselves are covered by the stimuli fingerprint because span
+items' ids encode them (``conll2000`` loader: ``{split}/{sentence}:{first_word}-{end_word}``).
+
 Attention sites (``*.attn``) are not cached in this version (they are ``[H, T, T]`` per
 item, not a vector); asking for one is an error. Attention caching comes later.
 """
@@ -33,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from vlprobe.errors import ConfigError, StoreError
+from vlprobe.extract.alignment import align_spans
 from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
 from vlprobe.extract.pooling import POOLING_METHODS, is_pooled_site, pool_numpy
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
@@ -183,6 +196,49 @@ def _batches(
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _span_chars(stimuli: Any, modality: str) -> np.ndarray:
+    """``[N, 2]`` character spans of the items (span pooling), validated."""
+    if modality != "text":
+        raise ConfigError(f"span pooling applies to text items, not {modality!r}")
+    column = (getattr(stimuli, "descriptors", None) or {}).get("span_chars")
+    if column is None:
+        raise ConfigError(
+            f"span pooling needs items with a 'span_chars' descriptor (one character span per "
+            f"item, e.g. the conll2000 loader); dataset {stimuli.dataset!r} has none"
+        )
+    arr = np.asarray([tuple(c) for c in column], dtype=np.int64).reshape(-1, 2)
+    if arr.shape[0] != len(stimuli):
+        raise ConfigError(f"span_chars has {arr.shape[0]} rows for {len(stimuli)} items")
+    return arr
+
+
+def _span_batches(
+    adapter: Any, stimuli: Any, start: int, stop: int, batch_size: int, bucket: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Batches of shard ``[start, stop)`` grouped by text: ``(rel, reps, row_of)`` with ``rel``
+    the items (relative to ``start``), ``reps`` one item per unique text (the batch rows) and
+    ``row_of[k]`` the batch row of item ``rel[k]``. ``batch_size`` counts unique texts."""
+    texts = stimuli.payloads("text", range(start, stop))
+    groups: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        groups.setdefault(text, []).append(i)
+    members = list(groups.values())
+    order = np.arange(len(members))
+    if bucket and len(members) > 1:
+        lengths = np.asarray(
+            adapter.text_lengths([texts[m[0]] for m in members]), dtype=np.int64
+        )
+        order = np.argsort(lengths, kind="stable")
+    out = []
+    for b in range(0, len(order), batch_size):
+        chosen = [members[g] for g in order[b : b + batch_size]]
+        rel = np.asarray([i for m in chosen for i in m], dtype=np.int64)
+        reps = np.asarray([m[0] for m in chosen], dtype=np.int64)
+        row_of = np.asarray([r for r, m in enumerate(chosen) for _ in m], dtype=np.int64)
+        out.append((rel, reps, row_of))
+    return out
+
+
 def _prefetched(jobs: Sequence[Any], prepare: Any, enabled: bool) -> Any:
     """Yield ``(job, prepare(job))``; with ``enabled``, the next job is prepared in a
     background thread while the caller runs the model on the current one."""
@@ -250,6 +306,8 @@ def extract_features(
     site_list = resolve_sites(adapter, modality, sites)
     poolings = resolve_pooling(adapter, site_list, pooling, modality)
     n_items = len(stimuli)
+    span_mode = "span" in poolings.values()
+    span_chars = _span_chars(stimuli, modality) if span_mode else None
 
     ident = adapter.identity()
     stim_ident = stimuli_identity(stimuli)
@@ -311,22 +369,38 @@ def extract_features(
             if index >= n_shards:
                 raise StoreError(f"shard {index} out of range ({n_shards})")
             start, stop = shard_bounds(index, n_items, eff_shard)
+            if span_mode:
+                for rel, reps, row_of in _span_batches(
+                    adapter, stimuli, start, stop, batch_size, bucket_by_length
+                ):
+                    plan.append((index, start, rel, reps, row_of))
+                continue
             for rel in _batches(
                 adapter, stimuli, modality, start, stop, batch_size, bucket_by_length
             ):
-                plan.append((index, start, rel))
+                plan.append((index, start, rel, rel, None))
 
-        def prepare(job: tuple[int, int, np.ndarray]) -> Any:
-            _, start, rel = job
-            return adapter.prepare(stimuli.payloads(modality, (start + rel).tolist()), modality)
+        def prepare(job: tuple[int, int, np.ndarray, np.ndarray, Any]) -> Any:
+            _, start, _, reps, _ = job
+            return adapter.prepare(stimuli.payloads(modality, (start + reps).tolist()), modality)
 
         buffers: dict[str, np.ndarray] = {}
         filled = n_trunc_shard = 0
         try:
-            for (index, start, rel), batch in _prefetched(plan, prepare, prefetch):
+            for (index, start, rel, _, row_of), batch in _prefetched(plan, prepare, prefetch):
                 stop = shard_bounds(index, n_items, eff_shard)[1]
                 shard_sites = [s for s in site_list if index in todo.get(s, ())]
-                n_trunc_shard += int(batch.n_truncated or 0)
+                tok_spans = None
+                if span_mode:
+                    if getattr(batch, "offsets", None) is None:
+                        raise ConfigError(
+                            f"span pooling: model {getattr(adapter, 'family', '?')!r} gave no "
+                            "token character offsets (it needs a fast tokenizer)"
+                        )
+                    tok_spans, cut = align_spans(batch.offsets, row_of, span_chars[start + rel])
+                    n_trunc_shard += int(cut.sum())
+                else:
+                    n_trunc_shard += int(batch.n_truncated or 0)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     trace = adapter.forward(batch, shard_sites)
@@ -339,10 +413,21 @@ def extract_features(
                             f"adapter {getattr(adapter, 'family', '?')!r} did not capture "
                             f"site {site!r}"
                         )
-                    pooled = pool_numpy(
-                        trace.hidden[site], poolings[site],
-                        attention_mask=trace.attention_mask, eos_index=trace.eos_index,
-                    )
+                    if poolings[site] == "span":
+                        hid = trace.hidden[site]
+                        if hasattr(hid, "detach"):
+                            hid = hid.detach().float().cpu().numpy()
+                        # gather only each item's first / last token: [K, 2, D]
+                        ends = np.asarray(hid)[row_of[:, None], np.maximum(tok_spans, 0)]
+                        local = np.where(tok_spans < 0, -1, np.array([0, 1]))
+                        pooled = pool_numpy(ends, "span", spans=local)
+                    else:
+                        pooled = pool_numpy(
+                            trace.hidden[site], poolings[site],
+                            attention_mask=trace.attention_mask, eos_index=trace.eos_index,
+                        )
+                        if row_of is not None:  # span mode: one text row -> its items
+                            pooled = pooled[row_of]
                     if pooled.shape[0] != len(rel):
                         raise StoreError(
                             f"site {site!r}: pooled {pooled.shape[0]} rows for a batch of "

@@ -10,6 +10,12 @@ Methods:
   left padding), or token ``T-1`` without a mask.
 - ``max``: max over real tokens (mask aware) or over the spatial positions of a CNN map.
 - ``none``: the output is already ``[B, D]`` (embedding / logits sites).
+- ``span``: phrase representation of Jawahar et al. (catalogue T2),
+  ``[h_first; h_last; h_first * h_last; h_first - h_last]`` (``[B, 4 D]``) of the first and
+  last sub-word token of each row's span (``spans[b] = (first_tok, last_tok)``, inclusive token
+  indexes from :mod:`vlprobe.extract.alignment`). A row whose span is ``(-1, -1)`` (cut away by
+  truncation) gets an all-zero vector (the "not available" marker; a real span vector is never
+  all zero in practice).
 
 Computation happens in float32 numpy whatever the model dtype (torch is not needed, so
 importing :mod:`vlprobe.extract` stays cheap).
@@ -23,7 +29,7 @@ import numpy as np
 
 from vlprobe.errors import ConfigError
 
-POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none")
+POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none", "span")
 
 
 def _shape_name(x: Any) -> str:
@@ -56,6 +62,7 @@ def pool(
     method: str,
     attention_mask: Any = None,
     eos_index: Any = None,
+    spans: Any = None,
 ) -> Any:
     """Pool ``hidden`` (``[B, T, D]``, ``[B, C, h, w]`` or ``[B, D]``) to ``[B, D]``.
 
@@ -64,14 +71,18 @@ def pool(
         method: one of :data:`POOLING_METHODS`.
         attention_mask: ``[B, T]`` (1 = real token) for text sequences, or None.
         eos_index: ``[B]`` end-of-text token positions (required by ``eos``).
+        spans: ``[B, 2]`` inclusive token index ranges (required by ``span``).
 
     Returns:
-        ``[B, D]`` float32: a CPU torch tensor for torch input, a numpy array otherwise.
+        ``[B, D]`` (``[B, 4 D]`` for ``span``) float32: a CPU torch tensor for torch input,
+        a numpy array otherwise.
 
     Raises:
         ConfigError: unknown method, or a method that does not apply to this output.
     """
-    out = pool_numpy(hidden, method, attention_mask=attention_mask, eos_index=eos_index)
+    out = pool_numpy(
+        hidden, method, attention_mask=attention_mask, eos_index=eos_index, spans=spans
+    )
     if hasattr(hidden, "detach"):
         import torch
 
@@ -84,6 +95,7 @@ def pool_numpy(
     method: str,
     attention_mask: Any = None,
     eos_index: Any = None,
+    spans: Any = None,
 ) -> np.ndarray:
     """:func:`pool`, always returning a C-contiguous float32 numpy array.
 
@@ -131,6 +143,8 @@ def pool_numpy(
         if idx.shape[0] != x.shape[0]:
             raise ConfigError(f"eos_index has {idx.shape[0]} entries for a batch of {x.shape[0]}")
         out = x[rows, idx]
+    elif method == "span":
+        out = _span_pool(x, spans, not_applicable)
     elif method == "mean":
         if mask is None:
             out = x.mean(axis=1, dtype=np.float32)
@@ -150,6 +164,27 @@ def pool_numpy(
         else:
             out = np.where((mask != 0)[:, :, None], x, -np.inf).max(axis=1)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _span_pool(x: np.ndarray, spans: Any, not_applicable: Any) -> np.ndarray:
+    """``[h_first; h_last; h_first * h_last; h_first - h_last]`` per row; zeros for (-1, -1)."""
+    if spans is None:
+        raise not_applicable(
+            "span pooling needs per-item token spans (items with a 'span_chars' descriptor and "
+            "a fast tokenizer that returns character offsets)"
+        )
+    sp = _as_numpy(spans).astype(np.int64).reshape(-1, 2)
+    if sp.shape[0] != x.shape[0]:
+        raise ConfigError(f"spans has {sp.shape[0]} rows for a batch of {x.shape[0]}")
+    missing = (sp < 0).any(axis=1)
+    if (sp[~missing, 1] < sp[~missing, 0]).any() or (sp >= x.shape[1]).any():
+        raise ConfigError(f"token spans out of range for {x.shape[1]} tokens: {sp.tolist()[:4]}")
+    rows = np.arange(x.shape[0])
+    first = x[rows, np.maximum(sp[:, 0], 0)]
+    last = x[rows, np.maximum(sp[:, 1], 0)]
+    out = np.concatenate([first, last, first * last, first - last], axis=1)
+    out[missing] = 0.0
+    return out
 
 
 def is_pooled_site(site: str) -> bool:

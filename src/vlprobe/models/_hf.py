@@ -520,11 +520,16 @@ class HFAdapter(ModelAdapter):
         max_len = self.max_text_length()
         lengths = self.text_lengths(texts)
         n_truncated = sum(1 for n in lengths if max_len is not None and n > max_len)
-        enc = self.tokenizer(
+        tok = self.tokenizer
+        want_offsets = bool(getattr(tok, "is_fast", False))  # slow tokenizers have none
+        enc = dict(tok(
             texts, padding="longest", truncation=max_len is not None, max_length=max_len,
-            return_tensors="pt",
-        )
-        return Batch("text", dict(enc), n_truncated=n_truncated)
+            return_tensors="pt", return_offsets_mapping=want_offsets,
+        ))
+        offsets = enc.pop("offset_mapping", None)  # [B, T, 2]; not a model input
+        if offsets is not None:
+            offsets = offsets.numpy()
+        return Batch("text", enc, n_truncated=n_truncated, offsets=offsets)
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts including special tokens, BEFORE truncation."""

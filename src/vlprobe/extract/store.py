@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import numpy as np
 
 from vlprobe.errors import StoreError
 from vlprobe.extract.keys import STORE_FORMAT_VERSION
+from vlprobe.fileio import make_temp_file
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> Non
 
     ``sync_dir`` also fsyncs the directory, making the rename itself durable (needed before
     a later file that depends on this one, e.g. a shard before its sidecar)."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    fd, tmp = make_temp_file(path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -357,7 +357,7 @@ class ActivationStore:
                 if dim is None:
                     dim = int(arr.shape[1])
                     if self.consolidate:
-                        fd, tmp_name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{DATA}.", dir=path)
+                        fd, tmp_name = make_temp_file(path, prefix=f"{TMP_PREFIX}{DATA}.")
                         os.close(fd)
                         out = np.lib.format.open_memmap(
                             tmp_name, mode="w+", dtype=DTYPE, shape=(meta["n_items"], dim)

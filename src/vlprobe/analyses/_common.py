@@ -109,6 +109,19 @@ def resolve_modality(
     return "image" if "image" in common else common[0]
 
 
+def check_solver_params(analysis: str, params: dict[str, Any], cs_key: str = "Cs") -> None:
+    """Validate (in place) the parameters every solver-backed probe shares: the C grid
+    ``params[cs_key]`` (positive, finite, non-empty; stored as floats) and ``dtype``."""
+    Cs = np.atleast_1d(np.asarray(params[cs_key], dtype=float))
+    if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
+        raise ConfigError(f"{analysis}: {cs_key} must be positive numbers, got {params[cs_key]!r}")
+    params[cs_key] = [float(c) for c in Cs]
+    if params["dtype"] not in ("float32", "float64"):
+        raise ConfigError(
+            f"{analysis}: dtype must be float32 or float64, got {params['dtype']!r}"
+        )
+
+
 def readable_models(
     source: FeatureSource,
     analysis: str,

@@ -37,6 +37,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    check_solver_params,
     readable_models,
     select_layer_sites,
     stratified_split,
@@ -121,12 +122,7 @@ class Downstream(Analysis):
         if not 0.0 < float(p["val_fraction"]) < 1.0:
             raise ConfigError(f"downstream: val_fraction must be in (0, 1), "
                               f"got {p['val_fraction']}")
-        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
-        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"downstream: Cs must be positive numbers, got {p['Cs']!r}")
-        p["Cs"] = [float(c) for c in Cs]
-        if p["dtype"] not in ("float32", "float64"):
-            raise ConfigError(f"downstream: dtype must be float32 or float64, got {p['dtype']!r}")
+        check_solver_params(self.name, p)
         if p["train_split"] == p["eval_split"]:
             raise ConfigError("downstream: train_split and eval_split must differ")
 

@@ -89,6 +89,7 @@ import numpy as np
 from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
+    check_solver_params,
     select_layer_sites,
     stratified_split,
 )
@@ -376,13 +377,7 @@ class HumanCentric(Analysis):
         if not 0.0 < float(p["val_fraction"]) < 1.0:
             raise ConfigError(f"human_centric: val_fraction must be in (0, 1), "
                               f"got {p['val_fraction']}")
-        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
-        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"human_centric: Cs must be positive numbers, got {p['Cs']!r}")
-        p["Cs"] = [float(c) for c in Cs]
-        if p["dtype"] not in ("float32", "float64"):
-            raise ConfigError(f"human_centric: dtype must be float32 or float64, "
-                              f"got {p['dtype']!r}")
+        check_solver_params(self.name, p)
         if p["train_split"] == p["test_split"]:
             raise ConfigError("human_centric: train_split and test_split must differ")
         layer = p["layer"]

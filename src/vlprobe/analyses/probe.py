@@ -25,6 +25,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    check_solver_params,
     readable_models,
     select_layer_sites,
     stratified_split,
@@ -84,16 +85,11 @@ class LayerProbe(Analysis):
             raise ConfigError(
                 f"layer_probe: val_fraction must be in (0, 1), got {p['val_fraction']}"
             )
-        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
-        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"layer_probe: Cs must be positive numbers, got {p['Cs']!r}")
-        p["Cs"] = [float(c) for c in Cs]
+        check_solver_params(self.name, p)
         if p["x_axis"] not in ("layer", "relative"):
             raise ConfigError(
                 f"layer_probe: x_axis must be 'layer' or 'relative', got {p['x_axis']!r}"
             )
-        if p["dtype"] not in ("float32", "float64"):
-            raise ConfigError(f"layer_probe: dtype must be float32 or float64, got {p['dtype']!r}")
         if p["train_split"] == p["test_split"]:
             raise ConfigError("layer_probe: train_split and test_split must differ")
 

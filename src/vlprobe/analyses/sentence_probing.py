@@ -34,6 +34,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    check_solver_params,
     readable_models,
     select_layer_sites,
     stratified_split,
@@ -141,14 +142,9 @@ class SentenceProbing(Analysis):
         if not 0.0 < float(p["val_fraction"]) < 1.0:
             raise ConfigError(f"sentence_probing: val_fraction must be in (0, 1), "
                               f"got {p['val_fraction']}")
-        Cs = np.atleast_1d(np.asarray(p["Cs"], dtype=float))
-        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"sentence_probing: Cs must be positive numbers, got {p['Cs']!r}")
-        p["Cs"] = [float(c) for c in Cs]
+        check_solver_params(self.name, p)
         if p["x_axis"] not in ("layer", "relative"):
             raise ConfigError("sentence_probing: x_axis must be 'layer' or 'relative'")
-        if p["dtype"] not in ("float32", "float64"):
-            raise ConfigError("sentence_probing: dtype must be float32 or float64")
         if len({p["train_split"], p["validation_split"], p["test_split"]}) != 3:
             raise ConfigError("sentence_probing: train, validation and test splits must differ")
 

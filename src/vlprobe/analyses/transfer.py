@@ -40,6 +40,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    check_solver_params,
     readable_models,
     select_layer_sites,
     stratified_split,
@@ -253,16 +254,10 @@ class Transfer(Analysis):
         p = self.params
         if not 0.0 < float(p["val_fraction"]) < 1.0:
             raise ConfigError(f"transfer: val_fraction must be in (0, 1), got {p['val_fraction']}")
-        Cs = np.atleast_1d(np.asarray(p["coarse_Cs"], dtype=float))
-        if Cs.size == 0 or np.any(~np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"transfer: coarse_Cs must be positive numbers, "
-                              f"got {p['coarse_Cs']!r}")
-        p["coarse_Cs"] = [float(c) for c in Cs]
+        check_solver_params(self.name, p, cs_key="coarse_Cs")
         for key, low in (("fine_points", 3), ("refine_rounds", 0), ("top_k", 1)):
             if not isinstance(p[key], int | np.integer) or p[key] < low:
                 raise ConfigError(f"transfer: {key} must be an integer >= {low}, got {p[key]!r}")
-        if p["dtype"] not in ("float32", "float64"):
-            raise ConfigError(f"transfer: dtype must be float32 or float64, got {p['dtype']!r}")
         if p["train_split"] == p["test_split"]:
             raise ConfigError("transfer: train_split and test_split must differ")
         layer = p["layer"]

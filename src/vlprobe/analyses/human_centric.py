@@ -662,7 +662,7 @@ class HumanCentric(Analysis):
             if "linear" in probes:
                 sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], **fit_kw)
                 pred = sel.refit.predict(Xte)[:, 0, :]
-                if not (bool(sel.path.converged.all()) and bool(sel.refit.converged.all())):
+                if not sel.converged:
                     notes.append(f"human_centric: some logistic fits stopped before max |grad| "
                                  f"<= tol={p['tol']} (max_iter={p['max_iter']})")
                 for s in range(len(names)):

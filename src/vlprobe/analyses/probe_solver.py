@@ -512,6 +512,20 @@ class ProbeSelection:
     path: ProbePath
     refit: ProbePath
 
+    @property
+    def converged(self) -> bool:
+        """Whether every probe (train-only path and refit) met the gradient tolerance."""
+        return bool(self.path.converged.all() and self.refit.converged.all())
+
+    def layer_summary(self, layer: int) -> dict[str, float]:
+        """``value`` (test accuracy), selected ``C`` and its ``val_accuracy`` for one layer."""
+        best = int(np.flatnonzero(np.asarray(self.Cs) == self.best_C[layer])[0])
+        return {
+            "value": float(self.test_accuracy[layer]),
+            "C": float(self.best_C[layer]),
+            "val_accuracy": float(self.val_accuracy[layer, best]),
+        }
+
 
 def select_and_evaluate(
     train: tuple[Sequence[np.ndarray], np.ndarray],

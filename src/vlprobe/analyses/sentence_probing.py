@@ -253,15 +253,14 @@ class SentenceProbing(Analysis):
                 sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"],
                                           dtype=p["dtype"], max_iter=int(p["max_iter"]),
                                           tol=float(p["tol"]))
-                if not sel.refit.converged.all() or not sel.path.converged.all():
+                if not sel.converged:
                     notes.append(f"sentence_probing: model {model!r}: some logistic probes "
                                  f"stopped before convergence (max_iter={p['max_iter']})")
-                for li, site in enumerate(sites):
-                    best = int(np.flatnonzero(np.asarray(p["Cs"]) == sel.best_C[li])[0])
-                    rows.append({**base, "layer": ftr.layers[site], "site": site,
-                                 "value": float(sel.test_accuracy[li]), "probe": "linear",
-                                 "C": float(sel.best_C[li]),
-                                 "val_accuracy": float(sel.val_accuracy[li, best])})
+                rows.extend(
+                    {**base, "layer": ftr.layers[site], "site": site, "probe": "linear",
+                     **sel.layer_summary(li)}
+                    for li, site in enumerate(sites)
+                )
             if "mlp" in self.probes():
                 for li, site in enumerate(sites):
                     res = fit_mlp_probe(

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _helpers import tiny_adapter, toy_text_stimuli
 from vlprobe.data.stimuli import ImageSource, Stimuli
 from vlprobe.errors import ConfigError
 from vlprobe.extract import ActivationStore, extract_features
-
-
-def _tiny_adapter(name: str, tmp_path: Path, **kw):
-    from vlprobe.models import MODELS, ModelAdapter, load_model
-
-    cls = MODELS.get(name)
-    spec = cls.tiny_spec(tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
-    return spec if isinstance(spec, ModelAdapter) else load_model(spec)
-
-
-def _text_stimuli(n: int, seed: int = 0) -> Stimuli:
-    rng = np.random.default_rng(seed)
-    words = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "man", "woman",
-             "red", "blue", "green", "big", "small", "sits", "runs", "looks", "very", "two"]
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 16)))) for _ in range(n)]
-    return Stimuli(dataset="toy_text", split="train", ids=[f"t{i}" for i in range(n)], texts=texts,
-                   labels=rng.integers(0, 3, size=n))
 
 
 def _image_stimuli(n: int, seed: int = 0) -> Stimuli:
@@ -56,7 +39,7 @@ class ForwardSpy:
 
 @pytest.fixture
 def text_adapter(tmp_path):
-    return _tiny_adapter("hf_text", tmp_path)
+    return tiny_adapter("hf_text", tmp_path)
 
 
 def _kw(store, **over):
@@ -66,7 +49,7 @@ def _kw(store, **over):
 
 
 def test_second_extraction_does_no_forward(text_adapter, tmp_path):
-    stim = _text_stimuli(12)
+    stim = toy_text_stimuli(12)
     store = ActivationStore(tmp_path / "acts")
     first = extract_features(text_adapter, stim, **_kw(store))
     assert first.n_forward_batches > 0 and first.n_items_computed == 12
@@ -81,7 +64,7 @@ def test_second_extraction_does_no_forward(text_adapter, tmp_path):
 
 
 def test_default_sites_and_pooling(text_adapter, tmp_path):
-    stim = _text_stimuli(4)
+    stim = toy_text_stimuli(4)
     res = extract_features(text_adapter, stim, **_kw(ActivationStore(tmp_path / "a")))
     layers = list(text_adapter.layer_sites("text"))
     emb = text_adapter.embedding_site("text")
@@ -98,7 +81,7 @@ def test_default_sites_and_pooling(text_adapter, tmp_path):
 
 
 def test_one_forward_per_batch_captures_all_sites(text_adapter, tmp_path):
-    stim = _text_stimuli(11)
+    stim = toy_text_stimuli(11)
     store = ActivationStore(tmp_path / "acts")
     sites = list(text_adapter.layer_sites("text"))
     written: list[tuple[str, int, int]] = []
@@ -129,7 +112,7 @@ def test_one_forward_per_batch_captures_all_sites(text_adapter, tmp_path):
 
 
 def test_text_order_is_restored(text_adapter, tmp_path):
-    stim = _text_stimuli(9, seed=3)
+    stim = toy_text_stimuli(9, seed=3)
     sites = text_adapter.layer_sites("text")[-1:]
     res = extract_features(text_adapter, stim, sites=sites, **_kw(ActivationStore(tmp_path / "a")))
     single = extract_features(
@@ -157,16 +140,16 @@ def test_attention_sites_are_refused(text_adapter, tmp_path):
     if not attn:
         pytest.skip("adapter exposes no attention sites")
     with pytest.raises(ConfigError, match="attention"):
-        extract_features(text_adapter, _text_stimuli(3), sites=attn[:1],
+        extract_features(text_adapter, toy_text_stimuli(3), sites=attn[:1],
                          **_kw(ActivationStore(tmp_path / "a")))
 
 
 def test_unknown_site_and_pooling(text_adapter, tmp_path):
     store = ActivationStore(tmp_path / "a")
     with pytest.raises(ConfigError, match="no site"):
-        extract_features(text_adapter, _text_stimuli(3), sites=["text.blocks.999"], **_kw(store))
+        extract_features(text_adapter, toy_text_stimuli(3), sites=["text.blocks.999"], **_kw(store))
     with pytest.raises(ConfigError, match="unknown pooling"):
-        extract_features(text_adapter, _text_stimuli(3), pooling="avg", **_kw(store))
+        extract_features(text_adapter, toy_text_stimuli(3), pooling="avg", **_kw(store))
 
 
 def test_modality_mismatch_is_a_config_error(text_adapter, tmp_path):
@@ -176,14 +159,14 @@ def test_modality_mismatch_is_a_config_error(text_adapter, tmp_path):
         extract_features(text_adapter, images, **_kw(store, modality=None))
     with pytest.raises(ConfigError, match="no image tower"):
         extract_features(text_adapter, images, **_kw(store, modality="image"))
-    vit = _tiny_adapter("hf_vit", tmp_path)
+    vit = tiny_adapter("hf_vit", tmp_path)
     with pytest.raises(ConfigError, match="no image payloads"):
-        extract_features(vit, _text_stimuli(3), **_kw(store, modality="image"))
+        extract_features(vit, toy_text_stimuli(3), **_kw(store, modality="image"))
 
 
 @pytest.mark.parametrize("name", ["hf_vit", "hf_resnet", "efficientnet_lite0"])
 def test_image_models(name, tmp_path):
-    adapter = _tiny_adapter(name, tmp_path)
+    adapter = tiny_adapter(name, tmp_path)
     stim = _image_stimuli(5)
     store = ActivationStore(tmp_path / "acts")
     sites = list(adapter.layer_sites("image"))
@@ -208,17 +191,17 @@ def test_progress_bar_reports_items_per_second(text_adapter, tmp_path, monkeypat
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    extract_features(text_adapter, _text_stimuli(4),
+    extract_features(text_adapter, toy_text_stimuli(4),
                      **_kw(ActivationStore(tmp_path / "a"), progress=True))
     assert "item" in err.getvalue()
     err.truncate(0)
-    extract_features(text_adapter, _text_stimuli(4, seed=9),
+    extract_features(text_adapter, toy_text_stimuli(4, seed=9),
                      **_kw(ActivationStore(tmp_path / "b"), progress=False))
     assert "item" not in err.getvalue()
 
 
 def test_prefetch_gives_same_features_and_propagates_errors(text_adapter, tmp_path):
-    stim = _text_stimuli(10, seed=5)
+    stim = toy_text_stimuli(10, seed=5)
     sites = text_adapter.layer_sites("text")[-2:]
     on = extract_features(text_adapter, stim, sites=sites, prefetch=True,
                           **_kw(ActivationStore(tmp_path / "on")))

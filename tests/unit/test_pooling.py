@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from vlprobe.data.stimuli import Stimuli
+from _helpers import tiny_adapter, toy_text_stimuli
 from vlprobe.errors import ConfigError
 from vlprobe.extract import ActivationStore, extract_features, pool
 
@@ -95,29 +93,13 @@ def test_inapplicable_methods_raise_clear_errors(x, method, kwargs, match):
 # -- padding invariance through real (tiny, random) adapters ---------------------------------
 
 
-def _tiny_adapter(name: str, tmp_path: Path, **kw):
-    from vlprobe.models import MODELS, ModelAdapter, load_model
-
-    cls = MODELS.get(name)
-    spec = cls.tiny_spec(tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
-    return spec if isinstance(spec, ModelAdapter) else load_model(spec)
-
-
-def _text_stimuli(n: int, seed: int = 0) -> Stimuli:
-    rng = np.random.default_rng(seed)
-    words = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "man", "woman",
-             "red", "blue", "green", "big", "small", "sits", "runs", "looks", "very", "two"]
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 20)))) for _ in range(n)]
-    return Stimuli(dataset="toy_text", split="train", ids=[f"t{i}" for i in range(n)], texts=texts)
-
-
 @pytest.mark.parametrize(
     "name,arch", [("hf_text", "bert"), ("hf_text", "gpt2"), ("smollm2_135m", "llama")]
 )
 def test_bucketed_equals_unbucketed(name, arch, tmp_path):
     """Padding must not change results: sorted batches, unsorted batches and batch size 1."""
-    adapter = _tiny_adapter(name, tmp_path, arch=arch)
-    stim = _text_stimuli(14)
+    adapter = tiny_adapter(name, tmp_path, arch=arch)
+    stim = toy_text_stimuli(14, lengths=(1, 20), n_classes=None)
     sites = list(adapter.layer_sites("text"))
     emb = adapter.embedding_site("text")
     if emb in adapter.sites():

@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _helpers import tiny_adapter, toy_text_stimuli
 from vlprobe.data.stimuli import Stimuli
 from vlprobe.errors import StoreError
 from vlprobe.extract import ActivationStore, extract_features, hash_key, make_key_dict
@@ -246,27 +246,10 @@ def test_key_dict_mismatch_and_shard_size_change(tmp_path):
 # -- through the extractor ----------------------------------------------------------------------
 
 
-def _tiny_adapter(name: str, tmp_path: Path, **kw):
-    from vlprobe.models import MODELS, ModelAdapter, load_model
-
-    cls = MODELS.get(name)
-    spec = cls.tiny_spec(tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
-    return spec if isinstance(spec, ModelAdapter) else load_model(spec)
-
-
-def _text_stimuli(n: int, seed: int = 0) -> Stimuli:
-    rng = np.random.default_rng(seed)
-    words = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "man", "woman",
-             "red", "blue", "green", "big", "small", "sits", "runs", "looks", "very", "two"]
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(2, 14)))) for _ in range(n)]
-    return Stimuli(dataset="toy_text", split="train", ids=[f"t{i}" for i in range(n)], texts=texts,
-                   labels=rng.integers(0, 2, size=n))
-
-
 @pytest.mark.parametrize("consolidate", [False, True])
 def test_flipped_byte_is_recomputed_by_extraction(tmp_path, consolidate, caplog):
-    adapter = _tiny_adapter("hf_text", tmp_path)
-    stim = _text_stimuli(11)
+    adapter = tiny_adapter("hf_text", tmp_path)
+    stim = toy_text_stimuli(11, lengths=(2, 14), n_classes=2)
     sites = adapter.layer_sites("text")[:2]
     clean = extract_features(
         adapter, stim, modality="text", sites=sites, pooling="mean", batch_size=3, shard_size=4,

@@ -1,0 +1,32 @@
+"""Helpers shared by the extraction tests (importable: ``tests/`` is on sys.path via conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vlprobe.data.stimuli import Stimuli
+
+WORDS = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "man", "woman",
+         "red", "blue", "green", "big", "small", "sits", "runs", "looks", "very", "two"]
+
+
+def tiny_adapter(name: str, tmp_path: Path, **kw):
+    """A registered adapter built from its tiny seeded random config."""
+    from vlprobe.models import MODELS, ModelAdapter, load_model
+
+    cls = MODELS.get(name)
+    spec = cls.tiny_spec(tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
+    return spec if isinstance(spec, ModelAdapter) else load_model(spec)
+
+
+def toy_text_stimuli(
+    n: int, seed: int = 0, lengths: tuple[int, int] = (1, 16), n_classes: int | None = 3
+) -> Stimuli:
+    """``n`` random sentences with ``lengths[0] <= words < lengths[1]`` (labels if asked)."""
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(*lengths)))) for _ in range(n)]
+    labels = rng.integers(0, n_classes, size=n) if n_classes else None
+    return Stimuli(dataset="toy_text", split="train", ids=[f"t{i}" for i in range(n)],
+                   texts=texts, labels=labels)

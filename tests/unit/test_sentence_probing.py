@@ -159,6 +159,12 @@ def test_task_param_and_errors():
     assert any("task not given" in n for n in res.notes)
     with pytest.raises(ConfigError, match="unknown task"):
         SentenceProbing(["m"], "x", {"task": "nope"})
+    with pytest.raises(ConfigError, match=r"no SentEval task recognised.*'mydata'"):
+        SentenceProbing(["m"], "ptb_sentlen", {"datasets": ["mydata"]})
+    with pytest.raises(ConfigError, match=r"params\.task names one task"):
+        SentenceProbing(["m"], "ptb_sentlen", {"datasets": ["ud_tense"], "task": "SentLen"})
+    with pytest.raises(ConfigError, match="list of dataset keys"):
+        SentenceProbing(["m"], "ptb_sentlen", {"datasets": "ud_tense"})
     with pytest.raises(ConfigError, match="probe"):
         SentenceProbing(["m"], "x", {"probe": "svm"})
     with pytest.raises(ConfigError, match="pooling"):
@@ -199,15 +205,68 @@ def test_end_to_end_generated_task_through_the_runner(tmp_path):
     cfg = {
         "name": "t1", "seed": 0, "output_dir": str(tmp_path / "runs"),
         "models": {"bert": spec_dict("hf_text", tmp_path)},
-        "datasets": {"ptb_bshift": {"loader": "probing_task", "path": str(tmp_path / "tb"),
-                                    "options": {"task": "BShift", "max_per_class": 40}}},
-        "analyses": [{"analysis": "T1", "models": ["bert"], "dataset": "ptb_bshift",
-                      "params": {"mlp_hidden": [8], "mlp_weight_decay": [0.0],
-                                 "mlp_max_epochs": 5}}],
+        "datasets": {
+            f"ptb_{task.lower()}": {"loader": "probing_task", "path": str(tmp_path / "tb"),
+                                    "options": {"task": task, "max_per_class": 40}}
+            for task in ("BShift", "SentLen", "TreeDepth")
+        },
+        "analyses": [
+            {"analysis": "T1", "models": ["bert"], "dataset": "ptb_bshift",
+             "params": {"mlp_hidden": [8], "mlp_weight_decay": [0.0], "mlp_max_epochs": 5}},
+            {"analysis": "T1", "models": ["bert"], "dataset": "ptb_bshift", "name": "all_tasks",
+             "params": {"mlp_hidden": [8], "mlp_weight_decay": [0.0], "mlp_max_epochs": 5,
+                        "datasets": ["ptb_sentlen", "ptb_treedepth"]}},
+        ],
     }
     run_dir = run(parse_config(cfg), progress=False)
-    assert read_run(run_dir)["analyses"]["T1_ptb_bshift"]["status"] == "ok"
+    record = read_run(run_dir)
+    assert record["analyses"]["T1_ptb_bshift"]["status"] == "ok"
     table = read_result_table(run_dir, "T1_ptb_bshift")
     assert set(table["task"]) == {"BShift"} and set(table["category"]) == {"syntactic"}
     assert (table["n_train"] == 64).all() and (table["n_val"] == 8).all()
     assert (table["n_test"] == 8).all() and len(table) >= 2
+    # several tasks in one analysis: every task, the category figure and the best-layer table
+    info = record["analyses"]["all_tasks"]
+    assert info["status"] == "ok", info.get("error")
+    both = read_result_table(run_dir, "all_tasks")
+    assert set(both["task"]) == {"BShift", "SentLen", "TreeDepth"}
+    bshift = both[both["task"] == "BShift"].sort_values("layer")["value"].to_numpy()
+    np.testing.assert_allclose(bshift, table.sort_values("layer")["value"].to_numpy())
+    assert {"accuracy_vs_layer", "category_accuracy"} <= set(info["figures"])
+    best = pd.read_parquet(run_dir / info["extra_tables"]["best_layer"])
+    assert list(best["task"]) == ["SentLen", "TreeDepth", "BShift"]  # SentEval order
+    for _, row in best.iterrows():
+        t = both[(both["task"] == row["task"])]
+        assert row["bert"] == pytest.approx(t["value"].max())
+        assert t.loc[t["layer"] == row["bert layer"], "value"].max() == pytest.approx(row["bert"])
+    html = (run_dir / "report.html").read_text()
+    assert "<h3>best_layer</h3>" in html
+
+
+def test_category_means_and_best_layer_use_each_tasks_main_probe():
+    from vlprobe.analyses.sentence_probing import (
+        best_layer_table,
+        category_means,
+        plot_category_accuracy,
+    )
+
+    rows = []
+    acc = {("SentLen", "mlp"): [0.5, 0.9, 0.7], ("SentLen", "linear"): [0.99, 0.99, 0.99],
+           ("WC", "linear"): [0.1, 0.3, 0.3], ("BShift", "mlp"): [0.5, 0.6, 0.8]}
+    for (task, probe), values in acc.items():
+        for layer, v in enumerate(values):
+            rows.append({"model": "m", "task": task, "category": CATEGORIES[task],
+                         "probe": probe, "layer": layer, "value": v, "chance": 0.2})
+    table = pd.DataFrame(rows)
+    means = category_means(table)
+    surface = means[means["category"] == "surface"].sort_values("layer")
+    # SentLen's MLP (not its linear rows) averaged with WC's logistic probe
+    np.testing.assert_allclose(surface["value"], [0.3, 0.6, 0.5])
+    assert set(surface["n_tasks"]) == {2}
+    best = best_layer_table(table)
+    assert list(best["task"]) == ["SentLen", "WC", "BShift"]
+    assert list(best["m"]) == [0.9, 0.3, 0.8]
+    assert list(best["m layer"]) == [1, 1, 2]  # WC ties at layers 1 and 2: the first
+    assert list(best["m probe"]) == ["mlp", "linear", "mlp"]
+    fig = plot_category_accuracy(table)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["surface", "syntactic"]

@@ -11,7 +11,7 @@ Protocol (SCIENCE.md T3; seed 000 §3.5, table 1):
 3. Head ``"linear"``: L2 logistic regression for every layer x C of ``Cs`` solved at once
    (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`), C chosen on the carved
    validation split (ties -> smallest C), refitted on train + validation.
-   Head ``"mlp"``: 1-hidden-layer MLP (:func:`~vlprobe.analyses.probe_solver.fit_mlp_probe`),
+   Head ``"mlp"``: 1-hidden-layer MLP (:func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes`),
    hidden size x weight decay chosen on validation with early stopping. ``"both"``: both.
 4. Accuracy on ``eval_split`` (default ``validation``). SuperGLUE test labels are hidden, so
    the official dev set (``val.jsonl``, loaded as ``validation``) is the test proxy, as usual.
@@ -43,7 +43,8 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
 _HEADS = ("linear", "mlp", "both")
@@ -215,13 +216,13 @@ class Downstream(Analysis):
                     for li, site in enumerate(sites)
                 )
             if "mlp" in heads:
-                for li, site in enumerate(sites):
-                    res = fit_mlp_probe(
-                        (Xtr[li], ytr), (Xva[li], yva), (Xev[li], yev),
-                        hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                        max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                        seed=self.seed,
-                    )
+                mlps = fit_mlp_probes(
+                    (Xtr, ytr), (Xva, yva), (Xev, yev),
+                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
+                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
+                    seed=self.seed,
+                )
+                for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
                                  "value": float(res.test_accuracy), "head": "mlp", "C": np.nan,
                                  "val_accuracy": float(res.val_accuracy), "hidden": res.hidden,

@@ -28,8 +28,8 @@ features keep std = 1). Coefficients are reported in the standardised space (``c
 can be mapped back with :meth:`ProbePath.coef_original`.
 
 Also: :func:`select_and_evaluate` (CLIP protocol: choose C per layer on a validation split,
-refit on train + val, report test accuracy) and :func:`fit_mlp_probe` (1-hidden-layer MLP,
-Adam, small sweep on validation, early stopping).
+refit on train + val, report test accuracy). The MLP probe is in
+:mod:`vlprobe.analyses.mlp_probe`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from typing import Any
 import numpy as np
 
 from vlprobe.analyses._common import fit_standardizer
+
+# the MLP probe lives in its own module; re-exported for the analyses that import it here
+from vlprobe.analyses.mlp_probe import MLPProbeResult as MLPProbeResult
+from vlprobe.analyses.mlp_probe import fit_mlp_probe as fit_mlp_probe
+from vlprobe.analyses.mlp_probe import fit_mlp_probes as fit_mlp_probes
 from vlprobe.errors import AnalysisError
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 4, 8))
@@ -570,99 +575,3 @@ def select_and_evaluate(
         test_acc = path.score(Xte, yte)[np.arange(len(best)), best]
     return ProbeSelection(Cs_arr, val_acc, best_C, test_acc, path, final)
 
-
-# --------------------------------------------------------------------------------------------
-# MLP probe
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MLPProbeResult:
-    """Best MLP probe of one layer: config chosen on val, test accuracy of that model."""
-
-    hidden: int
-    weight_decay: float
-    val_accuracy: float
-    test_accuracy: float
-    epochs: int
-    sweep: list[dict[str, Any]]
-
-
-def fit_mlp_probe(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    *,
-    hidden_sizes: Sequence[int] = (256,),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
-    lr: float = 1e-3,
-    max_epochs: int = 100,
-    patience: int = 10,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> MLPProbeResult:
-    """1-hidden-layer MLP probe (Linear-ReLU-Linear, Adam), one layer's features.
-
-    Features are standardised with train statistics. For each (hidden, weight_decay) the model
-    is trained on train with early stopping on val loss (best epoch kept); the config with
-    the highest val accuracy is evaluated once on test. No refit on train + val (early
-    stopping needs the held-out split). Early stopping watches the validation loss (patience
-    in epochs); the selection across configs uses validation accuracy. Seeded: the same seed
-    gives the same numbers.
-    """
-    torch = _torch()
-    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
-    classes, ytr_i = _encode_labels(ytr)
-    lookup = {c: i for i, c in enumerate(classes.tolist())}
-    yva_i = np.array([lookup.get(c, -1) for c in np.asarray(yva).tolist()], dtype=np.int64)
-    yte_i = np.array([lookup.get(c, -1) for c in np.asarray(yte).tolist()], dtype=np.int64)
-    m, s = fit_standardizer(xtr)
-    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32)
-         for x in (xtr, xva, xte)]
-    ytr_t = torch.as_tensor(ytr_i)
-    yva_t = torch.as_tensor(yva_i)
-    K, D = len(classes), t[0].shape[1]
-    # small training sets still get several updates per epoch
-    batch_size = int(min(batch_size, max(16, len(ytr_t) // 8)))
-    sweep, best = [], None
-    for h in hidden_sizes:
-        for wd in weight_decays:
-            gen = torch.Generator().manual_seed(int(seed))
-            torch.manual_seed(int(seed))
-            net = torch.nn.Sequential(
-                torch.nn.Linear(D, int(h)), torch.nn.ReLU(), torch.nn.Linear(int(h), K)
-            )
-            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(wd))
-            best_loss, best_acc, best_state, best_ep, bad = np.inf, 0.0, None, 0, 0
-            for ep in range(max_epochs):
-                net.train()
-                perm = torch.randperm(len(ytr_t), generator=gen)
-                for start in range(0, len(perm), batch_size):
-                    bi = perm[start : start + batch_size]
-                    loss = torch.nn.functional.cross_entropy(net(t[0][bi]), ytr_t[bi])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                net.eval()
-                with torch.no_grad():
-                    out = net(t[1])
-                    acc = float((out.argmax(1).numpy() == yva_i).mean())
-                    seen = yva_t >= 0
-                    vloss = float(torch.nn.functional.cross_entropy(out[seen], yva_t[seen]))
-                # early stopping on the validation loss (smoother than accuracy on small data)
-                if vloss < best_loss - 1e-4:
-                    best_loss, best_acc, best_ep, bad = vloss, acc, ep + 1, 0
-                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
-            net.load_state_dict(best_state)  # type: ignore[arg-type]
-            sweep.append({"hidden": int(h), "weight_decay": float(wd), "val_accuracy": best_acc,
-                          "epochs": best_ep})
-            if best is None or best_acc > best[0]:
-                with torch.no_grad():
-                    te = float((net(t[2]).argmax(1).numpy() == yte_i).mean())
-                best = (best_acc, int(h), float(wd), te, best_ep)
-    assert best is not None
-    return MLPProbeResult(best[1], best[2], best[0], best[3], best[4], sweep)

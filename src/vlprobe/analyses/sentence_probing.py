@@ -9,7 +9,7 @@ Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
 2. The dev split is the task's own ``validation`` split (SentEval's ``va``); only when the
    dataset has none is one carved from train (stratified, seeded, ``val_fraction``, noted).
 3. Probe: SentEval's MLP probe (1 hidden layer; hidden size x weight decay swept on dev,
-   early stopping on dev loss; :func:`~vlprobe.analyses.probe_solver.fit_mlp_probe`, which
+   early stopping on dev loss; :func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes`, which
    uses ReLU and AdamW where SentEval uses a sigmoid and also sweeps dropout) for
    every task except WC, which uses logistic regression only (as SentEval does): L2 logistic
    probes for a C sweep, C chosen on dev, refitted on train + dev
@@ -40,7 +40,8 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
 CATEGORIES = {
@@ -99,6 +100,10 @@ class SentenceProbing(Analysis):
         mlp_hidden, mlp_weight_decay: MLP sweep (SentEval sweeps nhid 50/100/200 and L2).
         mlp_max_epochs, mlp_patience: MLP training limits.
         layers, modality, x_axis, dtype, max_iter, tol: as in ``layer_probe``.
+        datasets: further dataset keys, one task each (recognised in the key), probed in the
+            same analysis so that one report section shows every task, the mean accuracy per
+            category (surface / syntactic / semantic) vs layer and the best-layer table
+            (VALUE table 5 style, extra table ``best_layer``).
     """
 
     name: ClassVar[str] = "sentence_probing"
@@ -123,6 +128,7 @@ class SentenceProbing(Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
+        "datasets": [],
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
@@ -133,6 +139,20 @@ class SentenceProbing(Analysis):
             raise ConfigError(f"sentence_probing: unknown task {p['task']!r}; known: "
                               f"{', '.join(CATEGORIES)}")
         self.task = task
+        extra = p["datasets"] or []
+        if isinstance(extra, str) or not all(isinstance(d, str) for d in extra):
+            raise ConfigError(f"sentence_probing: datasets must be a list of dataset keys, "
+                              f"got {extra!r}")
+        self.task_datasets = list(dict.fromkeys([dataset, *extra]))
+        if len(self.task_datasets) > 1:
+            if p["task"] is not None:
+                raise ConfigError("sentence_probing: params.task names one task; with several "
+                                  "datasets each task is recognised in its dataset key")
+            unknown = [d for d in self.task_datasets if canonical_task(d) is None]
+            if unknown:
+                raise ConfigError(f"sentence_probing: no SentEval task recognised in dataset "
+                                  f"key(s) {unknown}; name them after the task (e.g. "
+                                  f"ptb_sentlen, ud_tense) or run them as separate analyses")
         if p["probe"] not in _PROBES:
             raise ConfigError(f"sentence_probing: probe must be one of {_PROBES}, "
                               f"got {p['probe']!r}")
@@ -149,20 +169,20 @@ class SentenceProbing(Analysis):
             raise ConfigError("sentence_probing: train, validation and test splits must differ")
 
     # ----------------------------------------------------------------------------------------
-    def probes(self) -> list[str]:
-        """Probe kinds run for this task (WC: logistic only)."""
+    def probes(self, task: str | None = None) -> list[str]:
+        """Probe kinds run for ``task`` (default: this analysis' task; WC: logistic only)."""
         kind = self.params["probe"]
-        if self.task == "WC":
+        if (task or self.task) == "WC":
             return ["linear"]
         return {"auto": ["mlp"], "mlp": ["mlp"], "linear": ["linear"],
                 "both": ["linear", "mlp"]}[kind]
 
-    def _splits(self, source: FeatureSource) -> tuple[list[str], bool]:
+    def _splits(self, source: FeatureSource, dataset: str) -> tuple[list[str], bool]:
         p = self.params
-        splits = source.splits(self.dataset)
+        splits = source.splits(dataset)
         for key in ("train_split", "test_split"):
             if p[key] not in splits:
-                raise AnalysisError(f"sentence_probing: dataset {self.dataset!r} has no split "
+                raise AnalysisError(f"sentence_probing: dataset {dataset!r} has no split "
                                     f"{p[key]!r} ({key}); available: {splits}")
         has_val = p["validation_split"] in splits
         wanted = [p["train_split"], p["test_split"]]
@@ -174,33 +194,60 @@ class SentenceProbing(Analysis):
             required_splits=(),
         )
 
-    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
-        return FeatureRequest(model, self.dataset, split, sites=None,
+    def _request(self, model: str, dataset: str, split: str, modality: str) -> FeatureRequest:
+        return FeatureRequest(model, dataset, split, sites=None,
                               pooling=self.params["pooling"], modality=modality)
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         plan, _ = self._plan(source)
-        splits, _ = self._splits(source)
-        return [self._request(m, s, mod) for m, mod in plan.items() for s in splits]
+        out = []
+        for dataset in self.task_datasets:
+            splits, _ = self._splits(source, dataset)
+            out.extend(self._request(m, dataset, s, mod) for m, mod in plan.items()
+                       for s in splits)
+        return out
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
         p = self.params
         plan, notes = self._plan(source)
-        _, has_val = self._splits(source)
-        task = self.task or "unknown"
+        rows: list[dict[str, Any]] = []
+        for dataset in self.task_datasets:
+            task = self.task if dataset == self.dataset else canonical_task(dataset)
+            rows.extend(self._probe_task(source, plan, dataset, task, notes))
+        table = pd.DataFrame(rows)
+        figures = {"accuracy_vs_layer": plot_sentence_probing(table, x=p["x_axis"])}
+        extra = {}
+        if len(self.task_datasets) > 1 and len(table):
+            figures["category_accuracy"] = plot_category_accuracy(table, x=p["x_axis"])
+            extra["best_layer"] = best_layer_table(table)
+        tasks = {d: (self.task if d == self.dataset else canonical_task(d))
+                 for d in self.task_datasets}
+        return Result(analysis=self.name, catalogue=self.catalogue, table=table,
+                      figures=figures,
+                      params={**p, "task": self.task or "unknown",
+                              "category": CATEGORIES.get(self.task or "", "unknown"),
+                              "tasks": tasks, "probes": self.probes()},
+                      notes=notes, extra_tables=extra)
+
+    def _probe_task(self, source: FeatureSource, plan: dict[str, str], dataset: str,
+                    task_name: str | None, notes: list[str]) -> list[dict[str, Any]]:
+        """Rows of one task (one dataset) for every model and layer."""
+        p = self.params
+        _, has_val = self._splits(source, dataset)
+        task = task_name or "unknown"
         category = CATEGORIES.get(task, "unknown")
-        if self.task is None:
+        if task_name is None:
             notes.append(f"sentence_probing: task not given and not recognised in dataset key "
-                         f"{self.dataset!r}; set params.task (task/category columns: unknown)")
-        if p["probe"] in ("mlp", "both") and self.task == "WC":
+                         f"{dataset!r}; set params.task (task/category columns: unknown)")
+        if p["probe"] in ("mlp", "both") and task_name == "WC":
             notes.append("sentence_probing: WC uses logistic regression only (as SentEval); "
                          f"probe={p['probe']!r} ignored")
         rows: list[dict[str, Any]] = []
         for model, modality in plan.items():
-            ftr = source.get(self._request(model, p["train_split"], modality))
-            fte = source.get(self._request(model, p["test_split"], modality))
+            ftr = source.get(self._request(model, dataset, p["train_split"], modality))
+            fte = source.get(self._request(model, dataset, p["test_split"], modality))
             ytr_all = check_labels(ftr, model, f"split {p['train_split']!r}")
             yte = check_labels(fte, model, f"split {p['test_split']!r}")
             if len(np.unique(ytr_all)) < 2:
@@ -208,7 +255,7 @@ class SentenceProbing(Analysis):
                                     f"{p['train_split']!r} has a single class")
             sites = select_layer_sites(ftr, p["layers"], model, default="all")
             if has_val:
-                fva = source.get(self._request(model, p["validation_split"], modality))
+                fva = source.get(self._request(model, dataset, p["validation_split"], modality))
                 yva = check_labels(fva, model, f"split {p['validation_split']!r}")
                 tr_idx = np.arange(len(ytr_all))
                 ids_va = list(fva.ids)
@@ -219,7 +266,7 @@ class SentenceProbing(Analysis):
                 yva = ytr_all[va_idx]
                 ids_va = [ftr.ids[i] for i in va_idx]
                 dev_source = f"carved {p['val_fraction']:.0%} of {p['train_split']!r}"
-                notes.append(f"sentence_probing: dataset {self.dataset!r} has no "
+                notes.append(f"sentence_probing: dataset {dataset!r} has no "
                              f"{p['validation_split']!r} split; dev carved from train")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             assert_disjoint_ids(ids_tr, ids_va, "train", "dev split")
@@ -241,7 +288,7 @@ class SentenceProbing(Analysis):
             counts = np.bincount(yte)
             chance = max(1.0 / n_classes, float(counts.max() / counts.sum()))
             base = {
-                "analysis": self.name, "model": model, "dataset": self.dataset,
+                "analysis": self.name, "model": model, "dataset": dataset,
                 "metric": "accuracy", "task": task, "category": category,
                 "pooling": p["pooling"] or "default", "n_train": len(ytr), "n_val": len(yva),
                 "n_test": len(yte), "chance": chance, "n_classes": n_classes,
@@ -249,7 +296,7 @@ class SentenceProbing(Analysis):
                 "n_truncated": int(max(ftr.n_truncated, fte.n_truncated,
                                        fva.n_truncated if has_val else 0)),
             }
-            if "linear" in self.probes():
+            if "linear" in self.probes(task_name):
                 sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"],
                                           dtype=p["dtype"], max_iter=int(p["max_iter"]),
                                           tol=float(p["tol"]))
@@ -261,14 +308,14 @@ class SentenceProbing(Analysis):
                      **sel.layer_summary(li)}
                     for li, site in enumerate(sites)
                 )
-            if "mlp" in self.probes():
-                for li, site in enumerate(sites):
-                    res = fit_mlp_probe(
-                        (Xtr[li], ytr), (Xva[li], yva), (Xte[li], yte),
-                        hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                        max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                        seed=self.seed,
-                    )
+            if "mlp" in self.probes(task_name):
+                mlps = fit_mlp_probes(
+                    (Xtr, ytr), (Xva, yva), (Xte, yte),
+                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
+                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
+                    seed=self.seed,
+                )
+                for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
                                  "value": res.test_accuracy, "probe": "mlp", "C": np.nan,
                                  "val_accuracy": res.val_accuracy, "hidden": res.hidden,
@@ -277,12 +324,7 @@ class SentenceProbing(Analysis):
                 notes.append(f"sentence_probing: model {model!r}: "
                              f"{max(ftr.n_truncated, fte.n_truncated)} texts truncated at the "
                              "model's maximum length")
-        table = pd.DataFrame(rows)
-        fig = plot_sentence_probing(table, x=p["x_axis"])
-        return Result(analysis=self.name, catalogue=self.catalogue, table=table,
-                      figures={"accuracy_vs_layer": fig},
-                      params={**p, "task": task, "category": category, "probes": self.probes()},
-                      notes=notes)
+        return rows
 
 
 def plot_sentence_probing(table: Any, x: str = "layer") -> Any:
@@ -321,4 +363,77 @@ def plot_sentence_probing(table: Any, x: str = "layer") -> Any:
     return fig
 
 
-__all__ = ["CATEGORIES", "SentenceProbing", "canonical_task", "plot_sentence_probing"]
+_CATEGORY_ORDER = ("surface", "syntactic", "semantic")
+
+
+def main_probe_rows(table: Any) -> Any:
+    """Per (model, task) the rows of its main probe: the MLP where present, else logistic."""
+    if not len(table):
+        return table
+    has_mlp = table.groupby(["model", "task"])["probe"].transform(lambda s: (s == "mlp").any())
+    return table[(table["probe"] == "mlp") | ~has_mlp]
+
+
+def category_means(table: Any) -> Any:
+    """Mean test accuracy over the tasks of each category, per model and layer.
+
+    Columns: model, category, layer, value (mean accuracy), n_tasks, chance (mean chance).
+    """
+    rows = main_probe_rows(table)
+    out = (rows.groupby(["model", "category", "layer"], sort=False)
+           .agg(value=("value", "mean"), n_tasks=("task", "nunique"), chance=("chance", "mean"))
+           .reset_index())
+    return out
+
+
+def plot_category_accuracy(table: Any, x: str = "layer") -> Any:
+    """Mean accuracy over each category's tasks vs layer (CSCI-566 report, figures 3-5):
+    one panel per category, one line per model, dotted mean chance."""
+    from matplotlib.figure import Figure
+
+    means = category_means(table)
+    cats = [c for c in (*_CATEGORY_ORDER, "unknown") if c in set(means["category"])]
+    fig = Figure(figsize=(3.6 * max(len(cats), 1) + 0.6, 3.0), layout="constrained")
+    axes = fig.subplots(1, max(len(cats), 1), squeeze=False)[0]
+    for ax, cat in zip(axes, cats):
+        m = means[means["category"] == cat]
+        for model, g in m.groupby("model", sort=False):
+            g = g.sort_values("layer")
+            xs = g["layer"].to_numpy(dtype=float)
+            if x == "relative":
+                xs = xs / max(xs.max(), 1.0)
+            ax.plot(xs, g["value"].to_numpy(), marker="o", ms=3, label=str(model))
+        ax.axhline(float(m["chance"].mean()), color="grey", ls=":", lw=1, label="chance")
+        tasks = sorted(set(table.loc[table["category"] == cat, "task"]))
+        ax.set_title(f"{cat}: mean of {', '.join(tasks)}", fontsize=8)
+        ax.set_xlabel("relative depth" if x == "relative" else "layer")
+        ax.set_ylabel("mean test accuracy")
+        ax.legend(fontsize=6)
+    return fig
+
+
+def best_layer_table(table: Any) -> Any:
+    """Best layer per model and task (VALUE, table 5): one row per task, per model the best
+    test accuracy of its main probe and the layer where it is reached (first on ties)."""
+    import pandas as pd
+
+    rows = main_probe_rows(table)
+    order = {t: i for i, t in enumerate(CATEGORIES)}
+    out: dict[str, dict[str, Any]] = {}
+    for (task, model), g in rows.groupby(["task", "model"], sort=False):
+        best = g.sort_values("layer").loc[lambda d: d["value"].idxmax()]
+        row = out.setdefault(task, {"task": task, "category": best["category"],
+                                    "chance": float(best["chance"])})
+        row[str(model)] = float(best["value"])
+        row[f"{model} layer"] = int(best["layer"])
+        row[f"{model} probe"] = str(best["probe"])
+    frame = pd.DataFrame(list(out.values()))
+    if len(frame):
+        frame = frame.sort_values("task", key=lambda s: s.map(lambda t: order.get(t, 99)))
+    return frame.reset_index(drop=True)
+
+
+__all__ = [
+    "CATEGORIES", "SentenceProbing", "best_layer_table", "canonical_task", "category_means",
+    "plot_category_accuracy", "plot_sentence_probing",
+]

@@ -117,6 +117,10 @@ def render_report(run_dir: str | Path) -> str:
             parts.append(f"<p>&#9432; {_e(note)}</p>")
         for fig_name, rel in info.get("figures", {}).items():
             parts.append(_figure_html(run_dir / rel, f"{name}: {fig_name}"))
+        for table_name, rel in info.get("extra_tables", {}).items():
+            if (run_dir / rel).is_file():
+                parts.append(f"<h3>{_e(table_name)}</h3>")
+                parts.append(_table_html(pd.read_parquet(run_dir / rel)))
         table_path = run_dir / str(info.get("table", ""))
         if table_path.is_file():
             parts.append(_table_html(pd.read_parquet(table_path)))

@@ -1,0 +1,247 @@
+"""MLP probes (1 hidden layer) for every layer and every sweep value, trained together.
+
+SentEval's probe (Conneau et al. 2018) is a Linear-nonlinearity-Linear classifier whose hidden
+size and regularisation are swept on the dev split, with early stopping. Training one small
+network per (layer, hidden size, weight decay) one after another is dominated by per-call
+overhead on CPU (tiny matrix products, one optimizer per net). Here every layer of the same
+width and every weight decay of the same hidden size form ONE stacked network trained with
+batched matrix products:
+
+    X [L, B, D] @ W1 [L, D, R*H] -> relu -> [L*R, B, H] @ W2 [L*R, H, K] -> logits [L*R, B, K]
+
+(L layers, R weight decays, H hidden units, K classes). Each of the L*R "groups" has its own
+parameters; the loss is the sum of the groups' mean cross-entropies, so every group receives
+exactly its own gradient. Adam is elementwise, so one Adam over the stacked tensors equals one
+Adam per group; AdamW's decoupled weight decay (``p <- p * (1 - lr * wd)`` before the Adam step,
+applied to weights and biases as ``torch.optim.AdamW`` does) is applied per group by hand
+because it differs between groups. Early stopping is per group: each keeps the parameters of its
+best validation-loss epoch and stops counting after ``patience`` epochs without improvement;
+training ends when every group has stopped. This is written here because no library trains
+many independent small networks as one batched model (``torch.func.vmap`` over
+``functional_call`` does the forward but not per-group optimizer state or early stopping).
+
+Protocol per layer (same as before batching): features standardised with train statistics;
+each (hidden, weight decay) config trained on train with early stopping on the dev loss; the
+config with the highest dev accuracy (first in sweep order on ties) is evaluated once on test.
+Mini-batch order comes from one seeded generator shared by all groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlprobe.analyses._common import fit_standardizer
+from vlprobe.errors import AnalysisError
+
+
+@dataclass
+class MLPProbeResult:
+    """Best MLP probe of one layer: config chosen on val, test accuracy of that model."""
+
+    hidden: int
+    weight_decay: float
+    val_accuracy: float
+    test_accuracy: float
+    epochs: int
+    sweep: list[dict[str, Any]]
+
+
+def _encode(ytr, yva, yte) -> tuple[np.ndarray, list[np.ndarray]]:
+    classes = np.unique(np.asarray(ytr))
+    if len(classes) < 2:
+        raise AnalysisError(f"an MLP probe needs at least 2 classes in the training data, got "
+                            f"{len(classes)} ({classes.tolist()})")
+    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    # labels absent from train get -1: never predicted (count as errors), ignored by the loss
+    enc = [np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()], dtype=np.int64)
+           for y in (ytr, yva, yte)]
+    return classes, enc
+
+
+def _standardised(layers: Sequence[np.ndarray], idx: list[int], mean_scale) -> Any:
+    """``[len(idx), N, D]`` float32 tensor of the listed layers, z-scored with train stats."""
+    import torch
+
+    return torch.stack([
+        torch.as_tensor(((np.asarray(layers[i], np.float64) - mean_scale[i][0])
+                         / mean_scale[i][1]).astype(np.float32))
+        for i in idx
+    ])
+
+
+def group_init(seed: int, layer: int, hidden: int, r: int, D: int, K: int) -> tuple[Any, ...]:
+    """Initial ``(W1 [H, D], b1 [H], W2 [K, H], b2 [K])`` of one network (nn.Linear layout).
+
+    torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from a generator
+    seeded by (seed, layer, hidden, weight-decay index) only, so a layer's probe does not
+    depend on which other layers are trained in the same stack.
+    """
+    import torch
+
+    state = np.random.SeedSequence([int(seed), int(layer), int(hidden), int(r)]).generate_state(1)
+    gen = torch.Generator().manual_seed(int(state[0]))
+
+    def u(shape, fan_in):
+        return (torch.rand(shape, generator=gen) * 2 - 1) / np.sqrt(fan_in)
+
+    return u((hidden, D), D), u((hidden,), D), u((K, hidden), hidden), u((K,), hidden)
+
+
+def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float], n_classes: int,
+                 *, lr: float, max_epochs: int, patience: int, batch_size: int,
+                 seed: int) -> dict[str, Any]:
+    """Train the L x R stacked networks of one hidden size.
+
+    X: ``(Xtr [L, Ntr, D], Xva [L, Nva, D], Xte [L, Nte, D])`` float32 tensors;
+    y: ``(ytr [Ntr], yva [Nva], yte [Nte])`` int64 tensors (-1 = class unseen in train);
+    layers: the L layers' indexes (they seed the initialisation).
+    Returns ``val_acc``, ``test_acc``, ``epochs`` as ``[L, R]`` numpy arrays.
+    """
+    import torch
+
+    Xtr, Xva, Xte = X
+    ytr, yva, yte = y
+    L, _, D = Xtr.shape
+    R, H, K = len(wds), int(hidden), int(n_classes)
+    inits = [[group_init(seed, layer, H, r, D, K) for r in range(R)] for layer in layers]
+    W1 = torch.stack([torch.cat([g[0].T for g in row], 1) for row in inits]).requires_grad_()
+    b1 = torch.stack([torch.cat([g[1] for g in row])[None] for row in inits]).requires_grad_()
+    W2 = torch.stack([g[2].T for row in inits for g in row]).requires_grad_()
+    b2 = torch.stack([g[3][None] for row in inits for g in row]).requires_grad_()
+    gen = torch.Generator().manual_seed(int(seed))  # mini-batch order, shared by all groups
+    params = [W1, b1, W2, b2]
+    opt = torch.optim.Adam(params, lr=lr)
+    decay = 1.0 - lr * torch.as_tensor(np.asarray(wds, np.float32))  # [R]
+    decay1 = decay.repeat_interleave(H).view(1, 1, R * H)  # W1/b1 columns are r-major
+    decay2 = decay.repeat(L).view(L * R, 1, 1)
+
+    def logits(x):  # x [L, B, D] -> [L*R, B, K]
+        h = torch.relu(torch.baddbmm(b1, x, W1))  # [L, B, R*H]
+        B = x.shape[1]
+        h = h.view(L, B, R, H).permute(0, 2, 1, 3).reshape(L * R, B, H)
+        return torch.baddbmm(b2, h, W2)
+
+    def group_ce(z, target):  # z [G, B, K] -> per-group mean CE over rows with target >= 0
+        seen = target >= 0
+        zz = z[:, seen]
+        t = target[seen].expand(zz.shape[0], -1)
+        return torch.nn.functional.cross_entropy(zz.transpose(1, 2), t, reduction="none").mean(1)
+
+    best_loss = torch.full((L * R,), float("inf"))
+    best_acc = torch.zeros(L * R)
+    best_ep = torch.zeros(L * R, dtype=torch.int64)
+    bad = torch.zeros(L * R, dtype=torch.int64)
+    best_state = [p.detach().clone() for p in params]
+    n = len(ytr)
+    for ep in range(max_epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            bi = perm[start:start + batch_size]
+            loss = group_ce(logits(Xtr[:, bi]), ytr[bi]).sum()
+            opt.zero_grad()
+            loss.backward()
+            with torch.no_grad():  # AdamW: decoupled, per-group weight decay first
+                W1.mul_(decay1)
+                b1.mul_(decay1)
+                W2.mul_(decay2)
+                b2.mul_(decay2)
+            opt.step()
+        with torch.no_grad():
+            zva = logits(Xva)
+            vloss = group_ce(zva, yva)
+            vacc = (zva.argmax(-1) == yva).float().mean(1)
+        active = bad < patience
+        improved = active & (vloss < best_loss - 1e-4)
+        bad = torch.where(improved, torch.zeros_like(bad), bad + active.long())
+        if bool(improved.any()):
+            best_loss = torch.where(improved, vloss, best_loss)
+            best_acc = torch.where(improved, vacc, best_acc)
+            best_ep = torch.where(improved, torch.full_like(best_ep, ep + 1), best_ep)
+            g = improved.view(L, R)
+            m1 = g.repeat_interleave(H, dim=1).view(L, 1, R * H)
+            m2 = improved.view(L * R, 1, 1)
+            for keep, p, m in zip(best_state, params, (m1, m1, m2, m2)):
+                keep.copy_(torch.where(m, p.detach(), keep))
+        if not bool((bad < patience).any()):
+            break
+    with torch.no_grad():
+        for p, keep in zip(params, best_state):
+            p.copy_(keep)
+        test_acc = (logits(Xte).argmax(-1) == yte).float().mean(1)
+    return {"val_acc": best_acc.view(L, R).numpy().astype(np.float64),
+            "test_acc": test_acc.view(L, R).numpy().astype(np.float64),
+            "epochs": best_ep.view(L, R).numpy()}
+
+
+def fit_mlp_probes(
+    train: tuple[Sequence[np.ndarray], np.ndarray],
+    val: tuple[Sequence[np.ndarray], np.ndarray],
+    test: tuple[Sequence[np.ndarray], np.ndarray],
+    *,
+    hidden_sizes: Sequence[int] = (256,),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
+    lr: float = 1e-3,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[MLPProbeResult]:
+    """MLP probes of every layer (``train = ([Ntr, D_l] per layer, y [Ntr])`` etc.), batched.
+
+    Layers of equal width train as one stack per hidden size (see the module docstring);
+    returns one :class:`MLPProbeResult` per layer, in input order. Seeded: the same seed gives
+    the same numbers.
+    """
+    import torch
+
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = train, val, test
+    if not len(Xtr) or not (len(Xtr) == len(Xva) == len(Xte)):
+        raise ValueError(f"need the same (>= 1) number of layers in train/val/test, got "
+                         f"{len(Xtr)}/{len(Xva)}/{len(Xte)}")
+    classes, enc = _encode(ytr, yva, yte)
+    ys = [torch.as_tensor(e) for e in enc]
+    stats = [fit_standardizer(x) for x in Xtr]
+    # small training sets still get several updates per epoch
+    batch_size = int(min(batch_size, max(16, len(ytr) // 8)))
+    by_width: dict[int, list[int]] = {}
+    for i, x in enumerate(Xtr):
+        by_width.setdefault(int(np.asarray(x).shape[1]), []).append(i)
+    wds = [float(w) for w in weight_decays]
+    results: list[MLPProbeResult | None] = [None] * len(Xtr)
+    for idx in by_width.values():
+        X = tuple(_standardised(split, idx, stats)
+                  for split in (Xtr, Xva, Xte))
+        per_h = [_train_stack(X, ys, idx, h, wds, len(classes), lr=lr, max_epochs=max_epochs,
+                              patience=patience, batch_size=batch_size, seed=seed)
+                 for h in hidden_sizes]
+        for a, layer in enumerate(idx):
+            sweep, best = [], None
+            for h, out in zip(hidden_sizes, per_h):
+                for r, wd in enumerate(wds):
+                    va = float(out["val_acc"][a, r])
+                    sweep.append({"hidden": int(h), "weight_decay": wd, "val_accuracy": va,
+                                  "epochs": int(out["epochs"][a, r])})
+                    if best is None or va > best[0]:
+                        best = (va, int(h), wd, float(out["test_acc"][a, r]),
+                                int(out["epochs"][a, r]))
+            assert best is not None
+            results[layer] = MLPProbeResult(best[1], best[2], best[0], best[3], best[4], sweep)
+    return [r for r in results if r is not None]
+
+
+def fit_mlp_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    **kwargs: Any,
+) -> MLPProbeResult:
+    """One layer's MLP probe (``[N, D]`` features); see :func:`fit_mlp_probes`."""
+    return fit_mlp_probes(([train[0]], train[1]), ([val[0]], val[1]), ([test[0]], test[1]),
+                          **kwargs)[0]
+
+
+__all__ = ["MLPProbeResult", "fit_mlp_probe", "fit_mlp_probes"]

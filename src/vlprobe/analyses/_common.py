@@ -1,6 +1,8 @@
 """Helpers shared by the probe / few-shot / RSA analyses.
 
-- :func:`check_finite`: NaN/Inf features -> :class:`AnalysisError` naming model and site.
+- :func:`check_finite`: NaN/Inf features -> :class:`AnalysisError` naming model, site, the
+  dataset / split (``where``) and the first affected item.
+- :func:`is_constant`: a feature matrix whose rows are all identical (degenerate layer).
 - :func:`standardize`: per-feature z-scoring with statistics from the training rows only;
   constant features (std = 0) are left centred at 0 instead of dividing by zero.
 - :func:`stratified_split`: seeded, stratified carve of a validation split out of train.
@@ -18,15 +20,38 @@ from vlprobe.analyses.base import FeatureSource, LayerFeatures
 from vlprobe.errors import AnalysisError, ConfigError
 
 
-def check_finite(x: np.ndarray, model: str, site: str) -> None:
-    """Raise :class:`AnalysisError` if ``x`` has NaN or Inf values."""
+def check_finite(
+    x: np.ndarray, model: str, site: str, where: str | None = None,
+    ids: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`AnalysisError` if ``x`` has NaN or Inf values.
+
+    The message names the model, the site, ``where`` (e.g. ``"dataset 'toy' split 'train'"``)
+    and the first affected item (its id when ``ids`` is given, else its row index).
+    """
+    x = np.asarray(x)
     if not np.all(np.isfinite(x)):
-        n_nan = int(np.isnan(x).sum())
-        n_inf = int(np.isinf(x).sum())
+        x2 = x.reshape(x.shape[0] if x.ndim else 1, -1)
+        n_nan = int(np.isnan(x2).sum())
+        n_inf = int(np.isinf(x2).sum())
+        rows = np.flatnonzero((~np.isfinite(x2)).any(1))
+        first = int(rows[0])
+        item = (f"item {ids[first]!r}" if ids is not None and first < len(ids)
+                else f"row {first}")
         raise AnalysisError(
-            f"model {model!r} site {site!r}: features contain {n_nan} NaN and {n_inf} Inf "
-            f"values (shape {tuple(x.shape)}); check the extraction (overflow in float16?)"
+            f"model {model!r} site {site!r}"
+            + (f" ({where})" if where else "")
+            + f": features contain {n_nan} NaN and {n_inf} Inf values in {len(rows)} of "
+            f"{len(x2)} item(s) (first: {item}; shape {tuple(x.shape)}); expected finite "
+            "features: check the extraction (overflow in float16?)"
         )
+
+
+def is_constant(x: np.ndarray) -> bool:
+    """True if every row of ``[N, D]`` ``x`` is the same (a layer that carries no
+    information about the items; also true for N <= 1)."""
+    x = np.asarray(x)
+    return len(x) <= 1 or bool(np.all(x == x[:1]))
 
 
 def check_labels(feats: LayerFeatures, model: str, what: str) -> np.ndarray:

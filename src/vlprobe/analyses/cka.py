@@ -27,8 +27,10 @@ HSIC estimators:
   kernel this is ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on centred features.
 
 A layer whose Gram is degenerate (constant features: ``U(K) = 0``; RBF median distance 0)
-gets NaN with a note. Memory: one ``[n, n]`` float64 Gram per layer; ``max_items`` (default
-2000) caps ``n`` by a seeded, stratified subsample (the same items for every model; noted).
+gets NaN with a note (never a division by zero). NaN/Inf features, models that saw different
+items and fewer than 4 items raise :class:`AnalysisError` naming the model, site and split.
+Memory: one ``[n, n]`` float64 Gram per layer; ``max_items`` (default 2000) caps ``n`` by a
+seeded, stratified subsample (the same items for every model; noted).
 """
 
 from __future__ import annotations
@@ -300,7 +302,8 @@ class CKA(Analysis):
                 grams: list[np.ndarray | None] = []
                 for site in sites[m]:
                     x = feats[m].features[site][order[m][keep]]
-                    check_finite(x, m, site)
+                    check_finite(x, m, site, f"dataset {self.dataset!r} split {p['split']!r}",
+                                 [feats[m].ids[i] for i in order[m][keep]])
                     g = _gram(x, kernel, float(p["rbf_sigma"]))
                     c = None if g is None else center_gram(g, p["estimator"])
                     if c is None or not np.any(c):

@@ -20,6 +20,11 @@ Items whose features are all zero have cosine 0 with every item (isolated in the
 and a disconnected affinity graph are reported in the notes. A layer whose features are
 constant over the items carries no cluster structure: its metrics are NaN (noted). Memory is
 ``O(n^2)``: ``max_items`` caps n by a seeded stratified subsample (noted).
+
+Bad input: a single class, NaN/Inf features, and ``k`` (or the number of classes) larger
+than the number of items clustered raise :class:`AnalysisError` naming the model, split and
+where ``k`` came from. ``k`` equal to the number of items is allowed (sklearn's warnings are
+copied into the notes). The affinity is precomputed, so there is no ``n_neighbors``.
 """
 
 from __future__ import annotations
@@ -179,6 +184,10 @@ class Clustering(Analysis):
                               f"got {p['negative']!r}")
         if p["k"] is not None and (not isinstance(p["k"], int | np.integer) or p["k"] < 2):
             raise ConfigError(f"clustering: k must be an integer >= 2 or null, got {p['k']!r}")
+        if (not isinstance(p["n_init"], int | np.integer) or isinstance(p["n_init"], bool)
+                or p["n_init"] < 1):
+            raise ConfigError(f"clustering: n_init must be a positive integer, "
+                              f"got {p['n_init']!r}")
         if p["assign_labels"] not in ("kmeans", "discretize", "cluster_qr"):
             raise ConfigError(f"clustering: unknown assign_labels {p['assign_labels']!r}")
         if p["max_items"] is not None and int(p["max_items"]) < 2:
@@ -217,8 +226,9 @@ class Clustering(Analysis):
             labels_all = check_labels(feats, model, f"split {p['split']!r}")
             n_classes = len(np.unique(labels_all))
             if n_classes < 2:
-                raise AnalysisError(f"clustering: model {model!r}: split {p['split']!r} has a "
-                                    "single class; clustering accuracy needs at least 2")
+                raise AnalysisError(f"clustering: model {model!r}: split {p['split']!r} of "
+                                    f"dataset {self.dataset!r} has a single class; clustering "
+                                    "accuracy needs at least 2")
             keep = np.arange(len(labels_all))
             if p["max_items"] is not None and len(keep) > int(p["max_items"]):
                 from vlprobe.data.splits import stratified_indices
@@ -230,13 +240,21 @@ class Clustering(Analysis):
             labels = labels_all[keep]
             k = int(p["k"]) if p["k"] is not None else n_classes
             if k > len(labels):
-                raise AnalysisError(f"clustering: k={k} clusters but only {len(labels)} items in "
-                                    f"split {p['split']!r}")
+                origin = ("parameter `k`" if p["k"] is not None
+                          else f"the number of classes in split {p['split']!r}")
+                capped = (f" (after the max_items={p['max_items']} subsample of "
+                          f"{len(labels_all)})" if len(labels) < len(labels_all) else "")
+                raise AnalysisError(
+                    f"clustering: model {model!r}: k={k} clusters ({origin}) but only "
+                    f"{len(labels)} items to cluster in split {p['split']!r} of dataset "
+                    f"{self.dataset!r}{capped}; k must be <= the number of items: lower `k` "
+                    "or raise `max_items`")
             counts = np.bincount(np.unique(labels, return_inverse=True)[1])
             chance = float(counts.max() / counts.sum())
             for site in select_layer_sites(feats, p["layers"], model, default="all"):
                 x = np.asarray(feats.features[site])[keep]
-                check_finite(x, model, site)
+                check_finite(x, model, site, f"dataset {self.dataset!r} split {p['split']!r}",
+                             [feats.ids[i] for i in keep])
                 base = {
                     "analysis": self.name, "model": model, "dataset": self.dataset,
                     "layer": feats.layers[site], "site": site, "k": k, "n": len(labels),

@@ -12,6 +12,14 @@ The support draw of (N, trial) depends only on the seed and the train labels, so
 and layer sees the same support items (a paired comparison). Support items never appear in
 the query set (checked on item ids). Reported: mean accuracy over trials, its standard error
 (std with ddof=1 / sqrt(trials)) and mean +- 1.96 se.
+
+Bad input: a train class with fewer than N items raises :class:`AnalysisError` (naming the
+model, the N, the classes and their counts) unless ``skip_infeasible: true``, which skips
+that N with a note (and raises if no N is left for any model). A single train class, test
+classes without train items and NaN/Inf features raise. A layer whose features are
+identical for every item is noted (all similarities tie, so predictions fall back to the
+first class); all-zero rows are normalised to zero vectors (cosine 0 with everything), not
+divided by 0.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    is_constant,
     readable_models,
     select_layer_sites,
 )
@@ -137,8 +146,9 @@ class FewShot(Analysis):
             names = ftr.label_names
             if len(classes) < 2:
                 raise AnalysisError(
-                    f"few_shot: model {model!r}: split {p['train_split']!r} has a single class; "
-                    "few-shot classification needs at least 2"
+                    f"few_shot: model {model!r}: split {p['train_split']!r} of dataset "
+                    f"{self.dataset!r} has a single class; few-shot classification needs at "
+                    "least 2"
                 )
             missing = sorted(set(np.unique(yte).tolist()) - set(classes.tolist()))
             if missing:
@@ -157,16 +167,27 @@ class FewShot(Analysis):
                     f"{names[c] if names and c < len(names) else c!r} ({k})"
                     for c, k in sorted(short.items())
                 )
-                msg = (f"few_shot: {n}-shot needs {n} train items per class but split "
-                       f"{p['train_split']!r} has fewer for class(es) {desc}")
+                msg = (f"few_shot: model {model!r}: {n}-shot needs {n} train items per class "
+                       f"but split {p['train_split']!r} of dataset {self.dataset!r} has fewer "
+                       f"for class(es) {desc}")
                 if not p["skip_infeasible"]:
                     raise AnalysisError(msg + "; lower `shots` or set skip_infeasible: true")
                 notes.append(msg + f"; N={n} skipped for model {model!r}")
             sites = select_layer_sites(ftr, p["layers"], model, default="last")
             feats = {}
             for site in sites:
-                check_finite(ftr.features[site], model, site)
-                check_finite(fte.features[site], model, site)
+                check_finite(ftr.features[site], model, site,
+                             f"dataset {self.dataset!r} split {p['train_split']!r}", ftr.ids)
+                check_finite(fte.features[site], model, site,
+                             f"dataset {self.dataset!r} split {p['test_split']!r}", fte.ids)
+                a, b = np.asarray(ftr.features[site]), np.asarray(fte.features[site])
+                if feasible and is_constant(a) and is_constant(b) and (
+                        len(a) == 0 or len(b) == 0 or np.array_equal(a[:1], b[:1])):
+                    notes.append(
+                        f"few_shot: model {model!r} site {site!r}: features are identical for "
+                        "every item; all cosine similarities tie and every query gets the "
+                        "first class, so the accuracy is that class's share of the test split"
+                    )
                 feats[site] = (_normalise(ftr.features[site]), _normalise(fte.features[site]))
             query_ids = set(fte.ids)
             for n in feasible:
@@ -193,6 +214,12 @@ class FewShot(Analysis):
                         "n_trials": len(v), "n": len(yte), "n_classes": len(classes),
                         "chance": 1.0 / len(classes), "seed": self.seed,
                     })
+        if not rows:
+            raise AnalysisError(
+                f"few_shot: no N of shots={p['shots']} is feasible for any of the models "
+                f"{list(plan)} on dataset {self.dataset!r} (skip_infeasible: true skipped them "
+                "all): " + "; ".join(n for n in notes if "skipped for model" in n)
+            )
         table = pd.DataFrame(rows)
         figures = {}
         if len(table):

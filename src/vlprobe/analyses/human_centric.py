@@ -27,7 +27,9 @@ layer with a note when a tower has none), or ``"last"`` / a layer index. A set t
 on a dataset without item texts (e.g. the reference kit's movie posters, image + genre only)
 is skipped with a note; if no set is left, an :class:`AnalysisError`. The two parts of a
 concatenation must describe the same items: the same item ids (their order may differ: rows
-are aligned by id) and the same labels; anything else is an :class:`AnalysisError`.
+are aligned by id) and the same labels; anything else (other ids, other lengths, duplicate
+ids, a feature matrix whose row count differs from its id list) is an :class:`AnalysisError`
+naming both feature sets. NaN/Inf features and a single training class also raise.
 
 Splits: ``train_split`` / ``test_split``; a validation split (``val_fraction``, stratified by
 label for single-label tasks, seeded) is carved out of train and never shares item ids with
@@ -517,7 +519,8 @@ class HumanCentric(Analysis):
                     raise AnalysisError(f"human_centric: model {model!r} split {split!r}: "
                                         f"no site {site!r} in the extracted features")
                 x = np.asarray(f.features[site])
-                check_finite(x, model, site)
+                check_finite(x, model, site, f"{mod} tower, dataset {self.dataset!r} split "
+                             f"{split!r}", f.ids)
                 if x.ndim != 2 or x.shape[0] != len(f.ids):
                     raise AnalysisError(f"human_centric: model {model!r} site {site!r}: "
                                         f"features of shape {x.shape} for {len(f.ids)} items")
@@ -558,7 +561,15 @@ class HumanCentric(Analysis):
     @staticmethod
     def _align(ids: Sequence[str], ref_ids: list[str], what: str, ref_what: str) -> np.ndarray:
         """Row order that puts ``ids`` in the order of ``ref_ids`` (same items required)."""
-        if len(ids) != len(ref_ids) or set(ids) != set(ref_ids) or len(set(ids)) != len(ids):
+        from collections import Counter
+
+        for who, lst in ((what, ids), (ref_what, ref_ids)):
+            if len(set(lst)) != len(lst):
+                dup = sorted(i for i, n in Counter(lst).items() if n > 1)[:3]
+                raise AnalysisError(
+                    f"human_centric: cannot concatenate: {who} has duplicate item ids (e.g. "
+                    f"{dup}), so its rows cannot be aligned with the other tower by id")
+        if len(ids) != len(ref_ids) or set(ids) != set(ref_ids):
             only_a = sorted(set(ids) - set(ref_ids))[:3]
             only_b = sorted(set(ref_ids) - set(ids))[:3]
             raise AnalysisError(
@@ -602,7 +613,8 @@ class HumanCentric(Analysis):
             ytr_all = np.asarray(tr["labels"]).astype(np.int64)
             yte = np.asarray(te["labels"]).astype(np.int64)
             if len(np.unique(ytr_all)) < 2:
-                raise AnalysisError(f"human_centric: split {p['train_split']!r} has a single "
+                raise AnalysisError(f"human_centric: {tr['what']} of dataset "
+                                    f"{self.dataset!r}: split {p['train_split']!r} has a single "
                                     "class; a classifier needs at least 2")
             strat = ytr_all
         tr_idx, va_idx = stratified_split(strat, float(p["val_fraction"]), self.seed)
@@ -654,8 +666,10 @@ class HumanCentric(Analysis):
         else:
             ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
             if len(np.unique(ytr)) < 2:
-                raise AnalysisError(f"human_centric: the training part of split "
-                                    f"{p['train_split']!r} has a single class")
+                raise AnalysisError(f"human_centric: {tr['what']} of dataset "
+                                    f"{self.dataset!r}: the training part of split "
+                                    f"{p['train_split']!r} (after the validation carve) has a "
+                                    "single class")
             counts = np.bincount(ytr_all)
             baseline = single_label_scores(yte, np.full(len(yte), int(counts.argmax())))
             n_classes = len(np.unique(np.concatenate([ytr_all, yte])))

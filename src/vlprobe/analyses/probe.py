@@ -13,6 +13,11 @@ Protocol (SCIENCE.md V1; CLIP-style linear probe):
    decay chosen on val with early stopping; test accuracy of the selected model.
 
 ``chance`` = max(1 / n_classes, majority-class rate of the test split).
+
+Bad input: NaN/Inf features, a train split with a single class, or one where no class has
+>= 2 items (no validation carve) raise :class:`~vlprobe.errors.AnalysisError` naming the
+model, site and split. Constant features are z-scored with std 1 instead of 0 (no division
+by zero); a layer constant over all training items is noted (its probe predicts one class).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from vlprobe.analyses._common import (
     check_finite,
     check_labels,
     check_solver_params,
+    is_constant,
     readable_models,
     select_layer_sites,
     stratified_split,
@@ -129,11 +135,18 @@ class LayerProbe(Analysis):
             yte = check_labels(fte, model, f"split {p['test_split']!r}")
             if len(np.unique(ytr_all)) < 2:
                 raise AnalysisError(
-                    f"layer_probe: model {model!r}: split {p['train_split']!r} has a single "
-                    "class; a probe needs at least 2"
+                    f"layer_probe: model {model!r}: split {p['train_split']!r} of dataset "
+                    f"{self.dataset!r} has a single class; a probe needs at least 2"
                 )
             sites = select_layer_sites(ftr, p["layers"], model, default="all")
             tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
+            if len(va_idx) == 0:
+                raise AnalysisError(
+                    f"layer_probe: model {model!r}: no validation items could be carved from "
+                    f"split {p['train_split']!r} of dataset {self.dataset!r} "
+                    f"({len(ytr_all)} items, every class has < 2): the probe's C is chosen "
+                    "on validation, so each class needs >= 2 train items"
+                )
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
             assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
@@ -143,11 +156,20 @@ class LayerProbe(Analysis):
             Xtr, Xva, Xte = [], [], []
             for site in sites:
                 a, b = ftr.features[site], fte.features[site]
-                check_finite(a, model, site)
-                check_finite(b, model, site)
+                check_finite(a, model, site, f"dataset {self.dataset!r} split "
+                             f"{p['train_split']!r}", ftr.ids)
+                check_finite(b, model, site, f"dataset {self.dataset!r} split "
+                             f"{p['test_split']!r}", fte.ids)
                 Xtr.append(a[tr_idx])
                 Xva.append(a[va_idx])
                 Xte.append(b)
+                if is_constant(Xtr[-1]):
+                    notes.append(
+                        f"layer_probe: model {model!r} site {site!r}: features are constant "
+                        f"over the training items (identical for all {len(tr_idx)}); they are "
+                        "left unscaled (std 0 is not divided by) and the probe can only "
+                        "predict the class prior (one class for every item)"
+                    )
             ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
             n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
             counts = np.bincount(yte)

@@ -13,6 +13,13 @@ RDM distances between classes i, j (features of one site per model, raw, not sta
   rsatoolbox ``calc_rdm(method="correlation")``); ``euclidean``: ``||mu_i - mu_j||_2``
   (rsatoolbox's ``"euclidean"`` is the *squared* distance divided by the number of channels).
 
+Degenerate input (never a crash): a class mean that is a zero vector (``cosine``) or
+constant over the dimensions (``correlation``) makes its distances undefined: NaN, noted. A
+Welch pair whose denominators are all 0 (both classes constant) is floored at ``epsilon``
+(absolute). An RDM whose distances are all equal (a layer constant over the items) is noted;
+correlations with a constant or NaN-holding RDM are NaN. Fewer than 3 shared classes and
+NaN/Inf features raise :class:`AnalysisError` naming the model, site and split.
+
 Models are compared by the Pearson and/or Spearman correlation of the RDM upper triangles
 (rsatoolbox ``compare(method="corr")`` / ``"spearman"``). Image models use the items of
 ``split`` grouped by label; text-only models on an image dataset use the class prompts
@@ -25,7 +32,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.analyses._common import check_finite, check_labels, resolve_modality
+from vlprobe.analyses._common import (
+    check_finite,
+    check_labels,
+    is_constant,
+    resolve_modality,
+)
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -74,14 +86,32 @@ def welch_t_rdm(
     return rdm, n_floored // 2
 
 
+def undefined_classes(mu: np.ndarray, distance: str) -> np.ndarray:
+    """``[C]`` mask of class means for which ``distance`` is undefined: a zero vector under
+    ``cosine``; a vector constant over the dimensions (zero variance) under ``correlation``."""
+    mu = np.asarray(mu, dtype=np.float64)
+    norm = np.linalg.norm(mu, axis=1)
+    if distance == "cosine":
+        return norm < 1e-12
+    if distance == "correlation":
+        spread = np.linalg.norm(mu - mu.mean(1, keepdims=True), axis=1)
+        return (spread < 1e-12) | (spread <= 1e-9 * norm)
+    return np.zeros(len(mu), dtype=bool)
+
+
 def mean_rdm(x: np.ndarray, labels: np.ndarray, classes: np.ndarray, distance: str) -> np.ndarray:
-    """RDM between class means with ``cosine``, ``correlation`` or ``euclidean`` distance."""
+    """RDM between class means with ``cosine``, ``correlation`` or ``euclidean`` distance.
+
+    Distances involving a class whose mean makes the distance undefined (a zero mean under
+    ``cosine``, a mean constant over the dimensions under ``correlation``; see
+    :func:`undefined_classes`) are NaN, as in rsatoolbox, not an arbitrary 1.
+    """
     from scipy.spatial.distance import pdist, squareform
 
     mu, _, _ = class_stats(x, labels, classes)
     if distance == "cosine":
-        mu = mu / np.maximum(np.linalg.norm(mu, axis=1, keepdims=True), 1e-12)
-        rdm = 1.0 - mu @ mu.T
+        z = mu / np.maximum(np.linalg.norm(mu, axis=1, keepdims=True), 1e-12)
+        rdm = 1.0 - z @ z.T
     elif distance == "correlation":
         mc = mu - mu.mean(1, keepdims=True)
         mc = mc / np.maximum(np.linalg.norm(mc, axis=1, keepdims=True), 1e-12)
@@ -90,9 +120,12 @@ def mean_rdm(x: np.ndarray, labels: np.ndarray, classes: np.ndarray, distance: s
         rdm = squareform(pdist(mu, "euclidean"))
     else:
         raise ConfigError(f"rsa: unknown distance {distance!r}; known: {DISTANCES}")
-    rdm = (rdm + rdm.T) / 2
+    rdm = np.maximum((rdm + rdm.T) / 2, 0.0)
+    bad = undefined_classes(mu, distance)
+    rdm[bad, :] = np.nan
+    rdm[:, bad] = np.nan
     np.fill_diagonal(rdm, 0.0)
-    return np.maximum(rdm, 0.0)
+    return rdm
 
 
 def upper(rdm: np.ndarray) -> np.ndarray:
@@ -101,14 +134,17 @@ def upper(rdm: np.ndarray) -> np.ndarray:
 
 
 def compare_rdms(a: np.ndarray, b: np.ndarray, method: str) -> float:
-    """Pearson or Spearman correlation of two RDMs' upper triangles (NaN if one is constant)."""
+    """Pearson or Spearman correlation of two RDMs' upper triangles (NaN if one is constant
+    or has a NaN distance)."""
     from scipy.stats import rankdata
 
     u, v = upper(a), upper(b)
+    if method not in COMPARISONS:
+        raise ConfigError(f"rsa: unknown comparison {method!r}; known: {COMPARISONS}")
+    if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+        return float("nan")
     if method == "spearman":
         u, v = rankdata(u), rankdata(v)
-    elif method != "pearson":
-        raise ConfigError(f"rsa: unknown comparison {method!r}; known: {COMPARISONS}")
     u, v = u - u.mean(), v - v.mean()
     den = np.linalg.norm(u) * np.linalg.norm(v)
     return float(u @ v / den) if den > 0 else float("nan")
@@ -248,14 +284,17 @@ class RSA(Analysis):
             feats = source.get(req)
             site = self._site(feats, model)
             x = feats.features[site]
-            check_finite(x, model, site)
+            check_finite(x, model, site, f"dataset {self.dataset!r} split {p['split']!r} "
+                         f"view {req.view!r}", feats.ids)
             labels = check_labels(feats, model, f"view {req.view!r}")
             data[model] = (feats, site, x, labels)
         common = sorted(set.intersection(*[set(np.unique(d[3]).tolist()) for d in data.values()]))
         if len(common) < 3:
+            per_model = ", ".join(f"{m!r}: {len(np.unique(d[3]))}" for m, d in data.items())
             raise AnalysisError(
-                f"rsa: the models share only {len(common)} class(es); an RDM comparison needs "
-                "at least 3 classes"
+                f"rsa: the models share only {len(common)} class(es) in split "
+                f"{p['split']!r} of dataset {self.dataset!r} (classes per model: {per_model}); "
+                "an RDM comparison needs at least 3 classes"
             )
         classes = np.asarray(common)
         for model, (_, _, _, labels) in data.items():
@@ -290,6 +329,26 @@ class RSA(Analysis):
                                  "denominators were 0 and floored at epsilon")
             else:
                 rdm = mean_rdm(xm, lm, classes, dist)
+            if is_constant(xm):  # identical classes: exact 0 (not rounding noise) where defined
+                rdm = np.where(np.isnan(rdm), np.nan, 0.0)
+            tri = upper(rdm)
+            nan_rows = [class_names[i] for i in range(len(classes))
+                        if np.isnan(np.delete(rdm[i], i)).all()]
+            if nan_rows:
+                why = "a zero vector" if dist == "cosine" else "constant over the dimensions"
+                notes.append(
+                    f"rsa: model {model!r} site {site!r}: {dist} distance is undefined for "
+                    f"class(es) {nan_rows} (class mean is {why}, e.g. constant or all-zero "
+                    "features); those RDM entries are NaN, so this model's RDM correlations "
+                    "are NaN (drawn as r = 0 in the dendrogram / MDS)"
+                )
+            elif len(tri) > 1 and np.ptp(tri) == 0:
+                notes.append(
+                    f"rsa: model {model!r} site {site!r}: all {len(tri)} class-pair "
+                    f"{dist} distances are equal ({float(tri[0]):.3g}; e.g. features constant "
+                    "over the items), so the RDM carries no structure and this model's RDM "
+                    "correlations are NaN (drawn as r = 0 in the dendrogram / MDS)"
+                )
             rdms[model], used[model] = rdm, dist
             for i, ci in enumerate(class_names):
                 for j, cj in enumerate(class_names):

@@ -26,6 +26,11 @@ Protocol (SCIENCE.md V2; Radford et al. 2021, appendix A.3; seed 004 fig 4.4):
    when there are <= top_k classes, where it is trivially 1) and ``mean_per_class_recall``
    (mean over the test classes of the fraction of their items predicted correctly). Test
    items of a class absent from train count as errors.
+
+Bad input: NaN/Inf features, a single training class, or no validation carve (every class
+< 2 items) raise :class:`~vlprobe.errors.AnalysisError` naming the model, site and split.
+Features constant on train are kept unscaled (std 0 is never divided by) and counted in the
+notes; a wholly constant layer gives a prior-only probe (noted).
 """
 
 from __future__ import annotations
@@ -308,8 +313,9 @@ class Transfer(Analysis):
             ytr_all = check_labels(ftr, model, f"split {p['train_split']!r}")
             yte = check_labels(fte, model, f"split {p['test_split']!r}")
             if len(np.unique(ytr_all)) < 2:
-                raise AnalysisError(f"transfer: model {model!r}: split {p['train_split']!r} has "
-                                    "a single class; a classifier needs at least 2")
+                raise AnalysisError(f"transfer: model {model!r}: split {p['train_split']!r} of "
+                                    f"dataset {self.dataset!r} has a single class; a classifier "
+                                    "needs at least 2")
             sites = self._sites(ftr, model, notes)
             tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
             if len(va_idx) == 0:
@@ -331,12 +337,16 @@ class Transfer(Analysis):
                     raise AnalysisError(f"transfer: model {model!r}: site {site!r} missing from "
                                         f"split {p['test_split']!r}")
                 a, b = np.asarray(ftr.features[site]), np.asarray(fte.features[site])
-                check_finite(a, model, site)
-                check_finite(b, model, site)
+                check_finite(a, model, site, f"dataset {self.dataset!r} split "
+                             f"{p['train_split']!r}", ftr.ids)
+                check_finite(b, model, site, f"dataset {self.dataset!r} split "
+                             f"{p['test_split']!r}", fte.ids)
                 n_const = int((np.ptp(a, axis=0) == 0).sum())
                 if n_const:
                     notes.append(f"transfer: model {model!r} site {site!r}: {n_const} of "
-                                 f"{a.shape[1]} feature(s) constant on train (kept, unscaled)")
+                                 f"{a.shape[1]} feature(s) constant on train (kept, unscaled)"
+                                 + ("; the whole layer is constant, so the probe can only "
+                                    "predict the class prior" if n_const == a.shape[1] else ""))
                 Xtr.append(a[tr_idx])
                 Xva.append(a[va_idx])
                 Xte.append(b)

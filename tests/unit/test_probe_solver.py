@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from vlprobe.analyses.probe_solver import (
-    fit_logistic_path,
-    fit_mlp_probe,
-    select_and_evaluate,
-)
+from vlprobe.analyses.mlp_probe import fit_mlp_probe
+from vlprobe.analyses.probe_solver import fit_logistic_path, select_and_evaluate
 from vlprobe.errors import AnalysisError
 
 
@@ -56,7 +53,11 @@ def test_float32_close_to_sklearn():
         z = (x - path.means[layer]) / path.scales[layer]
         for p, C in enumerate([0.1, 1.0]):
             ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(z, y)
-            assert np.abs(proba[layer][p] - ref.predict_proba(z)).max() < 1e-3
+            # sklearn at the same tol (1e-4, its default) as the yardstick of "close enough"
+            same_tol = LogisticRegression(C=C, max_iter=5000).fit(z, y)
+            err_sk = np.abs(same_tol.predict_proba(z) - ref.predict_proba(z)).max()
+            err = np.abs(proba[layer][p] - ref.predict_proba(z)).max()
+            assert err < max(2 * err_sk, 5e-4), (layer, C, err, err_sk)
 
 
 def test_string_labels_and_predict():
@@ -118,4 +119,35 @@ def test_warm_start_reaches_the_same_optimum():
     init = [((c[0] + 0.3)[None], (i[0] - 0.2)[None]) for c, i in zip(cold.coef, cold.intercept)]
     warm = fit_logistic_path(xs, y, [0.5], dtype="float64", tol=1e-9, init=init)
     for a, b in zip(cold.coef, warm.coef):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        # both stop when the float64 objective stagnates (~1e-14 relative), ~1e-6 from the optimum
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [40, 150])  # N < D (row-space basis) and N > D (eigenbasis)
+def test_preconditioned_solve_is_the_same_problem(n):
+    """Principal-axes rotation + diagonal scaling change the iterations, not the optimum; with
+    N < D the solve runs in the N-dimensional row space of the features."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, n)
+    mix = rng.normal(size=(60, 60)) * np.logspace(0, -2, 60)  # strongly correlated features
+    x = rng.normal(size=(n, 60)) @ mix.T + np.eye(3)[y] @ rng.normal(size=(3, 60))
+    kw = {"dtype": "float64", "tol": 1e-8, "max_iter": 5000}
+    plain = fit_logistic_path([x], y, [0.05, 5.0], precondition=False, **kw)
+    pre = fit_logistic_path([x], y, [0.05, 5.0], precondition=True, **kw)
+    assert plain.converged.all() and pre.converged.all()
+    np.testing.assert_allclose(pre.coef[0], plain.coef[0], atol=2e-4)
+    np.testing.assert_allclose(pre.intercept[0], plain.intercept[0], atol=2e-4)
+
+
+def test_preconditioning_needs_fewer_iterations_on_correlated_features():
+    rng = np.random.default_rng(0)
+    n, d = 600, 64
+    y = rng.integers(0, 4, n)
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0] * np.sqrt(np.logspace(-1.5, 1.5, d))
+    x = rng.normal(size=(n, d)) @ q.T + 1.5 * rng.normal(size=(4, d))[y] / np.sqrt(d)
+    y = np.where(rng.random(n) < 0.1, rng.integers(0, 4, n), y)  # 10% label noise
+    Cs = [0.01, 1.0, 100.0]
+    plain = fit_logistic_path([x], y, Cs, precondition=False)
+    pre = fit_logistic_path([x], y, Cs, precondition=True)
+    assert pre.converged.all()
+    assert pre.n_iter.sum() < 0.8 * plain.n_iter.sum(), (pre.n_iter, plain.n_iter)

@@ -42,7 +42,7 @@ scale):
 - single-label, linear: multinomial L2 logistic regression, C chosen on validation accuracy
   from ``Cs`` and refitted on train + val (:func:`~vlprobe.analyses.probe_solver.
   select_and_evaluate`; all feature sets of a pair in one batched solve).
-- single-label, MLP: :func:`~vlprobe.analyses.probe_solver.fit_mlp_probe` (Linear-ReLU-
+- single-label, MLP: :func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes` (Linear-ReLU-
   Linear, 256 hidden units by default as in the thesis, cross-entropy). That function returns
   the test accuracy only (no predictions), so the MLP rows report ``accuracy`` only.
 - multi-label, linear: one-vs-rest: one binary L2 logistic probe per label, C chosen per
@@ -96,7 +96,8 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.analyses.transfer import embedding_site
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -685,9 +686,9 @@ class HumanCentric(Analysis):
                                      "val_accuracy": float(sel.val_accuracy[s].max())}))
             if "mlp" in probes:
                 notes.append("human_centric: MLP rows (single-label) report accuracy only: "
-                             "fit_mlp_probe returns no predictions")
-                for s in range(len(names)):
-                    r = fit_mlp_probe((Xtr[s], ytr), (Xva[s], yva), (Xte[s], yte), **mlp_kw)
+                             "fit_mlp_probes returns no predictions")
+                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_kw)
+                for s, r in enumerate(mlps):
                     results.append(("mlp", s, {"accuracy": r.test_accuracy},
                                     {"hidden": r.hidden, "weight_decay": r.weight_decay,
                                      "val_accuracy": r.val_accuracy}))

@@ -37,7 +37,8 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.probe_solver import DEFAULT_CS, fit_mlp_probe, select_and_evaluate
+from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
 _PROBES = ("linear", "mlp", "both")
@@ -197,13 +198,13 @@ class LayerProbe(Analysis):
                     for li, site in enumerate(sites)
                 )
             if p["probe"] in ("mlp", "both"):
-                for li, site in enumerate(sites):
-                    res = fit_mlp_probe(
-                        (Xtr[li], ytr), (Xva[li], yva), (Xte[li], yte),
-                        hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                        max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                        seed=self.seed,
-                    )
+                mlps = fit_mlp_probes(
+                    (Xtr, ytr), (Xva, yva), (Xte, yte),
+                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
+                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
+                    seed=self.seed,
+                )
+                for site, res in zip(sites, mlps):
                     rows.append({
                         **base, "layer": ftr.layers[site], "site": site,
                         "value": res.test_accuracy, "probe": "mlp", "C": np.nan,

@@ -41,11 +41,6 @@ from typing import Any
 import numpy as np
 
 from vlprobe.analyses._common import fit_standardizer
-
-# the MLP probe lives in its own module; re-exported for the analyses that import it here
-from vlprobe.analyses.mlp_probe import MLPProbeResult as MLPProbeResult
-from vlprobe.analyses.mlp_probe import fit_mlp_probe as fit_mlp_probe
-from vlprobe.analyses.mlp_probe import fit_mlp_probes as fit_mlp_probes
 from vlprobe.errors import AnalysisError
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 4, 8))
@@ -62,15 +57,20 @@ def _torch():
 # --------------------------------------------------------------------------------------------
 
 
-def _loss_grad(X, y, W, b, lam, binary: bool):
+def _loss_grad(X, y, W, b, lam, binary: bool, scale=None):
     """Objective and gradient of every probe.
 
     X: [L, N, D]; y: [N] int64 (binary: 0/1); W: [L, P, Kf, D]; b: [L, P, Kf]; lam: [L, P]
     (= 1 / (C n), float64). Returns f [L, P] (float64), gW like W, gb like b.
+    With ``scale`` ([L, P, 1, D]) the variables are V = W / scale (diagonal preconditioning):
+    the objective is evaluated at W = V * scale and gW is the gradient with respect to V.
     Layout: W is [L, P, Kf, D] so that per-probe reductions run over contiguous memory; the
     matrix products use transposed views (no copies).
     """
     torch = _torch()
+    if scale is not None:
+        f, g_eff, gb = _loss_grad(X, y, W * scale, b, lam, binary)
+        return f, g_eff.mul_(scale), gb
     L, N, D = X.shape
     P, Kf = W.shape[1], W.shape[2]
     Wt = W.reshape(L, P * Kf, D).transpose(1, 2)  # [L, D, P*Kf] view
@@ -128,8 +128,16 @@ def _batched_lbfgs(
     max_ls: int = 30,
     W0=None,
     b0=None,
+    scale=None,
+    rot=None,
 ) -> _SolveOut:
-    """Minimise every probe's objective with its own L-BFGS state (see module docstring)."""
+    """Minimise every probe's objective with its own L-BFGS state (see module docstring).
+
+    ``scale`` ([L, P, D]) and ``rot`` ([L, D_orig, D]) come from :func:`_preconditioner`:
+    the solve runs in the preconditioned variables V (W_rot = V * scale, W_std = W_rot rot^T),
+    ``W0`` is given and the result returned in V; the convergence test uses the gradient in
+    the standardised coordinates, ``max |(gV / scale) rot^T| <= tol``, as without it.
+    """
     torch = _torch()
     L_all, _, D = X.shape
     P_all = lam.shape[1]
@@ -146,9 +154,19 @@ def _batched_lbfgs(
     li = torch.arange(L_all)  # active rows (layers) and columns (C values)
     pi = torch.arange(P_all)
     Xa, lama = X, lam
+    sa = None if scale is None else scale.to(dtype).unsqueeze(2)  # [L, P, 1, D]
+    ra = rot
+
+    def gmax(gW, gb):
+        if sa is None:
+            return _gmax(gW, gb)
+        La, Pa, Kf_, Da = gW.shape  # gradient in the standardised coordinates
+        g_std = torch.bmm((gW / sa).reshape(La, Pa * Kf_, Da), ra.transpose(1, 2))
+        return _gmax(g_std.reshape(La, Pa, Kf_, -1), gb)
+
     W, b = out_W.clone(), out_b.clone()
-    f, gW, gb = _loss_grad(Xa, y, W, b, lama, binary)
-    active = _gmax(gW, gb) > tol
+    f, gW, gb = _loss_grad(Xa, y, W, b, lama, binary, sa)
+    active = gmax(gW, gb) > tol
     conv_a = ~active
     hist: list[list[Any]] = []  # [sW, sb, yW, yb, rho]
     gamma = torch.ones(L_all, P_all, dtype=torch.float64)
@@ -200,7 +218,7 @@ def _batched_lbfgs(
             tc = t.to(dtype)
             Wn = W + tc[:, :, None, None] * dW
             bn = b + tc[..., None] * db
-            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary)
+            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary, sa)
             # Armijo (with float slack), or -- where the loss cannot resolve the decrease --
             # a clear drop of the directional derivative (gradients stay accurate in float32)
             gd_new = _pdot(gWn, gbn, dW, db)
@@ -221,7 +239,7 @@ def _batched_lbfgs(
             tc = t.to(dtype)
             Wn = W + tc[:, :, None, None] * dW
             bn = b + tc[..., None] * db
-            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary)
+            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary, sa)
             active = active & ~pending
         # ---- curvature pair -------------------------------------------------------------
         tc = t.to(dtype)
@@ -241,7 +259,7 @@ def _batched_lbfgs(
         ai = active.numpy()
         n_iter[np.ix_(li.numpy(), pi.numpy())] += ai
         # ---- convergence ----------------------------------------------------------------
-        gm = _gmax(gW, gb)
+        gm = gmax(gW, gb)
         done_g = gm <= tol
         done_f = (f_old - f).abs() <= 64 * float(np.finfo(np.float64).eps) * (
             torch.maximum(f_old.abs(), f.abs()).clamp_min(1.0)
@@ -264,7 +282,9 @@ def _batched_lbfgs(
             li, pi = li[kl], pi[kp]
             if not all_l:  # (never copy the feature tensor when only C columns finish)
                 Xa = Xa.index_select(0, kl)
+                ra = None if ra is None else ra.index_select(0, kl)
             lama = take(lama, 1)
+            sa = None if sa is None else take(sa, 1)
             W, b, gW, gb = take(W, 1), take(b, 1), take(gW, 1), take(gb, 1)
             f, active, conv_a = take(f, 1), take(active, 1), take(conv_a, 1)
             gamma, fresh = take(gamma, 1), take(fresh, 1)
@@ -382,6 +402,7 @@ def fit_logistic_path(
     history: int = 10,
     layer_Cs: np.ndarray | None = None,
     init: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    precondition: bool = True,
 ) -> ProbePath:
     """Fit a multinomial L2 logistic probe for every layer and every C, all at once.
 
@@ -399,6 +420,9 @@ def fit_logistic_path(
         init: optional warm start, per layer ``(coef [P, Kf, D], intercept [P, Kf])`` in the
             ORIGINAL feature space (e.g. from :meth:`ProbePath.coef_original`); the optimum
             does not depend on it, only the number of iterations.
+        precondition: solve in each layer's principal-axes basis with a diagonal
+            preconditioner (:func:`_preconditioner`; same optimum, far fewer iterations on
+            correlated features). Used when ``min(N, D) <= MAX_PRECONDITION_RANK``.
 
     Returns:
         A :class:`ProbePath`.
@@ -447,7 +471,8 @@ def fit_logistic_path(
     flushed = torch.set_flush_denormal(True)
     try:
         res_by_width = _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype,
-                                     init=init, max_iter=max_iter, tol=tol, history=history)
+                                     init=init, max_iter=max_iter, tol=tol, history=history,
+                                     precondition=precondition)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
@@ -471,7 +496,8 @@ def fit_logistic_path(
     )
 
 
-def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, init=None, **kw):
+def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, init=None,
+                  precondition=True, **kw):
     """One batched solve per distinct layer width -> [(layer indices, _SolveOut)]."""
     torch = _torch()
     n = len(y_t)
@@ -494,8 +520,73 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
             b0 = torch.stack([torch.as_tensor(np.asarray(init[i][1])
                                               + np.asarray(init[i][0]) @ means[i], dtype=tdtype)
                               for i in idx])
-        out.append((idx, _batched_lbfgs(Xg, y_t, lam, n_free, binary, W0=W0, b0=b0, **kw)))
+        if not precondition or min(n, width) > MAX_PRECONDITION_RANK:
+            out.append((idx, _batched_lbfgs(Xg, y_t, lam, n_free, binary, W0=W0, b0=b0, **kw)))
+            continue
+        Xr, rot, scale = _preconditioner(Xg, lam, n_free)
+        del Xg
+        if W0 is not None:  # standardised -> rotated -> preconditioned variables
+            L_, P_, K_, _ = W0.shape
+            W0 = torch.bmm(W0.reshape(L_, P_ * K_, width), rot).reshape(L_, P_, K_, -1)
+            W0 = W0 / scale.to(tdtype).unsqueeze(2)
+        res = _batched_lbfgs(Xr, y_t, lam, n_free, binary, W0=W0, b0=b0, scale=scale, rot=rot,
+                             **kw)
+        L_, P_, K_, r = res.W.shape
+        W_rot = (res.W * scale.to(tdtype).unsqueeze(2)).reshape(L_, P_ * K_, r)
+        res.W = torch.bmm(W_rot, rot.transpose(1, 2)).reshape(L_, P_, K_, width)
+        out.append((idx, res))
     return out
+
+
+# Preconditioning pays off when the rotation is cheap: at most this many components.
+MAX_PRECONDITION_RANK = 2048
+# Exponent of the diagonal preconditioner (see _preconditioner): 0.5 would whiten.
+PRECONDITION_POWER = 0.25
+
+
+def _preconditioner(Xg, lam, n_free: int):
+    """Rotate each layer to its principal axes and scale every probe's coordinates.
+
+    The objective is invariant under an orthogonal change of feature basis (the logits
+    ``x W^T`` and ``||W||^2`` are both unchanged with ``x -> x Q``, ``W -> W Q``), so the
+    probes are solved exactly in the principal-axes basis ``Z Q`` of the standardised train
+    features. There the Hessian of probe (C, layer) is close to diagonal, roughly
+    ``c * e_j + lam`` (``e_j``: variance of component j, ``c``: curvature of the loss at the
+    start, 1/K for softmax, 1/4 for the logistic loss), so L-BFGS runs on ``V = W_rot / s``
+    with ``s_j = (c e_j + lam) ** -PRECONDITION_POWER``. The full inverse square root
+    (power 1/2, whitening) over-corrects once predictions become confident (the loss then
+    curves far less along the well-fitted, high-variance directions); power 1/4 halves the
+    log-spread of the curvature and was best on the three problems measured (planted
+    correlated features 13 x 2000 x 256: 2.4x fewer iterations; sklearn digits and small
+    well-conditioned data: about the same as without). Same optimum either way.
+    When N < D the basis is the row space of Z (N components; the optimum has no weight
+    outside it, the representer theorem), which also shrinks wide layers to N columns.
+
+    Xg: ``[L, N, D]`` standardised features. lam: ``[L, P]`` float64.
+    Returns ``Xr [L, N, r]`` (= Z Q), ``rot [L, D, r]`` (= Q, orthonormal columns) and
+    ``scale [L, P, r]`` (float64), ``r = min(N, D)``.
+    """
+    torch = _torch()
+    L, n, D = Xg.shape
+    r = min(n, D)
+    Xr = torch.empty(L, n, r, dtype=Xg.dtype)
+    rot = torch.empty(L, D, r, dtype=Xg.dtype)
+    var = torch.empty(L, r, dtype=torch.float64)
+    for a in range(L):
+        if n >= D:  # eigenvectors of the D x D covariance
+            gram = (Xg[a].T @ Xg[a]).double() / n
+            e, Q = torch.linalg.eigh(gram)
+            rot[a] = Q.to(Xg.dtype)
+            torch.mm(Xg[a], rot[a], out=Xr[a])
+            var[a] = e.clamp_min(0.0)
+        else:  # thin SVD: Z = U S V^T, Q = V, Z Q = U S
+            U, S, Vh = torch.linalg.svd(Xg[a].double(), full_matrices=False)
+            rot[a] = Vh.T.to(Xg.dtype)
+            Xr[a] = (U * S).to(Xg.dtype)
+            var[a] = S**2 / n
+    curvature = 0.25 if n_free == 1 else 1.0 / n_free
+    scale = (curvature * var[:, None, :] + lam[:, :, None]).pow(-PRECONDITION_POWER)
+    return Xr, rot, scale
 
 
 @dataclass

@@ -86,6 +86,9 @@ class RunFeatureSource:
     def splits(self, dataset: str) -> list[str]:
         return list(self.dataset_splits(dataset))
 
+    def layer_sites(self, model: str, modality: str) -> list[str]:
+        return list(self.adapter(model).layer_sites(modality))
+
     def stimuli(self, request: FeatureRequest) -> Stimuli:
         """The stimuli a request refers to (a split, or its class-prompt view)."""
         splits = self.dataset_splits(request.dataset)

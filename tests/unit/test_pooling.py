@@ -120,3 +120,84 @@ def test_bucketed_equals_unbucketed(name, arch, tmp_path):
                                        err_msg=f"{name} {site} {pooling}")
             np.testing.assert_allclose(a.features[site], c.features[site], atol=1e-5, rtol=1e-5,
                                        err_msg=f"{name} {site} {pooling} vs unpadded")
+
+
+# -- grid pooling (catalogue V5) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hw,g", [((9, 9), 3), ((7, 5), 3), ((8, 8), 3), ((2, 3), 4), ((4, 4), 4)])
+def test_grid_pools_cnn_maps_like_adaptive_avg_pool2d(hw, g):
+    import torch.nn.functional as F
+
+    from vlprobe.extract.pooling import grid_size, unflatten_grid
+
+    fmap = torch.randn(2, 5, *hw, generator=torch.Generator().manual_seed(1))
+    out = pool(fmap, f"grid{g}")
+    want = F.adaptive_avg_pool2d(fmap, (g, g))  # replicates when the map is smaller than g
+    assert out.shape == (2, 5 * g * g) and grid_size(f"grid{g}") == g
+    torch.testing.assert_close(out, want.reshape(2, -1), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(unflatten_grid(out.numpy(), g), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_extra", [0, 1, 5])
+def test_grid_pools_vit_patch_tokens(n_extra):
+    import torch.nn.functional as F
+
+    b, s, d, g = 2, 6, 4, 3
+    gen = torch.Generator().manual_seed(2)
+    patches = torch.randn(b, d, s, s, generator=gen)  # the map a patch-embedding conv makes
+    tokens = patches.flatten(2).transpose(1, 2)  # [B, s*s, D], row-major patch order
+    extra = torch.full((b, n_extra, d), 1e6)  # CLS / register tokens must be dropped
+    x = torch.cat([extra, tokens], dim=1)
+    out = pool(x, f"grid{g}")
+    torch.testing.assert_close(out, F.adaptive_avg_pool2d(patches, g).reshape(b, -1),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_grid_errors_are_clear():
+    from vlprobe.extract.extractor import resolve_pooling
+
+    with pytest.raises(ConfigError, match="needs its size"):
+        pool(torch.randn(2, 3, 4, 4), "grid")
+    for bad in ("grid0", "grid-1", "grid7x", "gridx"):
+        with pytest.raises(ConfigError, match="unknown pooling"):
+            pool(torch.randn(2, 3, 4, 4), bad)
+    with pytest.raises(ConfigError, match="already one vector"):
+        pool(torch.randn(2, 7), "grid4")
+    with pytest.raises(ConfigError, match="not a text"):
+        pool(torch.randn(2, 5, 4), "grid2", attention_mask=torch.ones(2, 5))
+
+    class Fake:
+        default_pooling = "mean"
+
+    with pytest.raises(ConfigError, match="not to the text tower"):
+        resolve_pooling(Fake(), ["text.blocks.0"], "grid4", "text")
+    assert resolve_pooling(Fake(), ["vision.blocks.0", "vision.embedding"], "grid4", "image") == {
+        "vision.blocks.0": "grid4", "vision.embedding": "none"}
+
+
+def test_grid_extraction_through_a_tiny_cnn_keys_apart_from_mean(tmp_path):
+    """grid features of a tiny ResNet: stored 2-D, own store key, mean of the grid = GAP."""
+    from PIL import Image
+
+    from vlprobe.data.stimuli import ImageSource, Stimuli
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in range(5)]
+    src = ImageSource([(lambda im=im: im) for im in imgs], [f"i{i}" for i in range(5)],
+                      [f"d{i}" for i in range(5)])
+    stim = Stimuli(dataset="toy", split="train", ids=[f"i{i}" for i in range(5)], images=src)
+    adapter = tiny_adapter("hf_resnet", tmp_path)
+    store = ActivationStore(tmp_path / "store")
+    site = adapter.layer_sites("image")[1]  # 8x8 map of 8 channels (divisible into 4x4)
+    opts = dict(modality="image", sites=[site], store=store, progress=False, batch_size=2)
+    grid = extract_features(adapter, stim, pooling="grid4", **opts)
+    mean = extract_features(adapter, stim, pooling="mean", **opts)
+    grid2 = extract_features(adapter, stim, pooling="grid2", **opts)
+    assert len({grid.keys[site], mean.keys[site], grid2.keys[site]}) == 3
+    g = grid.features[site]
+    assert g.ndim == 2 and g.shape[1] % 16 == 0
+    maps = g.reshape(5, -1, 4, 4)
+    np.testing.assert_allclose(maps.mean(axis=(2, 3)), mean.features[site], atol=1e-5)
+    again = extract_features(adapter, stim, pooling="grid4", **opts)
+    assert again.n_forward_batches == 0

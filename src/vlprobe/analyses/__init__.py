@@ -25,6 +25,8 @@ ANALYSES.add("downstream", "vlprobe.analyses.downstream:Downstream", aliases=("T
 ANALYSES.add("human_centric", "vlprobe.analyses.human_centric:HumanCentric", aliases=("M7",))
 ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead")
 ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
+ANALYSES.add("reconstruction_probe", "vlprobe.analyses.reconstruction:ReconstructionProbe",
+              aliases=("V5",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

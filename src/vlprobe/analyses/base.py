@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vlprobe.data.stimuli import Stimuli
 
 TIDY_COLUMNS = ("analysis", "model", "dataset", "layer", "site", "metric", "value")
 
@@ -32,8 +35,9 @@ class FeatureRequest:
         split: split name, e.g. ``"train"``.
         sites: sites to capture; ``None`` = every hidden-state layer of the tower that matches
             the stimuli modality (``layer_sites``) plus its embedding site.
-        pooling: pooling method (``cls``, ``eos``, ``mean``, ``last``, ``none``) or ``None``
-            for the adapter's default.
+        pooling: pooling method (``cls``, ``eos``, ``mean``, ``last``, ``none``, ``grid<g>``
+            = a ``g x g`` spatial map stored as ``[N, C*g*g]``) or ``None`` for the adapter's
+            default.
         view: ``"items"`` (the dataset's own items) or ``"class_prompts"`` (one sentence per
             (class, template) built from ``templates``; how text models enter RSA).
         templates: class prompt templates for ``view="class_prompts"``, e.g.
@@ -95,6 +99,16 @@ class FeatureSource(Protocol):
 
     def splits(self, dataset: str) -> list[str]:
         """Split names the dataset has."""
+        ...
+
+    def layer_sites(self, model: str, modality: str) -> list[str]:
+        """Hidden-state sites of ``model``'s ``modality`` tower in layer order (index =
+        catalogue layer index), without loading any stimuli or running the model."""
+        ...
+
+    def stimuli(self, request: FeatureRequest) -> Stimuli:
+        """The items behind ``request`` (same order and ids as :meth:`get`'s features), for
+        analyses that need the raw payloads (V5 reconstructs the input images)."""
         ...
 
 

@@ -30,6 +30,10 @@ partly) by truncation; a fully cut span is stored as an all-zero vector. The cac
 pooling ``span``; the spans themselves are covered by the stimuli fingerprint because span
 items' ids encode them (``conll2000`` loader: ``{split}/{sentence}:{first_word}-{end_word}``).
 
+Grid pooling (``grid<g>``, catalogue V5) keeps a coarse ``g x g`` spatial map of image sites,
+stored flattened as ``[N, C*g*g]`` (:func:`~vlprobe.extract.pooling.unflatten_grid`); text
+towers reject it.
+
 Attention sites (``*.attn``) are not cached in this version (they are ``[H, T, T]`` per
 item, not a vector); asking for one is an error. Attention caching comes later.
 """
@@ -47,7 +51,7 @@ import numpy as np
 from vlprobe.errors import ConfigError, StoreError
 from vlprobe.extract.alignment import align_spans
 from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
-from vlprobe.extract.pooling import POOLING_METHODS, is_pooled_site, pool_numpy
+from vlprobe.extract.pooling import check_pooling, grid_size, is_pooled_site, pool_numpy
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
 
 log = logging.getLogger(__name__)
@@ -156,7 +160,8 @@ def resolve_pooling(
     A string (or None = the adapter's default for the tower, ``adapter.pooling_for(modality)``
     / ``adapter.default_pooling``) applies to hidden-state sites; embedding / logits sites
     (already ``[B, D]``) get ``"none"``. A dict sets sites explicitly; sites it does not name
-    get the defaults.
+    get the defaults. ``grid<g>`` (e.g. ``grid7``, a ``g x g`` spatial map stored as
+    ``[N, C*g*g]``) is accepted for image towers only.
     """
     default = None
     if modality is not None and hasattr(adapter, "pooling_for"):
@@ -173,10 +178,14 @@ def resolve_pooling(
     out = {}
     for site in sites:
         method = explicit.get(site) or ("none" if is_pooled_site(site) else default)
-        if method not in POOLING_METHODS:
+        try:
+            check_pooling(method)
+        except ConfigError as exc:
+            raise ConfigError(f"site {site!r}: {exc}") from None
+        if grid_size(method) is not None and modality == "text":
             raise ConfigError(
-                f"unknown pooling {method!r} for site {site!r}; "
-                f"choose one of {', '.join(POOLING_METHODS)}"
+                f"pooling {method!r} (a spatial grid) applies to image feature maps / patch "
+                f"tokens, not to the text tower (site {site!r})"
             )
         out[site] = method
     return out

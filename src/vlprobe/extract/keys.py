@@ -8,7 +8,8 @@ changes the stored numbers:
 - the stimuli identity: dataset name, split, source / loader options and
   :meth:`~vlprobe.data.stimuli.Stimuli.fingerprint` (ids, payload digests and labels, so a
   different subsample seed gives a different key);
-- the modality (which tower runs), the site and the pooling method;
+- the modality (which tower runs), the site and the pooling method (``grid<g>`` names
+  carry their grid size, so ``grid7`` and ``grid4`` and ``mean`` entries never collide);
 - the vlprobe version and :data:`STORE_FORMAT_VERSION`.
 
 The readable key dict is kept next to the data (``meta.json`` of the entry), so ``ls`` /

@@ -16,6 +16,15 @@ Methods:
   indexes from :mod:`vlprobe.extract.alignment`). A row whose span is ``(-1, -1)`` (cut away by
   truncation) gets an all-zero vector (the "not available" marker; a real span vector is never
   all zero in practice).
+- ``grid<g>`` (e.g. ``grid7``; catalogue V5): a coarse spatial map. A CNN map ``[B, C, h, w]``
+  is adaptive-average-pooled to ``[B, C, g, g]`` (torch's ``adaptive_avg_pool2d`` bins:
+  ``[floor(i h / g), ceil((i + 1) h / g))``; a map smaller than ``g`` is replicated up to
+  ``g x g``, so every site of every model gives exactly ``g x g``); a ViT token sequence
+  ``[B, T, D]`` loses its ``T - s*s`` leading non-patch tokens (CLS, registers;
+  ``s = floor(sqrt(T))``), the patches are laid out row-major as ``[B, D, s, s]`` and pooled
+  the same way. Stored flattened channel-major as ``[B, C*g*g]``
+  (:func:`unflatten_grid` undoes it). The size is part of the method name, hence of the
+  activation-store key: grid features never collide with other poolings or grid sizes.
 
 Computation happens in float32 numpy whatever the model dtype (torch is not needed, so
 importing :mod:`vlprobe.extract` stays cheap).
@@ -23,13 +32,70 @@ importing :mod:`vlprobe.extract` stays cheap).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
 from vlprobe.errors import ConfigError
 
-POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none", "span")
+POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none", "span", "grid<g>")
+
+_GRID = re.compile(r"grid([1-9][0-9]*)")
+
+
+def grid_size(method: str) -> int | None:
+    """``g`` of a ``grid<g>`` pooling name (``"grid7"`` -> 7), None for other methods."""
+    m = _GRID.fullmatch(method) if isinstance(method, str) else None
+    return int(m.group(1)) if m else None
+
+
+def check_pooling(method: Any) -> str:
+    """``method`` if it is a known pooling name (``grid<g>`` with g >= 1 included), else
+    :class:`ConfigError`."""
+    if isinstance(method, str) and (method in POOLING_METHODS[:-1] or grid_size(method)):
+        return method
+    hint = " (grid pooling needs its size, e.g. 'grid7')" if method == "grid" else ""
+    raise ConfigError(
+        f"unknown pooling {method!r}{hint}; choose one of {', '.join(POOLING_METHODS)}"
+    )
+
+
+def unflatten_grid(x: np.ndarray, g: int) -> np.ndarray:
+    """``[N, C*g*g]`` (``grid<g>`` pooling, channel-major) -> ``[N, C, g, g]``."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] % (g * g):
+        raise ConfigError(
+            f"features of shape {tuple(x.shape)} are not grid{g} features ([N, C*{g}*{g}])"
+        )
+    return x.reshape(x.shape[0], x.shape[1] // (g * g), g, g)
+
+
+def _adaptive_matrix(n: int, g: int) -> np.ndarray:
+    """``[g, n]`` averaging matrix of torch's adaptive_avg_pool1d bins."""
+    out = np.zeros((g, n), dtype=np.float32)
+    for i in range(g):
+        start, stop = (i * n) // g, -((-(i + 1) * n) // g)
+        out[i, start:stop] = 1.0 / (stop - start)
+    return out
+
+
+def _grid_pool(x: np.ndarray, g: int, mask: Any, not_applicable: Any) -> np.ndarray:
+    """``[B, C, h, w]`` or ``[B, T, D]`` (patch tokens) -> ``[B, C*g*g]`` (see module doc)."""
+    if x.ndim == 3:
+        if mask is not None:
+            raise not_applicable(
+                "grid pooling needs an image feature map or ViT patch tokens, not a text "
+                "sequence (attention_mask given)"
+            )
+        s = int(np.floor(np.sqrt(x.shape[1])))
+        if s < 1:
+            raise not_applicable("no patch tokens")
+        x = x[:, x.shape[1] - s * s:].reshape(x.shape[0], s, s, x.shape[2]).transpose(0, 3, 1, 2)
+    ph = _adaptive_matrix(x.shape[2], g)
+    pw = _adaptive_matrix(x.shape[3], g)
+    out = np.einsum("bchw,ih,jw->bcij", x, ph, pw, optimize=True)
+    return out.reshape(x.shape[0], -1)
 
 
 def _shape_name(x: Any) -> str:
@@ -68,14 +134,14 @@ def pool(
 
     Args:
         hidden: site output, torch tensor (any device / float dtype) or numpy array.
-        method: one of :data:`POOLING_METHODS`.
+        method: one of :data:`POOLING_METHODS` (``grid<g>`` with a size, e.g. ``grid7``).
         attention_mask: ``[B, T]`` (1 = real token) for text sequences, or None.
         eos_index: ``[B]`` end-of-text token positions (required by ``eos``).
         spans: ``[B, 2]`` inclusive token index ranges (required by ``span``).
 
     Returns:
-        ``[B, D]`` (``[B, 4 D]`` for ``span``) float32: a CPU torch tensor for torch input,
-        a numpy array otherwise.
+        ``[B, D]`` (``[B, 4 D]`` for ``span``, ``[B, C*g*g]`` for ``grid<g>``) float32: a CPU
+        torch tensor for torch input, a numpy array otherwise.
 
     Raises:
         ConfigError: unknown method, or a method that does not apply to this output.
@@ -102,8 +168,7 @@ def pool_numpy(
     The work is done in numpy on one thread: pooled outputs are tiny next to the forward
     pass, and small multi-threaded torch ops stall on busy machines.
     """
-    if method not in POOLING_METHODS:
-        raise ConfigError(f"unknown pooling {method!r}; choose one of {', '.join(POOLING_METHODS)}")
+    check_pooling(method)
     x = _as_numpy(hidden, np.float32)
     if x.ndim not in (2, 3, 4):
         raise ConfigError(f"cannot pool a {_shape_name(x)}")
@@ -117,7 +182,10 @@ def pool_numpy(
         return ConfigError(f"pooling {method!r} does not apply to a {_shape_name(x)}: {why}")
 
     rows = np.arange(x.shape[0])
-    if x.ndim == 2:
+    g = grid_size(method)
+    if g is not None and x.ndim != 2:
+        out = _grid_pool(x, g, mask, not_applicable)
+    elif x.ndim == 2:
         if method != "none":
             raise not_applicable("the site output is already one vector per item; use 'none'")
         out = x
@@ -129,7 +197,7 @@ def pool_numpy(
         elif method == "max":
             out = x.max(axis=(2, 3))
         else:
-            raise not_applicable("a CNN feature map has no tokens; use 'mean' or 'max'")
+            raise not_applicable("a CNN feature map has no tokens; use 'mean', 'max' or 'grid<g>'")
     elif method == "cls":
         out = x[:, 0]
     elif method == "eos":

@@ -1,0 +1,210 @@
+"""The pieces of V5 (:mod:`vlprobe.analyses.reconstruction`): targets, decoder, figures.
+
+- :func:`load_targets`: images of a split -> ``[N, 3 or 1, S, S]`` float32 in [0, 1].
+- :func:`build_decoder`: ``[B, C, g, g]`` -> ``[B, 3 or 1, S, S]`` conv decoder.
+- :func:`fit_decoder`: seeded Adam / MSE training with early stopping on a validation split.
+- :func:`plot_mse_vs_layer`, :func:`plot_examples`: the figures (matplotlib ``Figure``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def load_targets(stimuli: Any, size: int, grayscale: bool = False) -> np.ndarray:
+    """Every image of ``stimuli``: square centre crop, PIL bilinear (antialiased) resize to
+    ``size``, RGB or luma ("L") scaled to [0, 1]: ``[N, 3 or 1, size, size]`` float32."""
+    from PIL import Image
+
+    out = np.empty((len(stimuli), 1 if grayscale else 3, size, size), dtype=np.float32)
+    for i in range(len(stimuli)):
+        img = stimuli.payloads("image", [i])[0].convert("L" if grayscale else "RGB")
+        w, h = img.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
+    return out
+
+
+def build_decoder(in_channels: int, grid: int, size: int, out_channels: int, width: int = 32):
+    """``[B, C, g, g]`` -> ``[B, out, size, size]``.
+
+    1x1 conv to ``width`` + ReLU; bilinear resize of the ``g x g`` map to ``size / 2**k``
+    (``k = floor(log2(size / g))``: 7 -> 8 for 32 px); ``k`` stages of (nearest upsample x2 +
+    3x3 conv + ReLU), channels halved each stage (at least 16); a bilinear resize to ``size``
+    if the sides do not divide; final 3x3 conv + sigmoid. About 1 ms per 32 px image
+    (forward + backward, one CPU thread) at the default width."""
+    import math
+
+    from torch import nn
+
+    layers: list[Any] = [nn.Conv2d(in_channels, width, 1), nn.ReLU()]
+    k = max(0, math.floor(math.log2(size / grid))) if size >= grid else 0
+    side = max(1, round(size / 2**k))
+    if side != grid:
+        layers.append(nn.Upsample(size=(side, side), mode="bilinear", align_corners=False))
+    ch = width
+    for _ in range(k):
+        nxt = max(ch // 2, 16)
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, nxt, 3, padding=1),
+                   nn.ReLU()]
+        side, ch = 2 * side, nxt
+    if side != size:
+        layers.append(nn.Upsample(size=(size, size), mode="bilinear", align_corners=False))
+    layers += [nn.Conv2d(ch, out_channels, 3, padding=1), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class DecoderFit:
+    """One trained decoder.
+
+    Attributes:
+        test_mse / val_mse: mean squared error per pixel (values in [0, 1]) of the best state.
+        best_epoch: epoch (1-based) of the lowest val MSE; epochs_run: epochs trained.
+        examples: ``[k, out, S, S]`` reconstructions of the first ``k`` test images.
+    """
+
+    test_mse: float
+    val_mse: float
+    best_epoch: int
+    epochs_run: int
+    examples: np.ndarray
+
+
+def _mse(model: Any, x: Any, y: Any, batch: int = 256) -> float:
+    import torch
+
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            total += float(((model(x[i:i + batch]) - y[i:i + batch]) ** 2).sum())
+    return total / float(y.numel())
+
+
+def fit_decoder(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int = 30,
+    patience: int = 5,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    width: int = 32,
+    seed: int = 0,
+    n_keep: int = 6,
+    threads: int | None = 1,
+) -> DecoderFit:
+    """Train a decoder on ``(x [N, C, g, g], y [N, out, S, S])`` pairs, keep the state with the
+    lowest val MSE (early stopping after ``patience`` epochs without improvement) and
+    evaluate it on ``test``. Seeded: same inputs and seed -> same numbers.
+
+    ``threads``: torch intra-op threads while training (restored afterwards; None = leave
+    as is). These convolutions are small: one thread is as fast as two on an idle machine
+    and ~9x faster on a busy one (measured: 0.55 vs 4.9 s per epoch, 400 images)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _fit(train, val, test, epochs, patience, batch_size, lr, weight_decay, width,
+                    seed, n_keep)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(train, val, test, epochs, patience, batch_size, lr, weight_decay, width, seed,
+         n_keep) -> DecoderFit:
+    import torch
+
+    xtr, ytr = (torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32) for a in train)
+    xva, yva = (torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32) for a in val)
+    xte, yte = (torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32) for a in test)
+    if xtr.ndim != 4 or xtr.shape[2] != xtr.shape[3] or ytr.ndim != 4:
+        raise ValueError(f"expected x [N, C, g, g] and y [N, out, S, S], got {tuple(xtr.shape)} "
+                         f"and {tuple(ytr.shape)}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_decoder(xtr.shape[1], xtr.shape[2], ytr.shape[2], ytr.shape[1], width)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, best_epoch, epoch = np.inf, None, 0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(xtr), generator=gen).split(batch_size):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(xtr[idx]), ytr[idx])
+            loss.backward()
+            opt.step()
+        model.eval()
+        val_mse = _mse(model, xva, yva)
+        if val_mse < best - 1e-7:
+            best, best_epoch, best_state = val_mse, epoch, copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        examples = model(xte[:n_keep]).numpy()
+    return DecoderFit(test_mse=_mse(model, xte, yte), val_mse=float(best),
+                      best_epoch=best_epoch, epochs_run=epoch, examples=examples)
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+
+def plot_mse_vs_layer(table: Any, baseline: float, x: str = "relative", title: str = "") -> Any:
+    """Test MSE vs layer, one line per model; dotted mean-training-image level (cf. fig 7)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    t = table[table["metric"] == "mse"] if len(table) else table
+    for model, g in (t.groupby("model", sort=False) if len(t) else []):
+        g = g.sort_values("layer")
+        xs = g["layer"].to_numpy(dtype=float)
+        if x == "relative":
+            xs = xs / max(float(np.nanmax(xs)), 1.0)
+        ax.plot(xs, g["value"].to_numpy(), marker="o", ms=4, label=model)
+    ax.axhline(baseline, color="grey", ls=":", lw=1.2, label="mean training image")
+    ax.set_xlabel("relative depth (layer / deepest probed)" if x == "relative" else "layer")
+    ax.set_ylabel("test MSE per pixel (lower = more kept)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_examples(originals: np.ndarray, recons: dict[str, np.ndarray], title: str = "") -> Any:
+    """Grid of images: first row the originals ``[k, c, S, S]``, then one row per
+    ``recons`` entry (label -> ``[k, c, S, S]`` reconstructions)."""
+    from matplotlib.figure import Figure
+
+    k = max(len(originals), 1)
+    rows = [("original", originals), *recons.items()]
+    fig = Figure(figsize=(1.1 * k + 1.4, 1.1 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), k, squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(imgs):
+                img = np.clip(np.asarray(imgs[c]), 0.0, 1.0)
+                if img.shape[0] == 1:
+                    ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0)
+                else:
+                    ax.imshow(img.transpose(1, 2, 0))
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    return fig

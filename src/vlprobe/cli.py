@@ -58,10 +58,15 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from vlprobe.config import load_config
+    from vlprobe.config import load_config, missing_local_paths
     from vlprobe.runner import run_dir_for
 
     cfg = load_config(args.config, args.set)
+    missing = missing_local_paths(cfg)
+    for problem in missing:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if missing:
+        return 2
     print(
         f"{args.config}: ok ({len(cfg.models)} models, {len(cfg.datasets)} datasets, "
         f"{len(cfg.analyses)} analyses) -> {run_dir_for(cfg)}"

@@ -334,6 +334,14 @@ def check_names(cfg: RunConfig) -> None:
         lookup(DATASETS, dataset.loader, f"datasets.{key}.loader")
     for i, entry in enumerate(cfg.analyses):
         lookup(ANALYSES, entry.analysis, f"analyses[{i}].analysis")
+        extra = entry.params.get("datasets") if isinstance(entry.params, dict) else None
+        for name in extra if isinstance(extra, list) else []:
+            if name not in cfg.datasets:
+                raise ConfigError(
+                    f"analyses[{i}] ({entry.name}).params.datasets: {name!r} is not a key of "
+                    f"`datasets`{_suggest(str(name), list(cfg.datasets))}; defined: "
+                    f"{', '.join(cfg.datasets)}"
+                )
         cls = ANALYSES.get(entry.analysis)
         try:
             cls(list(entry.models), entry.dataset, entry.params, seed=cfg.seed)
@@ -400,3 +408,27 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def dump_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML (what ``how to reproduce`` re-runs)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def missing_local_paths(cfg: RunConfig) -> list[str]:
+    """Local files the config names that do not exist (``vlprobe validate`` reports them).
+
+    Checked: dataset ``path`` (every loader except ``hf_hub``) and model ``checkpoint`` /
+    ``config`` when they are clearly local (absolute, ``./``, ``../`` or ``~``; a bare
+    ``org/name`` is a hub id and needs the network, not a file).
+    """
+    problems = []
+
+    def local(value: str) -> bool:
+        return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+
+    for key, model in cfg.models.items():
+        for field_name in ("checkpoint", "config"):
+            value = getattr(model, field_name)
+            if value and local(str(value)) and not Path(str(value)).expanduser().exists():
+                problems.append(f"models.{key}.{field_name}: {value} does not exist")
+    for key, dataset in cfg.datasets.items():
+        path = Path(str(dataset.path)).expanduser() if dataset.path else None
+        if path is not None and dataset.loader != "hf_hub" and not path.exists():
+            problems.append(f"datasets.{key}.path: {dataset.path} does not exist")
+    return problems

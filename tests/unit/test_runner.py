@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 
@@ -184,3 +185,27 @@ def test_corrupt_image_without_skip_names_the_file(tmp_path, tiny_config):
     assert record["status"] == "partial"
     errors = " ".join(a.get("error", "") for a in record["analyses"].values())
     assert "broken.png" in errors
+
+
+def test_validate_reports_missing_local_paths_and_unknown_task_datasets(tiny_config, tmp_path,
+                                                                       capsys):
+    import yaml
+
+    from vlprobe.errors import ConfigError
+
+    bad = copy.deepcopy(tiny_config)
+    first_model = next(iter(bad["models"]))
+    bad["models"][first_model]["config"] = str(tmp_path / "no_such_config")
+    first_dataset = next(iter(bad["datasets"]))
+    bad["datasets"][first_dataset]["path"] = str(tmp_path / "no_such_images")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"models.{first_model}.config: {tmp_path / 'no_such_config'} does not exist" in err
+    assert f"datasets.{first_dataset}.path: {tmp_path / 'no_such_images'} does not exist" in err
+    # an analysis naming further datasets by key: every key must exist
+    bad = copy.deepcopy(tiny_config)
+    bad["analyses"][0]["params"] = {"datasets": [first_dataset + "x"]}
+    with pytest.raises(ConfigError, match=r"params\.datasets: .*did you mean"):
+        parse_config(bad)

@@ -414,21 +414,29 @@ def missing_local_paths(cfg: RunConfig) -> list[str]:
     """Local files the config names that do not exist (``vlprobe validate`` reports them).
 
     Checked: dataset ``path`` (every loader except ``hf_hub``) and model ``checkpoint`` /
-    ``config`` when they are clearly local (absolute, ``./``, ``../`` or ``~``; a bare
-    ``org/name`` is a hub id and needs the network, not a file).
+    ``config`` when they are clearly local (absolute, ``./``, ``../``, ``~`` or
+    ``${reference}/...``; a bare ``org/name`` is a hub id and needs the network, not a file).
+    Paths are expanded as the loaders expand them (``${reference}``, ``~``, ``$VARS``).
     """
+    from vlprobe.settings import expand_path
+
     problems = []
 
-    def local(value: str) -> bool:
-        return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+    def check(where: str, value: str) -> None:
+        try:
+            path = expand_path(value)
+        except ConfigError as exc:
+            problems.append(f"{where}: {value}: {exc}")
+            return
+        if not path.exists():
+            problems.append(f"{where}: {value} does not exist ({path})")
 
     for key, model in cfg.models.items():
         for field_name in ("checkpoint", "config"):
             value = getattr(model, field_name)
-            if value and local(str(value)) and not Path(str(value)).expanduser().exists():
-                problems.append(f"models.{key}.{field_name}: {value} does not exist")
+            if value and str(value).startswith(("/", "./", "../", "~", "${reference}")):
+                check(f"models.{key}.{field_name}", str(value))
     for key, dataset in cfg.datasets.items():
-        path = Path(str(dataset.path)).expanduser() if dataset.path else None
-        if path is not None and dataset.loader != "hf_hub" and not path.exists():
-            problems.append(f"datasets.{key}.path: {dataset.path} does not exist")
+        if dataset.path and dataset.loader != "hf_hub":
+            check(f"datasets.{key}.path", str(dataset.path))
     return problems

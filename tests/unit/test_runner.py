@@ -188,7 +188,7 @@ def test_corrupt_image_without_skip_names_the_file(tmp_path, tiny_config):
 
 
 def test_validate_reports_missing_local_paths_and_unknown_task_datasets(tiny_config, tmp_path,
-                                                                       capsys):
+                                                                       capsys, monkeypatch):
     import yaml
 
     from vlprobe.errors import ConfigError
@@ -204,6 +204,12 @@ def test_validate_reports_missing_local_paths_and_unknown_task_datasets(tiny_con
     err = capsys.readouterr().err
     assert f"models.{first_model}.config: {tmp_path / 'no_such_config'} does not exist" in err
     assert f"datasets.{first_dataset}.path: {tmp_path / 'no_such_images'} does not exist" in err
+    # ${reference} paths are expanded as the loaders expand them
+    bad["datasets"][first_dataset]["path"] = "${reference}/no_such_dir"
+    path.write_text(yaml.safe_dump(bad))
+    monkeypatch.setenv("VLPROBE_REFERENCE", str(tmp_path))
+    assert main(["validate", str(path)]) == 2
+    assert f"{tmp_path / 'no_such_dir'})" in capsys.readouterr().err
     # an analysis naming further datasets by key: every key must exist
     bad = copy.deepcopy(tiny_config)
     bad["analyses"][0]["params"] = {"datasets": [first_dataset + "x"]}

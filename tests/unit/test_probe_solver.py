@@ -151,3 +151,16 @@ def test_preconditioning_needs_fewer_iterations_on_correlated_features():
     pre = fit_logistic_path([x], y, Cs, precondition=True)
     assert pre.converged.all()
     assert pre.n_iter.sum() < 0.8 * plain.n_iter.sum(), (pre.n_iter, plain.n_iter)
+
+
+def test_auto_preconditions_only_wide_layers():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 50)
+    wide = [rng.normal(size=(50, 80)) + np.eye(3)[y] @ rng.normal(size=(3, 80))]
+    tall = [w[:, :20] for w in wide]
+    for xs, twin in ((wide, True), (tall, False)):
+        auto = fit_logistic_path(xs, y, [0.1, 10.0], precondition="auto")
+        same = fit_logistic_path(xs, y, [0.1, 10.0], precondition=twin)
+        np.testing.assert_array_equal(auto.n_iter, same.n_iter)
+    with pytest.raises(ValueError, match="precondition"):
+        fit_logistic_path(tall, y, [1.0], precondition="yes")

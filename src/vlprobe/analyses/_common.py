@@ -63,9 +63,9 @@ def check_labels(feats: LayerFeatures, model: str, what: str) -> np.ndarray:
 
 def fit_standardizer(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (guarded) std of the training rows; std = 1 where a feature is constant."""
-    x64 = np.asarray(x_train, dtype=np.float64)
-    mean = x64.mean(axis=0)
-    std = x64.std(axis=0)
+    x = np.asarray(x_train)
+    mean = x.mean(axis=0, dtype=np.float64)  # float64 accumulation without a float64 copy
+    std = x.std(axis=0, dtype=np.float64)
     scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return mean, scale
 

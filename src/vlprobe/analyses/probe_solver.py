@@ -337,8 +337,10 @@ class ProbePath:
         out = []
         for layer, x in enumerate(X_layers):
             z = self._z(layer, x)
-            logits = np.einsum("nd,pkd->pnk", z, self.coef[layer])
-            out.append(logits + self.intercept[layer][:, None])
+            P, K, D = self.coef[layer].shape
+            # one BLAS product (np.einsum without optimize loops in C: ~20x slower here)
+            logits = (z @ self.coef[layer].reshape(P * K, D).T).reshape(len(z), P, K)
+            out.append(logits.transpose(1, 0, 2) + self.intercept[layer][:, None])
         return out
 
     def predict_proba(self, X_layers: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -402,7 +404,7 @@ def fit_logistic_path(
     history: int = 10,
     layer_Cs: np.ndarray | None = None,
     init: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
-    precondition: bool = True,
+    precondition: bool | str = "auto",
 ) -> ProbePath:
     """Fit a multinomial L2 logistic probe for every layer and every C, all at once.
 
@@ -422,7 +424,15 @@ def fit_logistic_path(
             does not depend on it, only the number of iterations.
         precondition: solve in each layer's principal-axes basis with a diagonal
             preconditioner (:func:`_preconditioner`; same optimum, far fewer iterations on
-            correlated features). Used when ``min(N, D) <= MAX_PRECONDITION_RANK``.
+            correlated features; used when ``min(N, D) <= MAX_PRECONDITION_RANK``).
+            ``"auto"`` (default) does so only for wide layers (``N < D``): there the data are
+            (nearly) separable, plain L-BFGS crawls on the weakly regularised probes and
+            often stops at ``max_iter``, and the solve also shrinks to the N-dimensional row
+            space. With ``N >= D`` plain L-BFGS converges; it then takes the same path as
+            sklearn's lbfgs, so where the gradient tolerance leaves weakly regularised probes
+            short of their optimum they stop where sklearn's do (the preconditioned solve
+            stops closer to the optimum, which can change the C picked on validation).
+            ``True`` / ``False``: always / never.
 
     Returns:
         A :class:`ProbePath`.
@@ -497,7 +507,7 @@ def fit_logistic_path(
 
 
 def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, init=None,
-                  precondition=True, **kw):
+                  precondition="auto", **kw):
     """One batched solve per distinct layer width -> [(layer indices, _SolveOut)]."""
     torch = _torch()
     n = len(y_t)
@@ -520,7 +530,10 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
             b0 = torch.stack([torch.as_tensor(np.asarray(init[i][1])
                                               + np.asarray(init[i][0]) @ means[i], dtype=tdtype)
                               for i in idx])
-        if not precondition or min(n, width) > MAX_PRECONDITION_RANK:
+        if precondition not in (True, False, "auto"):
+            raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
+        wanted = n < width if precondition == "auto" else bool(precondition)
+        if not wanted or min(n, width) > MAX_PRECONDITION_RANK:
             out.append((idx, _batched_lbfgs(Xg, y_t, lam, n_free, binary, W0=W0, b0=b0, **kw)))
             continue
         Xr, rot, scale = _preconditioner(Xg, lam, n_free)

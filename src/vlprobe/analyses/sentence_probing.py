@@ -301,8 +301,9 @@ class SentenceProbing(Analysis):
                                           dtype=p["dtype"], max_iter=int(p["max_iter"]),
                                           tol=float(p["tol"]))
                 if not sel.converged:
-                    notes.append(f"sentence_probing: model {model!r}: some logistic probes "
-                                 f"stopped before convergence (max_iter={p['max_iter']})")
+                    notes.append(f"sentence_probing: {dataset}: model {model!r}: some "
+                                 "logistic probes stopped before convergence "
+                                 f"(max_iter={p['max_iter']})")
                 rows.extend(
                     {**base, "layer": ftr.layers[site], "site": site, "probe": "linear",
                      **sel.layer_summary(li)}
@@ -321,7 +322,7 @@ class SentenceProbing(Analysis):
                                  "val_accuracy": res.val_accuracy, "hidden": res.hidden,
                                  "weight_decay": res.weight_decay})
             if ftr.n_truncated or fte.n_truncated:
-                notes.append(f"sentence_probing: model {model!r}: "
+                notes.append(f"sentence_probing: {dataset}: model {model!r}: "
                              f"{max(ftr.n_truncated, fte.n_truncated)} texts truncated at the "
                              "model's maximum length")
         return rows

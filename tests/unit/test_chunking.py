@@ -129,3 +129,22 @@ def test_end_to_end_run_with_tiny_bert(tmp_path):
     assert set(table["metric"]) == {"nmi", "nmi_fit"}
     assert sorted(table["layer"].unique()) == [0, 1, 2]
     assert record["forward_batches"] == 1  # 2 sentences, one forward for all 8 spans
+
+
+def test_sentence_initial_outlier_spans_are_reported():
+    """Massive first-token activations (causal LMs' attention sink) make the sentence-initial
+    spans outliers that k-means spends clusters on: the result says so, per layer."""
+    from vlprobe.analyses.chunking import count_norm_outliers
+
+    feats = planted_feats()
+    sink = feats.features["text.embed"].copy()
+    starts = np.array([int(i.rsplit(":", 1)[1].split("-")[0]) for i in feats.ids])
+    sink[starts == 0] *= 1e4
+    feats.features["text.embed"] = sink
+    assert count_norm_outliers(sink) == (starts == 0).sum()
+    assert count_norm_outliers(feats.features["text.blocks.0"]) == 0
+    src = FakeSource(data_modalities=("text",), split_names=("test",))
+    src.add("m", "test", feats, modalities=("text",))
+    res = Chunking(["m"], "toy", {"n_fit": 200, "n_eval": 100, "n_init": 3}).run(src)
+    (note,) = [n for n in res.notes if "median" in n]
+    assert "at layers 0 (" in note and "attention sink" in note and "layers 1" not in note

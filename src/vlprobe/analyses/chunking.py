@@ -20,6 +20,9 @@ Protocol (SCIENCE.md T2; seed 000 §3.4.1 after Jawahar et al., 2019):
    spans are assigned to the nearest centroid and scored with
    ``normalized_mutual_info_score(tags, clusters)`` (arithmetic mean): metric ``nmi``. The
    in-sample NMI of the fit spans is reported as ``nmi_fit``.
+5. Layers where some fit spans have a norm over ``OUTLIER_RATIO`` (100) x the median are named
+   in a note: k-means spends clusters on such outliers (e.g. the sentence-initial spans of
+   causal LMs, whose first token carries a massive "attention sink" activation).
 
 Table: ``model, layer, site, metric (nmi | nmi_fit), value, n_fit, n_eval, k`` (+ the tidy
 columns). Figure ``chunking_nmi``: NMI per layer, one bar group per layer, one bar per model
@@ -101,6 +104,16 @@ def kmeans_nmi(
         "nmi": float(normalized_mutual_info_score(y_eval, eval_clusters)),
         "nmi_fit": float(normalized_mutual_info_score(y_fit, fit_clusters)),
     }
+
+
+OUTLIER_RATIO = 100.0
+
+
+def count_norm_outliers(x: np.ndarray, ratio: float = OUTLIER_RATIO) -> int:
+    """How many rows of ``x`` ([N, D]) have an L2 norm above ``ratio`` x the median norm."""
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
+    median = float(np.median(norms)) if len(norms) else 0.0
+    return int((norms > ratio * median).sum()) if median > 0 else 0
 
 
 def plot_nmi_bars(table: Any, title: str = "Phrase-level chunking (k-means NMI)") -> Any:
@@ -221,10 +234,14 @@ class Chunking(Analysis):
             if feats.n_truncated:
                 notes.append(f"chunking: model {model!r}: {feats.n_truncated} span(s) cut "
                              "(fully or partly) by truncation")
+            outlier_layers = []
             for site in sites:
                 x = np.asarray(feats.features[site])
                 check_finite(x, model, site)
                 x_fit, x_eval = x[fit], x[ev]
+                n_out = count_norm_outliers(x_fit)
+                if n_out:
+                    outlier_layers.append(f"{feats.layers[site]} ({n_out})")
                 if p["standardize"]:
                     x_fit, x_eval = standardize(x_fit, x_eval, dtype=np.float64)
                 m = kmeans_nmi(x_fit, labels[fit], x_eval, labels[ev], k, self.seed,
@@ -236,6 +253,14 @@ class Chunking(Analysis):
                         "value": m[metric], "n_fit": len(fit), "n_eval": len(ev), "k": k,
                         "holdout": p["holdout"], "seed": self.seed,
                     })
+            if outlier_layers:
+                notes.append(
+                    f"chunking: model {model!r}: at layers {', '.join(outlier_layers)} that many "
+                    f"fit spans have a norm > {OUTLIER_RATIO:g}x the median; k-means spends "
+                    "clusters on them and the NMI there says little about chunk structure "
+                    "(causal LMs put a massive 'attention sink' activation on the first token, "
+                    "so spans starting a sentence are such outliers)"
+                )
         table = pd.DataFrame(rows)
         fig = plot_nmi_bars(table, title=f"Phrase-level chunking ({self.dataset}, "
                                          f"k-means NMI, held-out spans)")

@@ -43,7 +43,7 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -109,10 +109,7 @@ class Downstream(Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
-        "mlp_hidden": [256],
-        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
-        "mlp_max_epochs": 100,
-        "mlp_patience": 10,
+        **MLP_PARAM_DEFAULTS,
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
@@ -217,16 +214,11 @@ class Downstream(Analysis):
                 )
             if "mlp" in heads:
                 mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xev, yev),
-                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                    seed=self.seed,
+                    (Xtr, ytr), (Xva, yva), (Xev, yev), **mlp_options(p, self.seed)
                 )
                 for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
-                                 "value": float(res.test_accuracy), "head": "mlp", "C": np.nan,
-                                 "val_accuracy": float(res.val_accuracy), "hidden": res.hidden,
-                                 "weight_decay": res.weight_decay})
+                                 "head": "mlp", **res.summary()})
         table = pd.DataFrame(rows)
         if len(table):
             table["max_length"] = table["max_length"].astype("Int64")

@@ -96,7 +96,7 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.analyses.transfer import embedding_site
 from vlprobe.errors import AnalysisError, ConfigError
@@ -356,10 +356,7 @@ class HumanCentric(Analysis):
         "max_iter": 1000,
         "tol": 1e-4,
         "pooling": None,
-        "mlp_hidden": [256],
-        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
-        "mlp_max_epochs": 100,
-        "mlp_patience": 10,
+        **MLP_PARAM_DEFAULTS,
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
@@ -632,10 +629,7 @@ class HumanCentric(Analysis):
         Xte = [te["sets"][s]["X"] for s in names]
         fit_kw = {"standardize": bool(p["standardize"]), "dtype": p["dtype"],
                   "max_iter": int(p["max_iter"]), "tol": float(p["tol"])}
-        mlp_kw = {"hidden_sizes": list(p["mlp_hidden"]),
-                  "weight_decays": list(p["mlp_weight_decay"]),
-                  "max_epochs": int(p["mlp_max_epochs"]), "patience": int(p["mlp_patience"]),
-                  "seed": self.seed}
+        mlp_kw = mlp_options(p, self.seed)
         probes = ["linear", "mlp"] if p["probe"] == "both" else [p["probe"]]
         results: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
         if multi:

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from vlprobe.analyses._common import fit_standardizer
-from vlprobe.errors import AnalysisError
+from vlprobe.analyses._common import standardize
+from vlprobe.analyses.probe_solver import _encode_labels
 
 
 @dataclass
@@ -49,28 +49,37 @@ class MLPProbeResult:
     epochs: int
     sweep: list[dict[str, Any]]
 
+    def summary(self) -> dict[str, float]:
+        """Table columns of this layer's MLP row (``C`` is NaN: no logistic C)."""
+        return {"value": float(self.test_accuracy), "C": np.nan,
+                "val_accuracy": float(self.val_accuracy), "hidden": self.hidden,
+                "weight_decay": self.weight_decay}
+
+
+# the ``mlp_*`` parameters of the analyses that offer an MLP probe, with these defaults
+MLP_PARAM_DEFAULTS: dict[str, Any] = {
+    "mlp_hidden": [256],
+    "mlp_weight_decay": [0.0, 1e-4, 1e-2],
+    "mlp_max_epochs": 100,
+    "mlp_patience": 10,
+}
+
+
+def mlp_options(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """:func:`fit_mlp_probes` keyword arguments from an analysis' ``mlp_*`` parameters."""
+    return {"hidden_sizes": list(params["mlp_hidden"]),
+            "weight_decays": list(params["mlp_weight_decay"]),
+            "max_epochs": int(params["mlp_max_epochs"]),
+            "patience": int(params["mlp_patience"]), "seed": int(seed)}
+
 
 def _encode(ytr, yva, yte) -> tuple[np.ndarray, list[np.ndarray]]:
-    classes = np.unique(np.asarray(ytr))
-    if len(classes) < 2:
-        raise AnalysisError(f"an MLP probe needs at least 2 classes in the training data, got "
-                            f"{len(classes)} ({classes.tolist()})")
+    classes, ytr_idx = _encode_labels(ytr)
     lookup = {c: i for i, c in enumerate(classes.tolist())}
     # labels absent from train get -1: never predicted (count as errors), ignored by the loss
     enc = [np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()], dtype=np.int64)
-           for y in (ytr, yva, yte)]
-    return classes, enc
-
-
-def _standardised(layers: Sequence[np.ndarray], idx: list[int], mean_scale) -> Any:
-    """``[len(idx), N, D]`` float32 tensor of the listed layers, z-scored with train stats."""
-    import torch
-
-    return torch.stack([
-        torch.as_tensor(((np.asarray(layers[i], np.float64) - mean_scale[i][0])
-                         / mean_scale[i][1]).astype(np.float32))
-        for i in idx
-    ])
+           for y in (yva, yte)]
+    return classes, [ytr_idx, *enc]
 
 
 def group_init(seed: int, layer: int, hidden: int, r: int, D: int, K: int) -> tuple[Any, ...]:
@@ -204,7 +213,6 @@ def fit_mlp_probes(
                          f"{len(Xtr)}/{len(Xva)}/{len(Xte)}")
     classes, enc = _encode(ytr, yva, yte)
     ys = [torch.as_tensor(e) for e in enc]
-    stats = [fit_standardizer(x) for x in Xtr]
     # small training sets still get several updates per epoch
     batch_size = int(min(batch_size, max(16, len(ytr) // 8)))
     by_width: dict[int, list[int]] = {}
@@ -213,8 +221,9 @@ def fit_mlp_probes(
     wds = [float(w) for w in weight_decays]
     results: list[MLPProbeResult | None] = [None] * len(Xtr)
     for idx in by_width.values():
-        X = tuple(_standardised(split, idx, stats)
-                  for split in (Xtr, Xva, Xte))
+        # z-scored with each layer's train statistics -> [L, N, D] float32 per split
+        z = [standardize(Xtr[i], Xva[i], Xte[i]) for i in idx]
+        X = tuple(torch.stack([torch.as_tensor(zi[s]) for zi in z]) for s in range(3))
         per_h = [_train_stack(X, ys, idx, h, wds, len(classes), lr=lr, max_epochs=max_epochs,
                               patience=patience, batch_size=batch_size, seed=seed)
                  for h in hidden_sizes]
@@ -244,4 +253,6 @@ def fit_mlp_probe(
                           **kwargs)[0]
 
 
-__all__ = ["MLPProbeResult", "fit_mlp_probe", "fit_mlp_probes"]
+__all__ = [
+    "MLP_PARAM_DEFAULTS", "MLPProbeResult", "fit_mlp_probe", "fit_mlp_probes", "mlp_options",
+]

@@ -37,7 +37,7 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -77,10 +77,7 @@ class LayerProbe(Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
-        "mlp_hidden": [256],
-        "mlp_weight_decay": [0.0, 1e-4, 1e-2],
-        "mlp_max_epochs": 100,
-        "mlp_patience": 10,
+        **MLP_PARAM_DEFAULTS,
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
@@ -199,18 +196,11 @@ class LayerProbe(Analysis):
                 )
             if p["probe"] in ("mlp", "both"):
                 mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xte, yte),
-                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                    seed=self.seed,
+                    (Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_options(p, self.seed)
                 )
                 for site, res in zip(sites, mlps):
-                    rows.append({
-                        **base, "layer": ftr.layers[site], "site": site,
-                        "value": res.test_accuracy, "probe": "mlp", "C": np.nan,
-                        "val_accuracy": res.val_accuracy, "hidden": res.hidden,
-                        "weight_decay": res.weight_decay,
-                    })
+                    rows.append({**base, "layer": ftr.layers[site], "site": site,
+                                 "probe": "mlp", **res.summary()})
         table = pd.DataFrame(rows)
         fig = plot_accuracy_vs_layer(
             table, x=p["x_axis"], title=f"Layer-wise probe accuracy ({self.dataset})"

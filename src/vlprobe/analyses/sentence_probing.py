@@ -40,7 +40,7 @@ from vlprobe.analyses._common import (
     stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.mlp_probe import fit_mlp_probes
+from vlprobe.analyses.mlp_probe import fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -213,8 +213,9 @@ class SentenceProbing(Analysis):
         p = self.params
         plan, notes = self._plan(source)
         rows: list[dict[str, Any]] = []
-        for dataset in self.task_datasets:
-            task = self.task if dataset == self.dataset else canonical_task(dataset)
+        tasks = {d: (self.task if d == self.dataset else canonical_task(d))
+                 for d in self.task_datasets}
+        for dataset, task in tasks.items():
             rows.extend(self._probe_task(source, plan, dataset, task, notes))
         table = pd.DataFrame(rows)
         figures = {"accuracy_vs_layer": plot_sentence_probing(table, x=p["x_axis"])}
@@ -222,8 +223,6 @@ class SentenceProbing(Analysis):
         if len(self.task_datasets) > 1 and len(table):
             figures["category_accuracy"] = plot_category_accuracy(table, x=p["x_axis"])
             extra["best_layer"] = best_layer_table(table)
-        tasks = {d: (self.task if d == self.dataset else canonical_task(d))
-                 for d in self.task_datasets}
         return Result(analysis=self.name, catalogue=self.catalogue, table=table,
                       figures=figures,
                       params={**p, "task": self.task or "unknown",
@@ -311,16 +310,11 @@ class SentenceProbing(Analysis):
                 )
             if "mlp" in self.probes(task_name):
                 mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xte, yte),
-                    hidden_sizes=p["mlp_hidden"], weight_decays=p["mlp_weight_decay"],
-                    max_epochs=int(p["mlp_max_epochs"]), patience=int(p["mlp_patience"]),
-                    seed=self.seed,
+                    (Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_options(p, self.seed)
                 )
                 for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
-                                 "value": res.test_accuracy, "probe": "mlp", "C": np.nan,
-                                 "val_accuracy": res.val_accuracy, "hidden": res.hidden,
-                                 "weight_decay": res.weight_decay})
+                                 "probe": "mlp", **res.summary()})
             if ftr.n_truncated or fte.n_truncated:
                 notes.append(f"sentence_probing: {dataset}: model {model!r}: "
                              f"{max(ftr.n_truncated, fte.n_truncated)} texts truncated at the "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vlprobe.analyses.base import FeatureSource, LayerFeatures
+from vlprobe.analyses.base import FeatureRequest, FeatureSource, LayerFeatures
 from vlprobe.errors import AnalysisError, ConfigError
 
 
@@ -184,6 +184,54 @@ def readable_models(
     if not plan:
         raise AnalysisError(f"{analysis}: none of the models {models} can read dataset {dataset!r}")
     return plan, notes
+
+
+
+class SplitPairPlan:
+    """Planning of analyses that read two splits of one dataset for every model (mixin).
+
+    Uses the analysis' ``params``: the two split names under ``split_params`` (default
+    ``train_split`` / ``test_split``), ``modality`` and ``pooling``; every layer site.
+    """
+
+    split_params: tuple[str, str] = ("train_split", "test_split")
+
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
+        """model -> modality it is read in (+ notes); errors name unreadable models."""
+        return readable_models(
+            source, self.name, self.models, self.dataset, self.params["modality"],
+            required_splits=tuple(self.params[k] for k in self.split_params),
+        )
+
+    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
+        return FeatureRequest(model, self.dataset, split, sites=None,
+                              pooling=self.params["pooling"], modality=modality)
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        plan, _ = self._plan(source)
+        return [self._request(m, self.params[k], mod) for m, mod in plan.items()
+                for k in self.split_params]
+
+
+class SingleSplitPlan:
+    """Planning of analyses that read one split (``params.split``) of every model (mixin),
+    in ``params.modality`` with ``params.pooling``, every layer site."""
+
+    def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
+        p = self.params
+        modalities, notes = readable_models(
+            source, self.name, self.models, self.dataset, p["modality"],
+            required_splits=(p["split"],),
+        )
+        plan = {
+            model: FeatureRequest(model, self.dataset, p["split"], sites=None,
+                                  pooling=p["pooling"], modality=modality)
+            for model, modality in modalities.items()
+        }
+        return plan, notes
+
+    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
+        return list(self._plan(source)[0].values())
 
 
 def select_layer_sites(

@@ -39,8 +39,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.analyses._common import check_finite, readable_models, select_layer_sites
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses._common import (
+    SingleSplitPlan,
+    check_finite,
+    select_layer_sites,
+)
+from vlprobe.analyses.base import Analysis, FeatureSource, LayerFeatures, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
 KERNELS = ("linear", "rbf")
@@ -158,7 +162,7 @@ def _tick(feats: LayerFeatures, site: str) -> str:
     return "emb" if layer is None else str(layer)
 
 
-class CKA(Analysis):
+class CKA(SingleSplitPlan, Analysis):
     """Layer x layer CKA between models (R2).
 
     Params:
@@ -216,22 +220,6 @@ class CKA(Analysis):
                                       f"{self.models}, got {pair!r}")
                 pairs.append([str(pair[0]), str(pair[1])])
             p["pairs"] = pairs
-
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
-        p = self.params
-        modalities, notes = readable_models(
-            source, self.name, self.models, self.dataset, p["modality"],
-            required_splits=(p["split"],),
-        )
-        plan = {
-            model: FeatureRequest(model, self.dataset, p["split"], sites=None,
-                                  pooling=p["pooling"], modality=modality)
-            for model, modality in modalities.items()
-        }
-        return plan, notes
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        return list(self._plan(source)[0].values())
 
     def _pairs(self, models: list[str]) -> list[tuple[str, str]]:
         p = self.params

@@ -35,12 +35,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses._common import (
+    SingleSplitPlan,
     check_finite,
     check_labels,
-    readable_models,
     select_layer_sites,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
 NEGATIVE = ("clip", "abs")
@@ -145,7 +145,7 @@ def clustering_metrics(clusters: np.ndarray, labels: np.ndarray) -> dict[str, fl
 # --------------------------------------------------------------------------------------------
 
 
-class Clustering(Analysis):
+class Clustering(SingleSplitPlan, Analysis):
     """Spectral clustering accuracy / NMI / ARI per layer (V4).
 
     Params:
@@ -193,22 +193,6 @@ class Clustering(Analysis):
         if p["max_items"] is not None and int(p["max_items"]) < 2:
             raise ConfigError(f"clustering: max_items must be >= 2 or null, "
                               f"got {p['max_items']!r}")
-
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
-        p = self.params
-        modalities, notes = readable_models(
-            source, self.name, self.models, self.dataset, p["modality"],
-            required_splits=(p["split"],),
-        )
-        plan = {
-            model: FeatureRequest(model, self.dataset, p["split"], sites=None,
-                                  pooling=p["pooling"], modality=modality)
-            for model, modality in modalities.items()
-        }
-        return plan, notes
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        return list(self._plan(source)[0].values())
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd

@@ -34,15 +34,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses._common import (
+    SplitPairPlan,
     assert_disjoint_ids,
     check_finite,
     check_labels,
     check_solver_params,
-    readable_models,
     select_layer_sites,
     stratified_split,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, LayerFeatures, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
@@ -75,7 +75,7 @@ def select_sites(feats: LayerFeatures, layers: Any, model: str) -> list[str]:
     return select_layer_sites(feats, layers, model, default="last")
 
 
-class Downstream(Analysis):
+class Downstream(SplitPairPlan, Analysis):
     """Trained head on frozen features: accuracy on a downstream task (T3).
 
     Params:
@@ -91,6 +91,7 @@ class Downstream(Analysis):
         mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
     """
 
+    split_params = ("train_split", "eval_split")
     name: ClassVar[str] = "downstream"
     catalogue: ClassVar[tuple[str, ...]] = ("T3",)
     summary: ClassVar[str] = (
@@ -125,21 +126,6 @@ class Downstream(Analysis):
             raise ConfigError("downstream: train_split and eval_split must differ")
 
     # ----------------------------------------------------------------------------------------
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        return readable_models(
-            source, self.name, self.models, self.dataset, self.params["modality"],
-            required_splits=(self.params["train_split"], self.params["eval_split"]),
-        )
-
-    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
-        return FeatureRequest(model, self.dataset, split, sites=None,
-                              pooling=self.params["pooling"], modality=modality)
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        plan, _ = self._plan(source)
-        return [self._request(m, self.params[s], mod)
-                for m, mod in plan.items() for s in ("train_split", "eval_split")]
-
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 

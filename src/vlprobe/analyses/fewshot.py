@@ -29,14 +29,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses._common import (
+    SplitPairPlan,
     assert_disjoint_ids,
     check_finite,
     check_labels,
     is_constant,
-    readable_models,
     select_layer_sites,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
 CLASSIFIERS = ("prototype", "1nn")
@@ -68,7 +68,7 @@ def few_shot_predict(
     raise ConfigError(f"few_shot: unknown classifier {classifier!r}; known: {CLASSIFIERS}")
 
 
-class FewShot(Analysis):
+class FewShot(SplitPairPlan, Analysis):
     """Few-shot accuracy (V3).
 
     Params:
@@ -113,21 +113,6 @@ class FewShot(Analysis):
         p["classifiers"] = list(classifiers)
         if p["train_split"] == p["test_split"]:
             raise ConfigError("few_shot: train_split and test_split must differ")
-
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        return readable_models(
-            source, self.name, self.models, self.dataset, self.params["modality"],
-            required_splits=(self.params["train_split"], self.params["test_split"]),
-        )
-
-    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
-        return FeatureRequest(model, self.dataset, split, sites=None,
-                              pooling=self.params["pooling"], modality=modality)
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        plan, _ = self._plan(source)
-        return [self._request(m, self.params[s], mod) for m, mod in plan.items()
-                for s in ("train_split", "test_split")]
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd

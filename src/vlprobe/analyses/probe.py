@@ -27,16 +27,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses._common import (
+    SplitPairPlan,
     assert_disjoint_ids,
     check_finite,
     check_labels,
     check_solver_params,
     is_constant,
-    readable_models,
     select_layer_sites,
     stratified_split,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
@@ -44,7 +44,7 @@ from vlprobe.errors import AnalysisError, ConfigError
 _PROBES = ("linear", "mlp", "both")
 
 
-class LayerProbe(Analysis):
+class LayerProbe(SplitPairPlan, Analysis):
     """Layer-wise probe accuracy (V1).
 
     Params:
@@ -98,26 +98,6 @@ class LayerProbe(Analysis):
             raise ConfigError("layer_probe: train_split and test_split must differ")
 
     # ----------------------------------------------------------------------------------------
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        return readable_models(
-            source, self.name, self.models, self.dataset, self.params["modality"],
-            required_splits=(self.params["train_split"], self.params["test_split"]),
-        )
-
-    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
-        return FeatureRequest(
-            model, self.dataset, split, sites=None, pooling=self.params["pooling"],
-            modality=modality,
-        )
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        plan, _ = self._plan(source)
-        return [
-            self._request(m, self.params[s], mod)
-            for m, mod in plan.items()
-            for s in ("train_split", "test_split")
-        ]
-
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 

@@ -42,15 +42,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses._common import (
+    SplitPairPlan,
     assert_disjoint_ids,
     check_finite,
     check_labels,
     check_solver_params,
-    readable_models,
     select_layer_sites,
     stratified_split,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, LayerFeatures, Result
 from vlprobe.analyses.probe_solver import ProbePath, fit_logistic_path
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -216,7 +216,7 @@ def embedding_site(feats: LayerFeatures) -> str | None:
     return (named or emb or [None])[0]
 
 
-class Transfer(Analysis):
+class Transfer(SplitPairPlan, Analysis):
     """Linear-probe transfer, CLIP protocol (V2).
 
     Params:
@@ -272,21 +272,6 @@ class Transfer(Analysis):
         if not ok:
             raise ConfigError(f"transfer: layer must be 'embedding', 'last', 'all', an int or a "
                               f"list of ints, got {layer!r}")
-
-    def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
-        return readable_models(
-            source, self.name, self.models, self.dataset, self.params["modality"],
-            required_splits=(self.params["train_split"], self.params["test_split"]),
-        )
-
-    def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
-        return FeatureRequest(model, self.dataset, split, sites=None,
-                              pooling=self.params["pooling"], modality=modality)
-
-    def requests(self, source: FeatureSource) -> list[FeatureRequest]:
-        plan, _ = self._plan(source)
-        return [self._request(m, self.params[s], mod) for m, mod in plan.items()
-                for s in ("train_split", "test_split")]
 
     def _sites(self, feats: LayerFeatures, model: str, notes: list[str]) -> list[str]:
         layer = self.params["layer"]

@@ -34,6 +34,7 @@ refit on train + val, report test accuracy). The MLP probe is in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,19 +82,49 @@ def _loss_grad(X, y, W, b, lam, binary: bool, scale=None):
         ce = torch.nn.functional.softplus(z) - yb * z
         G = (torch.sigmoid(z) - yb).unsqueeze(-1)
     else:
-        # softmax and log-sum-exp from one exp pass (torch.logsumexp is slow on CPU)
+        # the fused log_softmax kernel, then softmax = exp(log p) in place: two passes over
+        # Z instead of five (amax, exp, sum, log, div), and stable for confident wrong logits
         idx = y.view(1, N, 1, 1).expand(L, N, P, 1)
-        zmax = Z.amax(-1, keepdim=True)
-        G = torch.exp(Z - zmax)
-        ssum = G.sum(-1, keepdim=True)
-        ce = (zmax + torch.log(ssum) - Z.gather(-1, idx)).squeeze(-1)
-        G.div_(ssum)
-        G.scatter_add_(-1, idx, torch.full_like(ssum, -1.0))
+        G = torch.log_softmax(Z, -1)
+        ce = G.gather(-1, idx).squeeze(-1).neg_()
+        G.exp_()
+        G.scatter_add_(-1, idx, torch.full_like(ce.unsqueeze(-1), -1.0))
     pen = W.reshape(L, P, Kf * D).pow(2).sum(-1).double()
     f = ce.sum(1, dtype=torch.float64) / N + 0.5 * lam * pen
     gW = torch.bmm(G.reshape(L, N, P * Kf).transpose(1, 2), X).reshape(L, P, Kf, D)
     gW.div_(N).add_(W * lam.to(W.dtype).view(L, P, 1, 1))
     gb = G.sum(1) / N
+    return f, gW, gb
+
+
+def _loss_grad_masked(X, y, W, b, lam, binary: bool, scale, mask):
+    """:func:`_loss_grad` for the probes where ``mask`` ([L, P] bool) is set; 0 elsewhere.
+
+    Late in a solve most layers have only one or two unfinished C values while the batch
+    still holds every C column that is unfinished in *some* layer; evaluating layer by layer
+    with only its own unfinished columns skips that work (about a third of the products on
+    the 13 x 8 benchmark). The products are then skinny and partly memory-bound, so a fully
+    set mask keeps the single batched product.
+    """
+    torch = _torch()
+    if bool(mask.all()):
+        return _loss_grad(X, y, W, b, lam, binary, scale)
+    L, P = mask.shape
+    f = torch.zeros(L, P, dtype=torch.float64)
+    gW = torch.zeros_like(W)
+    gb = torch.zeros_like(b)
+    for a in range(L):
+        cols = mask[a].nonzero().squeeze(1)
+        if cols.numel() == 0:
+            continue
+        at = slice(a, a + 1)  # keeps the layer dimension (size 1)
+        if cols.numel() == P:
+            f[at], gW[at], gb[at] = _loss_grad(X[at], y, W[at], b[at], lam[at], binary,
+                                               None if scale is None else scale[at])
+            continue
+        fa, gWa, gba = _loss_grad(X[at], y, W[at, cols], b[at, cols], lam[at, cols], binary,
+                                  None if scale is None else scale[at, cols])
+        f[a, cols], gW[a, cols], gb[a, cols] = fa[0], gWa[0], gba[0]
     return f, gW, gb
 
 
@@ -172,6 +203,15 @@ def _batched_lbfgs(
     gamma = torch.ones(L_all, P_all, dtype=torch.float64)
     fresh = torch.ones(L_all, P_all, dtype=torch.bool)  # no curvature pair yet
 
+    def _evaluate(Wn, bn, which, fn, gWn, gbn):
+        """Objective/gradient of the probes in ``which``; the others keep (fn, gWn, gbn)
+        from the previous trial step (or 0 for finished probes, which no longer use them)."""
+        f_, gW_, gb_ = _loss_grad_masked(Xa, y, Wn, bn, lama, binary, sa, which)
+        if fn is None:
+            return f_, gW_, gb_
+        return (torch.where(which, f_, fn), torch.where(which[:, :, None, None], gW_, gWn),
+                torch.where(which[..., None], gb_, gbn))
+
     def flush():
         for a, l_idx in enumerate(li.tolist()):
             out_W[l_idx][pi] = W[a]
@@ -214,11 +254,12 @@ def _batched_lbfgs(
         # ---- backtracking Armijo line search (per probe) ---------------------------------
         slack = 10 * eps * f.abs().clamp_min(1.0)  # float32 cannot resolve tinier decreases
         pending = active.clone()
+        fn = gWn = gbn = None
         for _ in range(max_ls + 1):
             tc = t.to(dtype)
             Wn = W + tc[:, :, None, None] * dW
             bn = b + tc[..., None] * db
-            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary, sa)
+            fn, gWn, gbn = _evaluate(Wn, bn, pending, fn, gWn, gbn)
             # Armijo (with float slack), or -- where the loss cannot resolve the decrease --
             # a clear drop of the directional derivative (gradients stay accurate in float32)
             gd_new = _pdot(gWn, gbn, dW, db)
@@ -239,7 +280,7 @@ def _batched_lbfgs(
             tc = t.to(dtype)
             Wn = W + tc[:, :, None, None] * dW
             bn = b + tc[..., None] * db
-            fn, gWn, gbn = _loss_grad(Xa, y, Wn, bn, lama, binary, sa)
+            fn, gWn, gbn = _evaluate(Wn, bn, pending, fn, gWn, gbn)
             active = active & ~pending
         # ---- curvature pair -------------------------------------------------------------
         tc = t.to(dtype)
@@ -518,10 +559,12 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
     for width, idx in by_width.items():
         # standardise straight into the batch tensor (no float64 copy of every layer)
         Xg = torch.empty(len(idx), n, width, dtype=tdtype)
-        npd = np.float32 if tdtype == torch.float32 else np.float64
-        for a, i in enumerate(idx):
-            z = (X_layers[i].astype(npd) - means[i].astype(npd)) / scales[i].astype(npd)
-            Xg[a] = torch.as_tensor(np.ascontiguousarray(z))
+        for a, i in enumerate(idx):  # in place: no temporary copies of the layer
+            with warnings.catch_warnings():  # read-only (memory-mapped) arrays are only read
+                warnings.simplefilter("ignore", UserWarning)
+                Xg[a].copy_(torch.as_tensor(X_layers[i]))
+            Xg[a].sub_(torch.as_tensor(means[i], dtype=tdtype))
+            Xg[a].div_(torch.as_tensor(scales[i], dtype=tdtype))
         lam = torch.as_tensor(1.0 / (grid[idx] * n), dtype=torch.float64)
         W0 = b0 = None
         if init is not None:  # original space -> this fit's standardised space
@@ -587,11 +630,14 @@ def _preconditioner(Xg, lam, n_free: int):
     var = torch.empty(L, r, dtype=torch.float64)
     for a in range(L):
         if n >= D:  # eigenvectors of the D x D covariance
-            gram = (Xg[a].T @ Xg[a]).double() / n
+            # in the solve's dtype: Q only has to be orthonormal (the objective is invariant
+            # under any rotation); the eigenvalues only shape the preconditioner. float32
+            # eigh is ~1.7x faster than float64 at D = 768.
+            gram = torch.mm(Xg[a].T, Xg[a]).div_(n)
             e, Q = torch.linalg.eigh(gram)
-            rot[a] = Q.to(Xg.dtype)
+            rot[a] = Q
             torch.mm(Xg[a], rot[a], out=Xr[a])
-            var[a] = e.clamp_min(0.0)
+            var[a] = e.double().clamp_min(0.0)
         else:  # thin SVD: Z = U S V^T, Q = V, Z Q = U S
             U, S, Vh = torch.linalg.svd(Xg[a].double(), full_matrices=False)
             rot[a] = Vh.T.to(Xg.dtype)

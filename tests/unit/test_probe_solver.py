@@ -164,3 +164,43 @@ def test_auto_preconditions_only_wide_layers():
         np.testing.assert_array_equal(auto.n_iter, same.n_iter)
     with pytest.raises(ValueError, match="precondition"):
         fit_logistic_path(tall, y, [1.0], precondition="yes")
+
+
+def test_row_blocks_stand_for_their_concatenation():
+    """A layer given as (train, val) row blocks is the same fit as the concatenated array."""
+    from vlprobe.analyses._common import fit_standardizer
+
+    xs, y = _data(k=3)
+    blocks = [(x[:100], x[100:]) for x in xs]
+    for x, (a, b) in zip(xs, blocks):
+        for got, want in zip(fit_standardizer((a, b)), fit_standardizer(x)):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+    whole = fit_logistic_path(xs, y, [0.1, 3.0], dtype="float64")
+    split = fit_logistic_path(blocks, y, [0.1, 3.0], dtype="float64")
+    for a, b in zip(whole.coef, split.coef):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    with pytest.raises(ValueError, match="layer 0"):
+        fit_logistic_path([(xs[0][:100], xs[0][100:, :3])], y, [1.0])
+
+
+def test_masked_evaluation_equals_full_evaluation():
+    """Evaluating only some probes of a layer gives those probes' full-batch values."""
+    import torch
+
+    from vlprobe.analyses.probe_solver import _loss_grad, _loss_grad_masked
+
+    rng = np.random.default_rng(3)
+    L, N, P, K, D = 3, 40, 4, 5, 7
+    X = torch.as_tensor(rng.normal(size=(L, N, D)))
+    y = torch.as_tensor(rng.integers(0, K, N))
+    W = torch.as_tensor(rng.normal(size=(L, P, K, D)))
+    b = torch.as_tensor(rng.normal(size=(L, P, K)))
+    lam = torch.as_tensor(rng.uniform(0.01, 1, size=(L, P)))
+    mask = torch.as_tensor(rng.random((L, P)) < 0.5)
+    mask[0] = True  # one full layer, the others partial
+    f, gW, gb = _loss_grad(X, y, W, b, lam, False)
+    fm, gWm, gbm = _loss_grad_masked(X, y, W, b, lam, False, None, mask)
+    torch.testing.assert_close(fm[mask], f[mask])
+    torch.testing.assert_close(gWm[mask], gW[mask])
+    torch.testing.assert_close(gbm[mask], gb[mask])
+    assert not fm[~mask].any() and not gWm[~mask].any()

@@ -61,11 +61,24 @@ def check_labels(feats: LayerFeatures, model: str, what: str) -> np.ndarray:
     return np.asarray(feats.labels).astype(np.int64)
 
 
-def fit_standardizer(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (guarded) std of the training rows; std = 1 where a feature is constant."""
-    x = np.asarray(x_train)
-    mean = x.mean(axis=0, dtype=np.float64)  # float64 accumulation without a float64 copy
-    std = x.std(axis=0, dtype=np.float64)
+def fit_standardizer(x_train: np.ndarray | tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (guarded) std of the training rows; std = 1 where a feature is constant.
+
+    ``x_train`` is ``[N, D]``, or a tuple of row blocks ``([N1, D], [N2, D], ...)`` that
+    stand for their concatenation (combined exactly, without building it).
+    """
+    if isinstance(x_train, tuple):
+        blocks = [np.asarray(b) for b in x_train]
+        counts = np.array([len(b) for b in blocks], dtype=np.float64)
+        means = np.stack([b.mean(axis=0, dtype=np.float64) for b in blocks])
+        variances = np.stack([b.var(axis=0, dtype=np.float64) for b in blocks])
+        mean = counts @ means / counts.sum()
+        # pooled variance: within-block spread plus the spread of the block means
+        std = np.sqrt(counts @ (variances + (means - mean) ** 2) / counts.sum())
+    else:
+        x = np.asarray(x_train)
+        mean = x.mean(axis=0, dtype=np.float64)  # float64 accumulation without a float64 copy
+        std = x.std(axis=0, dtype=np.float64)
     scale = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return mean, scale
 

@@ -15,8 +15,9 @@ Solver: a *batched* L-BFGS. Every probe (layer l, regularisation C_p) has its ow
 history, step length (backtracking Armijo line search) and convergence test, but all probes
 advance together so each iteration is two batched matrix products ``[L, N, D] x [L, D, P*K]``.
 A probe stops when ``max |grad J| <= tol`` (scipy's ``gtol``, what sklearn passes as ``tol``);
-finished layers / C columns are dropped from the batch (compaction) so the slow, weakly
-regularised probes do not make the finished ones cost anything.
+finished layers / C columns are dropped from the batch (compaction), and once some probes of a
+layer have finished, that layer's products run over its unfinished C columns only
+(:func:`_loss_grad_masked`), so the slow probes do not make the finished ones cost anything.
 
 Layers of different widths are *grouped by width* (one batched solve per distinct width)
 rather than zero-padded to the widest layer: padding would be exact (a zero column has zero
@@ -58,6 +59,12 @@ def _torch():
 # --------------------------------------------------------------------------------------------
 
 
+# The logits product X W^T runs up to 1.7x faster on CPU (MKL) when W's row count is a
+# multiple of 16 (10 classes x 1 probe: 2.9 ms at 10 rows vs 1.9 ms at 16, N=5000, D=768), so
+# it is zero-padded to one; the gradient product shows no such effect and is left alone.
+GEMM_ALIGN = 16
+
+
 def _loss_grad(X, y, W, b, lam, binary: bool, scale=None):
     """Objective and gradient of every probe.
 
@@ -74,8 +81,15 @@ def _loss_grad(X, y, W, b, lam, binary: bool, scale=None):
         return f, g_eff.mul_(scale), gb
     L, N, D = X.shape
     P, Kf = W.shape[1], W.shape[2]
-    Wt = W.reshape(L, P * Kf, D).transpose(1, 2)  # [L, D, P*Kf] view
-    Z = torch.baddbmm(b.reshape(L, 1, P * Kf), X, Wt).reshape(L, N, P, Kf)
+    PK = P * Kf
+    pad = -PK % GEMM_ALIGN
+    if pad:  # zero rows up to a multiple of GEMM_ALIGN: a faster MKL kernel (see GEMM_ALIGN)
+        Wf = torch.cat([W.reshape(L, PK, D), W.new_zeros(L, pad, D)], 1)
+        bf = torch.cat([b.reshape(L, 1, PK), b.new_zeros(L, 1, pad)], 2)
+        Z = torch.baddbmm(bf, X, Wf.transpose(1, 2))[..., :PK].reshape(L, N, P, Kf)
+    else:
+        Wt = W.reshape(L, PK, D).transpose(1, 2)  # [L, D, P*Kf] view
+        Z = torch.baddbmm(b.reshape(L, 1, PK), X, Wt).reshape(L, N, P, Kf)
     if binary:
         z = Z[..., 0]
         yb = y.to(Z.dtype).view(1, N, 1)
@@ -227,7 +241,7 @@ def _batched_lbfgs(
         for sW, sb, yW, yb, rho in reversed(hist):
             a = rho * _pdot(sW, sb, qW, qb)
             ac = a.to(dtype)
-            qW -= ac[:, :, None, None] * yW
+            qW.addcmul_(yW, ac[:, :, None, None], value=-1)  # (one pass, no temporary)
             qb -= ac[..., None] * yb
             alphas.append(a)
         gc = gamma.to(dtype)
@@ -236,7 +250,7 @@ def _batched_lbfgs(
         for (sW, sb, yW, yb, rho), a in zip(hist, reversed(alphas)):
             beta = rho * _pdot(yW, yb, qW, qb)
             c = (a - beta).to(dtype)
-            qW += c[:, :, None, None] * sW
+            qW.addcmul_(sW, c[:, :, None, None])
             qb += c[..., None] * sb
         dW, db = -qW, -qb
         gd = _pdot(gW, gb, dW, db)
@@ -257,7 +271,7 @@ def _batched_lbfgs(
         fn = gWn = gbn = None
         for _ in range(max_ls + 1):
             tc = t.to(dtype)
-            Wn = W + tc[:, :, None, None] * dW
+            Wn = torch.addcmul(W, dW, tc[:, :, None, None])
             bn = b + tc[..., None] * db
             fn, gWn, gbn = _evaluate(Wn, bn, pending, fn, gWn, gbn)
             # Armijo (with float slack), or -- where the loss cannot resolve the decrease --
@@ -278,7 +292,7 @@ def _batched_lbfgs(
             # line search failed for these probes: accept no step; they stop (as scipy does)
             t = torch.where(pending, torch.zeros_like(t), t)
             tc = t.to(dtype)
-            Wn = W + tc[:, :, None, None] * dW
+            Wn = torch.addcmul(W, dW, tc[:, :, None, None])
             bn = b + tc[..., None] * db
             fn, gWn, gbn = _evaluate(Wn, bn, pending, fn, gWn, gbn)
             active = active & ~pending
@@ -434,7 +448,7 @@ def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_logistic_path(
-    X_layers: Sequence[np.ndarray],
+    X_layers: Sequence[np.ndarray | tuple[np.ndarray, ...]],
     y: np.ndarray,
     Cs: Sequence[float] | float = DEFAULT_CS,
     *,
@@ -450,7 +464,9 @@ def fit_logistic_path(
     """Fit a multinomial L2 logistic probe for every layer and every C, all at once.
 
     Args:
-        X_layers: one ``[N, D_l]`` array per layer (same N rows, widths may differ).
+        X_layers: one ``[N, D_l]`` array per layer (same N rows, widths may differ), or per
+            layer a tuple of row blocks standing for their concatenation (e.g. ``(train, val)``
+            for a refit; saves a copy of every layer).
         y: ``[N]`` labels (any integer/str values; >= 2 classes).
         Cs: inverse regularisation strengths (sklearn's C), shared by all layers.
         standardize: z-score each layer with these rows' statistics (recommended).
@@ -480,14 +496,19 @@ def fit_logistic_path(
     """
     torch = _torch()
     tdtype = {"float32": torch.float32, "float64": torch.float64}[str(dtype)]
-    X_layers = [np.asarray(x) for x in X_layers]
+    # each layer as a tuple of row blocks (one block unless the caller passed a tuple)
+    X_layers = [tuple(np.asarray(b) for b in x) if isinstance(x, tuple) else (np.asarray(x),)
+                for x in X_layers]
     if not X_layers:
         raise ValueError("no layers given")
     n = len(y)
-    for i, x in enumerate(X_layers):
-        if x.ndim != 2 or x.shape[0] != n:
-            raise ValueError(f"layer {i}: expected [{n}, D] features, got {x.shape}")
-        if not np.all(np.isfinite(x)):
+    for i, blocks in enumerate(X_layers):
+        shapes = [b.shape for b in blocks]
+        if (any(len(s) != 2 or s[1] != shapes[0][1] for s in shapes)
+                or sum(s[0] for s in shapes) != n):
+            got = shapes[0] if len(shapes) == 1 else shapes
+            raise ValueError(f"layer {i}: expected [{n}, D] features, got {got}")
+        if not all(np.all(np.isfinite(b)) for b in blocks):
             raise AnalysisError(f"layer {i}: features contain NaN or Inf")
     classes, y_idx = _encode_labels(y)
     K = len(classes)
@@ -504,11 +525,11 @@ def fit_logistic_path(
     L, P = grid.shape
 
     means, scales = [], []
-    for x in X_layers:
+    for blocks in X_layers:
         if standardize:
-            m, s = fit_standardizer(x)
+            m, s = fit_standardizer(blocks if len(blocks) > 1 else blocks[0])
         else:
-            m, s = np.zeros(x.shape[1]), np.ones(x.shape[1])
+            m, s = np.zeros(blocks[0].shape[1]), np.ones(blocks[0].shape[1])
         means.append(m)
         scales.append(s)
 
@@ -554,15 +575,18 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
     n = len(y_t)
     out = []
     by_width: dict[int, list[int]] = {}
-    for i, x in enumerate(X_layers):
-        by_width.setdefault(x.shape[1], []).append(i)
+    for i, blocks in enumerate(X_layers):
+        by_width.setdefault(blocks[0].shape[1], []).append(i)
     for width, idx in by_width.items():
         # standardise straight into the batch tensor (no float64 copy of every layer)
         Xg = torch.empty(len(idx), n, width, dtype=tdtype)
         for a, i in enumerate(idx):  # in place: no temporary copies of the layer
-            with warnings.catch_warnings():  # read-only (memory-mapped) arrays are only read
-                warnings.simplefilter("ignore", UserWarning)
-                Xg[a].copy_(torch.as_tensor(X_layers[i]))
+            row = 0
+            for block in X_layers[i]:
+                with warnings.catch_warnings():  # read-only (memory-mapped) arrays: only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    Xg[a, row:row + len(block)].copy_(torch.as_tensor(block))
+                row += len(block)
             Xg[a].sub_(torch.as_tensor(means[i], dtype=tdtype))
             Xg[a].div_(torch.as_tensor(scales[i], dtype=tdtype))
         lam = torch.as_tensor(1.0 / (grid[idx] * n), dtype=torch.float64)
@@ -709,7 +733,7 @@ def select_and_evaluate(
     )
     best_C = Cs_arr[best]
     if refit:
-        X_all = [np.concatenate([a, b]) for a, b in zip(Xtr, Xva)]
+        X_all = [(a, b) for a, b in zip(Xtr, Xva)]  # row blocks: no concatenated copy
         y_all = np.concatenate([np.asarray(ytr), np.asarray(yva)])
         # warm start from the train-only probe at the selected C (fewer iterations)
         init = []

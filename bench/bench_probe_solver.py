@@ -10,6 +10,7 @@ linearly separable, as with real features).
     .venv/bin/python bench/bench_probe_solver.py            # full size (13 x 8, 5000 x 768)
     .venv/bin/python bench/bench_probe_solver.py --quick    # smoke size
     .venv/bin/python bench/bench_probe_solver.py --append bench/RESULTS.md
+    .venv/bin/python bench/bench_probe_solver.py --wide     # wide layers (N < D) only
 """
 
 from __future__ import annotations
@@ -101,6 +102,49 @@ def ours_protocol(tr, va, te, Cs, max_iter, dtype, precondition="auto"):
     return t_path, t_total, sel, path
 
 
+def wide_check(Cs):
+    """Wide layers (N < D), where ``precondition='auto'`` preconditions: the CLIP protocol with
+    the default solve, a float64 preconditioned solve to tol 1e-8 (the exact optima), plain
+    L-BFGS and sklearn's lbfgs loop (default tol, and tol 1e-6). Planted data: 4 layers of
+    400 train / 100 val / 250 test x 1280 dims, 10 classes, growing class signal."""
+    from vlprobe.analyses.probe_solver import select_and_evaluate
+
+    n_layers, ntr, nva, dim = 4, 400, 100, 1280
+    rng = np.random.default_rng(0)
+    n = ntr + nva + 250
+    y = rng.integers(0, 10, n)
+    X = []
+    for k in range(n_layers):
+        r = np.random.default_rng(100 + k)
+        root = np.linalg.qr(r.normal(size=(dim, dim)))[0] * np.sqrt(np.logspace(-1.5, 1.5, dim))
+        means = r.normal(size=(10, dim)) * (0.5 + 0.5 * k) / np.sqrt(dim) * 8
+        X.append((rng.normal(size=(n, dim)) @ root.T + means[y]).astype(np.float32))
+    y = np.where(rng.random(n) < 0.1, rng.integers(0, 10, n), y)
+    tr = ([x[:ntr] for x in X], y[:ntr])
+    va = ([x[ntr:ntr + nva] for x in X], y[ntr:ntr + nva])
+    te = ([x[ntr + nva:] for x in X], y[ntr + nva:])
+    rows = ["| solve | seconds | C per layer | test accuracy per layer (%) |", "|---|---|---|---|"]
+
+    def row(name, seconds, best, acc):
+        rows.append(f"| {name} | {seconds:.1f} | {', '.join(f'{c:g}' for c in best)} | "
+                    f"{', '.join(f'{100 * v:.1f}' for v in acc)} |")
+
+    for name, kw in (("vlprobe default (auto: preconditioned, float32, tol 1e-4)", {}),
+                     ("vlprobe preconditioned, float64, tol 1e-8", {
+                         "precondition": True, "dtype": "float64", "tol": 1e-8,
+                         "max_iter": 20000}),
+                     ("vlprobe plain L-BFGS (precondition=False)", {"precondition": False})):
+        t0 = time.perf_counter()
+        sel = select_and_evaluate(tr, va, te, Cs, **kw)
+        row(name, time.perf_counter() - t0, sel.best_C, sel.test_accuracy)
+    for name, max_iter, tol in (("sklearn lbfgs (tol 1e-4)", 1000, 1e-4),
+                                ("sklearn lbfgs (tol 1e-6, max_iter 5000)", 5000, 1e-6)):
+        t0 = time.perf_counter()
+        _, _, best, acc = sklearn_protocol(tr, va, te, Cs, max_iter, tol=tol)
+        row(name, time.perf_counter() - t0, best, acc)
+    return "\n".join(["### Wide layers (N < D): 4 layers, 400 train x 1280 dims", "", *rows])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -114,10 +158,15 @@ def main():
     ap.add_argument("--converged-tol", type=float, default=None,
                     help="also run the sklearn loop to this tol (max_iter 20000): where the "
                          "exact optima put C and test accuracy (slow: ~6 min at 1e-7)")
+    ap.add_argument("--wide", action="store_true",
+                    help="only the wide-layer (N < D) comparison, about 1 min")
     a = ap.parse_args()
     if a.quick:
         a.layers, a.n_train, a.dim = 3, 1000, 128
     Cs = [float(c) for c in np.logspace(-3, 4, 8)]
+    if a.wide:
+        print(wide_check(Cs))
+        return
     n_val, n_test = a.n_train // 5, a.n_train // 2
     X, y = planted(a.layers, a.n_train + n_val + n_test, a.dim, a.classes)
     s1, s2 = a.n_train, a.n_train + n_val

@@ -505,9 +505,9 @@ def fit_logistic_path(
             sklearn's lbfgs, so where the gradient tolerance leaves weakly regularised probes
             short of their optimum they stop where sklearn's do. A preconditioned solve stops
             them elsewhere, neither at sklearn's point nor at the optimum, which can change the
-            C picked on validation (``bench/RESULTS.md``: 3 of 13 layers on the benchmark,
-            and on planted wide data; a float64 solve to ``tol=1e-8`` reaches the optima).
-            ``True`` / ``False``: always / never.
+            C picked on validation (``bench/RESULTS.md``: 3 of 13 layers on the benchmark).
+            ``True`` / ``False``: always / never (``True`` on an ``N >= D`` layer keeps the
+            caller's ``tol`` and ``dtype``: about 1.5x faster there, with that caveat).
 
     Returns:
         A :class:`ProbePath`.

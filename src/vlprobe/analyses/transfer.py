@@ -185,7 +185,7 @@ def clip_linear_probe(
     for rec in sweep:
         rec["chosen"] = bool(rec["C"] == best_C[rec["layer_index"]])
 
-    X_all = [np.concatenate([a, b]) for a, b in zip(Xtr, Xva)]
+    X_all = [(a, b) for a, b in zip(Xtr, Xva)]  # row blocks: no concatenated copy
     y_all = np.concatenate([np.asarray(ytr), np.asarray(yva)])
     refit = fit_logistic_path(X_all, y_all, layer_Cs=best_C[:, None], **fit_kwargs)
     converged = converged and bool(refit.converged.all())

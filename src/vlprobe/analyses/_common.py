@@ -67,6 +67,8 @@ def fit_standardizer(x_train: np.ndarray | tuple[np.ndarray, ...]) -> tuple[np.n
     ``x_train`` is ``[N, D]``, or a tuple of row blocks ``([N1, D], [N2, D], ...)`` that
     stand for their concatenation (combined exactly, without building it).
     """
+    if isinstance(x_train, tuple) and len(x_train) == 1:
+        x_train = x_train[0]
     if isinstance(x_train, tuple):
         blocks = [np.asarray(b) for b in x_train]
         counts = np.array([len(b) for b in blocks], dtype=np.float64)

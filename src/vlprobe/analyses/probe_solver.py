@@ -137,10 +137,6 @@ def _loss_grad_masked(X, y, W, b, lam, binary: bool, scale, mask):
         if cols.numel() == 0:
             continue
         at = slice(a, a + 1)  # keeps the layer dimension (size 1)
-        if cols.numel() == P:
-            f[at], gW[at], gb[at] = _loss_grad(X[at], y, W[at], b[at], lam[at], binary,
-                                               None if scale is None else scale[at])
-            continue
         fa, gWa, gba = _loss_grad(X[at], y, W[at, cols], b[at, cols], lam[at, cols], binary,
                                   None if scale is None else scale[at, cols])
         f[a, cols], gW[a, cols], gb[a, cols] = fa[0], gWa[0], gba[0]
@@ -220,10 +216,11 @@ def _batched_lbfgs(
 
     W, b = out_W.clone(), out_b.clone()
     f, gW, gb = _loss_grad(Xa, y, W, b, lama, binary, sa)
+    report_tol = tol if report_tol is None else report_tol
     gm = gmax(gW, gb)
     active = gm > tol
     conv_a = ~active
-    reached_a = conv_a | (gm <= (tol if report_tol is None else report_tol))
+    reached_a = gm <= report_tol  # met the caller's tolerance at some iterate
     hist: list[list[Any]] = []  # [sW, sb, yW, yb, rho]
     gamma = torch.ones(L_all, P_all, dtype=torch.float64)
     fresh = torch.ones(L_all, P_all, dtype=torch.bool)  # no curvature pair yet
@@ -332,8 +329,7 @@ def _batched_lbfgs(
         )
         # stagnation of the objective counts as converged (scipy's ftol test does the same)
         conv_a = conv_a | (active & (done_g | (done_f & (t > 0))))
-        if report_tol is not None:
-            reached_a = reached_a | (active & (gm <= report_tol))
+        reached_a = reached_a | (active & (gm <= report_tol))
         active = active & ~done_g & ~(done_f & (t > 0))
         # ---- compaction: drop finished layers / C columns --------------------------------
         keep_l = active.any(1)
@@ -545,7 +541,7 @@ def fit_logistic_path(
     means, scales = [], []
     for blocks in X_layers:
         if standardize:
-            m, s = fit_standardizer(blocks if len(blocks) > 1 else blocks[0])
+            m, s = fit_standardizer(blocks)
         else:
             m, s = np.zeros(blocks[0].shape[1]), np.ones(blocks[0].shape[1])
         means.append(m)
@@ -590,6 +586,8 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
                   precondition="auto", **kw):
     """One batched solve per distinct layer width -> [(layer indices, _SolveOut)]."""
     torch = _torch()
+    if precondition not in (True, False, "auto"):
+        raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
     n = len(y_t)
     out = []
     by_width: dict[int, list[int]] = {}
@@ -615,8 +613,6 @@ def _solve_groups(X_layers, means, scales, grid, y_t, n_free, binary, tdtype, in
             b0 = torch.stack([torch.as_tensor(np.asarray(init[i][1])
                                               + np.asarray(init[i][0]) @ means[i], dtype=tdtype)
                               for i in idx])
-        if precondition not in (True, False, "auto"):
-            raise ValueError(f"precondition must be True, False or 'auto', got {precondition!r}")
         wanted = n < width if precondition == "auto" else bool(precondition)
         if not wanted or min(n, width) > MAX_PRECONDITION_RANK:
             out.append((idx, _batched_lbfgs(Xg, y_t, lam, n_free, binary, W0=W0, b0=b0, **kw)))

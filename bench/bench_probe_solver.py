@@ -25,6 +25,13 @@ import warnings
 import numpy as np
 
 
+def noise_root(r, dim):
+    """``[dim, dim]`` root of a within-class noise covariance: eigenvalues log-spread over
+    3 decades in a random basis drawn from ``r``."""
+    q = np.linalg.qr(r.normal(size=(dim, dim)))[0]
+    return q * np.sqrt(np.logspace(-1.5, 1.5, dim))[None, :]
+
+
 def planted(n_layers, n, dim, n_classes, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, n_classes, n)
@@ -35,8 +42,7 @@ def planted(n_layers, n, dim, n_classes, seed=0):
         # correlated within-class noise (eigenvalues log-spread over 3 decades, random basis):
         # the best probe has to "whiten" it, so the optimal C is inside the sweep rather than
         # at the strongest L2 (which degenerates to nearest class mean)
-        q = np.linalg.qr(r.normal(size=(dim, dim)))[0]
-        root = q * np.sqrt(np.logspace(-1.5, 1.5, dim))[None, :]  # [dim, dim]
+        root = noise_root(r, dim)
         means = r.normal(size=(n_classes, dim)) / np.sqrt(dim) * 3
         x = rng.normal(size=(n, dim)) @ root.T + strengths[k] * means[y] + r.normal(size=dim)
         layers.append(x.astype(np.float32))
@@ -116,7 +122,7 @@ def wide_check(Cs):
     X = []
     for k in range(n_layers):
         r = np.random.default_rng(100 + k)
-        root = np.linalg.qr(r.normal(size=(dim, dim)))[0] * np.sqrt(np.logspace(-1.5, 1.5, dim))
+        root = noise_root(r, dim)
         means = r.normal(size=(10, dim)) * (0.5 + 0.5 * k) / np.sqrt(dim) * 8
         X.append((rng.normal(size=(n, dim)) @ root.T + means[y]).astype(np.float32))
     y = np.where(rng.random(n) < 0.1, rng.integers(0, 10, n), y)

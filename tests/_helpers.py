@@ -14,10 +14,10 @@ WORDS = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "ma
 
 def tiny_adapter(name: str, tmp_path: Path, **kw):
     """A registered adapter built from its tiny seeded random config."""
-    from vlprobe.models import MODELS, ModelAdapter, load_model
+    from tiny_models import tiny_spec
+    from vlprobe.models import ModelAdapter, load_model
 
-    cls = MODELS.get(name)
-    spec = cls.tiny_spec(tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
+    spec = tiny_spec(name, tmp_path / f"tiny_{name}_{'_'.join(map(str, kw.values()))}", **kw)
     return spec if isinstance(spec, ModelAdapter) else load_model(spec)
 
 

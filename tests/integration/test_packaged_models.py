@@ -36,7 +36,7 @@ def minilm():
 
 
 def test_minilm_architecture(minilm):
-    assert minilm.layer_sites("text") == ["text.embed"] + [f"text.blocks.{i}" for i in range(6)]
+    assert minilm.layer_sites("text") == ["text.stem"] + [f"text.blocks.{i}" for i in range(6)]
     assert minilm.default_pooling == "mean"
     assert minilm.max_text_length() == 256  # sentence-transformers' max_seq_length
     ident = minilm.identity()
@@ -48,7 +48,7 @@ def test_minilm_matches_sentence_transformers(minilm):
     st = pytest.importorskip("sentence_transformers")
     texts = ["a cat", "a kitten", "stock market", "A man is playing a guitar on stage."]
     batch = minilm.prepare(texts, "text")
-    ours = minilm.forward(batch, ["text.embedding"]).hidden["text.embedding"].numpy()
+    ours = minilm.forward(batch, ["text.pooled"]).hidden["text.pooled"].numpy()
     assert ours.shape == (4, 384)
     try:  # sentence-transformers < 6
         from sentence_transformers.models import Pooling, Transformer
@@ -102,7 +102,7 @@ def test_smollm2_architecture(smol):
     assert len(ident["gguf_sha256"]) == 64
     assert smol.default_pooling == "mean"
     batch = smol.prepare(["The capital of France is", "Hello"], "text")
-    trace = smol.forward(batch, ["text.embed", "text.blocks.29", "text.blocks.3.attn"])
+    trace = smol.forward(batch, ["text.stem", "text.blocks.29", "text.blocks.3.attn"])
     assert trace.hidden["text.blocks.29"].shape[-1] == 576
     assert trace.attentions["text.blocks.3.attn"].shape[1] == 9  # heads
 
@@ -132,9 +132,9 @@ def test_smollm2_second_load_uses_the_cache(smol, smol_cache, monkeypatch):
     print(f"\nsmollm2 cached load: {elapsed:.2f}s")
     assert elapsed < 15
     batch = b.prepare(["Hello world"], "text")
-    x = b.forward(batch, ["text.embedding"]).hidden["text.embedding"]
-    y = smol.forward(smol.prepare(["Hello world"], "text"), ["text.embedding"])
-    assert torch.allclose(x, y.hidden["text.embedding"], atol=1e-5)
+    x = b.forward(batch, ["text.pooled"]).hidden["text.pooled"]
+    y = smol.forward(smol.prepare(["Hello world"], "text"), ["text.pooled"])
+    assert torch.allclose(x, y.hidden["text.pooled"], atol=1e-5)
     assert b.identity() == smol.identity()
 
 
@@ -164,10 +164,10 @@ def test_efficientnet_classifies_sample_photos(effnet, image, classes):
     img = Image.fromarray(getattr(data, image)())
     batch = effnet.prepare([img], "image")
     assert tuple(batch.inputs["pixel_values"].shape) == (1, 3, 224, 224)
-    trace = effnet.forward(batch, ["vision.logits", "vision.embedding", "vision.blocks.15"])
+    trace = effnet.forward(batch, ["vision.logits", "vision.pooled", "vision.blocks.15"])
     top5 = set(trace.hidden["vision.logits"][0].topk(5).indices.tolist())
     assert top5 & classes, (image, top5)
     assert trace.hidden["vision.logits"][0].argmax().item() in classes
-    assert trace.hidden["vision.embedding"].shape == (1, 1280)
+    assert trace.hidden["vision.pooled"].shape == (1, 1280)
     assert trace.hidden["vision.blocks.15"].shape == (1, 320, 7, 7)
     assert "files" in effnet.identity()

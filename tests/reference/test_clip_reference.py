@@ -34,7 +34,7 @@ def clip(clip_dir):
 def test_architecture(clip):
     assert len(clip.layer_sites("image")) == 13 and len(clip.layer_sites("text")) == 13
     assert clip.layer_sites("image")[-1] == "vision.blocks.11"
-    assert clip.layer_sites("text")[0] == "text.embed"
+    assert clip.layer_sites("text")[0] == "text.stem"
     assert clip.config.vision_config.hidden_size == 768
     assert clip.config.text_config.hidden_size == 512
     assert clip.config.projection_dim == 512
@@ -67,17 +67,17 @@ def test_forward_shapes(clip):
     img = Image.fromarray((np.random.default_rng(1).random((224, 224, 3)) * 255).astype("uint8"))
     trace = clip.forward(
         clip.prepare([img], "image"),
-        ["vision.embed", "vision.blocks.11", "vision.blocks.11.attn", "vision.embedding"],
+        ["vision.stem", "vision.blocks.11", "vision.blocks.11.attn", "vision.proj"],
     )
-    assert tuple(trace.hidden["vision.embed"].shape) == (1, 50, 768)
+    assert tuple(trace.hidden["vision.stem"].shape) == (1, 50, 768)
     assert tuple(trace.hidden["vision.blocks.11"].shape) == (1, 50, 768)
     assert tuple(trace.attentions["vision.blocks.11.attn"].shape) == (1, 12, 50, 50)
-    assert tuple(trace.hidden["vision.embedding"].shape) == (1, 512)
+    assert tuple(trace.hidden["vision.proj"].shape) == (1, 512)
     batch = clip.prepare(["a photo of a cat.", "a dog"], "text")
-    trace = clip.forward(batch, ["text.blocks.11", "text.blocks.0.attn", "text.embedding"])
+    trace = clip.forward(batch, ["text.blocks.11", "text.blocks.0.attn", "text.proj"])
     assert tuple(trace.hidden["text.blocks.11"].shape) == (2, 8, 512)
     assert tuple(trace.attentions["text.blocks.0.attn"].shape) == (2, 8, 8, 8)
-    assert tuple(trace.hidden["text.embedding"].shape) == (2, 512)
+    assert tuple(trace.hidden["text.proj"].shape) == (2, 512)
     assert trace.eos_index.tolist() == [7, 3]
 
 

@@ -90,7 +90,7 @@ def test_movie_posters_human_centric(reference_dir, lite0_weights, tmp_path):
     assert info["status"] == "ok", record["analyses"]
     table = read_result_table(run_dir, "m7_posters")
     assert set(table["feature_set"]) == {"image"}
-    assert set(table["site"]) == {"vision.embedding"}
+    assert set(table["site"]) == {"vision.pooled"}
     assert (table["n_test"] == 90).all() and (table["n_train"] + table["n_val"] == 210).all()
     lin = dict(zip(*table[table["probe"] == "linear"][["metric", "value"]].T.values))
     mlp = dict(zip(*table[table["probe"] == "mlp"][["metric", "value"]].T.values))

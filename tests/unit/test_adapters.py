@@ -1,7 +1,8 @@
 """Conformance tests over EVERY registered model adapter, on tiny seeded random models.
 
-Each adapter class provides ``tiny_spec(tmp_dir, seed=0) -> ModelSpec``. Golden numbers live
-in ``tests/unit/golden/adapters.json``; regenerate them with ``VLPROBE_REGEN_GOLDEN=1``.
+Each registered adapter has a tiny spec in ``tests/tiny_models.py`` (``TINY_SPECS``). Golden
+numbers live in ``tests/unit/golden/adapters.json``;
+regenerate them with ``VLPROBE_REGEN_GOLDEN=1``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
+from tiny_models import TINY_SPECS, tiny_spec  # noqa: E402
 from vlprobe.errors import ConfigError, ModelLoadError  # noqa: E402
 from vlprobe.models import MODELS, load_model  # noqa: E402
-from vlprobe.models._hooks import count_hooks, resolve_layers  # noqa: E402
+from vlprobe.models._hooks import count_hooks  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "adapters.json"
@@ -45,9 +47,8 @@ def _prefix(modality: str) -> str:
 
 
 def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
-    cls = MODELS.get(name)
-    assert hasattr(cls, "tiny_spec"), f"adapter {name!r} has no tiny_spec(tmp_dir) classmethod"
-    return cls.tiny_spec(tmp, seed=seed)
+    assert name in TINY_SPECS, f"adapter {name!r} has no tiny spec in tests/tiny_models.py"
+    return tiny_spec(name, tmp, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -176,26 +177,6 @@ def test_seeded_random_init_is_deterministic(name, tiny_dir, adapters):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_layer_resolution(name, adapters):
-    a = adapters(name)
-    modality = a.modalities[0]
-    layers = a.layer_sites(modality)
-    n = len(layers)
-    assert resolve_layers(a, modality, "all") == layers
-    assert resolve_layers(a, modality, None) == layers
-    assert resolve_layers(a, modality, "last") == [layers[-1]]
-    assert resolve_layers(a, modality, -1) == [layers[-1]]
-    assert resolve_layers(a, modality, [0, 1, 0]) == layers[:2]
-    assert resolve_layers(a, modality, layers[1]) == [layers[1]]
-    with pytest.raises(ConfigError, match=rf"layer {n + 3} out of range: .*0\.\.{n - 1}"):
-        resolve_layers(a, modality, n + 3)
-    with pytest.raises(ConfigError, match="out of range"):
-        resolve_layers(a, modality, -(n + 1))
-    with pytest.raises(ConfigError):
-        resolve_layers(a, modality, "middle")
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_unknown_site_suggests(name, adapters):
     a = adapters(name)
     modality = a.modalities[0]
@@ -301,7 +282,7 @@ def test_golden_outputs(adapters):
 def test_clip_eos_pooling_matches_hf(adapters):
     a = adapters("clip")
     batch = a.prepare(TEXTS, "text")
-    trace = a.forward(batch, ["text.blocks.1", "text.embedding"])
+    trace = a.forward(batch, ["text.blocks.1", "text.proj"])
     ids = batch.inputs["input_ids"]
     eos = a.config.text_config.eos_token_id
     for row in range(ids.shape[0]):
@@ -311,7 +292,7 @@ def test_clip_eos_pooling_matches_hf(adapters):
     with torch.no_grad():
         last = model.text_model.final_layer_norm(trace.hidden["text.blocks.1"])
         emb = model.text_projection(last[torch.arange(2), trace.eos_index])
-    assert torch.allclose(emb, trace.hidden["text.embedding"], atol=1e-5)
+    assert torch.allclose(emb, trace.hidden["text.proj"], atol=1e-5)
     # legacy configs (eos_token_id == 2) pool at argmax(input_ids), like HF CLIP
     cfg = a.config.text_config
     old = cfg.eos_token_id
@@ -324,29 +305,42 @@ def test_clip_eos_pooling_matches_hf(adapters):
     assert a.pooling_for("text") == "eos" and a.pooling_for("image") == "cls"
 
 
-def test_clip_encode_helpers(adapters):
+def test_clip_projected_embeddings_and_logit_scale(adapters):
     a = adapters("clip")
-    img = a.encode_image(_images())
-    txt = a.encode_text(TEXTS)
+    assert a.embedding_site("image") == "vision.proj" and a.embedding_site("text") == "text.proj"
+    img = a.forward(a.prepare(_images(), "image"), ["vision.proj"]).hidden["vision.proj"]
+    txt = a.forward(a.prepare(TEXTS, "text"), ["text.proj"]).hidden["text.proj"]
     assert img.shape == (2, 16) and txt.shape == (2, 16)
-    assert img.dtype == np.float32
-    assert not np.allclose(np.linalg.norm(img, axis=1), 1.0)  # raw, not normalised
+    assert not torch.allclose(img.norm(dim=1), torch.ones(2))  # raw, not normalised
+    with torch.no_grad():
+        ref = a.model(
+            **a.prepare(TEXTS, "text").inputs, pixel_values=a.prepare(_images(), "image").inputs[
+                "pixel_values"]
+        )
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(unit(img, dim=1), unit(ref.image_embeds, dim=1), atol=1e-5)
+    assert torch.allclose(unit(txt, dim=1), unit(ref.text_embeds, dim=1), atol=1e-5)
+    scale = a.logit_scale()
+    assert scale["bias"] is None and scale["scale"] == pytest.approx(
+        float(a.model.logit_scale.exp())
+    )
+    cos = torch.nn.functional.normalize(img, dim=1) @ torch.nn.functional.normalize(txt, dim=1).T
+    assert torch.allclose(scale["scale"] * cos, ref.logits_per_image, atol=1e-4)
 
 
 def test_bert_embedding_is_mean_of_last_block(adapters):
     a = adapters("hf_text")
     batch = a.prepare(TEXTS, "text")
-    trace = a.forward(batch, ["text.blocks.1", "text.embedding"])
+    trace = a.forward(batch, ["text.blocks.1", "text.pooled"])
     m = trace.attention_mask.float().unsqueeze(-1)
     mean = (trace.hidden["text.blocks.1"] * m).sum(1) / m.sum(1)
-    assert torch.allclose(mean, trace.hidden["text.embedding"], atol=1e-5)
+    assert torch.allclose(mean, trace.hidden["text.pooled"], atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_causal_lms_pad_right_with_eos(arch, tmp_path):
-    from vlprobe.models.hf_text import HFTextAdapter
 
-    a = load_model(HFTextAdapter.tiny_spec(tmp_path, arch=arch))
+    a = load_model(tiny_spec("hf_text", tmp_path, arch=arch))
     assert a.tokenizer.pad_token is not None
     batch = a.prepare(["a cat", "the dog sits on the big red car"], "text")
     mask = batch.inputs["attention_mask"]
@@ -355,13 +349,12 @@ def test_causal_lms_pad_right_with_eos(arch, tmp_path):
     assert trace.eos_index.tolist() == (mask.sum(1) - 1).tolist()
     att = trace.attentions["text.blocks.0.attn"]
     assert torch.allclose(att.triu(1), torch.zeros_like(att))  # causal
-    assert a.layer_sites("text") == ["text.embed", "text.blocks.0", "text.blocks.1"]
+    assert a.layer_sites("text") == ["text.stem", "text.blocks.0", "text.blocks.1"]
 
 
 def test_pooling_option_and_vision_only_errors(tiny_dir):
-    from vlprobe.models.hf_text import HFTextAdapter
 
-    spec = replace(HFTextAdapter.tiny_spec(tiny_dir), options={"pooling": "cls"})
+    spec = replace(tiny_spec("hf_text", tiny_dir), options={"pooling": "cls"})
     a = load_model(spec)
     assert a.default_pooling == "cls" and a.pooling_for("text") == "cls"
     with pytest.raises(ConfigError):
@@ -370,7 +363,7 @@ def test_pooling_option_and_vision_only_errors(tiny_dir):
     with pytest.raises(ConfigError):
         vit.prepare(["text"], "text")
     with pytest.raises(ConfigError):
-        resolve_layers(vit, "text", "all")
+        vit.layer_sites("text")
 
 
 def test_bad_dtype_is_config_error(tiny_dir):
@@ -386,16 +379,16 @@ def test_resnet_and_efficientnet_sites(adapters):
     assert layers[0] == "vision.stem" and layers[-1] == "vision.head" and len(layers) == 18
     batch = e.prepare(_images(), "image")
     assert tuple(batch.inputs["pixel_values"].shape) == (2, 3, 64, 64)
-    trace = e.forward(batch, ["vision.head", "vision.embedding", "vision.logits"])
+    trace = e.forward(batch, ["vision.head", "vision.pooled", "vision.logits"])
     assert trace.hidden["vision.head"].shape[1] == 1280
     head = trace.hidden["vision.head"]
-    assert torch.allclose(head.mean((2, 3)), trace.hidden["vision.embedding"])
+    assert torch.allclose(head.mean((2, 3)), trace.hidden["vision.pooled"])
     assert trace.hidden["vision.logits"].shape == (2, 1000)
     assert not e.model.training
 
 
 def test_resolve_source_rules(tmp_path):
-    from vlprobe.models._hf import looks_like_path, resolve_source
+    from vlprobe.models.hf_source import looks_like_path, resolve_source
 
     assert not looks_like_path("openai/clip-vit-base-patch32")
     assert looks_like_path("./models/clip") and looks_like_path("/abs/dir")
@@ -437,6 +430,6 @@ def test_local_checkpoint_roundtrip(name, tiny_dir, tmp_path, adapters):
 
 def test_bfloat16_runs_and_returns_float32(tiny_dir):
     a = load_model(replace(_tiny("hf_vit", tiny_dir), dtype="bfloat16"))
-    trace = a.forward(a.prepare(_images(), "image"), ["vision.blocks.1", "vision.embedding"])
+    trace = a.forward(a.prepare(_images(), "image"), ["vision.blocks.1", "vision.pooled"])
     assert trace.hidden["vision.blocks.1"].dtype == torch.float32
     assert a.identity()["dtype"] == "bfloat16"

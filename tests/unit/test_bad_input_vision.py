@@ -72,7 +72,7 @@ CASES = {
     "V1": lambda: (LayerProbe(["m"], "toy", LIN), _split_source(), "m", "train",
                    "vision.blocks.1"),
     "V2": lambda: (Transfer(["m"], "toy", TRANSFER), _split_source(), "m", "train",
-                   "vision.embedding"),
+                   "vision.proj"),
     "V3": lambda: (FewShot(["m"], "toy", {"shots": [1], "trials": 2}), _split_source(), "m",
                    "train", "vision.blocks.1"),
     "V4": lambda: (Clustering(["m"], "toy", {"n_init": 2}), _test_source(("m",)), "m", "test",
@@ -81,7 +81,7 @@ CASES = {
     "R2": lambda: (CKA(["m", "b"], "toy", {"kernels": ["linear"]}), _test_source(), "m", "test",
                    "vision.blocks.1"),
     "M7": lambda: (HumanCentric(["clip"], "toy", LIN), _dual_source(n_train=32, n_test=16),
-                   "clip", "train", "vision.embedding"),
+                   "clip", "train", "vision.proj"),
 }
 
 
@@ -185,7 +185,7 @@ def test_layer_probe_constant_layer_predicts_the_prior_with_a_note(probe):
 
 def test_transfer_constant_layer_predicts_the_prior_with_a_note():
     src = _split_source()
-    _make_constant(src, "vision.embedding")
+    _make_constant(src, "vision.proj")
     res = Transfer(["m"], "toy", TRANSFER).run(src)
     v = res.table.set_index("metric")["value"]
     assert v["top1_accuracy"] == pytest.approx(1 / 3)
@@ -337,14 +337,14 @@ def test_clustering_k_larger_than_the_items():
 def _replace_text(src, split, x=None, ids=None, labels=None):
     f = src.tower[("clip", split, "text")]
     src.tower[("clip", split, "text")] = _lf(
-        "text.embedding", f.features["text.embedding"] if x is None else x,
+        "text.proj", f.features["text.proj"] if x is None else x,
         f.labels if labels is None else labels, f.ids if ids is None else ids)
 
 
 def test_concatenation_of_different_items_names_both_feature_sets():
     src = _dual_source(n_train=32, n_test=16)
     f = src.tower[("clip", "test", "text")]
-    _replace_text(src, "test", f.features["text.embedding"][:-1], f.ids[:-1], f.labels[:-1])
+    _replace_text(src, "test", f.features["text.proj"][:-1], f.ids[:-1], f.labels[:-1])
     with pytest.raises(AnalysisError) as err:
         HumanCentric(["clip"], "toy", LIN).run(src)
     msg = str(err.value)
@@ -368,8 +368,8 @@ def test_concatenation_with_duplicate_ids_is_a_clear_error():
 def test_feature_rows_not_matching_the_ids_is_a_clear_error():
     src = _dual_source(n_train=32, n_test=16)
     f = src.tower[("clip", "train", "text")]
-    _replace_text(src, "train", x=f.features["text.embedding"][:-1])
+    _replace_text(src, "train", x=f.features["text.proj"][:-1])
     with pytest.raises(AnalysisError) as err:
         HumanCentric(["clip"], "toy", LIN).run(src)
-    assert ("model 'clip' site 'text.embedding': features of shape (31, 5) for 32 items"
+    assert ("model 'clip' site 'text.proj': features of shape (31, 5) for 32 items"
             in str(err.value))

@@ -68,8 +68,8 @@ def planted_feats(n_sent=60, per_sent=6, n_tags=4, seed=0):
     signal = (centres[labels] + 0.1 * rng.normal(size=(len(labels), 8))).astype(np.float32)
     noise = rng.normal(size=(len(labels), 8)).astype(np.float32)
     signal[0] = 0.0  # a span cut away by truncation: dropped
-    feats = {"text.embed": noise, "text.blocks.0": signal}
-    return LayerFeatures(features=feats, layers={"text.embed": 0, "text.blocks.0": 1},
+    feats = {"text.stem": noise, "text.blocks.0": signal}
+    return LayerFeatures(features=feats, layers={"text.stem": 0, "text.blocks.0": 1},
                          labels=labels, ids=ids, label_names=[f"T{i}" for i in range(n_tags)])
 
 
@@ -137,10 +137,10 @@ def test_sentence_initial_outlier_spans_are_reported():
     from vlprobe.analyses.chunking import count_norm_outliers
 
     feats = planted_feats()
-    sink = feats.features["text.embed"].copy()
+    sink = feats.features["text.stem"].copy()
     starts = np.array([int(i.rsplit(":", 1)[1].split("-")[0]) for i in feats.ids])
     sink[starts == 0] *= 1e4
-    feats.features["text.embed"] = sink
+    feats.features["text.stem"] = sink
     assert count_norm_outliers(sink) == (starts == 0).sum()
     assert count_norm_outliers(feats.features["text.blocks.0"]) == 0
     src = FakeSource(data_modalities=("text",), split_names=("test",))

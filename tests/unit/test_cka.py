@@ -163,8 +163,8 @@ def test_single_model_gives_its_layer_by_layer_matrix():
 def test_include_embedding_adds_the_embedding_site():
     res = CKA(["a"], "toy", {"kernels": "linear", "include_embedding": True}).run(_source(("a",)))
     t = res.table
-    assert len(t) == 16 and "vision.embedding" in set(t["site"]) and t["layer"].isna().sum() == 4
-    emb = t[(t["site"] == "vision.embedding") & (t["site_b"] == "vision.embedding")]
+    assert len(t) == 16 and "vision.pooled" in set(t["site"]) and t["layer"].isna().sum() == 4
+    emb = t[(t["site"] == "vision.pooled") & (t["site_b"] == "vision.pooled")]
     assert float(emb["value"].iloc[0]) == pytest.approx(1.0)
 
 

@@ -92,7 +92,7 @@ def test_mlp_head_and_embedding_site():
     assert set(t["head"]) == {"linear", "mlp"}
     assert (t["value"] >= 0.9).all()
     emb = Downstream(["m"], "boolq", {**FAST, "layers": "embedding"}).run(_source()).table
-    assert emb["site"].tolist() == ["text.embedding"] and emb["layer"].isna().all()
+    assert emb["site"].tolist() == ["text.pooled"] and emb["layer"].isna().all()
 
 
 def test_truncation_counts_in_table_and_notes():

@@ -26,8 +26,8 @@ def _features(names=NAMES, n_per=6, dim=12, seed=0, label_names=True):
     means = rng.normal(size=(len(names), dim)) * 3
     x = (means[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
     feats = {"vision.blocks.0": rng.normal(size=x.shape).astype(np.float32),
-             "vision.embedding": x}
-    layers = {"vision.blocks.0": 0, "vision.embedding": None}
+             "vision.pooled": x}
+    layers = {"vision.blocks.0": 0, "vision.pooled": None}
     return LayerFeatures(feats, layers, y, [f"i{i}" for i in range(len(y))],
                          list(names) if label_names else None)
 
@@ -102,7 +102,7 @@ def test_run_returns_both_variants(tmp_path):
             "wordsim353_spearman"} <= set(t["metric"])
     w2v = t[t["variant"] != "visual"]
     assert (w2v["n_runs"] == 2).all() and (t["dim"] == 8).all()
-    assert (t["site"] == "vision.embedding").all() and t["layer"].isna().all()
+    assert (t["site"] == "vision.pooled").all() and t["layer"].isna().all()
     # dog, cat, car, shark (2 classes merged); zzzunknown skipped
     assert (t["n_visual_words"] == 4).all()
     notes = "\n".join(res.notes)

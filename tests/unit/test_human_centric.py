@@ -80,8 +80,8 @@ def _dual_source(model="clip", n_train=160, n_test=80, multi=False):
     src = DualSource(data_modalities=("image", "text"))
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         y, img, txt, ids = _data(n, seed, split)
-        src.add_tower(model, split, "image", _lf("vision.embedding", img, y, ids))
-        src.add_tower(model, split, "text", _lf("text.embedding", txt, y, ids))
+        src.add_tower(model, split, "image", _lf("vision.proj", img, y, ids))
+        src.add_tower(model, split, "text", _lf("text.proj", txt, y, ids))
         # label sets: "odd" <- image bit, "high" <- text bit, "all" always present
         sets = [["all", *(["odd"] if c % 2 else []), *(["high"] if c // 2 else [])] for c in y]
         src.descr[split] = {"genres": ["|".join(s) for s in sets] if split == "train" else sets}
@@ -136,7 +136,7 @@ def test_dual_encoder_concatenation_beats_each_tower():
     assert v[("image+text", "accuracy")] > 0.9
     assert v[("image+text", "balanced_accuracy")] > 0.9 and v[("image+text", "f1_macro")] > 0.9
     concat = t[t["feature_set"] == "image+text"]
-    assert set(concat["site"]) == {"vision.embedding+text.embedding"}
+    assert set(concat["site"]) == {"vision.proj+text.proj"}
     assert set(concat["model"]) == {"clip"} and (concat["dim"] == 11).all()
     assert set(t["metric"]) == {"accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"}
     assert (t["n_train"] + t["n_val"] == 160).all() and (t["n_test"] == 80).all()
@@ -174,7 +174,7 @@ def test_rows_are_aligned_by_id():
         f = src.tower[("clip", split, "text")]
         perm = np.random.default_rng(5).permutation(len(f.ids))
         src.tower[("clip", split, "text")] = _lf(
-            "text.embedding", f.features["text.embedding"][perm], f.labels[perm],
+            "text.proj", f.features["text.proj"][perm], f.labels[perm],
             [f.ids[i] for i in perm])
     t = HumanCentric(["clip"], "toy", FAST).run(src).table
     assert np.allclose(t["value"].to_numpy(), base["value"].to_numpy())
@@ -183,19 +183,19 @@ def test_rows_are_aligned_by_id():
 def test_mismatched_feature_sets_are_an_error():
     src = _dual_source()
     f = src.tower[("clip", "test", "text")]
-    src.tower[("clip", "test", "text")] = _lf("text.embedding", f.features["text.embedding"][:-1],
+    src.tower[("clip", "test", "text")] = _lf("text.proj", f.features["text.proj"][:-1],
                                               f.labels[:-1], f.ids[:-1])
     with pytest.raises(AnalysisError, match="item ids differ"):
         HumanCentric(["clip"], "toy", FAST).run(src)
     src = _dual_source()
     f = src.tower[("clip", "train", "text")]
-    src.tower[("clip", "train", "text")] = _lf("text.embedding", f.features["text.embedding"],
+    src.tower[("clip", "train", "text")] = _lf("text.proj", f.features["text.proj"],
                                                f.labels, [i + "x" for i in f.ids])
     with pytest.raises(AnalysisError, match="cannot concatenate"):
         HumanCentric(["clip"], "toy", FAST).run(src)
     src = _dual_source()
     f = src.tower[("clip", "train", "text")]
-    src.tower[("clip", "train", "text")] = _lf("text.embedding", f.features["text.embedding"],
+    src.tower[("clip", "train", "text")] = _lf("text.proj", f.features["text.proj"],
                                                (f.labels + 1) % 4, f.ids)
     with pytest.raises(AnalysisError, match="different labels"):
         HumanCentric(["clip"], "toy", FAST).run(src)
@@ -206,7 +206,7 @@ def test_mismatched_feature_sets_are_an_error():
 
 def test_train_test_leak_is_an_error():
     src = _dual_source()
-    for mod, site in (("image", "vision.embedding"), ("text", "text.embedding")):
+    for mod, site in (("image", "vision.proj"), ("text", "text.proj")):
         f = src.tower[("clip", "test", mod)]
         ids = list(f.ids)
         ids[0] = "train/3"
@@ -336,8 +336,8 @@ def test_end_to_end_through_the_runner(tmp_path):
         "single": "ok", "multi": "ok", "pair": "ok"}, record["analyses"]
     single = read_result_table(run_dir, "single")
     assert set(single["feature_set"]) == {"image", "text", "image+text"}
-    assert set(single["site"]) == {"vision.embedding", "text.embedding",
-                                   "vision.embedding+text.embedding"}
+    assert set(single["site"]) == {"vision.proj", "text.proj",
+                                   "vision.proj+text.proj"}
     assert single["value"].between(0, 1).all() and (single["n_test"] == 12).all()
     multi = read_result_table(run_dir, "multi")
     assert (multi["n_classes"] == 5).all() and "f1_samples" in set(multi["metric"])

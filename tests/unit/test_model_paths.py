@@ -7,13 +7,14 @@ from dataclasses import replace
 
 import pytest
 
+from tiny_models import tiny_spec
 from vlprobe.errors import ConfigError
-from vlprobe.models import MODELS, load_model
+from vlprobe.models import load_model
 
 
 @pytest.mark.parametrize("adapter", ["clip", "hf_vit"])
 def test_reference_placeholder_in_a_random_init_config(adapter, tmp_path, monkeypatch):
-    spec = MODELS.get(adapter).tiny_spec(tmp_path / "tiny")
+    spec = tiny_spec(adapter, tmp_path / "tiny")
     source = spec.config or spec.checkpoint
     kit = tmp_path / "kit"
     shutil.copytree(source, kit / "model_configs" / "tiny")

@@ -129,7 +129,7 @@ def test_bucketed_equals_unbucketed(name, arch, tmp_path):
 def test_grid_pools_cnn_maps_like_adaptive_avg_pool2d(hw, g):
     import torch.nn.functional as F
 
-    from vlprobe.extract.pooling import grid_size, unflatten_grid
+    from vlprobe.pooling import grid_size, unflatten_grid
 
     fmap = torch.randn(2, 5, *hw, generator=torch.Generator().manual_seed(1))
     out = pool(fmap, f"grid{g}")
@@ -172,8 +172,8 @@ def test_grid_errors_are_clear():
 
     with pytest.raises(ConfigError, match="not to the text tower"):
         resolve_pooling(Fake(), ["text.blocks.0"], "grid4", "text")
-    assert resolve_pooling(Fake(), ["vision.blocks.0", "vision.embedding"], "grid4", "image") == {
-        "vision.blocks.0": "grid4", "vision.embedding": "none"}
+    assert resolve_pooling(Fake(), ["vision.blocks.0", "vision.pooled"], "grid4", "image") == {
+        "vision.blocks.0": "grid4", "vision.pooled": "none"}
 
 
 def test_grid_extraction_through_a_tiny_cnn_keys_apart_from_mean(tmp_path):

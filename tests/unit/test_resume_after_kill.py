@@ -43,9 +43,12 @@ ADAPTER = "hf_text"
 
 def build(model_dir):
     from vlprobe.data.stimuli import Stimuli
-    from vlprobe.models import MODELS, ModelAdapter, load_model
+    sys.path.insert(0, os.environ["VLPROBE_TESTS_DIR"])
+    from tiny_models import tiny_spec
 
-    spec = MODELS.get(ADAPTER).tiny_spec(Path(model_dir))
+    from vlprobe.models import ModelAdapter, load_model
+
+    spec = tiny_spec(ADAPTER, Path(model_dir))
     adapter = spec if isinstance(spec, ModelAdapter) else load_model(spec)
     rng = np.random.default_rng(0)
     words = ["a", "the", "cat", "dog", "kitten", "bird", "car", "house", "tree", "man",
@@ -107,6 +110,7 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
     for name, value in (("N_ITEMS", N_ITEMS), ("SHARD", SHARD), ("BATCH", BATCH),
                         ("HANG_AFTER", HANG_AFTER)):
         monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("VLPROBE_TESTS_DIR", str(Path(__file__).resolve().parents[1]))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     model_dir, root, marker = tmp_path / "model", tmp_path / "acts", tmp_path / "hanging"

@@ -141,8 +141,8 @@ def test_text_model_uses_class_prompts_and_falls_back():
     rng = np.random.default_rng(4)
     prompts = LayerFeatures(
         {"text.blocks.0": rng.normal(size=(5, 6)).astype(np.float32),
-         "text.embedding": rng.normal(size=(5, 6)).astype(np.float32)},
-        {"text.blocks.0": 0, "text.embedding": None}, np.arange(5),
+         "text.pooled": rng.normal(size=(5, 6)).astype(np.float32)},
+        {"text.blocks.0": 0, "text.pooled": None}, np.arange(5),
         [f"class:{c}:template:0" for c in range(5)], [f"class{c}" for c in range(5)],
     )
     src.add("bert", "test", prompts, modalities=("text",), view="class_prompts")
@@ -158,7 +158,7 @@ def test_text_model_uses_class_prompts_and_falls_back():
     with pytest.raises(AnalysisError, match="welch_t needs >= 2"):
         RSA(["a", "bert"], "toy", {"strict": True}).run(src)
     emb = RSA(["a", "bert"], "toy", {"layer": "embedding"}).run(src).table
-    assert set(emb["site"]) == {"vision.embedding", "text.embedding"}
+    assert set(emb["site"]) == {"vision.pooled", "text.pooled"}
     # a dual encoder can enter through its text tower on request
     src.modalities["bert"] = ("image", "text")
     reqs = {r.model: r for r in RSA(["a", "bert"], "toy", {"prompt_models": ["bert"]})

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tiny_models import tiny_spec
 from vlprobe.cli import main
 from vlprobe.config import parse_config
-from vlprobe.models import MODELS
 from vlprobe.results.records import read_result_table, read_run
 from vlprobe.runner import run
 
@@ -34,7 +34,7 @@ def write_image_folder(root, n_train=10, n_test=6, seed=0):
 
 
 def spec_dict(adapter: str, tmp_path) -> dict:
-    spec = MODELS.get(adapter).tiny_spec(tmp_path / adapter)
+    spec = tiny_spec(adapter, tmp_path / adapter)
     data = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0, "float32")}
     data["adapter"] = spec.adapter
     return data

@@ -40,8 +40,8 @@ def _length_features(n, signal, split, seed, dim=16):
         x = rng.normal(size=(n, dim)) + s * code
         feats[f"text.blocks.{k}"] = x.astype(np.float32)
         layers[f"text.blocks.{k}"] = k
-    feats["text.embed"] = rng.normal(size=(n, dim)).astype(np.float32)
-    layers["text.embed"] = None
+    feats["text.stem"] = rng.normal(size=(n, dim)).astype(np.float32)
+    layers["text.stem"] = None
     ids = [f"{split}/{i}" for i in range(n)]
     return LayerFeatures(feats, layers, labels, ids, [str(c) for c in range(6)])
 

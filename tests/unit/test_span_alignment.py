@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tiny_models import tiny_spec, tiny_text_config_dir
 from vlprobe.data import Stimuli
 from vlprobe.data.conll import word_char_offsets
 from vlprobe.errors import ConfigError, DataError
 from vlprobe.extract import ActivationStore, extract_features
 from vlprobe.extract.alignment import SpanAlignmentError, align_spans, char_span_to_token_span
-from vlprobe.extract.pooling import pool_numpy
 from vlprobe.models import MODELS, load_model
+from vlprobe.pooling import pool_numpy
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,14 +80,14 @@ def test_align_spans_marks_truncated_and_partial():
 def test_round_trip_tiny_tokenizers(tmp_path, arch):
     from transformers import AutoTokenizer
 
-    d = MODELS.get("hf_text").tiny_config_dir(tmp_path, arch)
+    d = tiny_text_config_dir(tmp_path, arch)
     check_round_trip(AutoTokenizer.from_pretrained(str(d)), SENTENCE, WORD_SPANS)
 
 
 def test_round_trip_tiny_clip_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    spec = MODELS.get("clip").tiny_spec(tmp_path)
+    spec = tiny_spec("clip", tmp_path)
     check_round_trip(AutoTokenizer.from_pretrained(spec.config), SENTENCE, WORD_SPANS)
 
 
@@ -134,7 +135,7 @@ def span_stimuli(texts_spans):
 def test_span_pooling_matches_formula_and_runs_one_forward_per_text(tmp_path):
     import torch
 
-    adapter = load_model(MODELS.get("hf_text").tiny_spec(tmp_path / "m"))
+    adapter = load_model(tiny_spec("hf_text", tmp_path / "m"))
     texts_spans = [
         (SENTENCE, WORD_SPANS),
         ("a cat runs .", [(0, 2), (2, 3)]),
@@ -153,14 +154,14 @@ def test_span_pooling_matches_formula_and_runs_one_forward_per_text(tmp_path):
 
     adapter.forward = counting_forward
     store = ActivationStore(root=tmp_path / "store")
-    sites = ["text.blocks.1", "text.embedding"]
+    sites = ["text.blocks.1", "text.pooled"]
     res = extract_features(adapter, stim, sites=sites, pooling="span", store=store,
                            batch_size=2, shard_size=64, progress=False, prefetch=False)
     assert sum(calls) == 3 and len(calls) == 2  # 3 unique texts, 2 per forward
-    assert res.poolings == {"text.blocks.1": "span", "text.embedding": "none"}
+    assert res.poolings == {"text.blocks.1": "span", "text.pooled": "none"}
     feats = res.features["text.blocks.1"]
     assert feats.shape == (len(stim), 4 * 32)
-    emb = res.features["text.embedding"]
+    emb = res.features["text.pooled"]
     for i in range(len(stim)):
         text, (cs, ce) = stim.texts[i], stim.descriptors["span_chars"][i]
         batch = adapter.prepare([text], "text")
@@ -170,7 +171,7 @@ def test_span_pooling_matches_formula_and_runs_one_forward_per_text(tmp_path):
         h = trace.hidden["text.blocks.1"][0].numpy()
         want = np.concatenate([h[first], h[last], h[first] * h[last], h[first] - h[last]])
         np.testing.assert_allclose(feats[i], want, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(emb[i], trace.hidden["text.embedding"][0].numpy(),
+        np.testing.assert_allclose(emb[i], trace.hidden["text.pooled"][0].numpy(),
                                    rtol=1e-4, atol=1e-5)
     # cached: no forward; the key differs from mean pooling
     calls.clear()
@@ -183,7 +184,7 @@ def test_span_pooling_matches_formula_and_runs_one_forward_per_text(tmp_path):
 
 
 def test_span_pooling_counts_truncated_spans(tmp_path):
-    adapter = load_model(MODELS.get("hf_text").tiny_spec(tmp_path / "m"))  # max 32 tokens
+    adapter = load_model(tiny_spec("hf_text", tmp_path / "m"))  # max 32 tokens
     words = ("the dog runs " * 15).split()
     text = " ".join(words)
     stim = span_stimuli([(text, [(0, 2), (40, 42)])])
@@ -195,7 +196,7 @@ def test_span_pooling_counts_truncated_spans(tmp_path):
 
 
 def test_span_pooling_needs_span_chars(tmp_path):
-    adapter = load_model(MODELS.get("hf_text").tiny_spec(tmp_path / "m"))
+    adapter = load_model(tiny_spec("hf_text", tmp_path / "m"))
     stim = Stimuli(dataset="toy", split="train", ids=["a"], texts=["a cat"])
     with pytest.raises(ConfigError, match="span_chars"):
         extract_features(adapter, stim, sites=["text.blocks.0"], pooling="span",
@@ -203,7 +204,7 @@ def test_span_pooling_needs_span_chars(tmp_path):
 
 
 def test_batch_offsets_from_prepare(tmp_path):
-    adapter = load_model(MODELS.get("clip").tiny_spec(tmp_path))
+    adapter = load_model(tiny_spec("clip", tmp_path))
     batch = adapter.prepare(["a red car", "a dog"], "text")
     assert batch.offsets.shape == (*batch.inputs["input_ids"].shape, 2)
     assert "offset_mapping" not in batch.inputs
@@ -212,7 +213,7 @@ def test_batch_offsets_from_prepare(tmp_path):
 
 
 def test_span_pooling_with_tiny_clip_text_tower(tmp_path):
-    adapter = load_model(MODELS.get("clip").tiny_spec(tmp_path / "clip"))
+    adapter = load_model(tiny_spec("clip", tmp_path / "clip"))
     long = " ".join(["the dog"] * 12)  # 24 words: cut at the tiny CLIP's 16 tokens
     stim = span_stimuli([("a red car", [(0, 1), (1, 3)]), ("a dog", [(0, 2)]),
                          (long, [(0, 2), (20, 22)])])

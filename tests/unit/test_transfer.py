@@ -132,7 +132,7 @@ def _source(n_train=30, n_test=20, k=6, dim=10, signal=3.0, layer_signal=(0.0, 0
                            split=split)
         means = np.random.default_rng(7).normal(size=(k, dim))
         noise = np.random.default_rng(seed).normal(size=(len(y), dim))
-        f.features["vision.embedding"] = (noise + signal * means[y]).astype(np.float32)
+        f.features["vision.pooled"] = (noise + signal * means[y]).astype(np.float32)
         src.add("m", split, f)
     return src
 
@@ -147,7 +147,7 @@ def test_embedding_transfer_on_planted_signal():
     for col in ("analysis", "model", "dataset", "layer", "site", "metric", "value", "C",
                 "val_accuracy", "n_train", "n_val", "n_test", "chance"):
         assert col in t.columns
-    assert set(t["site"]) == {"vision.embedding"}
+    assert set(t["site"]) == {"vision.pooled"}
     assert set(t["metric"]) == {"top1_accuracy", "top5_accuracy", "mean_per_class_recall"}
     v = t.set_index("metric")["value"]
     assert v["top1_accuracy"] > 0.9 and v["top5_accuracy"] >= v["top1_accuracy"]
@@ -181,18 +181,18 @@ def test_bad_input():
     with pytest.raises(AnalysisError, match="single class"):
         Transfer(["m"], "toy", FAST).run(src)
     src = _source()
-    src.data[("m", "test", "items")].features["vision.embedding"][2, 0] = np.nan
+    src.data[("m", "test", "items")].features["vision.pooled"][2, 0] = np.nan
     with pytest.raises(AnalysisError, match="NaN"):
         Transfer(["m"], "toy", FAST).run(src)
     src = _source()
-    src.data[("m", "train", "items")].features["vision.embedding"][:, :4] = 1.0
+    src.data[("m", "train", "items")].features["vision.pooled"][:, :4] = 1.0
     res = Transfer(["m"], "toy", FAST).run(src)
     assert any("4 of 10 feature(s) constant" in n for n in res.notes)
     assert np.isfinite(res.table["value"]).all()
     src = _source()
     for split in ("train", "test"):
         f = src.data[("m", split, "items")]
-        del f.features["vision.embedding"], f.layers["vision.embedding"]
+        del f.features["vision.pooled"], f.layers["vision.pooled"]
     res = Transfer(["m"], "toy", {**FAST, "refine_rounds": 0}).run(src)
     assert any("no embedding site" in n for n in res.notes)
     assert set(res.table["layer"]) == {1}

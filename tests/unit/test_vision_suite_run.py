@@ -50,7 +50,7 @@ def test_vision_suite_runs_through_the_runner(tmp_path):
     assert (run_dir / "report.html").is_file()
 
     transfer = read_result_table(run_dir, "V2_colours")
-    assert set(transfer["site"]) == {"vision.embedding"}
+    assert set(transfer["site"]) == {"vision.pooled"}
     assert set(transfer["metric"]) == {"top1_accuracy", "mean_per_class_recall"}  # 3 classes
     assert transfer["value"].between(0, 1).all()
 

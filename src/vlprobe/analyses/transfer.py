@@ -210,9 +210,10 @@ def clip_linear_probe(
 
 
 def embedding_site(feats: LayerFeatures) -> str | None:
-    """The model's embedding site (a non-layer site, preferring ``*.embedding``), or None."""
+    """The model's embedding site (a non-layer site, preferring the projected ``*.proj``, then
+    the pooled ``*.pooled``), or None."""
     emb = [s for s, i in feats.layers.items() if i is None]
-    named = [s for s in emb if s.endswith("embedding")]
+    named = [s for s in emb if s.endswith(".proj")] or [s for s in emb if s.endswith(".pooled")]
     return (named or emb or [None])[0]
 
 

@@ -11,8 +11,8 @@ from vlprobe.extract.keys import (
     make_key_dict,
     stimuli_identity,
 )
-from vlprobe.extract.pooling import POOLING_METHODS, pool, pool_numpy
 from vlprobe.extract.store import ActivationStore, EntryInfo
+from vlprobe.pooling import POOLING_METHODS, pool, pool_numpy
 
 __all__ = [
     "POOLING_METHODS",

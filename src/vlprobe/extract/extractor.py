@@ -31,7 +31,7 @@ pooling ``span``; the spans themselves are covered by the stimuli fingerprint be
 items' ids encode them (``conll2000`` loader: ``{split}/{sentence}:{first_word}-{end_word}``).
 
 Grid pooling (``grid<g>``, catalogue V5) keeps a coarse ``g x g`` spatial map of image sites,
-stored flattened as ``[N, C*g*g]`` (:func:`~vlprobe.extract.pooling.unflatten_grid`); text
+stored flattened as ``[N, C*g*g]`` (:func:`~vlprobe.pooling.unflatten_grid`); text
 towers reject it.
 
 Attention sites (``*.attn``) are not cached in this version (they are ``[H, T, T]`` per
@@ -51,8 +51,8 @@ import numpy as np
 from vlprobe.errors import ConfigError, StoreError
 from vlprobe.extract.alignment import align_spans
 from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
-from vlprobe.extract.pooling import check_pooling, grid_size, is_pooled_site, pool_numpy
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
+from vlprobe.pooling import check_pooling, grid_size, is_pooled_site, pool_numpy
 
 log = logging.getLogger(__name__)
 

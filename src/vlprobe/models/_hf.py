@@ -1,16 +1,7 @@
-"""Shared code of the Hugging Face ``transformers`` adapters (CLIP, text, ViT, ResNet).
+"""Shared code of the Hugging Face ``transformers`` adapters (CLIP, text, vision, fusion).
 
-Where the weights come from (:func:`resolve_source`):
-
-- ``random_init: true``: the architecture from ``spec.config`` (a directory or a
-  ``config.json``; defaults to ``spec.checkpoint``), weights drawn with ``spec.seed``.
-  Tokenizer / image processor files are taken from the config's directory where present.
-- an existing local directory (or a ``.gguf`` file for text models): must hold weights; a
-  directory with only a config is an error that says to set ``random_init: true``.
-- anything else that looks like a path and does not exist: an error naming the path.
-- otherwise a Hugging Face hub id (``from_pretrained`` with ``spec.revision``). Offline
-  (``HF_HUB_OFFLINE=1`` or no network) an id that is not in the local cache raises a
-  :class:`~vlprobe.errors.ModelLoadError` that says so.
+Where weights come from: :mod:`vlprobe.models.hf_source`; image preprocessing:
+:mod:`vlprobe.models.hf_preprocess`.
 
 :class:`HFAdapter` is cheap to ``load()``: it reads the config (a small json) and builds the
 site lists; the weights, tokenizer and image processor are loaded on first use
@@ -21,16 +12,12 @@ Models are always built with ``attn_implementation="eager"`` so that attention w
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.modality import check_sites_for
 from vlprobe.models._hooks import (
     HookTarget,
     capture,
@@ -40,277 +27,20 @@ from vlprobe.models._hooks import (
     torch_dtype,
 )
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
-from vlprobe.settings import expand_path
-
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
+from vlprobe.models.hf_preprocess import (
+    _jsonable,
+    load_image_processor,
+    processor_identity,
+    processor_mean_std,
+    to_rgb,
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_PREPROCESS_KEYS = (
-    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-    "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+from vlprobe.models.hf_source import (
+    Source,
+    config_digest,
+    dtype_kwarg,
+    hub_errors,
+    resolve_source,
 )
-
-
-# -- where the weights come from ----------------------------------------------------------
-@dataclass(frozen=True)
-class Source:
-    """Resolved origin of a checkpoint.
-
-    Attributes:
-        kind: ``"hub"``, ``"local"`` or ``"random"``.
-        ref: hub id, or local directory (for ``random``: the config's directory or hub id).
-        config_file: explicit ``config.json`` path for ``random`` (else None).
-        gguf: a local ``.gguf`` file (text models), else None.
-    """
-
-    kind: str
-    ref: str
-    config_file: str | None = None
-    gguf: str | None = None
-
-    @property
-    def is_local(self) -> bool:
-        return self.kind == "local" or (self.kind == "random" and Path(self.ref).is_dir())
-
-
-def looks_like_path(value: str) -> bool:
-    """True for strings that cannot be a hub id (absolute/relative paths, file names)."""
-    return (
-        value.startswith(("/", "./", "../", "~", "."))
-        or "\\" in value
-        or value.count("/") > 1
-        or os.path.isabs(value)
-        or value.endswith((".json", ".gguf", ".pth", ".pt", ".bin", ".safetensors"))
-    )
-
-
-def has_weights(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in WEIGHT_FILES) or any(
-        directory.glob("*.safetensors")
-    )
-
-
-def resolve_source(
-    spec: ModelSpec, *, default_checkpoint: str | None = None, allow_gguf: bool = False
-) -> Source:
-    """Decide hub / local / random from a spec (see the module docstring)."""
-    if spec.random_init:
-        ref = spec.config or spec.checkpoint or default_checkpoint
-        if not ref:
-            raise ModelLoadError(
-                f"{spec.adapter}: random_init needs an architecture: set config (a directory "
-                "or config.json) or checkpoint"
-            )
-        path = expand_path(ref)
-        if path.is_file() and path.suffix == ".json":
-            return Source("random", str(path.parent), config_file=str(path))
-        if path.is_file() and path.suffix == ".gguf" and allow_gguf:
-            return Source("random", str(path.parent), gguf=str(path))
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"{spec.adapter}: no config.json in {path}")
-            return Source("random", str(path))
-        if path.exists() or looks_like_path(ref):
-            raise ModelLoadError(f"{spec.adapter}: config path {ref!r} does not exist")
-        return Source("random", ref)  # hub id: only its config is fetched
-
-    ref = spec.checkpoint or default_checkpoint
-    if not ref:
-        raise ModelLoadError(
-            f"{spec.adapter}: no checkpoint given. Set checkpoint to a hub id (e.g. "
-            "'openai/clip-vit-base-patch32') or a local directory, or set random_init: true "
-            "with a config"
-        )
-    gguf = spec.options.get("gguf_file") if allow_gguf else None
-    path = expand_path(ref)
-    if gguf:
-        gpath = expand_path(gguf)
-        if not gpath.is_absolute():
-            gpath = path / gguf
-        if not gpath.is_file():
-            raise ModelLoadError(f"{spec.adapter}: GGUF file {str(gpath)!r} does not exist")
-        return Source("local", str(gpath.parent), gguf=str(gpath))
-    if path.is_file():
-        if path.suffix == ".gguf" and allow_gguf:
-            return Source("local", str(path.parent), gguf=str(path))
-        if path.suffix == ".json":
-            raise ModelLoadError(_weightless_message(spec, path.parent))
-        raise ModelLoadError(
-            f"{spec.adapter}: checkpoint {ref!r} is a file; give a checkpoint directory"
-            + (" or a .gguf file" if allow_gguf else "")
-        )
-    if path.is_dir():
-        if has_weights(path):
-            return Source("local", str(path))
-        ggufs = sorted(path.glob("*.gguf")) if allow_gguf else []
-        if len(ggufs) == 1:
-            return Source("local", str(path), gguf=str(ggufs[0]))
-        if (path / "config.json").is_file():
-            raise ModelLoadError(_weightless_message(spec, path))
-        raise ModelLoadError(
-            f"{spec.adapter}: checkpoint directory {str(path)!r} holds no model files "
-            f"(expected config.json and one of {', '.join(WEIGHT_FILES)})"
-        )
-    if looks_like_path(ref):
-        raise ModelLoadError(f"{spec.adapter}: checkpoint path {ref!r} does not exist")
-    return Source("hub", ref)
-
-
-def _weightless_message(spec: ModelSpec, directory: Path) -> str:
-    return (
-        f"{spec.adapter}: {str(directory)!r} has a config but no weights "
-        f"({', '.join(WEIGHT_FILES[::2])}). If you mean to build this architecture with "
-        "random weights, set random_init: true (and seed); random weights are never used "
-        "silently."
-    )
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-@contextmanager
-def hub_errors(source: Source, revision: str | None, what: str = "model") -> Iterator[None]:
-    """Turn transformers / huggingface_hub exceptions into one clear ModelLoadError."""
-    try:
-        yield
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(describe_load_error(exc, source, revision, what)) from exc
-
-
-def describe_load_error(
-    exc: BaseException, source: Source, revision: str | None, what: str = "model"
-) -> str:
-    name = type(exc).__name__
-    text = str(exc)
-    ref = source.ref
-    if source.kind == "local" or (source.kind == "random" and Path(ref).exists()):
-        first = text.splitlines()[0] if text else ""
-        return f"could not load the {what} from {ref!r}: {name}: {first}"
-    rev = f" (revision {revision!r})" if revision else ""
-    lowered = text.lower()
-    if name == "RepositoryNotFoundError" or "is not a valid model identifier" in lowered:
-        return (
-            f"model {ref!r} was not found on the Hugging Face hub: check the id (private or "
-            "gated repositories need `hf auth login`), or point checkpoint at a local directory"
-        )
-    if name == "RevisionNotFoundError" or "invalid git identifier" in lowered:
-        return f"model {ref!r}: revision {revision!r} does not exist on the hub"
-    offline_markers = ("offline", "couldn't connect", "connection", "cached files", "network")
-    if _offline() or name in (
-        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "ConnectTimeout",
-    ) or any(m in lowered for m in offline_markers):
-        return (
-            f"model {ref!r}{rev} is not in the local Hugging Face cache and the hub cannot be "
-            "reached (offline). Download it once with internet, or point checkpoint at a "
-            "local directory"
-        )
-    first = text.splitlines()[0] if text else ""
-    return f"could not load the {what} {ref!r}{rev} from the Hugging Face hub: {name}: {first}"
-
-
-def dtype_kwarg() -> str:
-    """``from_pretrained``'s dtype keyword: ``dtype`` (transformers >= 4.56) or ``torch_dtype``."""
-    import transformers
-
-    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def config_digest(config: Any) -> str:
-    """sha256 of a transformers config's content (without the library version)."""
-    d = config.to_dict()
-    for key in ("transformers_version", "_commit_hash", "_name_or_path", "_attn_implementation"):
-        d.pop(key, None)
-    blob = json.dumps(d, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "value"):  # enums (PIL resampling)
-        return _jsonable(value.value)
-    return str(value)
-
-
-def processor_identity(processor: Any) -> dict[str, Any]:
-    """The preprocessing parameters of a transformers image processor that change numbers."""
-    d = processor.to_dict() if hasattr(processor, "to_dict") else dict(vars(processor))
-    out = {k: _jsonable(d[k]) for k in _PREPROCESS_KEYS if k in d}
-    out["class"] = type(processor).__name__.removesuffix("Pil")
-    return out
-
-
-def default_image_processor(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Any:
-    """The documented fallback preprocessing for a bare config (random_init without a
-    ``preprocessor_config.json``): bilinear resize to ``image_size``², rescale to [0, 1],
-    normalise with the standard ImageNet mean / std. PIL/numpy only (no torchvision)."""
-    try:
-        from transformers import ViTImageProcessorPil as Proc  # transformers >= 5
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import ViTImageProcessor as Proc
-    return Proc(
-        do_resize=True,
-        size={"height": int(image_size), "width": int(image_size)},
-        resample=2,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(mean),
-        image_std=list(std),
-    )
-
-
-def load_image_processor(source: Source, revision: str | None) -> Any | None:
-    """The checkpoint's own image processor, or None where it has none."""
-    from transformers import AutoImageProcessor
-
-    if source.is_local and not (Path(source.ref) / "preprocessor_config.json").is_file():
-        return None
-    with hub_errors(source, revision, "image processor"):
-        try:
-            return AutoImageProcessor.from_pretrained(source.ref, revision=revision)
-        except OSError:
-            if source.kind == "random":
-                return None
-            raise
-
-
-def to_rgb(images: Sequence[Any]) -> list[Any]:
-    out = []
-    for im in images:
-        if hasattr(im, "mode") and im.mode != "RGB":
-            im = im.convert("RGB")
-        out.append(im)
-    return out
-
-
-def pool_tokens(hidden: Any, mask: Any, how: str, index: Any = None) -> Any:
-    """Pool ``[B, T, D]`` to ``[B, D]``: ``cls`` (token 0), ``mean`` (mask-aware),
-    ``eos`` / ``last`` (the token at ``index`` per row)."""
-    import torch
-
-    if how == "cls":
-        return hidden[:, 0]
-    if how in ("eos", "last"):
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-    if how == "mean":
-        if mask is None:
-            return hidden.mean(dim=1)
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-    raise ConfigError(f"unknown pooling {how!r}; use cls, mean or eos")
 
 
 # -- the base adapter ---------------------------------------------------------------------
@@ -513,11 +243,28 @@ class HFAdapter(ModelAdapter):
     # -- running -----------------------------------------------------------------------
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         if modality not in self.modalities:
-            raise ConfigError(f"model {self.family!r} does not take {modality} inputs")
+            raise ConfigError(
+                f"model {self.family!r} does not take {modality} inputs "
+                f"(it takes {'/'.join(self.modalities)})"
+            )
         if modality == "image":
-            px = self.processor(images=to_rgb(payloads), return_tensors="pt")["pixel_values"]
-            return Batch("image", {"pixel_values": px})
-        texts = [str(t) for t in payloads]
+            return Batch("image", self._image_inputs(payloads))
+        if modality == "text":
+            inputs, n_truncated, offsets = self._text_inputs(payloads)
+            return Batch("text", inputs, n_truncated=n_truncated, offsets=offsets)
+        images, texts = _split_pairs(payloads, self.family)
+        inputs, n_truncated, offsets = self._text_inputs(texts)
+        inputs.update(self._image_inputs(images))
+        return Batch("pair", inputs, n_truncated=n_truncated, offsets=offsets)
+
+    def _image_inputs(self, images: Sequence[Any]) -> dict[str, Any]:
+        """``{"pixel_values": [B, 3, S, S]}`` with the checkpoint's own preprocessing."""
+        return {"pixel_values": self.processor(images=to_rgb(images), return_tensors="pt")[
+            "pixel_values"]}
+
+    def _text_inputs(self, texts: Sequence[Any]) -> tuple[dict[str, Any], int, Any]:
+        """(tokenizer outputs, number of texts truncated, ``[B, T, 2]`` offsets or None)."""
+        texts = [str(t) for t in texts]
         max_len = self.max_text_length()
         lengths = self.text_lengths(texts)
         n_truncated = sum(1 for n in lengths if max_len is not None and n > max_len)
@@ -530,11 +277,11 @@ class HFAdapter(ModelAdapter):
         offsets = enc.pop("offset_mapping", None)  # [B, T, 2]; not a model input
         if offsets is not None:
             offsets = offsets.numpy()
-        return Batch("text", enc, n_truncated=n_truncated, offsets=offsets)
+        return enc, n_truncated, offsets
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts including special tokens, BEFORE truncation."""
-        if "text" not in self.modalities:
+        if "text" not in self.modalities and "pair" not in self.modalities:
             return super().text_lengths(texts)
         enc = self.tokenizer([str(t) for t in texts], truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
@@ -552,6 +299,10 @@ class HFAdapter(ModelAdapter):
         mask = inputs["attention_mask"]
         return (mask.sum(dim=1) - 1).clamp(min=0).long().cpu()
 
+    def _modality_tags(self, batch: Batch, trace: Trace) -> None:
+        """Fill ``trace.modality_tags`` (fused sequences) / ``trace.tags_by_stream``
+        (two-stream models) for a pair batch. Single-tower adapters have none."""
+
     def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
         """Run once under ``torch.no_grad`` in eval mode; hooks only on requested sites.
 
@@ -561,12 +312,7 @@ class HFAdapter(ModelAdapter):
 
         sites = list(dict.fromkeys(sites))
         self.check_sites(sites)
-        tower = "vision." if batch.modality == "image" else "text."
-        wrong = [s for s in sites if not s.startswith(tower)]
-        if wrong:
-            raise ConfigError(
-                f"sites {wrong} do not belong to the {batch.modality} tower of {self.family!r}"
-            )
+        check_sites_for(batch.modality, sites, self.family)
         model = self.model
         model.eval()
         table = self._hook_table()
@@ -584,21 +330,77 @@ class HFAdapter(ModelAdapter):
             if site not in targets:  # hooked values are already float32 on the CPU
                 value = value.detach().float().cpu()
             (trace.attentions if site.endswith(".attn") else trace.hidden)[site] = value
-        if batch.modality == "text":
+        if "attention_mask" in batch.inputs:
             trace.attention_mask = batch.inputs["attention_mask"].detach().cpu()
+        if batch.modality == "text":
             trace.eos_index = self._eos_index(batch.inputs)
+        if batch.modality == "pair":
+            self._modality_tags(batch, trace)
         return trace
 
+    # -- the differentiable path ---------------------------------------------------------
+    def image_pixels(self, images: Sequence[Any]) -> Any:
+        if "image" not in self.modalities:
+            raise self._no_gradient_path()
+        proc = copy.copy(self.processor)
+        proc.do_normalize = False
+        return proc(images=to_rgb(images), return_tensors="pt")["pixel_values"].float()
 
-def transformer_tower_sites(prefix: str, n_layers: int, attn: bool = True) -> list[str]:
-    """``prefix.embed``, then per block ``prefix.blocks.i.attn``, ``prefix.blocks.i``,
-    then ``prefix.embedding`` (forward order)."""
-    out = [f"{prefix}.embed"]
+    def normalize_pixels(self, pixels: Any) -> Any:
+        if "image" not in self.modalities:
+            raise self._no_gradient_path()
+        import torch
+
+        mean, std = processor_mean_std(self.processor)
+        shape = (1, 3, 1, 1)
+        m = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(shape)
+        s = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(shape)
+        return (pixels - m) / s
+
+    def forward_differentiable(self, pixels: Any, sites: Sequence[str]) -> dict[str, Any]:
+        if "image" not in self.modalities:
+            raise self._no_gradient_path()
+        import torch
+
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        check_sites_for("image", sites, self.family)
+        model = self.model
+        model.eval()
+        table = self._hook_table()
+        targets = {s: table[s] for s in sites if s in table}
+        computed = [s for s in sites if s not in table]
+        want_attn = any(s.endswith(".attn") for s in sites)
+        px = self.normalize_pixels(pixels.to(self.device)).to(torch_dtype(self.spec.dtype))
+        with torch.enable_grad(), capture(model, targets, detach=False) as got:
+            extra = self._run("image", {"pixel_values": px}, want_attn, computed)
+        return {s: (got[s] if s in targets else extra[s]) for s in sites}
+
+
+def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[Any]]:
+    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else."""
+    images, texts = [], []
+    for i, item in enumerate(payloads):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ConfigError(
+                f"model {family!r}: pair item {i} is not an (image, text) pair: {type(item)}"
+            )
+        images.append(item[0])
+        texts.append(item[1])
+    return images, texts
+
+
+def transformer_tower_sites(
+    prefix: str, n_layers: int, attn: bool = True, final: str = "pooled"
+) -> list[str]:
+    """``prefix.stem``, then per block ``prefix.blocks.i.attn``, ``prefix.blocks.i``,
+    then ``prefix.<final>`` (forward order; ``final`` is ``pooled`` or ``proj``)."""
+    out = [f"{prefix}.stem"]
     for i in range(n_layers):
         if attn:
             out.append(f"{prefix}.blocks.{i}.attn")
         out.append(f"{prefix}.blocks.{i}")
-    out.append(f"{prefix}.embedding")
+    out.append(f"{prefix}.{final}")
     return out
 
 

@@ -13,13 +13,14 @@ Hook kinds (see :class:`HookTarget`):
   a forward *pre*-hook. ``*.embed`` sites use it on block 0: "the input to block 0" is exactly
   HF's ``hidden_states[0]`` whatever the family does before its first block.
 
-Captured tensors are detached, cast to ``float32`` and moved to the CPU.
+Captured tensors are detached, cast to ``float32`` and moved to the CPU, except with
+``capture(..., detach=False)`` (the differentiable path), which keeps them in the graph.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,69 +30,9 @@ from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.models.base import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vlprobe.models.base import ModelAdapter
+    pass
 
 _DTYPES = ("float32", "float16", "bfloat16")
-
-
-# -- layer selection ----------------------------------------------------------------------
-def resolve_layers(
-    adapter: ModelAdapter, modality: str, layers: Any = "all"
-) -> list[str]:
-    """Map a user's layer selection to hidden-state site names of one tower.
-
-    Args:
-        adapter: a loaded adapter.
-        modality: ``"image"`` or ``"text"``.
-        layers: ``None`` / ``"all"`` (every layer), ``"last"``, an int (catalogue index:
-            0 = embedding output, L = last block; negative counts from the end like Python),
-            a site name, or a list of those.
-
-    Returns:
-        Site names in the order given (duplicates dropped).
-
-    Raises:
-        ConfigError: modality not supported, index out of range, unknown name.
-    """
-    if modality not in adapter.modalities:
-        raise ConfigError(
-            f"model {adapter.family!r} has no {modality} tower "
-            f"(it takes {', '.join(adapter.modalities)})"
-        )
-    names = adapter.layer_sites(modality)
-    n = len(names)
-    if layers is None or (isinstance(layers, str) and layers == "all"):
-        return list(names)
-    items = [layers] if isinstance(layers, (str, int)) else list(layers)
-    out: list[str] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise ConfigError(f"layer {item!r} is not a layer index")
-        if isinstance(item, int):
-            if not -n <= item < n:
-                raise ConfigError(
-                    f"layer {item} out of range: model {adapter.family} has layers 0..{n - 1} "
-                    f"({modality}; negative indices count from the end)"
-                )
-            site = names[item]
-        elif isinstance(item, str) and item == "last":
-            site = names[-1]
-        elif isinstance(item, str) and item.lstrip("-").isdigit():
-            site = resolve_layers(adapter, modality, int(item))[0]
-        elif isinstance(item, str) and item in names:
-            site = item
-        else:
-            import difflib
-
-            close = difflib.get_close_matches(str(item), [*names, "all", "last"], n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown layer {item!r} for model {adapter.family} ({modality}).{hint} "
-                f"Use an index 0..{n - 1}, 'all', 'last' or a site name."
-            )
-        if site not in out:
-            out.append(site)
-    return out
 
 
 # -- hooks --------------------------------------------------------------------------------
@@ -112,12 +53,16 @@ def _first(x: Any) -> Any:
 
 
 @contextmanager
-def capture(model: Any, targets: Mapping[str, HookTarget]) -> Iterator[dict[str, Any]]:
+def capture(
+    model: Any, targets: Mapping[str, HookTarget], detach: bool = True
+) -> Iterator[dict[str, Any]]:
     """Register forward hooks on exactly the modules of ``targets``; always remove them.
 
-    Yields a dict that fills with ``site -> tensor`` while the model runs inside the block.
+    Yields a dict that fills with ``site -> tensor`` while the model runs inside the block
+    (float32 CPU copies, or the live tensors with ``detach=False``).
     """
     store: dict[str, Any] = {}
+    keep = _to_cpu if detach else (lambda x: x)
     handles: list[Any] = []
 
     def post_hook(site: str, kind: str):
@@ -131,16 +76,16 @@ def capture(model: Any, targets: Mapping[str, HookTarget]) -> Iterator[dict[str,
                         f"site {site}: the attention module returned no weights; load the "
                         "model with attn_implementation='eager'"
                     )
-                store[site] = _to_cpu(weights)
+                store[site] = keep(weights)
             else:
-                store[site] = _to_cpu(_first(output))
+                store[site] = keep(_first(output))
 
         return hook
 
     def pre_hook(site: str):
         def hook(_module: Any, args: Any, kwargs: Any) -> None:
             x = args[0] if args else kwargs.get("hidden_states")
-            store[site] = _to_cpu(_first(x))
+            store[site] = keep(_first(x))
 
         return hook
 
@@ -234,9 +179,3 @@ def package_dir(module: str) -> Path | None:
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     return Path(spec.origin).parent if spec.origin else None
-
-
-def split_sites(sites: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(hidden-state / embedding sites, attention sites)."""
-    attn = [s for s in sites if s.endswith(".attn")]
-    return [s for s in sites if not s.endswith(".attn")], attn

@@ -2,18 +2,30 @@
 
 Vocabulary
 ----------
-- **site**: a canonical name of a place in the model whose output can be captured, e.g.
-  ``vision.embed`` (layer 0: embedding output), ``vision.blocks.7`` (output of the 8th
-  transformer block, 0-based like HF's ``encoder.layer[7]``), ``text.blocks.3.attn``
-  (post-softmax attention of block 3), ``vision.embedding`` (the model's final pooled /
-  projected embedding), ``vision.logits`` (a classifier head, where the checkpoint has one).
+- **site**: a canonical name of a place in the model whose output can be captured. The
+  naming rule (``docs/SITES.md``): ``<stream>.<part>[.<index>][.<sub>]`` with stream
+  ``vision``, ``text``, ``fusion`` (single-stream joint blocks) or ``cross`` (two-stream
+  co-attention and decoder cross-attention):
+
+  - ``vision.stem`` / ``text.stem`` / ``fusion.stem``: **layer 0**, the input of block 0 (the
+    embedding output; a CNN's stem);
+  - ``vision.blocks.7``: output of the 8th block (0-based like HF's ``encoder.layer[7]``);
+  - ``text.blocks.3.attn``: post-softmax self-attention of block 3;
+  - ``cross.blocks.2.v2t.attn``: cross-attention with **v**isual queries over **t**ext keys
+    ("v2t" = query stream 2 key stream), ``cross.blocks.2.t2v.attn`` the other way;
+  - ``vision.proj`` / ``text.proj``: a dual encoder's **projected** embedding (before L2
+    normalisation); ``vision.pooled`` / ``text.pooled`` / ``fusion.pooled``: a model's final
+    pooled vector without a projection; ``vision.logits``: a classifier head.
+
+  Layer 0 (``*.stem``) and the final embedding (``*.proj`` / ``*.pooled``) never share a word.
 - **layer index** (catalogue convention): 0 = embedding output, L = last block. It is the
   position of a hidden-state site in :meth:`ModelAdapter.layer_sites`.
 
 Shapes (B = batch, T = tokens, D = width, H = heads, C/h/w = channels/height/width):
 - transformer hidden state: ``[B, T, D]``; CNN feature map: ``[B, C, h, w]``;
 - attention: ``[B, H, T_query, T_key]`` post-softmax ("A attends to B": query in A, key in B);
-- embeddings / logits: ``[B, D]``.
+- embeddings / logits: ``[B, D]``;
+- modality tags of a fused sequence: ``[B, T]`` int8 (:mod:`vlprobe.modality`).
 """
 
 from __future__ import annotations
@@ -23,10 +35,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-import numpy as np
-
-MODALITIES = ("image", "text")
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,10 @@ class Batch:
     """Model inputs for one batch, already preprocessed / tokenized.
 
     Attributes:
-        modality: ``"image"`` or ``"text"``.
-        inputs: keyword tensors for the model (``pixel_values [B, 3, S, S]`` or
-            ``input_ids [B, T]`` + ``attention_mask [B, T]``).
+        modality: ``"image"``, ``"text"`` or ``"pair"`` (both payloads of each item).
+        inputs: keyword tensors for the model: ``pixel_values [B, 3, S, S]`` (normalised as
+            the checkpoint expects) and / or ``input_ids [B, T]`` + ``attention_mask [B, T]``;
+            a pair batch carries both (plus family-specific extras such as region features).
         n_truncated: how many texts of this batch were cut to the model's maximum length.
         offsets: optional ``[B, T, 2]`` int character offsets ``(start, end)`` of every token
             in its text (fast tokenizers' ``return_offsets_mapping``; special and padding
@@ -92,7 +101,12 @@ class Trace:
         attentions: site (``*.attn``) -> post-softmax attention ``[B, H, T, T]``.
         attention_mask: ``[B, T]`` (1 = real token) for text batches, else None.
         eos_index: ``[B]`` index of the end-of-text token (CLIP text "eos" pooling) or None.
-        modality_tags: ``[B, T]`` ints (0 special, 1 text, 2 image) for fused sequences, or None.
+        modality_tags: ``[B, T]`` int8 tags of every position of a fused sequence
+            (:data:`~vlprobe.modality.TAG_PAD` -1, ``TAG_SPECIAL`` 0, ``TAG_TEXT`` 1,
+            ``TAG_IMAGE`` 2), or None for single-modality batches. Two-stream models tag the
+            concatenation ``[text tokens; image tokens]`` of their two streams.
+        tags_by_stream: for two-stream models, stream -> ``[B, T_stream]`` tags of that
+            stream's sequence (``{"text": ..., "vision": ...}``); empty otherwise.
     """
 
     hidden: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +114,7 @@ class Trace:
     attention_mask: Any = None
     eos_index: Any = None
     modality_tags: Any = None
+    tags_by_stream: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelAdapter(ABC):
@@ -140,7 +155,8 @@ class ModelAdapter(ABC):
     @property
     @abstractmethod
     def modalities(self) -> tuple[str, ...]:
-        """Subset of ``("image", "text")`` the model accepts."""
+        """Subset of ``("image", "text", "pair")`` the model accepts (a dual encoder: image
+        and text, one tower each; a fusion model: pair)."""
 
     @abstractmethod
     def sites(self) -> list[str]:
@@ -167,14 +183,17 @@ class ModelAdapter(ABC):
         return self.default_pooling
 
     def embedding_site(self, modality: str) -> str:
-        """The site holding the model's final pooled embedding for ``modality``."""
-        return f"{'vision' if modality == 'image' else 'text'}.embedding"
+        """The site holding the model's final embedding for ``modality``: ``*.pooled`` by
+        default, ``*.proj`` for dual encoders, ``fusion.pooled`` for pairs."""
+        stream = {"image": "vision", "text": "text", "pair": "fusion"}[modality]
+        return f"{stream}.pooled"
 
     # -- running -----------------------------------------------------------------------
     @abstractmethod
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
-        """Preprocess PIL images (RGB) or tokenize strings with the checkpoint's own
-        preprocessing; text is truncated to :meth:`max_text_length` and counted."""
+        """Preprocess PIL images (RGB), tokenize strings, or both for ``(image, text)``
+        pairs (``modality="pair"``), with the checkpoint's own preprocessing; text is
+        truncated to :meth:`max_text_length` and counted."""
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text (used for length bucketing)."""
@@ -186,6 +205,33 @@ class ModelAdapter(ABC):
 
         Forward hooks are placed only on the modules of the requested sites.
         """
+
+    # -- the differentiable path (V6 PGD, V8 feature visualisation, M3 / M5) ------------
+    def image_pixels(self, images: Sequence[Any]) -> Any:
+        """RGB PIL images -> ``[B, 3, S, S]`` float32 pixels in [0, 1]: the checkpoint's
+        resize / crop / rescale, WITHOUT its normalisation (attacks and visualisations live
+        in this space)."""
+        raise self._no_gradient_path()
+
+    def normalize_pixels(self, pixels: Any) -> Any:
+        """``[B, 3, S, S]`` pixels in [0, 1] -> the model's input (its own mean / std), as a
+        differentiable torch op. ``normalize_pixels(image_pixels(x))`` equals
+        ``prepare(x, "image").inputs["pixel_values"]``."""
+        raise self._no_gradient_path()
+
+    def forward_differentiable(self, pixels: Any, sites: Sequence[str]) -> dict[str, Any]:
+        """Run the image tower WITH gradients on ``[B, 3, S, S]`` pixels in [0, 1]
+        (normalisation inside) and return ``site -> tensor`` still attached to the graph
+        (on the model's device, in its dtype). The model stays in eval mode."""
+        raise self._no_gradient_path()
+
+    def _no_gradient_path(self) -> Exception:
+        from vlprobe.errors import ConfigError
+
+        return ConfigError(
+            f"model {self.family!r} has no differentiable image path (it takes "
+            f"{'/'.join(self.modalities)} input); gradient analyses need an image tower"
+        )
 
     # -- helpers -----------------------------------------------------------------------
     def layer_index(self, site: str) -> int | None:
@@ -220,8 +266,3 @@ def file_sha256(path: str | bytes | Any, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def seeded_generator(seed: int) -> np.random.Generator:
-    """A numpy generator for adapter-side randomness."""
-    return np.random.default_rng(seed)

@@ -17,7 +17,7 @@ Sites:
 - ``vision.stem``: layer 0, after stem conv + BN + ReLU6 ``[B, 32, S/2, S/2]``;
 - ``vision.blocks.{i}``: the 16 MBConv block outputs ``[B, C, h, w]`` (i = 0..15);
 - ``vision.head``: after ``conv_head`` + BN + ReLU6 ``[B, 1280, S/32, S/32]``;
-- ``vision.embedding``: global-average-pooled head ``[B, 1280]``;
+- ``vision.pooled``: global-average-pooled head ``[B, 1280]``;
 - ``vision.logits``: ImageNet-1k logits ``[B, 1000]``.
 
 ``layer_sites("image")`` = stem, blocks 0..15, head. Default pooling ``mean`` (spatial).
@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.errors import ConfigError, ModelLoadError
-from vlprobe.models._hf import looks_like_path
 from vlprobe.models._hooks import (
     HookTarget,
     capture,
@@ -44,6 +43,7 @@ from vlprobe.models._hooks import (
     torch_dtype,
 )
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.models.hf_source import looks_like_path
 from vlprobe.settings import expand_path
 
 ARCH_PACKAGE = ("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
@@ -100,7 +100,7 @@ class EfficientNetLite0Adapter(ModelAdapter):
         self._model: Any = None
         blocks = [f"vision.blocks.{i}" for i in range(N_BLOCKS)]
         self._layer_sites = ["vision.stem", *blocks, "vision.head"]
-        self._sites = [*self._layer_sites, "vision.embedding", "vision.logits"]
+        self._sites = [*self._layer_sites, "vision.pooled", "vision.logits"]
         self._identity: dict[str, Any] | None = None
 
     @classmethod
@@ -263,7 +263,7 @@ class EfficientNetLite0Adapter(ModelAdapter):
             head = model.extract_features(px)
             computed["vision.head"] = head
             pooled = head.mean(dim=(2, 3))
-            computed["vision.embedding"] = pooled
+            computed["vision.pooled"] = pooled
             if "vision.logits" in sites:
                 computed["vision.logits"] = model._fc(model._dropout(pooled))
         trace = Trace()
@@ -271,12 +271,3 @@ class EfficientNetLite0Adapter(ModelAdapter):
             value = got[site] if site in targets else computed[site].detach().float().cpu()
             trace.hidden[site] = value
         return trace
-
-    # -- tests -------------------------------------------------------------------------
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
-        """The real Lite0 architecture with seeded random weights at 64 px (fast)."""
-        return ModelSpec(
-            adapter="efficientnet_lite0", random_init=True, seed=seed,
-            options={"image_size": 64},
-        )

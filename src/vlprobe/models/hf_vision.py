@@ -2,17 +2,17 @@
 
 ``hf_vit`` (alias ``dino``), transformers ``ViTModel`` (built without its pooler):
 
-- ``vision.embed``: layer 0, patch + position embeddings with CLS ``[B, 1+P, D]``;
+- ``vision.stem``: layer 0, patch + position embeddings with CLS ``[B, 1+P, D]``;
 - ``vision.blocks.{i}``: output of block ``i`` ``[B, 1+P, D]`` (before the final layernorm);
 - ``vision.blocks.{i}.attn``: post-softmax attention ``[B, H, T, T]``;
-- ``vision.embedding``: CLS token of the final layernorm output ``[B, D]``.
+- ``vision.pooled``: CLS token of the final layernorm output ``[B, D]``.
 Default pooling ``cls``.
 
 ``hf_resnet``, transformers ``ResNetModel``:
 
 - ``vision.stem``: layer 0, the embedder output (conv 7x7 + BN + ReLU + max-pool) ``[B, C, h, w]``;
 - ``vision.stages.{i}``: output of stage ``i`` ``[B, C, h, w]``;
-- ``vision.embedding``: the pooler output (global average pool) flattened ``[B, C]``.
+- ``vision.pooled``: the pooler output (global average pool) flattened ``[B, C]``.
 Default pooling ``mean`` (spatial average).
 
 Preprocessing is the checkpoint's own ``AutoImageProcessor``; for ``random_init`` from a bare
@@ -23,17 +23,11 @@ to [0, 1], ImageNet mean/std normalisation (PIL/numpy only).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
-from vlprobe.models._hf import (
-    HFAdapter,
-    default_image_processor,
-    locate_blocks,
-    transformer_tower_sites,
-)
+from vlprobe.models._hf import HFAdapter, locate_blocks, transformer_tower_sites
 from vlprobe.models._hooks import HookTarget
-from vlprobe.models.base import ModelSpec
+from vlprobe.models.hf_preprocess import default_image_processor
 
 
 class HFViTAdapter(HFAdapter):
@@ -70,7 +64,7 @@ class HFViTAdapter(HFAdapter):
         self.n_layers = int(self.config.num_hidden_layers)
         self._sites = transformer_tower_sites("vision", self.n_layers)
         self._layer_sites = {
-            "image": ["vision.embed"] + [f"vision.blocks.{i}" for i in range(self.n_layers)]
+            "image": ["vision.stem"] + [f"vision.blocks.{i}" for i in range(self.n_layers)]
         }
         self._located: tuple[str, str | None] | None = None
 
@@ -81,7 +75,7 @@ class HFViTAdapter(HFAdapter):
         if self._located is None:
             self._located = locate_blocks(self.model, self.n_layers, self.name)
         layers, attn = self._located
-        table = {"vision.embed": HookTarget(f"{layers}.0", "input")}
+        table = {"vision.stem": HookTarget(f"{layers}.0", "input")}
         for i in range(self.n_layers):
             table[f"vision.blocks.{i}"] = HookTarget(f"{layers}.{i}")
             if attn:
@@ -93,26 +87,9 @@ class HFViTAdapter(HFAdapter):
     ) -> dict[str, Any]:
         kw = {"output_attentions": True} if want_attn else {}
         out = self.model(pixel_values=inputs["pixel_values"], **kw)
-        if "vision.embedding" in computed:
-            return {"vision.embedding": out.last_hidden_state[:, 0]}
+        if "vision.pooled" in computed:
+            return {"vision.pooled": out.last_hidden_state[:, 0]}
         return {}
-
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
-        """2 layers, width 32, 2 heads, 32 px images, patch 8; random weights."""
-        from transformers import ViTConfig
-
-        from vlprobe.models._tiny import write_config
-
-        d = write_config(
-            Path(tmp_dir) / "tiny_vit",
-            ViTConfig(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, image_size=32, patch_size=8,
-            ),
-        )
-        return ModelSpec(adapter="hf_vit", config=str(d), random_init=True, seed=seed)
-
 
 class HFResNetAdapter(HFAdapter):
     """ResNet image encoders (transformers ``ResNetModel``)."""
@@ -144,7 +121,7 @@ class HFResNetAdapter(HFAdapter):
     def _setup(self) -> None:
         self.n_stages = len(self.config.depths)
         stages = [f"vision.stages.{i}" for i in range(self.n_stages)]
-        self._sites = ["vision.stem", *stages, "vision.embedding"]
+        self._sites = ["vision.stem", *stages, "vision.pooled"]
         self._layer_sites = {"image": ["vision.stem", *stages]}
 
     def _default_processor(self) -> Any:
@@ -160,24 +137,6 @@ class HFResNetAdapter(HFAdapter):
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
     ) -> dict[str, Any]:
         out = self.model(pixel_values=inputs["pixel_values"])
-        if "vision.embedding" in computed:
-            return {"vision.embedding": out.pooler_output.flatten(1)}
+        if "vision.pooled" in computed:
+            return {"vision.pooled": out.pooler_output.flatten(1)}
         return {}
-
-    @classmethod
-    def tiny_spec(cls, tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
-        """Two stages (8 and 16 channels, one basic block each), 32 px images."""
-        from transformers import ResNetConfig
-
-        from vlprobe.models._tiny import write_config
-
-        d = write_config(
-            Path(tmp_dir) / "tiny_resnet",
-            ResNetConfig(
-                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
-            ),
-        )
-        return ModelSpec(
-            adapter="hf_resnet", config=str(d), random_init=True, seed=seed,
-            options={"image_size": 32},
-        )

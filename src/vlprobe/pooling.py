@@ -9,7 +9,10 @@ Methods:
 - ``last``: the last real token per ``attention_mask`` row (causal LMs; works for right and
   left padding), or token ``T-1`` without a mask.
 - ``max``: max over real tokens (mask aware) or over the spatial positions of a CNN map.
-- ``none``: the output is already ``[B, D]`` (embedding / logits sites).
+- ``none``: the output is already ``[B, D]`` (``*.proj`` / ``*.pooled`` / ``*.logits`` sites).
+- ``mean_text`` / ``mean_image``: mean over the tokens of one modality of a fused sequence,
+  selected by ``modality_tags`` (:mod:`vlprobe.modality`; never by offsets). Padding and
+  special tokens are never included. A row without such tokens is an error.
 - ``span``: phrase representation of Jawahar et al. (catalogue T2),
   ``[h_first; h_last; h_first * h_last; h_first - h_last]`` (``[B, 4 D]``) of the first and
   last sub-word token of each row's span (``spans[b] = (first_tok, last_tok)``, inclusive token
@@ -39,7 +42,10 @@ import numpy as np
 
 from vlprobe.errors import ConfigError
 
-POOLING_METHODS = ("cls", "eos", "mean", "last", "max", "none", "span", "grid<g>")
+POOLING_METHODS = (
+    "cls", "eos", "mean", "last", "max", "none", "span", "mean_text", "mean_image", "grid<g>",
+)
+_TAG_POOLINGS = {"mean_text": "text", "mean_image": "image"}
 
 _GRID = re.compile(r"grid([1-9][0-9]*)")
 
@@ -129,6 +135,7 @@ def pool(
     attention_mask: Any = None,
     eos_index: Any = None,
     spans: Any = None,
+    modality_tags: Any = None,
 ) -> Any:
     """Pool ``hidden`` (``[B, T, D]``, ``[B, C, h, w]`` or ``[B, D]``) to ``[B, D]``.
 
@@ -138,6 +145,8 @@ def pool(
         attention_mask: ``[B, T]`` (1 = real token) for text sequences, or None.
         eos_index: ``[B]`` end-of-text token positions (required by ``eos``).
         spans: ``[B, 2]`` inclusive token index ranges (required by ``span``).
+        modality_tags: ``[B, T]`` token tags of a fused sequence (required by ``mean_text``
+            / ``mean_image``).
 
     Returns:
         ``[B, D]`` (``[B, 4 D]`` for ``span``, ``[B, C*g*g]`` for ``grid<g>``) float32: a CPU
@@ -147,7 +156,8 @@ def pool(
         ConfigError: unknown method, or a method that does not apply to this output.
     """
     out = pool_numpy(
-        hidden, method, attention_mask=attention_mask, eos_index=eos_index, spans=spans
+        hidden, method, attention_mask=attention_mask, eos_index=eos_index, spans=spans,
+        modality_tags=modality_tags,
     )
     if hasattr(hidden, "detach"):
         import torch
@@ -162,6 +172,7 @@ def pool_numpy(
     attention_mask: Any = None,
     eos_index: Any = None,
     spans: Any = None,
+    modality_tags: Any = None,
 ) -> np.ndarray:
     """:func:`pool`, always returning a C-contiguous float32 numpy array.
 
@@ -213,6 +224,8 @@ def pool_numpy(
         out = x[rows, idx]
     elif method == "span":
         out = _span_pool(x, spans, not_applicable)
+    elif method in _TAG_POOLINGS:
+        out = _tag_mean(x, modality_tags, _TAG_POOLINGS[method], not_applicable)
     elif method == "mean":
         if mask is None:
             out = x.mean(axis=1, dtype=np.float32)
@@ -232,6 +245,27 @@ def pool_numpy(
         else:
             out = np.where((mask != 0)[:, :, None], x, -np.inf).max(axis=1)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _tag_mean(x: np.ndarray, tags: Any, modality: str, not_applicable: Any) -> np.ndarray:
+    """Mean of the ``[B, T, D]`` tokens whose tag is ``modality`` (see :mod:`vlprobe.modality`)."""
+    from vlprobe.modality import tag_of
+
+    if tags is None:
+        raise not_applicable(
+            "it needs the modality tags of a fused image+text sequence (a fusion model run "
+            "on paired items)"
+        )
+    t = _as_numpy(tags)
+    if t.shape != x.shape[:2]:
+        raise ConfigError(
+            f"modality_tags shape {t.shape} does not match the sequence {x.shape[:2]}"
+        )
+    m = (t == tag_of(modality)).astype(np.float32)
+    count = m.sum(1)
+    if (count == 0).any():
+        raise not_applicable(f"row {int(np.argmin(count))} has no {modality} tokens")
+    return np.matmul(m[:, None, :], x)[:, 0] / count[:, None]
 
 
 def _span_pool(x: np.ndarray, spans: Any, not_applicable: Any) -> np.ndarray:
@@ -256,5 +290,6 @@ def _span_pool(x: np.ndarray, spans: Any, not_applicable: Any) -> np.ndarray:
 
 
 def is_pooled_site(site: str) -> bool:
-    """Whether a site's output is already ``[B, D]`` by name (``*.embedding``, ``*.logits``)."""
-    return site.rsplit(".", 1)[-1] in ("embedding", "logits")
+    """Whether a site's output is already ``[B, D]`` by name (``*.proj``, ``*.pooled``,
+    ``*.logits``)."""
+    return site.rsplit(".", 1)[-1] in ("proj", "pooled", "logits")

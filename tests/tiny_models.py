@@ -1,0 +1,222 @@
+"""Tiny, fully deterministic architectures + tokenizers for tests: one entry per registered
+model adapter in :data:`TINY_SPECS` (the adapter conformance tests fail for an adapter that has
+none).
+
+Tokenizers are word-level (or WordPiece for BERT) over a fixed vocabulary built with the
+``tokenizers`` library, so they need no download and no training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlprobe.models.base import ModelSpec
+
+_WORD_TEXT = (
+    "a an the of to in on at with and or is are was were be this that it its photo picture "
+    "image cat dog kitten puppy bird car house tree man woman child red blue green big small "
+    "sits runs stands looks black white stock market price rises falls today very quite one "
+    "two three , . ! ?"
+)
+WORDS = tuple(_WORD_TEXT.split())
+
+
+def write_tiny_tokenizer(
+    directory: str | Path,
+    *,
+    style: str,
+    model_max_length: int = 64,
+) -> dict[str, int]:
+    """Write a tiny tokenizer to ``directory`` and return its special-token ids.
+
+    Styles: ``"bert"`` (WordPiece, ``[CLS] x [SEP]``, pad ``[PAD]``), ``"clip"``
+    (``<|startoftext|> x <|endoftext|>``, pad = eos like OpenAI CLIP), ``"gpt2"`` (no special
+    tokens added, eos ``<|endoftext|>``, no pad), ``"llama"`` (``<s> x``, eos ``</s>``).
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel, WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if style == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    elif style == "clip":
+        specials = ["<|startoftext|>", "<|endoftext|>", "<unk>"]
+    elif style == "gpt2":
+        specials = ["<|endoftext|>"]
+    elif style == "llama":
+        specials = ["<unk>", "<s>", "</s>"]
+    else:  # pragma: no cover
+        raise ValueError(style)
+    vocab = {tok: i for i, tok in enumerate([*specials, *WORDS])}
+    if style == "bert":
+        tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    else:
+        unk = {"clip": "<unk>", "gpt2": "<|endoftext|>", "llama": "<unk>"}[style]
+        tok = Tokenizer(WordLevel(vocab, unk_token=unk))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+        )
+    kwargs: dict[str, Any] = {"model_max_length": model_max_length}
+    if style == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        kwargs.update(
+            pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    elif style == "clip":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|startoftext|> $A <|endoftext|>",
+            special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)],
+        )
+        kwargs.update(
+            bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+            unk_token="<unk>",
+        )
+    elif style == "gpt2":
+        kwargs.update(eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                      unk_token="<|endoftext|>")
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
+        kwargs.update(bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    fast.save_pretrained(str(directory))
+    return {name: vocab[name] for name in specials} | {"vocab_size": len(vocab)}
+
+
+def write_config(directory: str | Path, config: Any) -> Path:
+    """Save a transformers config (or a plain dict) as ``directory/config.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if hasattr(config, "save_pretrained"):
+        config.save_pretrained(str(directory))
+    else:
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+# -- one tiny spec per registered adapter -------------------------------------------------
+def tiny_text_config_dir(tmp_dir: str | Path, arch: str = "bert") -> Path:
+    """A 2-layer, width-32, 2-head config of ``arch`` (bert | gpt2 | llama) + tokenizer."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    d = Path(tmp_dir) / f"tiny_{arch}"
+    ids = write_tiny_tokenizer(d, style=arch, model_max_length=32)
+    vocab = ids["vocab_size"]
+    if arch == "bert":
+        config = BertConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32, pad_token_id=0,
+        )
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=32,
+            bos_token_id=0, eos_token_id=0,
+        )
+    elif arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, intermediate_size=64, max_position_embeddings=32,
+            bos_token_id=1, eos_token_id=2,
+        )
+    else:  # pragma: no cover
+        raise ValueError(arch)
+    write_config(d, config)
+    return d
+
+
+def _text(adapter: str, default_arch: str):
+    def build(tmp_dir: str | Path, seed: int = 0, arch: str = default_arch) -> ModelSpec:
+        d = tiny_text_config_dir(tmp_dir, arch)
+        return ModelSpec(adapter=adapter, config=str(d), random_init=True, seed=seed)
+
+    return build
+
+
+def tiny_clip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2+2 layers, width 32, 2 heads, 32 px images (patch 8), a tiny word-level tokenizer
+    written next to the config; random weights."""
+    from transformers import CLIPConfig
+
+    d = Path(tmp_dir) / "tiny_clip"
+    ids = write_tiny_tokenizer(d, style="clip", model_max_length=16)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": ids["vocab_size"],
+            "max_position_embeddings": 16, "bos_token_id": ids["<|startoftext|>"],
+            "eos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    write_config(d, config)
+    return ModelSpec(adapter="clip", config=str(d), random_init=True, seed=seed)
+
+
+def tiny_vit(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2 layers, width 32, 2 heads, 32 px images, patch 8; random weights."""
+    from transformers import ViTConfig
+
+    d = write_config(
+        Path(tmp_dir) / "tiny_vit",
+        ViTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, image_size=32, patch_size=8,
+        ),
+    )
+    return ModelSpec(adapter="hf_vit", config=str(d), random_init=True, seed=seed)
+
+
+def tiny_resnet(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """Two stages (8 and 16 channels, one basic block each), 32 px images."""
+    from transformers import ResNetConfig
+
+    d = write_config(
+        Path(tmp_dir) / "tiny_resnet",
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"),
+    )
+    return ModelSpec(
+        adapter="hf_resnet", config=str(d), random_init=True, seed=seed,
+        options={"image_size": 32},
+    )
+
+
+def tiny_efficientnet(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """The real Lite0 architecture with seeded random weights at 64 px (fast)."""
+    return ModelSpec(
+        adapter="efficientnet_lite0", random_init=True, seed=seed, options={"image_size": 64},
+    )
+
+
+#: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
+TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
+    "clip": tiny_clip,
+    "hf_text": _text("hf_text", "bert"),
+    "minilm_l6": _text("minilm_l6", "bert"),
+    "smollm2_135m": _text("smollm2_135m", "llama"),
+    "hf_vit": tiny_vit,
+    "hf_resnet": tiny_resnet,
+    "efficientnet_lite0": tiny_efficientnet,
+}
+
+
+def tiny_spec(name: str, tmp_dir: str | Path, seed: int = 0, **kw: Any) -> ModelSpec:
+    """The tiny spec of registered adapter ``name`` (KeyError names the missing entry)."""
+    if name not in TINY_SPECS:
+        raise KeyError(f"adapter {name!r} has no tiny spec in tests/tiny_models.py TINY_SPECS")
+    return TINY_SPECS[name](tmp_dir, seed=seed, **kw)

@@ -15,6 +15,7 @@ from vlprobe.analyses.base import FeatureRequest, LayerFeatures
 from vlprobe.config import RunConfig
 from vlprobe.data import DatasetSpec, Stimuli, class_prompt_stimuli, load_dataset
 from vlprobe.errors import ConfigError
+from vlprobe.modality import resolve_modality
 from vlprobe.models import ModelAdapter, ModelSpec, load_model
 
 
@@ -108,15 +109,10 @@ class RunFeatureSource:
         """(adapter, stimuli, modality, sites) for a request."""
         adapter = self.adapter(request.model)
         stimuli = self.stimuli(request)
-        modality = request.modality
-        if modality is None:
-            shared = [m for m in stimuli.modalities if m in adapter.modalities]
-            if not shared:
-                raise ConfigError(
-                    f"model {request.model!r} accepts {'/'.join(adapter.modalities)} but dataset "
-                    f"{request.dataset!r} has {'/'.join(stimuli.modalities)} items"
-                )
-            modality = shared[0]
+        modality = resolve_modality(
+            adapter.modalities, stimuli.modalities, request.modality,
+            model=request.model, dataset=request.dataset,
+        )
         if request.sites is None:
             sites = [*adapter.layer_sites(modality), adapter.embedding_site(modality)]
         else:

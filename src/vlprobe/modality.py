@@ -29,6 +29,7 @@ See ``docs/SITES.md`` for the naming rule; :func:`site_stream` names the stream 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from vlprobe.errors import ConfigError
 
@@ -63,6 +64,28 @@ def site_stream(site: str) -> str:
             f"site {site!r} does not start with a stream name ({', '.join(STREAMS)})"
         )
     return stream
+
+
+def sequence_stream(site: str) -> str:
+    """The stream whose token sequence a hidden-state site holds: ``text`` / ``vision`` /
+    ``fusion``; a two-stream cross layer's ``cross.blocks.k.text`` holds the text sequence."""
+    stream = site_stream(site)
+    if stream == "cross":
+        tail = site.removesuffix(".attn").rsplit(".", 1)[-1]
+        if tail in ("text", "vision"):
+            return tail
+    return stream
+
+
+def tags_for_site(trace: Any, site: str) -> tuple[Any, Any]:
+    """``(modality_tags, attention_mask)`` of the sequence a hidden-state ``site`` holds:
+    the stream's own tags (two-stream models, ``trace.tags_by_stream``) with the mask
+    ``tags != TAG_PAD``, else the trace's fused tags and mask."""
+    by_stream = getattr(trace, "tags_by_stream", None) or {}
+    tags = by_stream.get(sequence_stream(site))
+    if tags is not None:
+        return tags, (tags != TAG_PAD)
+    return trace.modality_tags, trace.attention_mask
 
 
 def check_sites_for(modality: str, sites: Iterable[str], model: str = "model") -> None:

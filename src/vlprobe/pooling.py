@@ -227,11 +227,7 @@ def pool_numpy(
     elif method in _TAG_POOLINGS:
         out = _tag_mean(x, modality_tags, _TAG_POOLINGS[method], not_applicable)
     elif method == "mean":
-        if mask is None:
-            out = x.mean(axis=1, dtype=np.float32)
-        else:
-            m = (mask != 0).astype(np.float32)
-            out = np.matmul(m[:, None, :], x)[:, 0] / np.maximum(m.sum(1, keepdims=True), 1.0)
+        out = x.mean(axis=1, dtype=np.float32) if mask is None else _masked_mean(x, mask != 0)
     elif method == "last":
         if mask is None:
             out = x[:, -1]
@@ -261,11 +257,18 @@ def _tag_mean(x: np.ndarray, tags: Any, modality: str, not_applicable: Any) -> n
         raise ConfigError(
             f"modality_tags shape {t.shape} does not match the sequence {x.shape[:2]}"
         )
-    m = (t == tag_of(modality)).astype(np.float32)
-    count = m.sum(1)
+    keep = t == tag_of(modality)
+    count = keep.sum(1)
     if (count == 0).any():
         raise not_applicable(f"row {int(np.argmin(count))} has no {modality} tokens")
-    return np.matmul(m[:, None, :], x)[:, 0] / count[:, None]
+    return _masked_mean(x, keep)
+
+
+def _masked_mean(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Mean of ``[B, T, D]`` over the positions where ``keep`` ``[B, T]`` is True. Dropped
+    positions are zeroed first (a matmul with a 0 weight would still spread NaN / Inf)."""
+    xz = np.where(keep[:, :, None], x, np.float32(0))
+    return xz.sum(axis=1, dtype=np.float32) / np.maximum(keep.sum(1, keepdims=True), 1)
 
 
 def _span_pool(x: np.ndarray, spans: Any, not_applicable: Any) -> np.ndarray:

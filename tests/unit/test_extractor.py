@@ -157,10 +157,10 @@ def test_modality_mismatch_is_a_config_error(text_adapter, tmp_path):
     images = _image_stimuli(3)
     with pytest.raises(ConfigError, match="image"):
         extract_features(text_adapter, images, **_kw(store, modality=None))
-    with pytest.raises(ConfigError, match="no image tower"):
+    with pytest.raises(ConfigError, match="takes text input, not image"):
         extract_features(text_adapter, images, **_kw(store, modality="image"))
     vit = tiny_adapter("hf_vit", tmp_path)
-    with pytest.raises(ConfigError, match="no image payloads"):
+    with pytest.raises(ConfigError, match="has text items, not image"):
         extract_features(vit, toy_text_stimuli(3), **_kw(store, modality="image"))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from vlprobe.analyses.base import FeatureRequest, FeatureSource, LayerFeatures
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.modality import readable_modality
 
 
 def check_finite(
@@ -134,19 +135,11 @@ def assert_disjoint_ids(a: Sequence[str], b: Sequence[str], what_a: str, what_b:
 def resolve_modality(
     source: FeatureSource, model: str, dataset: str, prefer: str | None = None
 ) -> str | None:
-    """The tower of ``model`` that can read ``dataset``'s items, or None if none can.
-
-    When both towers can (a dual encoder on an image+text dataset), ``prefer`` decides
-    (default: image).
-    """
-    common = [m for m in source.dataset_modalities(dataset) if m in source.model_modalities(model)]
-    if not common:
-        return None
-    if prefer is not None:
-        if prefer not in common:
-            return None
-        return prefer
-    return "image" if "image" in common else common[0]
+    """The modality ``model`` runs on ``dataset``'s items (``prefer`` if given and possible),
+    or None if it cannot read them: :func:`vlprobe.modality.readable_modality`, the one rule."""
+    return readable_modality(
+        source.model_modalities(model), source.dataset_modalities(dataset), prefer
+    )
 
 
 def check_solver_params(analysis: str, params: dict[str, Any], cs_key: str = "Cs") -> None:

@@ -2,6 +2,10 @@
 
 A :class:`Stimuli` holds N items of one split of one dataset. Each item has an id, a payload
 per modality (an image, a text, or both) and descriptors (label, group, spans, boxes, ...).
+
+Paired sets: items with both an image and a text are (image, text) pairs, e.g. one item per
+caption. The ``image_id`` descriptor names each item's image, so that image-side work runs
+once per image (:meth:`Stimuli.unique_images`), not once per caption.
 Images are loaded lazily through an :class:`ImageSource`, so a 50k-image split costs only its
 encoded bytes in memory.
 """
@@ -74,6 +78,8 @@ class Stimuli:
         labels: ``[N]`` int64 class indices, or None.
         label_names: class names indexed by label, or None.
         descriptors: other per-item columns, name -> length-N list (groups, spans, boxes, ...).
+            ``image_id`` (paired sets): the image of each item; items sharing an image id share
+            the image (it is decoded and run through an image tower once).
         source: where the data came from (path or hub id) and loader options, for provenance.
     """
 
@@ -119,15 +125,34 @@ class Stimuli:
                 raise DataError(
                     f"{where}: descriptor {name!r} has {len(column)} values for {n} items"
                 )
+        if self.images is not None and self.texts is not None:
+            for item_id, text in zip(self.ids, self.texts):
+                if text is None or not str(text).strip():
+                    raise DataError(
+                        f"{where}: item {item_id!r} is an (image, text) pair with an empty "
+                        "caption"
+                    )
+        image_ids = self.descriptors.get("image_id")
+        if image_ids is not None and self.images is not None:
+            first: dict[Any, str] = {}
+            for i, key in enumerate(image_ids):
+                digest = first.setdefault(key, self.images.digests[i])
+                if digest != self.images.digests[i]:
+                    raise DataError(
+                        f"{where}: items with image_id {key!r} carry different images "
+                        f"(item {self.ids[i]!r})"
+                    )
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """Which payloads the items carry."""
+        """Which inputs the items offer: ``image`` and / or ``text``, plus ``pair`` when every
+        item has both (see :mod:`vlprobe.modality`)."""
         columns = (("image", self.images), ("text", self.texts))
-        return tuple(m for m, col in columns if col is not None)
+        mods = tuple(m for m, col in columns if col is not None)
+        return (*mods, "pair") if len(mods) == 2 else mods
 
     @property
     def n_classes(self) -> int:
@@ -137,7 +162,14 @@ class Stimuli:
         return len(self.label_names) if self.label_names else int(self.labels.max()) + 1
 
     def payloads(self, modality: str, indices: Sequence[int]) -> list[Any]:
-        """Images (PIL) or texts of the items at ``indices``."""
+        """Images (PIL), texts, or ``(image, text)`` pairs of the items at ``indices``."""
+        if modality == "pair":
+            if self.images is None or self.texts is None:
+                raise DataError(
+                    f"dataset {self.dataset!r} items are not (image, text) pairs "
+                    f"(it has {'/'.join(self.modalities)} items)"
+                )
+            return [(self.images[i], self.texts[i]) for i in indices]
         if modality == "image":
             if self.images is None:
                 raise DataError(f"dataset {self.dataset!r} has no images")
@@ -147,6 +179,30 @@ class Stimuli:
                 raise DataError(f"dataset {self.dataset!r} has no texts")
             return [self.texts[i] for i in indices]
         raise ValueError(f"unknown modality {modality!r}")
+
+    def unique_images(self) -> tuple[Stimuli, np.ndarray] | None:
+        """``(view, inverse)`` for a set whose items share images (an ``image_id``
+        descriptor with repeats): ``view`` holds each image once (ids = image ids, first
+        occurrence order, image-only), and item ``i``'s image is ``view`` item
+        ``inverse[i]``. None when no image is shared (nothing to save)."""
+        image_ids = self.descriptors.get("image_id")
+        if image_ids is None or self.images is None:
+            return None
+        index: dict[Any, int] = {}
+        inverse = np.fromiter(
+            (index.setdefault(key, len(index)) for key in image_ids), np.int64, len(image_ids)
+        )
+        if len(index) == len(image_ids):
+            return None
+        first = np.unique(inverse, return_index=True)[1]
+        view = Stimuli(
+            dataset=self.dataset,
+            split=self.split,
+            ids=[str(image_ids[i]) for i in first],
+            images=self.images.subset(first.tolist()),
+            source={**self.source, "view": "unique_images"},
+        )
+        return view, inverse
 
     def subset(self, indices: Sequence[int], split: str | None = None) -> Stimuli:
         """A new Stimuli with the items at ``indices`` (in that order)."""

@@ -52,6 +52,8 @@ from vlprobe.errors import ConfigError, StoreError
 from vlprobe.extract.alignment import align_spans
 from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
+from vlprobe.modality import check_sites_for, tags_for_site
+from vlprobe.modality import resolve_modality as modality_rule
 from vlprobe.pooling import check_pooling, grid_size, is_pooled_site, pool_numpy
 
 log = logging.getLogger(__name__)
@@ -85,35 +87,11 @@ class ExtractionResult:
 
 
 def resolve_modality(adapter: Any, stimuli: Any, modality: str | None) -> str:
-    """The tower to run: ``modality`` checked against model and data, or the only option."""
-    model_mods = tuple(adapter.modalities)
-    data_mods = tuple(stimuli.modalities)
-    family = getattr(adapter, "family", type(adapter).__name__)
-    if modality is None:
-        common = [m for m in model_mods if m in data_mods]
-        if len(common) == 1:
-            return common[0]
-        if not common:
-            raise ConfigError(
-                f"model {family!r} takes {'/'.join(model_mods)} input but dataset "
-                f"{stimuli.dataset!r} has only {'/'.join(data_mods)} items"
-            )
-        raise ConfigError(
-            f"model {family!r} and dataset {stimuli.dataset!r} share several modalities "
-            f"({', '.join(common)}); say which one to run (modality=...)"
-        )
-    if modality not in ("image", "text"):
-        raise ConfigError(f"unknown modality {modality!r}; expected 'image' or 'text'")
-    if modality not in model_mods:
-        raise ConfigError(
-            f"model {family!r} has no {modality} tower (it takes {'/'.join(model_mods)} input)"
-        )
-    if modality not in data_mods:
-        raise ConfigError(
-            f"dataset {stimuli.dataset!r} split {stimuli.split!r} has no {modality} payloads "
-            f"(it has {'/'.join(data_mods)}); a {modality} model cannot run on it"
-        )
-    return modality
+    """The modality to run (:func:`vlprobe.modality.resolve_modality` on this model and data)."""
+    return modality_rule(
+        adapter.modalities, stimuli.modalities, modality,
+        model=getattr(adapter, "family", type(adapter).__name__), dataset=stimuli.dataset,
+    )
 
 
 def resolve_sites(adapter: Any, modality: str, sites: Sequence[str] | None) -> list[str]:
@@ -136,16 +114,7 @@ def resolve_sites(adapter: Any, modality: str, sites: Sequence[str] | None) -> l
             f"attention sites are not cached by the extractor yet ({', '.join(attn[:3])}); "
             "request hidden-state, embedding or logits sites"
         )
-    other = "text" if modality == "image" else "image"
-    if other in adapter.modalities:
-        foreign = set(adapter.layer_sites(other)) - set(adapter.layer_sites(modality))
-        with_emb = foreign | ({adapter.embedding_site(other)} - {adapter.embedding_site(modality)})
-        bad = [s for s in out if s in with_emb]
-        if bad:
-            raise ConfigError(
-                f"site(s) {', '.join(bad)} belong to the {other} tower but the {modality} "
-                "tower is running"
-            )
+    check_sites_for(modality, out, getattr(adapter, "family", "model"))
     return out
 
 
@@ -197,7 +166,7 @@ def _batches(
 ) -> list[np.ndarray]:
     """Row positions (relative to ``start``) of each batch of shard ``[start, stop)``."""
     order = np.arange(stop - start)
-    if bucket and modality == "text" and stop - start > 1:
+    if bucket and modality in ("text", "pair") and stop - start > 1:
         lengths = np.asarray(
             adapter.text_lengths(stimuli.payloads("text", range(start, stop))), dtype=np.int64
         )
@@ -285,7 +254,10 @@ def extract_features(
     Args:
         adapter: a loaded :class:`~vlprobe.models.base.ModelAdapter`.
         stimuli: the :class:`~vlprobe.data.stimuli.Stimuli` to run.
-        modality: tower to run (``"image"``/``"text"``); None = the one model and data share.
+        modality: what to run: ``"image"`` / ``"text"`` (one tower) or ``"pair"`` (a fusion
+            model on (image, text) items); None = :func:`vlprobe.modality.resolve_modality`.
+            On a paired set, ``"image"`` runs each distinct image once (``image_id``) and
+            gives every item its image's features.
         sites: sites to capture; None = every hidden-state layer of the tower + its embedding.
             Attention sites are not supported yet (ConfigError).
         pooling: one method for all hidden-state sites, a dict site -> method, or None for
@@ -312,6 +284,17 @@ def extract_features(
     store = store if store is not None else ActivationStore()
     n_events_before = len(store.events)
     modality = resolve_modality(adapter, stimuli, modality)
+    shared = stimuli.unique_images() if modality == "image" else None
+    if shared is not None:  # a paired set: every image runs once, whatever its caption count
+        view, inverse = shared
+        result = extract_features(
+            adapter, view, modality="image", sites=sites, pooling=pooling, store=store,
+            batch_size=batch_size, shard_size=shard_size, progress=progress,
+            bucket_by_length=bucket_by_length, prefetch=prefetch,
+        )
+        result.features = {site: arr[inverse] for site, arr in result.features.items()}
+        result.seconds_total = time.perf_counter() - t_start
+        return result
     site_list = resolve_sites(adapter, modality, sites)
     poolings = resolve_pooling(adapter, site_list, pooling, modality)
     n_items = len(stimuli)
@@ -431,9 +414,10 @@ def extract_features(
                         local = np.where(tok_spans < 0, -1, np.array([0, 1]))
                         pooled = pool_numpy(ends, "span", spans=local)
                     else:
+                        tags, mask = tags_for_site(trace, site)
                         pooled = pool_numpy(
-                            trace.hidden[site], poolings[site],
-                            attention_mask=trace.attention_mask, eos_index=trace.eos_index,
+                            trace.hidden[site], poolings[site], attention_mask=mask,
+                            eos_index=trace.eos_index, modality_tags=tags,
                         )
                         if row_of is not None:  # span mode: one text row -> its items
                             pooled = pooled[row_of]

@@ -60,10 +60,10 @@ def planted_layers(
         x = rng.normal(size=(len(labels), dim)) + signal[k] * means[k][labels]
         feats[f"{prefix}.{k}"] = x.astype(np.float32)
         layers[f"{prefix}.{k}"] = k
-    feats[f"{prefix.split('.')[0]}.embedding"] = rng.normal(size=(len(labels), dim)).astype(
+    feats[f"{prefix.split('.')[0]}.pooled"] = rng.normal(size=(len(labels), dim)).astype(
         np.float32
     )
-    layers[f"{prefix.split('.')[0]}.embedding"] = None
+    layers[f"{prefix.split('.')[0]}.pooled"] = None
     ids = [f"{split}:{i}" for i in range(len(labels))]
     names = [f"class{c}" for c in range(n_classes)]
     return LayerFeatures(feats, layers, labels, ids, names)

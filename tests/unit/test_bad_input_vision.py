@@ -72,7 +72,7 @@ CASES = {
     "V1": lambda: (LayerProbe(["m"], "toy", LIN), _split_source(), "m", "train",
                    "vision.blocks.1"),
     "V2": lambda: (Transfer(["m"], "toy", TRANSFER), _split_source(), "m", "train",
-                   "vision.proj"),
+                   "vision.pooled"),
     "V3": lambda: (FewShot(["m"], "toy", {"shots": [1], "trials": 2}), _split_source(), "m",
                    "train", "vision.blocks.1"),
     "V4": lambda: (Clustering(["m"], "toy", {"n_init": 2}), _test_source(("m",)), "m", "test",

@@ -334,6 +334,9 @@ class HFAdapter(ModelAdapter):
             trace.attention_mask = batch.inputs["attention_mask"].detach().cpu()
         if batch.modality == "text":
             trace.eos_index = self._eos_index(batch.inputs)
+            trace.modality_tags = text_tags(
+                batch.inputs["input_ids"], trace.attention_mask, self.tokenizer.all_special_ids
+            )
         if batch.modality == "pair":
             self._modality_tags(batch, trace)
         return trace
@@ -375,6 +378,21 @@ class HFAdapter(ModelAdapter):
         with torch.enable_grad(), capture(model, targets, detach=False) as got:
             extra = self._run("image", {"pixel_values": px}, want_attn, computed)
         return {s: (got[s] if s in targets else extra[s]) for s in sites}
+
+
+def text_tags(input_ids: Any, mask: Any, special_ids: Sequence[int]) -> Any:
+    """``[B, T]`` int8 tags of a tokenized text batch: pad where ``mask`` is 0, special for
+    the tokenizer's special tokens ([CLS], [SEP], BOS, EOS), text otherwise."""
+    import torch
+
+    from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
+
+    ids = torch.as_tensor(input_ids).cpu()
+    special = torch.isin(ids, torch.tensor(sorted(set(special_ids)), dtype=ids.dtype))
+    tags = torch.where(special, torch.tensor(TAG_SPECIAL), torch.tensor(TAG_TEXT))
+    if mask is not None:
+        tags = torch.where(torch.as_tensor(mask).cpu().bool(), tags, torch.tensor(TAG_PAD))
+    return tags.to(torch.int8)
 
 
 def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[Any]]:

@@ -1,0 +1,254 @@
+"""Streaming attention reducers: small per-item, per-head statistics of an attention map,
+computed inside the single extraction pass so that no ``[H, T, T]`` tensor is ever stored.
+
+Convention (SCIENCE.md): attention is ``[B, H, T_query, T_key]`` post-softmax, and "A attends
+to B" means query in A, key in B. Tokens are selected by their modality tags
+(:mod:`vlprobe.modality`: pad -1, special 0, text 1, image 2), never by offset; padded queries
+and keys never enter a statistic.
+
+A reducer is registered under a name and maps ``(attn, ctx)`` to a float32 array ``[B, H, ...]``
+(one small block per item). The extractor stores it under the key of ``(site, reducer)`` like
+a pooled site (pooling name ``reduce:<name>``). Register new ones with :func:`register_reducer`.
+
+Built-in reducers (``Q`` = query tokens of a class, ``K`` = key tokens of a class):
+
+- ``mass``: ``[B, H, 3, 3]``; entry ``[q, k]`` = mean over queries of class ``q`` (special /
+  text / image) of the attention mass on keys of class ``k``. NaN where an item has no query
+  of that class. Row sums over ``k`` are 1 for rows with queries.
+- ``cls_mass``: ``[B, H, 3]``: the mass that query 0 (``[CLS]``) puts on special / text /
+  image keys (seed 001 eq. 1 uses the text and image entries).
+- ``max_image_to_text``: ``[B, H]``: the largest mass any image query puts on text keys (seed
+  001 eq. 2 thresholds it at 0.5). NaN where an item has no image query.
+- ``entropy``: ``[B, H]``: mean over real queries of the row entropy (nats) over real keys.
+  A uniform row over ``n`` keys has entropy ``log n``.
+- ``distance``: ``[B, H]``: mean attention distance between image patches (ViT's "attention
+  distance", Dosovitskiy et al. 2021), in patch units: image queries, image keys renormalised,
+  patches laid out row-major on the square grid of the item's image tokens.
+
+Self-attention of a single-modality sequence (a ViT block, a text block) has no tags: every
+real token then counts as image (vision stream) or text (text stream) except position 0 when
+the model has a class token, which ``ctx`` marks special.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vlprobe.errors import ConfigError
+from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT
+
+Reducer = Callable[[Any, "AttentionContext"], Any]
+_REDUCERS: dict[str, tuple[Reducer, str]] = {}
+REDUCE_PREFIX = "reduce:"
+
+
+@dataclass
+class AttentionContext:
+    """What a reducer knows about the tokens of one batch.
+
+    Attributes:
+        query_tags: ``[B, T_query]`` int tags of the query tokens (TAG_PAD for padding).
+        key_tags: ``[B, T_key]`` int tags of the key tokens.
+    """
+
+    query_tags: Any
+    key_tags: Any
+
+
+def register_reducer(name: str, doc: str = "") -> Callable[[Reducer], Reducer]:
+    """Decorator: register ``fn(attn [B, H, Tq, Tk] torch, ctx) -> [B, H, ...]`` as ``name``."""
+
+    def wrap(fn: Reducer) -> Reducer:
+        if name in _REDUCERS:
+            raise ValueError(f"attention reducer {name!r} is registered twice")
+        _REDUCERS[name] = (fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return wrap
+
+
+def reducer_names() -> list[str]:
+    """Registered reducer names."""
+    return sorted(_REDUCERS)
+
+
+def reducer_of(method: str) -> str | None:
+    """``"entropy"`` for the pooling name ``"reduce:entropy"``, None for other poolings."""
+    if isinstance(method, str) and method.startswith(REDUCE_PREFIX):
+        return method[len(REDUCE_PREFIX):]
+    return None
+
+
+def check_reducer(name: str) -> str:
+    """``name`` if registered, else a ConfigError with a suggestion."""
+    if name not in _REDUCERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REDUCERS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown attention reducer {name!r}.{hint} Registered: {', '.join(reducer_names())}"
+        )
+    return name
+
+
+def reduce_attention(name: str, attn: Any, ctx: AttentionContext) -> np.ndarray:
+    """Run reducer ``name`` on ``attn`` ``[B, H, Tq, Tk]``; returns float32 ``[B, H, ...]``."""
+    import torch
+
+    fn = _REDUCERS[check_reducer(name)][0]
+    a = torch.as_tensor(attn).float()
+    if a.ndim != 4:
+        raise ConfigError(f"attention must be [B, H, T_query, T_key], got {tuple(a.shape)}")
+    qt = torch.as_tensor(ctx.query_tags).long()
+    kt = torch.as_tensor(ctx.key_tags).long()
+    if qt.shape != (a.shape[0], a.shape[2]) or kt.shape != (a.shape[0], a.shape[3]):
+        raise ConfigError(
+            f"token tags {tuple(qt.shape)} / {tuple(kt.shape)} do not match attention "
+            f"{tuple(a.shape)} ([B, T_query] / [B, T_key] expected)"
+        )
+    # padded keys and queries never count: zero them (NaN / Inf there must not spread)
+    real = (qt != TAG_PAD)[:, None, :, None] & (kt != TAG_PAD)[:, None, None, :]
+    a = torch.where(real, a, torch.zeros((), dtype=a.dtype))
+    out = fn(a, AttentionContext(qt, kt))
+    return np.ascontiguousarray(out.detach().cpu().numpy(), dtype=np.float32)
+
+
+def _key_mass(a: Any, kt: Any, tag: int) -> Any:
+    """``[B, H, Tq]``: each query's attention mass on keys tagged ``tag``."""
+    return (a * (kt == tag)[:, None, None, :].to(a.dtype)).sum(-1)
+
+
+def _mean_over(values: Any, select: Any) -> Any:
+    """Mean of ``values [B, H, Tq]`` over the queries where ``select [B, Tq]``; NaN if none."""
+    import torch
+
+    w = select[:, None, :].to(values.dtype)
+    n = w.sum(-1)
+    return torch.where(n > 0, (values * w).sum(-1) / n.clamp(min=1), torch.nan)
+
+
+_CLASSES = (TAG_SPECIAL, TAG_TEXT, TAG_IMAGE)
+
+
+@register_reducer("mass", "[B, H, 3, 3] mean mass from query class to key class")
+def _mass(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    per_key = torch.stack([_key_mass(a, ctx.key_tags, k) for k in _CLASSES], dim=-1)
+    rows = [
+        torch.stack(
+            [_mean_over(per_key[..., j], ctx.query_tags == q) for j in range(3)], dim=-1
+        )
+        for q in _CLASSES
+    ]
+    return torch.stack(rows, dim=-2)
+
+
+@register_reducer("cls_mass", "[B, H, 3] mass of query 0 ([CLS]) on special/text/image keys")
+def _cls_mass(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    return torch.stack([_key_mass(a, ctx.key_tags, k)[:, :, 0] for k in _CLASSES], dim=-1)
+
+
+@register_reducer("max_image_to_text", "[B, H] max mass of an image query on text keys")
+def _max_image_to_text(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    mass = _key_mass(a, ctx.key_tags, TAG_TEXT)  # [B, H, Tq]
+    is_image = (ctx.query_tags == TAG_IMAGE)[:, None, :]
+    best = torch.where(is_image, mass, torch.full_like(mass, -1.0)).amax(-1)
+    return torch.where(best < 0, torch.nan, best)
+
+
+@register_reducer("entropy", "[B, H] mean row entropy (nats) over real queries and keys")
+def _entropy(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    p = a / a.sum(-1, keepdim=True).clamp(min=1e-12)  # renormalise over real keys
+    h = -(torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype))).sum(-1)
+    return _mean_over(h, ctx.query_tags != TAG_PAD)
+
+
+@register_reducer("distance", "[B, H] mean attention distance between image patches")
+def _distance(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    b, h = a.shape[:2]
+    out = torch.full((b, h), torch.nan, dtype=a.dtype)
+    for i in range(b):  # the grid differs per item only in where its patches sit
+        qi = torch.nonzero(ctx.query_tags[i] == TAG_IMAGE).flatten()
+        ki = torch.nonzero(ctx.key_tags[i] == TAG_IMAGE).flatten()
+        side = round(len(ki) ** 0.5)
+        if len(qi) == 0 or side * side != len(ki) or len(qi) != len(ki):
+            continue
+        coords = torch.stack(
+            torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1
+        ).reshape(-1, 2).to(a.dtype)
+        dist = torch.cdist(coords, coords)  # [P, P] in patch units
+        sub = a[i][:, qi][:, :, ki]  # [H, P, P]
+        sub = sub / sub.sum(-1, keepdim=True).clamp(min=1e-12)
+        out[i] = (sub * dist).sum(-1).mean(-1)
+    return out
+
+
+def single_stream_tags(mask: Any, stream: str, has_cls: bool) -> Any:
+    """Tags ``[B, T]`` for a single-modality sequence: every real token is ``text`` (text
+    stream) or ``image`` (vision stream); position 0 is special where the model has a class
+    token; padding (``mask == 0``) is pad."""
+    import torch
+
+    m = torch.as_tensor(mask).bool()
+    tag = TAG_IMAGE if stream == "vision" else TAG_TEXT
+    tags = torch.where(m, torch.tensor(tag), torch.tensor(TAG_PAD))
+    if has_cls:
+        tags[:, 0] = torch.where(m[:, 0], torch.tensor(TAG_SPECIAL), torch.tensor(TAG_PAD))
+    return tags.to(torch.int8)
+
+
+def attention_context(
+    trace: Any, site: str, shape: tuple[int, ...], vision_class_token: bool = True
+) -> AttentionContext:
+    """Query and key tags of attention ``site`` (``shape`` = ``[B, H, Tq, Tk]``) in ``trace``.
+
+    Two-stream models' streams come from ``trace.tags_by_stream`` (``cross.blocks.k.t2v.attn``:
+    text queries, vision keys; ``v2t`` the reverse); a fused sequence from
+    ``trace.modality_tags``; a single tower's self-attention from its mask (vision: position 0
+    is the class token where ``vision_class_token``)."""
+    import torch
+
+    from vlprobe.modality import site_stream
+
+    b, _, tq, tk = shape
+    by_stream = getattr(trace, "tags_by_stream", None) or {}
+    stream = site_stream(site)
+    parts = site.split(".")
+    if stream == "cross" and len(parts) >= 5:
+        kind = parts[3]
+        pairs = {"t2v": ("text", "vision"), "v2t": ("vision", "text"),
+                 "text": ("text", "text"), "vision": ("vision", "vision")}
+        if kind not in pairs or any(s not in by_stream for s in pairs[kind]):
+            raise ConfigError(
+                f"attention site {site!r}: the model gave no token tags for its streams"
+            )
+        q, k = pairs[kind]
+        return AttentionContext(by_stream[q], by_stream[k])
+    if stream in by_stream:
+        return AttentionContext(by_stream[stream], by_stream[stream])
+    tags = getattr(trace, "modality_tags", None)
+    if tags is not None and tuple(tags.shape) == (b, tq) and tq == tk:
+        return AttentionContext(tags, tags)
+    if stream == "vision" and tq == tk:
+        ones = torch.ones((b, tq), dtype=torch.bool)
+        tags = single_stream_tags(ones, "vision", vision_class_token)
+        return AttentionContext(tags, tags)
+    if stream == "text" and tq == tk:
+        mask = trace.attention_mask if trace.attention_mask is not None else torch.ones(b, tq)
+        tags = single_stream_tags(mask, "text", has_cls=False)
+        return AttentionContext(tags, tags)
+    raise ConfigError(f"attention site {site!r}: no token tags match its shape {tuple(shape)}")

@@ -185,7 +185,7 @@ def test_layer_probe_constant_layer_predicts_the_prior_with_a_note(probe):
 
 def test_transfer_constant_layer_predicts_the_prior_with_a_note():
     src = _split_source()
-    _make_constant(src, "vision.proj")
+    _make_constant(src, "vision.pooled")
     res = Transfer(["m"], "toy", TRANSFER).run(src)
     v = res.table.set_index("metric")["value"]
     assert v["top1_accuracy"] == pytest.approx(1 / 3)

@@ -59,7 +59,7 @@ def test_captions_per_caption(tmp_path):
     assert val.ids == ["validation/1/10", "validation/1/11", "validation/3/12"]
     assert val.texts == ["A brown dog.", "A dog.", "Two cats."]
     assert val.descriptors["image_id"] == [1, 1, 3]
-    assert val.modalities == ("image", "text")
+    assert val.modalities == ("image", "text", "pair")
     assert val.images[0].size == (8, 6)
     assert val.images.names[2].endswith("000003.jpg")
     assert val.source["missing_images"] == 1

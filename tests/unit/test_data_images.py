@@ -102,7 +102,7 @@ def test_parquet_string_labels_text_and_descriptor_columns(tmp_path):
     assert out.label_names == ["cat", "dog"]
     assert out.labels.tolist() == [1, 0, 1]
     assert out.texts == ["a", "b", "c"]
-    assert out.modalities == ("image", "text")
+    assert out.modalities == ("image", "text", "pair")
     assert out.descriptors["wnid"] == ["n1", "n2", "n1"]
 
 

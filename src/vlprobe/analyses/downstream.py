@@ -64,10 +64,14 @@ def model_max_length(source: Any, model: str) -> int | None:
 
 
 def select_sites(feats: LayerFeatures, layers: Any, model: str) -> list[str]:
-    """Sites for ``layers``: ``"embedding"`` = the non-layer ``*.embedding`` site, else
-    :func:`~vlprobe.analyses._common.select_layer_sites` (default: last layer)."""
+    """Sites for ``layers``: ``"embedding"`` = the model's final vector (``*.proj``, else
+    ``*.pooled``), else :func:`~vlprobe.analyses._common.select_layer_sites` (default: last
+    layer)."""
     if layers == "embedding":
-        sites = [s for s, i in feats.layers.items() if i is None and s.endswith("embedding")]
+        final = [s for s, i in feats.layers.items() if i is None]
+        sites = [s for s in final if s.endswith(".proj")] or [
+            s for s in final if s.endswith(".pooled")
+        ]
         if len(sites) != 1:
             raise AnalysisError(f"downstream: model {model!r}: no single embedding site among "
                                 f"{sorted(feats.layers)}")

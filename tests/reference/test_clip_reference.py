@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch")
 
 from vlprobe.errors import ConfigError, ModelLoadError  # noqa: E402
 from vlprobe.models import load_model  # noqa: E402
-from vlprobe.models._hooks import resolve_layers  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
 
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 269, 49407]
@@ -39,8 +38,8 @@ def test_architecture(clip):
     assert clip.config.text_config.hidden_size == 512
     assert clip.config.projection_dim == 512
     assert clip.max_text_length() == 77
-    with pytest.raises(ConfigError, match=r"layer 15 out of range: model clip has layers 0\.\.12"):
-        resolve_layers(clip, "image", 15)
+    with pytest.raises(ConfigError, match=r"Did you mean vision\.blocks\.1"):
+        clip.check_sites(["vision.blocks.15"])
 
 
 def test_real_tokenizer_and_processor(clip):

@@ -1,0 +1,1 @@
+"""Metrics shared by analyses and training (retrieval, contrastive losses)."""

@@ -9,6 +9,7 @@ vlprobe ls [ROOT]                  past runs, one line each
 vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
+vlprobe train CONFIG [--set k=v]   train a multimodal model from frozen towers (M8)
 """
 
 from __future__ import annotations
@@ -153,6 +154,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _summarise(run_dir)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from vlprobe.train import load_train_config, train
+
+    cfg = load_train_config(args.config, args.set)
+    out = train(cfg, progress=not args.no_progress)
+    record = json.loads((out / "training_record.json").read_text())
+    test = record["test"]
+    print(f"checkpoint: {out}")
+    print(f"best epoch {record['best_epoch']} (validation); test: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in test.items()))
+    return 0
+
+
 def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     widths[-1] = 0  # last column unpadded
@@ -204,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("root", nargs="?")
     p.set_defaults(fn=_cmd_query)
+    p = sub.add_parser("train", help="train a multimodal model from frozen towers (M8)")
+    p.add_argument("config", help="YAML train config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.epochs=10")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("demo", help="offline demo on real pretrained models")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--no-progress", action="store_true")

@@ -203,6 +203,52 @@ def tiny_efficientnet(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     )
 
 
+def tiny_vilt(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2 layers, width 32, 2 heads, patch 8 (position grid 4 x 4 at image_size 32), 40 text
+    positions; a tiny BERT tokenizer and a ViLT image processor (shorter side 32, sizes
+    rounded to multiples of 8) written next to the config; random weights."""
+    from transformers import ViltConfig
+
+    try:
+        from transformers import ViltImageProcessorPil as Proc
+    except ImportError:  # pragma: no cover
+        from transformers import ViltImageProcessor as Proc
+
+    d = Path(tmp_dir) / "tiny_vilt"
+    ids = write_tiny_tokenizer(d, style="bert", model_max_length=40)
+    config = ViltConfig(
+        vocab_size=ids["vocab_size"], hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
+        max_position_embeddings=40, pad_token_id=0,
+    )
+    write_config(d, config)
+    Proc(size={"shortest_edge": 32}, size_divisor=8).save_pretrained(str(d))
+    return ModelSpec(adapter="vilt", config=str(d), random_init=True, seed=seed)
+
+
+def tiny_visual_bert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2 layers, width 32, 2 heads, 40 text positions, visual_embedding_dim 1280: regions are
+    the 2 x 2 grid cells of a random-init EfficientNet-Lite0 ``vision.head`` at 64 px."""
+    from transformers import VisualBertConfig
+
+    d = Path(tmp_dir) / "tiny_visual_bert"
+    ids = write_tiny_tokenizer(d, style="bert", model_max_length=40)
+    config = VisualBertConfig(
+        vocab_size=ids["vocab_size"], hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
+        visual_embedding_dim=1280, pad_token_id=0,
+    )
+    write_config(d, config)
+    region_model = {
+        "adapter": "efficientnet_lite0", "random_init": True, "seed": 0,
+        "options": {"image_size": 64},
+    }
+    return ModelSpec(
+        adapter="visual_bert", config=str(d), random_init=True, seed=seed,
+        options={"region_model": region_model},
+    )
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -212,6 +258,8 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "hf_vit": tiny_vit,
     "hf_resnet": tiny_resnet,
     "efficientnet_lite0": tiny_efficientnet,
+    "vilt": tiny_vilt,
+    "visual_bert": tiny_visual_bert,
 }
 
 

@@ -7,6 +7,7 @@ regenerate them with ``VLPROBE_REGEN_GOLDEN=1``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import replace
@@ -22,8 +23,17 @@ from PIL import Image  # noqa: E402
 
 from tiny_models import TINY_SPECS, tiny_spec  # noqa: E402
 from vlprobe.errors import ConfigError, ModelLoadError  # noqa: E402
+from vlprobe.modality import (  # noqa: E402
+    STREAMS_OF,
+    TAG_IMAGE,
+    TAG_NAMES,
+    TAG_PAD,
+    TAG_SPECIAL,
+    TAG_TEXT,
+    site_stream,
+)
 from vlprobe.models import MODELS, load_model  # noqa: E402
-from vlprobe.models._hooks import count_hooks  # noqa: E402
+from vlprobe.models._hooks import count_hooks, seeded  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "adapters.json"
@@ -38,12 +48,22 @@ def _images() -> list[Image.Image]:
     return [Image.fromarray((rng.random((*s, 3)) * 255).astype("uint8")) for s in shapes]
 
 
+def _pair_images() -> list[Image.Image]:
+    """Two aspect ratios far apart, so that patch-based fusion models pad one image."""
+    rng = np.random.default_rng(1)
+    shapes = [(40, 48), (24, 60)]
+    return [Image.fromarray((rng.random((*s, 3)) * 255).astype("uint8")) for s in shapes]
+
+
 def _payloads(modality: str):
+    if modality == "pair":
+        return list(zip(_pair_images(), TEXTS))
     return _images() if modality == "image" else TEXTS
 
 
-def _prefix(modality: str) -> str:
-    return "vision." if modality == "image" else "text."
+def _tower(sites: list[str], modality: str) -> list[str]:
+    """The sites a ``modality`` batch produces (a pair batch: every stream)."""
+    return [s for s in sites if site_stream(s) in STREAMS_OF[modality]]
 
 
 def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
@@ -112,7 +132,7 @@ def test_sites_and_shapes(name, adapters):
         assert [a.layer_index(s) for s in layers] == list(range(len(layers)))
         emb = a.embedding_site(modality)
         assert emb in sites
-        tower = [s for s in sites if s.startswith(_prefix(modality))]
+        tower = _tower(sites, modality)
         batch = a.prepare(_payloads(modality), modality)
         assert len(batch) == 2
         trace = a.forward(batch, tower)
@@ -124,19 +144,43 @@ def test_sites_and_shapes(name, adapters):
             assert torch.isfinite(x).all()
         assert trace.hidden[emb].ndim == 2 and trace.hidden[emb].shape[0] == 2
         for site, att in trace.attentions.items():
-            hidden = trace.hidden[site.removesuffix(".attn")]
-            t = hidden.shape[1]
-            assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
-            rows = att.sum(-1)  # [B, H, T]
-            if trace.attention_mask is not None:
-                real = trace.attention_mask.bool()[:, None, :].expand_as(rows)
-                rows = rows[real]
-            assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4)
+            hidden = trace.hidden.get(site.removesuffix(".attn"))
+            if hidden is not None:  # self-attention: [B, H, T, T] over its own tokens
+                t = hidden.shape[1]
+                assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
+            mask = trace.attention_mask
+            if mask is not None and att.shape[2] == att.shape[3] == mask.shape[1]:
+                keys = mask.float()[:, None, None, :]
+                rows = (att * keys).sum(-1)  # [B, H, T]: mass on unmasked keys only
+                rows = rows[mask.bool()[:, None, :].expand_as(rows)]  # real queries
+            else:
+                rows = att.sum(-1)
+            assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4), site
         if modality == "text":
             assert trace.attention_mask.shape == batch.inputs["input_ids"].shape
             assert trace.eos_index.shape == (2,)
             assert a.pooling_for("text") in ("mean", "cls", "eos")
+        if modality == "pair":
+            _check_pair_tags(a, trace, layers)
         assert a.default_pooling in ("mean", "cls", "eos")
+
+
+def _check_pair_tags(a, trace, layers: list[str]) -> None:
+    """Every position of the fused sequence tagged; pad exactly where the mask is 0."""
+    tags, mask = trace.modality_tags, trace.attention_mask
+    assert tags is not None and tags.dtype == torch.int8, a.family
+    assert mask is not None and tuple(mask.shape) == tuple(tags.shape)
+    assert set(torch.unique(tags).tolist()) <= set(TAG_NAMES)
+    assert torch.equal(tags == TAG_PAD, mask == 0)
+    for row in tags:
+        present = set(row.tolist())
+        assert {TAG_SPECIAL, TAG_TEXT, TAG_IMAGE} <= present, (a.family, row)
+    if site_stream(layers[0]) == "fusion":  # single stream: tags describe its sequence
+        assert trace.hidden[layers[0]].shape[1] == tags.shape[1]
+        boxes = trace.extras.get("boxes")
+        if boxes is not None:  # a box exactly at image tokens
+            assert boxes.shape == (*tags.shape, 4)
+            assert torch.equal(~torch.isnan(boxes).any(-1), tags == TAG_IMAGE)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -191,19 +235,26 @@ def test_unknown_site_suggests(name, adapters):
 @pytest.mark.parametrize("name", NAMES)
 def test_truncation_is_counted(name, adapters):
     a = adapters(name)
-    if "text" not in a.modalities:
+    if "text" not in a.modalities and "pair" not in a.modalities:
         assert a.max_text_length() is None
         with pytest.raises(NotImplementedError):
             a.text_lengths(["x"])
         return
+    modality = "text" if "text" in a.modalities else "pair"
+
+    def items(texts):
+        return texts if modality == "text" else list(zip(_pair_images(), texts))
+
     max_len = a.max_text_length()
     long_text = " ".join(["cat"] * (max_len + 10))
     lengths = a.text_lengths(["a cat", long_text])
     assert lengths[1] > max_len >= lengths[0]
-    batch = a.prepare(["a cat", long_text], "text")
+    batch = a.prepare(items(["a cat", long_text]), modality)
     assert batch.n_truncated == 1
     assert batch.inputs["input_ids"].shape[1] == max_len
-    short = a.prepare(["a cat", "a dog sits"], "text")
+    if modality == "pair":  # the cut sequence runs
+        a.forward(batch, [a.layer_sites("pair")[-1]])
+    short = a.prepare(items(["a cat", "a dog sits"]), modality)
     assert short.n_truncated == 0
     assert short.inputs["input_ids"].shape[1] == max(a.text_lengths(["a cat", "a dog sits"]))
 
@@ -239,6 +290,105 @@ def test_hub_id_offline_is_a_clear_error(name, tiny_dir, monkeypatch):
     assert "Traceback" not in msg and len(msg) < 600
     if name != "efficientnet_lite0":
         assert "offline" in msg and "local directory" in msg
+
+
+# -- hooked hidden states == the model's own output_hidden_states -------------------------
+def _auto_states(a, batch, modality):
+    """``model(**inputs, output_hidden_states=True).hidden_states``."""
+    params = inspect.signature(a.model.forward).parameters
+    kw = {k: v for k, v in batch.inputs.items() if k in params}
+    if "use_cache" in params:
+        kw["use_cache"] = False
+    with torch.no_grad():
+        return a.model(**kw, output_hidden_states=True).hidden_states
+
+
+def _clip_states(a, batch, modality):
+    x = batch.inputs
+    with torch.no_grad():
+        if modality == "image":
+            out = a.model.vision_model(pixel_values=x["pixel_values"], output_hidden_states=True)
+        else:
+            out = a.model.text_model(
+                input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                output_hidden_states=True,
+            )
+    return out.hidden_states
+
+
+def _vilt_states(a, batch, modality):
+    """HF's own pixel path (it shuffles image tokens with torch.multinomial): run it under a
+    fixed seed, read which grid cell each image token came from (``visual_embed``'s
+    ``patch_index``, same seed, same draws) and put the tokens back in raster order."""
+    from vlprobe.models.vilt import patch_layout
+
+    m, x = a.model, batch.inputs
+    with seeded(0), torch.no_grad():
+        _, _, (cells, _) = m.embeddings.visual_embed(
+            x["pixel_values"], x["pixel_mask"], max_image_length=m.config.max_image_length
+        )
+    with seeded(0), torch.no_grad():
+        out = m(**x, output_hidden_states=True)
+    layout = patch_layout(x["pixel_mask"], a.patch, a._max_image_length())
+    start = x["input_ids"].shape[1] + 1  # after the text and the image CLS
+    hf_cell = cells[..., 0] * layout.grid[1] + cells[..., 1]  # [B, N]
+    order = torch.zeros_like(layout.select)
+    for b in range(order.shape[0]):
+        for k in range(order.shape[1]):
+            if layout.keep[b, k]:
+                order[b, k] = (hf_cell[b] == layout.select[b, k]).nonzero()[0, 0]
+    states = []
+    for h in out.hidden_states:
+        h = h.clone()
+        image = h[:, start:]
+        h[:, start:] = torch.gather(image, 1, order[..., None].expand_as(image))
+        states.append(h)
+    return tuple(states)
+
+
+#: family -> (HF hidden_states of a batch, final norm HF applies to its last entry or None)
+HF_HIDDEN = {
+    "clip": (_clip_states, None),
+    "hf_text": (_auto_states, None),  # the tiny spec is BERT (no final norm)
+    "minilm_l6": (_auto_states, None),
+    "smollm2_135m": (_auto_states, lambda a: a.model.norm),  # Llama: last entry after norm
+    "hf_vit": (_auto_states, None),
+    "hf_resnet": (_auto_states, None),
+    "vilt": (_vilt_states, None),  # the last entry is before ViltModel.layernorm
+    "visual_bert": (_auto_states, None),
+}
+NOT_TRANSFORMERS = {
+    "efficientnet_lite0": "not a transformers model (package efficientnet-lite-pytorch)",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hooked_hidden_states_equal_hf_output_hidden_states(name, adapters):
+    if name in NOT_TRANSFORMERS:
+        pytest.skip(NOT_TRANSFORMERS[name])
+    assert name in HF_HIDDEN, (
+        f"adapter {name!r} is not in HF_HIDDEN (how to get its HF hidden_states) nor in "
+        "NOT_TRANSFORMERS (with the reason): add it"
+    )
+    states_of, final_norm = HF_HIDDEN[name]
+    a = adapters(name)
+    for modality in a.modalities:
+        batch = a.prepare(_payloads(modality), modality)
+        layers = a.layer_sites(modality)
+        trace = a.forward(batch, layers)
+        states = states_of(a, batch, modality)
+        assert len(states) == len(layers), (name, modality, len(states), len(layers))
+        # padding positions of a fused sequence carry no meaning (ViLT fills them at random)
+        real = trace.attention_mask.bool() if modality == "pair" else None
+        for k, site in enumerate(layers):
+            got = trace.hidden[site]
+            if final_norm is not None and k == len(layers) - 1:
+                with torch.no_grad():
+                    got = final_norm(a)(got)
+            want = states[k].float()
+            if real is not None:
+                got, want = got[real], want[real]
+            assert torch.allclose(got, want, atol=1e-5), (name, site)
 
 
 # -- golden numbers -----------------------------------------------------------------------

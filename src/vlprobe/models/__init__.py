@@ -18,6 +18,8 @@ MODELS.add("smollm2_135m", "vlprobe.models.hf_text:SmolLM2Adapter", aliases=("sm
 MODELS.add("hf_vit", "vlprobe.models.hf_vision:HFViTAdapter", aliases=("dino", "vit"))
 MODELS.add("hf_resnet", "vlprobe.models.hf_vision:HFResNetAdapter", aliases=("resnet",))
 MODELS.add("efficientnet_lite0", "vlprobe.models.efficientnet:EfficientNetLite0Adapter")
+MODELS.add("vilt", "vlprobe.models.vilt:ViltAdapter")
+MODELS.add("visual_bert", "vlprobe.models.visual_bert:VisualBertAdapter", aliases=("visualbert",))
 MODELS.add("aligned_dual", "vlprobe.models.aligned:AlignedDualAdapter", aliases=("m8",))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.errors import ConfigError, DataError, ModelLoadError
 from vlprobe.modality import check_sites_for
 from vlprobe.models._hooks import (
     HookTarget,
@@ -339,6 +339,7 @@ class HFAdapter(ModelAdapter):
             )
         if batch.modality == "pair":
             self._modality_tags(batch, trace)
+        trace.extras.update(batch.extras)
         return trace
 
     # -- the differentiable path ---------------------------------------------------------
@@ -402,6 +403,13 @@ def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise ConfigError(
                 f"model {family!r}: pair item {i} is not an (image, text) pair: {type(item)}"
+            )
+        if item[0] is None:
+            raise DataError(f"model {family!r}: pair item {i} has no image (None)")
+        if item[1] is None or not str(item[1]).strip():
+            raise DataError(
+                f"model {family!r}: pair item {i} has an empty caption ({item[1]!r}); a "
+                "fusion model needs a non-empty text with every image"
             )
         images.append(item[0])
         texts.append(item[1])

@@ -79,12 +79,15 @@ class Batch:
             in its text (fast tokenizers' ``return_offsets_mapping``; special and padding
             tokens are ``(0, 0)``), or None. Used by ``span`` pooling to map character spans
             to token spans (:mod:`vlprobe.extract.alignment`). Not a model input.
+        extras: per-batch values that are not model inputs but describe them, copied into
+            :attr:`Trace.extras` by the forward (see there for the keys). Empty by default.
     """
 
     modality: str
     inputs: dict[str, Any]
     n_truncated: int = 0
     offsets: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         first = next(iter(self.inputs.values()))
@@ -107,6 +110,13 @@ class Trace:
             concatenation ``[text tokens; image tokens]`` of their two streams.
         tags_by_stream: for two-stream models, stream -> ``[B, T_stream]`` tags of that
             stream's sequence (``{"text": ..., "vision": ...}``); empty otherwise.
+        extras: family-specific descriptions of the sequence, by documented key:
+
+            - ``"boxes"``: float32 ``[B, T, 4]``, one box ``(x0, y0, x1, y1)`` per position of
+              the fused sequence described by :attr:`modality_tags`, in coordinates
+              normalised to the original image (0..1, origin top-left): the image region a
+              ``TAG_IMAGE`` token stands for (a ViLT patch, a VisualBERT region or grid
+              cell); NaN at every other position (text, special, padding).
     """
 
     hidden: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +125,7 @@ class Trace:
     eos_index: Any = None
     modality_tags: Any = None
     tags_by_stream: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class ModelAdapter(ABC):

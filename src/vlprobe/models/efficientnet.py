@@ -63,18 +63,24 @@ def packaged_weights() -> Path | None:
     return files[0] if files else None
 
 
+def center_crop_window(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` in pixels of the square window of a ``width x height``
+    image that the TF EfficientNet eval crop keeps: the central ``size/(size+32)`` of the
+    shorter side."""
+    crop = round(size / (size + CROP_PADDING) * min(width, height))
+    left = (width - crop + 1) // 2
+    top = (height - crop + 1) // 2
+    return left, top, left + crop, top + crop
+
+
 def center_crop_resize(image: Any, size: int) -> np.ndarray:
-    """TF EfficientNet eval crop: central ``size/(size+32)`` of the shorter side, bicubic
-    resize to ``size``; returns uint8 ``[size, size, 3]``."""
+    """TF EfficientNet eval crop (:func:`center_crop_window`), bicubic resize to ``size``;
+    returns uint8 ``[size, size, 3]``."""
     from PIL import Image
 
     if image.mode != "RGB":
         image = image.convert("RGB")
-    w, h = image.size
-    crop = round(size / (size + CROP_PADDING) * min(w, h))
-    left = (w - crop + 1) // 2
-    top = (h - crop + 1) // 2
-    image = image.crop((left, top, left + crop, top + crop))
+    image = image.crop(center_crop_window(*image.size, size))
     image = image.resize((size, size), Image.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
 
@@ -227,6 +233,11 @@ class EfficientNetLite0Adapter(ModelAdapter):
                 ident["files"] = dir_fingerprint(self.weights)
             self._identity = ident
         return dict(self._identity)
+
+    def input_window(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(left, top, right, bottom)``: the pixels of a ``width x height`` image that
+        :meth:`prepare` feeds the network (its feature maps cover exactly this window)."""
+        return center_crop_window(width, height, self.image_size)
 
     # -- running -----------------------------------------------------------------------
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:

@@ -1,0 +1,126 @@
+"""Helpers shared by the single-stream fusion adapters (``vilt``, ``visual_bert``).
+
+Both read ``[CLS] text [SEP] [PAD]...`` followed by image tokens in one sequence. This module
+holds what they have in common: the BERT tokenizer of a fusion checkpoint (with a documented
+default), the modality tags of the text part, and the fused-sequence boxes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlprobe.errors import ModelLoadError
+from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
+from vlprobe.models._hooks import dir_fingerprint
+from vlprobe.models.hf_source import Source, hub_errors, looks_like_path
+from vlprobe.settings import expand_path
+
+#: the tokenizer ViLT and VisualBERT were trained with; used when the checkpoint (or the
+#: random_init config directory) ships no tokenizer files and ``options.tokenizer`` is unset.
+DEFAULT_BERT_TOKENIZER = "google-bert/bert-base-uncased"
+_TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "tokenizer.model",
+)
+
+
+def _has_tokenizer_files(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def load_bert_tokenizer(
+    name: str, source: Source, revision: str | None, option: str | None, vocab_size: int
+) -> tuple[Any, dict[str, Any]]:
+    """(tokenizer, its provenance for the identity) for a fusion checkpoint.
+
+    Order: ``option`` (``options.tokenizer``: a local directory or a hub id) if set; else the
+    checkpoint's own tokenizer files (local directory, or the hub repository); else
+    :data:`DEFAULT_BERT_TOKENIZER`. A local directory without tokenizer files is never used
+    (transformers would build an empty vocabulary from it silently).
+
+    The provenance is ``{"source": "checkpoint"}`` (its files are already in the identity),
+    or ``{"source": <hub id>}``, or ``{"source": <directory>, "files": {name: sha256}}``.
+
+    Raises:
+        ModelLoadError: no usable tokenizer (naming every place tried), or a tokenizer with
+            more ids than the model's ``vocab_size``.
+    """
+    from transformers import AutoTokenizer
+
+    if option:
+        candidates = [(str(option), None)]
+    else:
+        candidates = [(source.ref, revision), (DEFAULT_BERT_TOKENIZER, None)]
+    tried = []
+    for ref, rev in candidates:
+        path = expand_path(ref)
+        if path.is_dir():
+            if not _has_tokenizer_files(path):
+                tried.append(f"{ref} (no tokenizer files)")
+                continue
+            where = Source("local", str(path))
+        elif path.exists() or looks_like_path(ref):
+            tried.append(f"{ref} (not a tokenizer directory)")
+            continue
+        else:
+            where = Source("hub", ref)
+        try:
+            with hub_errors(where, rev, "tokenizer"):
+                tok = AutoTokenizer.from_pretrained(where.ref, revision=rev)
+        except ModelLoadError as exc:
+            tried.append(f"{ref} ({exc})")
+            continue
+        if len(tok) > vocab_size:
+            raise ModelLoadError(
+                f"{name}: tokenizer {ref!r} has {len(tok)} ids but the model's vocab_size is "
+                f"{vocab_size}; use the checkpoint's own tokenizer (options.tokenizer)"
+            )
+        tok.padding_side = "right"
+        if ref == source.ref and not option:
+            return tok, {"source": "checkpoint"}
+        if where.kind == "local":
+            return tok, {"source": str(path.resolve()), "files": dir_fingerprint(path)}
+        return tok, {"source": ref}
+    raise ModelLoadError(
+        f"{name}: no usable tokenizer. Tried: {'; '.join(tried)}. Set options.tokenizer to a "
+        "local tokenizer directory (a BERT WordPiece vocabulary) or a cached hub id"
+    )
+
+
+def text_tags(input_ids: Any, attention_mask: Any, special_ids: set[int]) -> Any:
+    """``[B, T]`` int8 tags of a right-padded BERT text part: ``special_ids`` (``[CLS]``,
+    ``[SEP]``) -> TAG_SPECIAL, padding (mask 0) -> TAG_PAD, every other token -> TAG_TEXT."""
+    import torch
+
+    tags = torch.full(input_ids.shape, TAG_TEXT, dtype=torch.int8)
+    ids = input_ids.cpu()
+    for sid in special_ids:
+        tags[ids == sid] = TAG_SPECIAL
+    tags[attention_mask.cpu() == 0] = TAG_PAD
+    return tags
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokens a BERT tokenizer adds around a text (``[CLS]``, ``[SEP]``)."""
+    ids = {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    return {int(i) for i in ids if i is not None}
+
+
+def nan_boxes(batch: int, length: int) -> Any:
+    """``[batch, length, 4]`` float32 boxes, all NaN (filled at image positions)."""
+    import torch
+
+    return torch.full((batch, length, 4), float("nan"), dtype=torch.float32)
+
+
+def text_identity(
+    tokenizer: Any, provenance: dict[str, Any], max_length: int | None
+) -> dict[str, Any]:
+    """The text preprocessing of a fusion model, for its identity."""
+    return {
+        "tokenizer": type(tokenizer).__name__,
+        "tokenizer_source": provenance,
+        "vocab": len(tokenizer),
+        "max_length": max_length,
+        "padding": "longest/right",
+    }

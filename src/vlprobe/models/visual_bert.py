@@ -1,0 +1,210 @@
+"""VisualBERT (transformers ``VisualBertModel``): text tokens and image regions in one BERT.
+
+The fused sequence (``T = T_text + R``): ``[CLS] words [SEP] [PAD]...`` (BERT WordPiece, at most
+``config.max_position_embeddings`` tokens; longer texts are cut and counted) followed by ``R``
+region tokens (``visual_embeds [B, R, D_v]`` projected to the model width; padding regions
+masked). Region tokens have no position limit (VisualBERT gives them all visual position 0).
+
+Regions (:mod:`vlprobe.models.regions`), chosen with options:
+
+- default: the grid cells of a CNN feature map: ``region_model`` (an adapter name or a model
+  spec mapping; default ``efficientnet_lite0`` with its packaged ImageNet weights) and
+  ``region_site`` (default ``vision.head``, ``[B, 1280, 7, 7]`` at 224 px: 49 regions);
+- ``regions: <file.npz | file.safetensors>``: per-image detector features and boxes keyed by
+  image id (format in :mod:`vlprobe.models.regions`).
+
+The published checkpoints (``uclanlp/visualbert-*``) expect 2048-d detector features
+(``visual_embedding_dim = 2048``); EfficientNet grid features are 1280-d, so grid regions need
+a model built with ``visual_embedding_dim = 1280`` (``random_init`` + a config, or your own
+checkpoint). A mismatch is an error naming both numbers. ``identity()`` records where the
+regions come from (the file and its sha256, or the CNN's identity, site and grid size).
+
+Sites (L = ``config.num_hidden_layers``): ``fusion.stem`` (layer 0 = the input of block 0:
+text + region embeddings after the embedding LayerNorm ``[B, T, D]``), ``fusion.blocks.{i}``
+(output of ``encoder.layer[i]``), ``fusion.blocks.{i}.attn`` (``[B, H, T, T]``) and
+``fusion.pooled`` (pooler output, ``tanh(W h_L[:, 0])`` ``[B, D]``). ``layer_sites("pair")`` =
+stem + blocks; default pooling ``cls``. Checkpoints with ``bypass_transformer`` (text-only
+encoder, then one joint layer) are not supported.
+
+Tags: ``[CLS]`` / ``[SEP]`` special, words text, regions image, padding pad;
+``Trace.attention_mask`` = ``[text mask, region mask]`` ``[B, T]``, the mask VisualBERT
+attends with; ``Trace.extras["boxes"]`` ``[B, T, 4]``: each region's box (normalised image
+coordinates), NaN elsewhere. Tokenizer: ``options.tokenizer``, else the checkpoint's own, else
+``google-bert/bert-base-uncased`` (the uclanlp checkpoints ship none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.modality import TAG_IMAGE, TAG_PAD
+from vlprobe.models._fusion import (
+    load_bert_tokenizer,
+    nan_boxes,
+    special_ids,
+    text_identity,
+    text_tags,
+)
+from vlprobe.models._hf import HFAdapter, _split_pairs, transformer_tower_sites
+from vlprobe.models._hooks import HookTarget, torch_dtype
+from vlprobe.models.base import Batch, Trace
+from vlprobe.models.regions import region_source
+
+_OPTIONS = ("tokenizer", "regions", "region_model", "region_site")
+
+
+class VisualBertAdapter(HFAdapter):
+    """VisualBERT single-stream fusion model (transformers ``VisualBertModel``)."""
+
+    family: ClassVar[str] = "visual_bert"
+    name: ClassVar[str] = "visual_bert"
+    summary: ClassVar[str] = (
+        "VisualBERT single-stream fusion (transformers VisualBertModel): text tokens + image "
+        "regions (CNN grid cells or a regions file)"
+    )
+    default_pooling: ClassVar[str] = "cls"
+
+    @classmethod
+    def offline_status(cls) -> tuple[bool, str]:
+        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
+
+    @classmethod
+    def _config_class(cls) -> Any:
+        from transformers import VisualBertConfig
+
+        return VisualBertConfig
+
+    def _model_class(self) -> Any:
+        from transformers import VisualBertModel
+
+        return VisualBertModel
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("pair",)
+
+    def _setup(self) -> None:
+        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"visual_bert: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(_OPTIONS)}"
+            )
+        if getattr(self.config, "bypass_transformer", False):
+            raise ModelLoadError(
+                "visual_bert: checkpoints with bypass_transformer=true (text-only encoder, then "
+                "one joint layer) are not supported: they have no single stack of fused blocks"
+            )
+        self.n_layers = int(self.config.num_hidden_layers)
+        self.visual_dim = int(self.config.visual_embedding_dim)
+        self._sites = transformer_tower_sites("fusion", self.n_layers)
+        self._layer_sites = {
+            "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
+        }
+        self._tokenizer_source: dict[str, Any] = {}
+        self._regions: Any = None
+
+    def max_text_length(self) -> int | None:
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def regions(self) -> Any:
+        """The region source (:mod:`vlprobe.models.regions`), built on first use."""
+        if self._regions is None:
+            self._regions = region_source(self.spec.options, self.device, self.name)
+        return self._regions
+
+    # -- preprocessing -----------------------------------------------------------------
+    def _load_tokenizer(self) -> Any:
+        revision = self.spec.revision if self.source.kind != "local" else None
+        tok, ref = load_bert_tokenizer(
+            self.name, self.source, revision, self.spec.options.get("tokenizer"),
+            int(self.config.vocab_size),
+        )
+        self._tokenizer_source = ref
+        return tok
+
+    def _preprocess_identity(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {
+            "text": text_identity(tok, self._tokenizer_source, self.max_text_length()),
+            "regions": self.regions.identity(),
+        }
+
+    def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
+        """Tokens + regions: ``input_ids``, ``attention_mask``, ``token_type_ids`` ``[B, T_text]``,
+        ``visual_embeds [B, R, D_v]``, ``visual_attention_mask`` / ``visual_token_type_ids``
+        ``[B, R]`` (type 1, as the authors set it); ``extras["boxes"] [B, T_text + R, 4]``."""
+        import torch
+
+        if modality != "pair":
+            return super().prepare(payloads, modality)  # raises: pairs only
+        images, texts = _split_pairs(payloads, self.family)
+        inputs, n_truncated, offsets = self._text_inputs(texts)
+        feats, mask, region_boxes = self.regions(images)
+        if feats.shape[-1] != self.visual_dim:
+            raise ConfigError(
+                f"visual_bert: the regions are {feats.shape[-1]}-d "
+                f"({self._region_origin()}) but the model's visual_embedding_dim is "
+                f"{self.visual_dim}. The published VisualBERT checkpoints expect 2048-d detector "
+                f"features: for grid regions build the model with visual_embedding_dim="
+                f"{feats.shape[-1]} (random_init + config, or your own checkpoint), or give a "
+                f"regions file with {self.visual_dim}-d features (options.regions)"
+            )
+        inputs.update(
+            visual_embeds=feats,
+            visual_attention_mask=mask,
+            visual_token_type_ids=torch.ones_like(mask),
+        )
+        t_text = inputs["input_ids"].shape[1]
+        boxes = nan_boxes(len(images), t_text + feats.shape[1])
+        boxes[:, t_text:] = region_boxes
+        return Batch(
+            "pair", inputs, n_truncated=n_truncated, offsets=offsets, extras={"boxes": boxes}
+        )
+
+    def _region_origin(self) -> str:
+        src = self.regions
+        if hasattr(src, "site"):
+            return f"{src.cnn.family} {src.site} grid cells"
+        return f"regions file {src.path}"
+
+    # -- running -----------------------------------------------------------------------
+    def _hook_table(self) -> dict[str, HookTarget]:
+        table = {"fusion.stem": HookTarget("encoder.layer.0", "input")}
+        for i in range(self.n_layers):
+            table[f"fusion.blocks.{i}"] = HookTarget(f"encoder.layer.{i}")
+            table[f"fusion.blocks.{i}.attn"] = HookTarget(
+                f"encoder.layer.{i}.attention.self", "attn"
+            )
+        return table
+
+    def _run(
+        self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
+    ) -> dict[str, Any]:
+        out = self.model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            token_type_ids=inputs.get("token_type_ids"),
+            visual_embeds=inputs["visual_embeds"].to(torch_dtype(self.spec.dtype)),
+            visual_attention_mask=inputs["visual_attention_mask"],
+            visual_token_type_ids=inputs["visual_token_type_ids"],
+            output_attentions=want_attn,
+        )
+        if "fusion.pooled" in computed:
+            return {"fusion.pooled": out.pooler_output}
+        return {}
+
+    def _modality_tags(self, batch: Batch, trace: Trace) -> None:
+        """Tags and the fused mask of ``[text; regions]``."""
+        import torch
+
+        text_mask = batch.inputs["attention_mask"].cpu().long()
+        region_mask = batch.inputs["visual_attention_mask"].cpu().long()
+        ttags = text_tags(batch.inputs["input_ids"], text_mask, special_ids(self.tokenizer))
+        rtags = torch.full(region_mask.shape, TAG_IMAGE, dtype=torch.int8)
+        rtags[region_mask == 0] = TAG_PAD
+        trace.modality_tags = torch.cat([ttags, rtags], dim=1)
+        trace.attention_mask = torch.cat([text_mask, region_mask], dim=1)

@@ -249,6 +249,31 @@ def tiny_visual_bert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     )
 
 
+def tiny_aligned_dual(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """A `vlprobe train` checkpoint over the tiny ViT and BERT towers with seeded, untrained
+    linear heads (what the aligned_dual adapter loads; training itself is tested elsewhere)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from vlprobe.train.checkpoint import save_checkpoint
+    from vlprobe.train.heads import aligned_heads
+
+    towers = Path(tmp_dir) / f"tiny_aligned_towers_{seed}"
+    image = {**asdict(tiny_vit(towers, seed)), "sites": ["vision.pooled"], "pooling": None}
+    text = {**asdict(_text("hf_text", "bert")(towers, seed)),
+            "sites": ["text.pooled"], "pooling": None}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        heads = aligned_heads(32, 32, 16, "linear")
+    out = Path(tmp_dir) / f"tiny_aligned_dual_{seed}"
+    config = {"kind": "aligned", "adapter": "aligned_dual", "name": "tiny",
+              "image_tower": image, "text_tower": text, "image_dim": 32, "text_dim": 32,
+              "head": {"kind": "linear", "embed_dim": 16, "hidden": 1024}}
+    save_checkpoint(out, dict(heads.state_dict()), config, {"note": "untrained test heads"})
+    return ModelSpec(adapter="aligned_dual", checkpoint=str(out), seed=seed)
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -258,6 +283,7 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "hf_vit": tiny_vit,
     "hf_resnet": tiny_resnet,
     "efficientnet_lite0": tiny_efficientnet,
+    "aligned_dual": tiny_aligned_dual,
     "vilt": tiny_vilt,
     "visual_bert": tiny_visual_bert,
 }

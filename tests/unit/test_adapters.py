@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 from tiny_models import TINY_SPECS, tiny_spec  # noqa: E402
 from vlprobe.errors import ConfigError, ModelLoadError  # noqa: E402
+from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_TEXT  # noqa: E402
 from vlprobe.models import MODELS, load_model  # noqa: E402
 from vlprobe.models._hooks import count_hooks  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
@@ -39,11 +40,77 @@ def _images() -> list[Image.Image]:
 
 
 def _payloads(modality: str):
+    if modality == "pair":  # (image, text) tuples
+        return list(zip(_images(), TEXTS))
     return _images() if modality == "image" else TEXTS
 
 
 def _prefix(modality: str) -> str:
-    return "vision." if modality == "image" else "text."
+    """Site prefix a batch of ``modality`` produces (a pair batch produces every site)."""
+    return {"image": "vision.", "text": "text.", "pair": ""}[modality]
+
+
+# -- which token sequence a site lives on (two-stream models keep one per stream) ----------
+def _seq_stream(site: str) -> str:
+    """The token sequence of a hidden-state site: ``cross.blocks.k.text`` lives on the text
+    stream, ``cross.blocks.k.vision`` on the vision stream, others on their own stream."""
+    parts = site.removesuffix(".attn").split(".")
+    if parts[0] == "cross" and parts[-1] in ("text", "vision"):
+        return parts[-1]
+    return parts[0]
+
+
+def _attn_streams(site: str) -> tuple[str, str]:
+    """(query stream, key stream) of an attention site (t2v: text queries, vision keys)."""
+    parts = site.split(".")
+    if parts[0] == "cross" and parts[-2] in ("t2v", "v2t"):
+        return ("text", "vision") if parts[-2] == "t2v" else ("vision", "text")
+    return _seq_stream(site), _seq_stream(site)
+
+
+def _stream_mask(trace, stream: str):
+    """``[B, T_stream]`` bool (True = real token) of a stream, or None (every token real):
+    ``tags_by_stream`` for two-stream models, else the trace's attention mask."""
+    tags = trace.tags_by_stream.get(stream)
+    if tags is not None:
+        return tags != TAG_PAD
+    return None if trace.attention_mask is None else trace.attention_mask.bool()
+
+
+def _check_attention(trace, site: str, att) -> None:
+    """Shape ``[B, H, Tq, Tk]`` and, on every real query row, weights that sum to 1 over the
+    real keys (so masked keys, which may belong to the OTHER stream, get none)."""
+    hidden = trace.hidden.get(site.removesuffix(".attn"))
+    if hidden is not None:  # self-attention of a captured sequence
+        t = hidden.shape[1]
+        assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
+    q_stream, k_stream = _attn_streams(site)
+    qm, km = _stream_mask(trace, q_stream), _stream_mask(trace, k_stream)
+    b, _, tq, tk = att.shape
+    qm = torch.ones(b, tq, dtype=torch.bool) if qm is None else qm
+    km = torch.ones(b, tk, dtype=torch.bool) if km is None else km
+    assert qm.shape == (b, tq) and km.shape == (b, tk), (site, att.shape, qm.shape, km.shape)
+    rows = (att * km[:, None, None, :]).sum(-1)  # [B, H, Tq]
+    rows = rows[qm[:, None, :].expand_as(rows)]
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4), site
+
+
+def _check_pair_tags(a, trace) -> None:
+    """Pair traces tag every position of the fused (or [text; vision]) sequence, pad exactly
+    where the mask is 0; two-stream models' per-stream tags match their sequences."""
+    tags, mask = trace.modality_tags, trace.attention_mask
+    assert tags is not None and tags.dtype == torch.int8 and mask is not None
+    assert tags.shape == mask.shape
+    assert set(tags.unique().tolist()) <= {-1, 0, 1, 2}
+    assert torch.equal(tags == TAG_PAD, mask == 0)
+    assert (tags == TAG_TEXT).any() and (tags == TAG_IMAGE).any()
+    by = trace.tags_by_stream
+    if by:
+        assert set(by) == {"text", "vision"}
+        assert torch.equal(torch.cat([by["text"], by["vision"]], dim=1), tags)
+        for site, x in trace.hidden.items():
+            if x.ndim == 3 and _seq_stream(site) in by:
+                assert x.shape[1] == by[_seq_stream(site)].shape[1], site
 
 
 def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
@@ -79,7 +146,7 @@ def _pool(adapter, trace, site: str, modality: str):
         return x[:, 0]
     if how == "eos":
         return x[torch.arange(x.shape[0]), trace.eos_index]
-    mask = trace.attention_mask
+    mask = _stream_mask(trace, _seq_stream(site))
     if mask is None:
         return x.mean(dim=1)
     m = mask.float().unsqueeze(-1)
@@ -124,14 +191,9 @@ def test_sites_and_shapes(name, adapters):
             assert torch.isfinite(x).all()
         assert trace.hidden[emb].ndim == 2 and trace.hidden[emb].shape[0] == 2
         for site, att in trace.attentions.items():
-            hidden = trace.hidden[site.removesuffix(".attn")]
-            t = hidden.shape[1]
-            assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
-            rows = att.sum(-1)  # [B, H, T]
-            if trace.attention_mask is not None:
-                real = trace.attention_mask.bool()[:, None, :].expand_as(rows)
-                rows = rows[real]
-            assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4)
+            _check_attention(trace, site, att)
+        if modality == "pair":
+            _check_pair_tags(a, trace)
         if modality == "text":
             assert trace.attention_mask.shape == batch.inputs["input_ids"].shape
             assert trace.eos_index.shape == (2,)
@@ -191,7 +253,7 @@ def test_unknown_site_suggests(name, adapters):
 @pytest.mark.parametrize("name", NAMES)
 def test_truncation_is_counted(name, adapters):
     a = adapters(name)
-    if "text" not in a.modalities:
+    if "text" not in a.modalities and "pair" not in a.modalities:
         assert a.max_text_length() is None
         with pytest.raises(NotImplementedError):
             a.text_lengths(["x"])
@@ -200,6 +262,15 @@ def test_truncation_is_counted(name, adapters):
     long_text = " ".join(["cat"] * (max_len + 10))
     lengths = a.text_lengths(["a cat", long_text])
     assert lengths[1] > max_len >= lengths[0]
+    if "text" not in a.modalities:  # texts reach the model only in (image, text) pairs
+        pairs = list(zip(_images(), ["a cat", long_text]))
+        batch = a.prepare(pairs, "pair")
+        assert batch.n_truncated == 1
+        trace = a.forward(batch, [a.layer_sites("pair")[-1]])  # runs: within position limit
+        if trace.tags_by_stream:
+            assert trace.tags_by_stream["text"].shape[1] == max_len
+        assert a.prepare(list(zip(_images(), ["a cat", "a dog"])), "pair").n_truncated == 0
+        return
     batch = a.prepare(["a cat", long_text], "text")
     assert batch.n_truncated == 1
     assert batch.inputs["input_ids"].shape[1] == max_len

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.errors import ConfigError, DataError, ModelLoadError
 from vlprobe.modality import check_sites_for
 from vlprobe.models._hooks import (
     HookTarget,
@@ -378,12 +378,20 @@ class HFAdapter(ModelAdapter):
 
 
 def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[Any]]:
-    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else."""
+    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else
+    (not a pair; a missing image; a missing, non-string or blank text)."""
     images, texts = [], []
     for i, item in enumerate(payloads):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise ConfigError(
                 f"model {family!r}: pair item {i} is not an (image, text) pair: {type(item)}"
+            )
+        if item[0] is None:
+            raise DataError(f"model {family!r}: pair item {i} has no image (None)")
+        if not isinstance(item[1], str) or not item[1].strip():
+            raise DataError(
+                f"model {family!r}: pair item {i} has no text (got {item[1]!r}); every pair "
+                "needs a non-empty caption"
             )
         images.append(item[0])
         texts.append(item[1])

@@ -274,6 +274,64 @@ def tiny_aligned_dual(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     return ModelSpec(adapter="aligned_dual", checkpoint=str(out), seed=seed)
 
 
+def tiny_lxmert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2 language, 1 object-relationship, 2 cross layers, width 32, 2 heads; regions = the
+    4 x 4 cells of the tiny ResNet's ``vision.stages.1`` map (16 channels) at 32 px."""
+    from transformers import LxmertConfig
+
+    d = Path(tmp_dir) / "tiny_lxmert"
+    ids = write_tiny_tokenizer(d, style="bert", model_max_length=32)
+    config = LxmertConfig(
+        vocab_size=ids["vocab_size"], hidden_size=32, num_attention_heads=2,
+        intermediate_size=64, l_layers=2, r_layers=1, x_layers=2, visual_feat_dim=16,
+        visual_pos_dim=4, max_position_embeddings=32,
+    )
+    write_config(d, config)
+    cnn = tiny_resnet(tmp_dir)
+    regions = {
+        "source": "grid", "adapter": "hf_resnet", "config": cnn.config, "random_init": True,
+        "seed": 0, "site": "vision.stages.1", "options": {"image_size": 32},
+    }
+    return ModelSpec(
+        adapter="lxmert", config=str(d), random_init=True, seed=seed,
+        options={"regions": regions},
+    )
+
+
+def tiny_captioner(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """vit-gpt2 in miniature: ViT encoder (2 blocks, width 32, 32 px, patch 8 -> 1 + 16
+    tokens) + GPT-2 decoder with cross-attention (2 blocks, width 32, 16 positions); the
+    GPT-2-style word-level tokenizer (start = eos = pad = id 0) and a ViT image processor
+    (mean = std = 0.5, like vit-gpt2) written next to the config."""
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, ViTConfig
+
+    try:
+        from transformers import ViTImageProcessorPil as Proc
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import ViTImageProcessor as Proc
+
+    d = Path(tmp_dir) / "tiny_captioner"
+    ids = write_tiny_tokenizer(d, style="gpt2", model_max_length=16)
+    eos = ids["<|endoftext|>"]
+    encoder = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=8,
+    )
+    decoder = GPT2Config(
+        vocab_size=ids["vocab_size"], n_embd=32, n_layer=2, n_head=2, n_positions=16,
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, add_cross_attention=True,
+        is_decoder=True, tie_word_embeddings=False,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    config.bos_token_id = eos
+    write_config(d, config)
+    Proc(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+         resample=2).save_pretrained(str(d))
+    return ModelSpec(adapter="vision_encoder_decoder", config=str(d), random_init=True,
+                     seed=seed)
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -286,6 +344,8 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "aligned_dual": tiny_aligned_dual,
     "vilt": tiny_vilt,
     "visual_bert": tiny_visual_bert,
+    "lxmert": tiny_lxmert,
+    "vision_encoder_decoder": tiny_captioner,
 }
 
 

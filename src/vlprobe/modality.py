@@ -156,3 +156,22 @@ def readable_modality(
         return resolve_modality(model_modalities, data_modalities, requested)
     except ConfigError:
         return None
+
+
+def set_two_stream_tags(
+    trace: object, text_tags: object, text_mask: object, vision_tags: object,
+    vision_mask: object,
+) -> None:
+    """Fill a two-stream model's tags (torch tensors): ``trace.tags_by_stream`` =
+    ``{"text": [B, T_text], "vision": [B, T_vision]}`` (int8), ``trace.modality_tags`` and
+    ``trace.attention_mask`` for the concatenation ``[text; vision]`` ``[B, T_text + T_vision]``
+    (pad tags are forced exactly where a mask is 0)."""
+    import torch
+
+    text = torch.where(text_mask.bool(), text_tags, TAG_PAD).to(torch.int8).cpu()
+    vision = torch.where(vision_mask.bool(), vision_tags, TAG_PAD).to(torch.int8).cpu()
+    trace.tags_by_stream = {"text": text, "vision": vision}
+    trace.modality_tags = torch.cat([text, vision], dim=1)
+    trace.attention_mask = torch.cat(
+        [text_mask.long().cpu(), vision_mask.long().cpu()], dim=1
+    )

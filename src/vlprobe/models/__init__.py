@@ -21,6 +21,11 @@ MODELS.add("efficientnet_lite0", "vlprobe.models.efficientnet:EfficientNetLite0A
 MODELS.add("vilt", "vlprobe.models.vilt:ViltAdapter")
 MODELS.add("visual_bert", "vlprobe.models.visual_bert:VisualBertAdapter", aliases=("visualbert",))
 MODELS.add("aligned_dual", "vlprobe.models.aligned:AlignedDualAdapter", aliases=("m8",))
+MODELS.add("lxmert", "vlprobe.models.lxmert:LXMERTAdapter")
+MODELS.add(
+    "vision_encoder_decoder", "vlprobe.models.captioner:CaptionerAdapter",
+    aliases=("vit_gpt2", "captioner"),
+)
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> ModelAdapter:

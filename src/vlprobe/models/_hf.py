@@ -397,7 +397,8 @@ def text_tags(input_ids: Any, mask: Any, special_ids: Sequence[int]) -> Any:
 
 
 def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[Any]]:
-    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else."""
+    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else
+    (not a pair; a missing image; a missing, non-string or blank text)."""
     images, texts = [], []
     for i, item in enumerate(payloads):
         if not (isinstance(item, (tuple, list)) and len(item) == 2):

@@ -10,17 +10,22 @@ processes add up to one extraction.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from _helpers import tiny_adapter
+from vlprobe.errors import StoreError
 from vlprobe.extract import ActivationStore
 from vlprobe.extract.cache_admin import verify_all
+from vlprobe.extract.store_locks import KeyLocks
 
 N_ITEMS, SHARD, BATCH = 12, 4, 2
 
@@ -139,8 +144,6 @@ def test_two_processes_extract_the_same_keys_once(tmp_path):
 
 
 def test_lock_is_reentrant_sorted_and_exclusive_across_threads(tmp_path):
-    import threading
-
     store = ActivationStore(tmp_path / "acts")
     k1, k2 = "a" * 32, "b" * 32
     with store.lock([k2, k1]), store.lock(k1):  # re-entrant in this thread
@@ -149,7 +152,6 @@ def test_lock_is_reentrant_sorted_and_exclusive_across_threads(tmp_path):
         t.start()
         t.join()
         assert seen == [True]
-        from vlprobe.errors import StoreError
 
         def other_thread_times_out():
             try:
@@ -168,3 +170,31 @@ def test_lock_is_reentrant_sorted_and_exclusive_across_threads(tmp_path):
     ]
     assert list(store.keys()) == []  # lock files are not entries
     assert Path(store.root).is_dir()
+
+
+def test_read_only_store_is_read_without_locks(tmp_path, monkeypatch, caplog):
+    """A store whose directory cannot hold lock files (a read-only shared cache; simulated:
+    the tests may run as root, who can write anywhere) is still readable."""
+    store = ActivationStore(tmp_path / "acts")
+    key = "c" * 32
+    store.open_entry(key, {"s": 1}, 3, 3)
+    store.write_shard(key, 0, np.ones((3, 2)))
+    store.finalize(key)
+
+    def read_only(self, key):
+        raise OSError(errno.EROFS, "Read-only file system", str(self.lock_dir))
+
+    monkeypatch.setattr(KeyLocks, "file_lock", read_only)
+    with caplog.at_level("WARNING"), store.lock([key]):
+        np.testing.assert_array_equal(store.load(key), np.ones((3, 2), np.float32))
+    assert "read-only store, not locking" in caplog.text
+    with store.try_lock(key) as free:
+        assert free
+
+    # any other failure to lock is an error, not a silent fallback
+    def disk_full(self, key):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(KeyLocks, "file_lock", disk_full)
+    with pytest.raises(OSError, match="No space"), store.lock([key]):
+        pass

@@ -132,7 +132,7 @@ def file_image_source(
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            digests = list(pool.map(file_content_digest, paths, chunksize=64))
+            digests = list(pool.map(file_content_digest, paths))
     else:
         digests = [file_content_digest(p) for p in paths]
     return ImageSource(

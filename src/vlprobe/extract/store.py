@@ -53,7 +53,8 @@ deletes an entry must hold its lock; :func:`~vlprobe.extract.extract_features` h
 locks of all its keys from the cache check to the read-back, so a second run of the same
 config waits and then finds the entries complete. Readers of complete entries need no lock
 (entries are immutable once complete; a deleted entry's memory map stays valid on POSIX).
-Lock files need a filesystem with working ``flock`` (local disks; NFS only with lock support).
+Lock files need a filesystem with working ``flock`` (local disks; NFS only with lock
+support); a store that cannot hold them (read-only) is used without locks, with a warning.
 """
 
 from __future__ import annotations
@@ -246,6 +247,10 @@ class ActivationStore:
                 sequence of ``stop - start`` arrays of one ndim, or a RaggedArray. Values are
                 cast to the entry's dtype (an overflow to inf is an error).
             n_truncated: items of this shard cut by truncation (summed into the meta).
+
+        The shard's file is built in memory first: peak memory is about twice the shard's
+        bytes (dense) or three times (ragged: items, their concatenation, the file), so
+        choose ``shard_size`` for big items (raw attention) accordingly.
         """
         meta = self._require_meta(key)
         if not 0 <= index < meta["n_shards"]:

@@ -10,6 +10,9 @@ vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
 vlprobe train CONFIG [--set k=v]   train a multimodal model from frozen towers (M8)
+vlprobe cache ls                   activation store entries (model, data, site, shape, size)
+vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
+vlprobe cache verify [--delete]    rehash every entry; report (and remove) corrupted ones
 """
 
 from __future__ import annotations
@@ -169,6 +172,61 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace):
+    from vlprobe.extract import ActivationStore
+    from vlprobe.settings import cache_dir
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_dir()
+    return ActivationStore(root / "activations")
+
+
+def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    from vlprobe.extract.cache_admin import LS_HEADER, ls_rows
+
+    store = _store(args)
+    rows = ls_rows(store)
+    if not rows:
+        print(f"no entries under {store.root}")
+        return 0
+    _print_table(LS_HEADER, rows)
+    return 0
+
+
+def _cmd_cache_gc(args: argparse.Namespace) -> int:
+    from vlprobe.extract.cache_admin import collect_garbage, human_bytes
+
+    store = _store(args)
+    actions = collect_garbage(
+        store, incomplete=not args.keep_incomplete, stale=args.stale,
+        older_than_days=args.older_than, dry_run=args.dry_run,
+    )
+    freed = 0
+    for a in actions:
+        verb = "skipped" if a.reason.startswith("in use") else (
+            "would remove" if args.dry_run else "removed"
+        )
+        freed += a.nbytes if verb != "skipped" else 0
+        print(f"{verb:12s} {a.path.relative_to(store.root)}  ({a.reason}, {human_bytes(a.nbytes)})")
+    print(f"{'would free' if args.dry_run else 'freed'} {human_bytes(freed)} under {store.root}")
+    return 0
+
+
+def _cmd_cache_verify(args: argparse.Namespace) -> int:
+    from vlprobe.extract.cache_admin import verify_all
+
+    store = _store(args)
+    results = verify_all(store, repair=args.delete)
+    for r in results:
+        state = "complete" if r.complete else "incomplete"
+        print(f"{r.status:9s} {r.key}  ({state})")
+        for problem in r.problems:
+            print(f"          {problem}")
+    bad = [r for r in results if r.status in ("corrupt", "repaired")]
+    print(f"{len(results)} entries, {len(bad)} corrupted"
+          + (" (removed: they will be recomputed)" if bad and args.delete else ""))
+    return 1 if any(r.status == "corrupt" for r in results) else 0
+
+
 def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     widths[-1] = 0  # last column unpadded
@@ -230,6 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=_cmd_demo)
+    cache = sub.add_parser("cache", help="inspect and clean the activation store")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_dir_help = "cache directory (default VLPROBE_CACHE or the user cache dir)"
+    p = cache_sub.add_parser("ls", help="list entries")
+    p.add_argument("--cache-dir", help=cache_dir_help)
+    p.set_defaults(fn=_cmd_cache_ls)
+    p = cache_sub.add_parser(
+        "gc", help="remove temp files and incomplete entries no running process holds"
+    )
+    p.add_argument("--cache-dir", help=cache_dir_help)
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--keep-incomplete", action="store_true",
+                   help="keep incomplete entries (a rerun resumes from their shards)")
+    p.add_argument("--stale", action="store_true",
+                   help="also remove entries made by another vlprobe/torch/transformers version")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="also remove entries finalized more than DAYS days ago")
+    p.set_defaults(fn=_cmd_cache_gc)
+    p = cache_sub.add_parser("verify", help="rehash every entry, report corrupted ones")
+    p.add_argument("--cache-dir", help=cache_dir_help)
+    p.add_argument("--delete", action="store_true",
+                   help="remove corrupted entries / shards so they are recomputed")
+    p.set_defaults(fn=_cmd_cache_verify)
     return parser
 
 

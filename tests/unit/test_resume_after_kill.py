@@ -100,7 +100,7 @@ def _load_child(path: Path):
 def _committed(root: Path) -> dict[str, set[int]]:
     out = {}
     for entry in root.iterdir() if root.is_dir() else []:
-        if entry.is_dir():
+        if entry.is_dir() and not entry.name.startswith("."):  # not the store's .locks
             out[entry.name] = {int(p.stem.split("_")[1]) for p in entry.glob("shard_*.json")}
     return out
 

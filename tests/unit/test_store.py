@@ -113,6 +113,58 @@ def test_modality_site_pooling_version_change_key(monkeypatch):
     assert _key() != base
 
 
+@pytest.mark.parametrize("module", ["torch", "transformers"])
+def test_library_versions_change_key(monkeypatch, module):
+    import importlib
+
+    base = _key()
+    kd = make_key_dict(IDENT, stimuli_identity(_stimuli()), modality="text", site="s",
+                       pooling="cls")
+    mod = importlib.import_module(module)
+    assert kd[f"{module}_version"] == str(mod.__version__).split("+")[0]
+    monkeypatch.setattr(mod, "__version__", "99.0.0")
+    assert _key() != base
+    if module == "torch":  # the local build tag (+cpu / +cu121) is not part of the key
+        monkeypatch.setattr(mod, "__version__", "99.0.0+cu999")
+        key_cuda = _key()
+        monkeypatch.setattr(mod, "__version__", "99.0.0+cpu")
+        assert _key() == key_cuda
+
+
+def _ppm(path, seed):
+    rng = np.random.default_rng(seed)
+    path.write_bytes(b"P6 4 3 255\n" + rng.integers(0, 256, 36, dtype=np.uint8).tobytes())
+
+
+def test_folder_image_content_change_changes_key_with_same_size_and_mtime(tmp_path, monkeypatch):
+    import vlprobe.data._common as common
+    from vlprobe.data import DatasetSpec, load_dataset
+
+    for c, cls in enumerate(("cat", "dog")):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            _ppm(tmp_path / cls / f"{i}.ppm", seed=10 * c + i)
+    spec = DatasetSpec("image_folder", name="pets", path=str(tmp_path))
+    hashed = []
+    real = common.file_digest
+    monkeypatch.setattr(common, "file_digest", lambda p, a: hashed.append(p) or real(p, a))
+    before = load_dataset(spec)["train"]
+    assert len(hashed) == 4
+    assert load_dataset(spec)["train"].fingerprint() == before.fingerprint()
+    assert len(hashed) == 4  # memoised: unchanged files are not read again in this process
+
+    target = tmp_path / "dog" / "1.ppm"
+    st = target.stat()
+    _ppm(target, seed=12345)  # same size, other pixels
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = load_dataset(spec)["train"]
+    assert len(hashed) == 5  # only the changed file was hashed again
+    assert after.fingerprint() != before.fingerprint()
+    assert _key(stim=after) != _key(stim=before)
+    assert after.images.digests[:3] == before.images.digests[:3]
+
+
 def test_key_stable_across_processes():
     code = (
         "import numpy as np\n"
@@ -220,16 +272,38 @@ def test_corrupted_shard_is_detected_and_deleted(tmp_path, caplog):
     assert not path.exists() and not (store.entry_dir(key) / sidecar_name(1)).exists()
 
 
-def test_corrupted_consolidated_file_resets_entry(tmp_path):
-    store, key, _ = _filled_store(tmp_path)
+def test_finished_entry_is_hashed_once_not_on_reads(tmp_path, monkeypatch):
+    store, key, data = _filled_store(tmp_path)
     store.finalize(key)
+    import vlprobe.extract.store_format as fmt
+
+    hashed = []
+    real = fmt.file_digest
+    monkeypatch.setattr(fmt, "file_digest", lambda *a, **k: hashed.append(a) or real(*a, **k))
     path = store.entry_dir(key) / "data.npy"
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0x01
     path.write_bytes(bytes(raw))
-    assert store.load(key) is None
+    # a read checks structure only: the flipped bit is not noticed, nothing is hashed
+    out = store.load(key)
+    assert isinstance(out, np.memmap) and out[-1, -1] != data[-1, -1]
+    assert hashed == [] and store.events == []
+    # verification (vlprobe cache verify) rehashes and finds it
+    problems = store.verify_entry(key)
+    assert len(problems) == 1 and "sha256 mismatch in data.npy" in problems[0]
+    assert store.is_complete(key)  # reporting only, no repair
+    assert store.load(key, verify=True) is None  # verify-on-read repairs: entry removed
     assert any("data.npy" in e for e in store.events)
-    assert store.meta(key) is None  # entry removed: it will be recomputed from scratch
+    assert store.meta(key) is None  # it will be recomputed from scratch
+
+
+def test_structurally_broken_complete_entry_is_reset_on_read(tmp_path):
+    store, key, _ = _filled_store(tmp_path)
+    store.finalize(key)
+    np.save(store.entry_dir(key) / "data.npy", np.zeros((10, 4), np.float32))  # wrong width
+    assert store.load(key) is None
+    assert any("shape" in e for e in store.events)
+    assert store.meta(key) is None
 
 
 def test_key_dict_mismatch_and_shard_size_change(tmp_path):
@@ -247,7 +321,7 @@ def test_key_dict_mismatch_and_shard_size_change(tmp_path):
 
 
 @pytest.mark.parametrize("consolidate", [False, True])
-def test_flipped_byte_is_recomputed_by_extraction(tmp_path, consolidate, caplog):
+def test_flipped_byte_is_recomputed_by_extraction(tmp_path, consolidate):
     adapter = tiny_adapter("hf_text", tmp_path)
     stim = toy_text_stimuli(11, lengths=(2, 14), n_classes=2)
     sites = adapter.layer_sites("text")[:2]
@@ -259,15 +333,22 @@ def test_flipped_byte_is_recomputed_by_extraction(tmp_path, consolidate, caplog)
     kw = dict(modality="text", sites=sites, pooling="mean", batch_size=3, shard_size=4,
               progress=False, store=store)
     first = extract_features(adapter, stim, **kw)
-    entry = store.entry_dir(first.keys[sites[1]])
+    key = first.keys[sites[1]]
+    entry = store.entry_dir(key)
     target = entry / (shard_name(1) if not consolidate else "data.npy")
     raw = bytearray(target.read_bytes())
     raw[len(raw) - 5] ^= 0xFF
     target.write_bytes(bytes(raw))
-    with caplog.at_level("WARNING"):
-        second = extract_features(adapter, stim, **kw)
-    assert "sha256 mismatch" in caplog.text
-    assert any("sha256 mismatch" in e for e in second.store_events)
+    # finished entries are not rehashed on reads; `vlprobe cache verify --delete` finds and
+    # removes the damage (the shard, or the whole consolidated entry) ...
+    from vlprobe.extract.cache_admin import verify_all
+
+    results = {r.key: r for r in verify_all(store, repair=True)}
+    assert results[key].status == "repaired" and "sha256 mismatch" in results[key].problems[0]
+    assert all(r.status == "ok" for k, r in results.items() if k != key)
+    assert any("sha256 mismatch" in e for e in store.events)
+    # ... and the next extraction recomputes only that
+    second = extract_features(adapter, stim, **kw)
     # only the corrupted shard (rows 4..7) or the whole corrupted site is recomputed
     assert second.n_items_computed == (4 if not consolidate else 11)
     for site in sites:

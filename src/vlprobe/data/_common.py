@@ -6,6 +6,8 @@ import functools
 import hashlib
 import io
 import json
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 
 from vlprobe.data.stimuli import ImageSource, Stimuli
 from vlprobe.errors import DataError
+from vlprobe.fileio import file_digest
 from vlprobe.settings import expand_path
 
 IMAGE_EXTENSIONS = frozenset(
@@ -92,18 +95,46 @@ def bytes_image_source(blobs: Sequence[bytes], names: Sequence[str]) -> ImageSou
     )
 
 
+#: (path, size, mtime_ns, ctime_ns, inode) -> sha1 of the file's bytes, for this process.
+#: ctime and inode are in the key because mtime can be set back (``os.utime``, ``cp -p``,
+#: ``rsync -t``, ``tar`` extraction) but ctime cannot, and a replaced file has a new inode.
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_FILE_DIGESTS_LOCK = threading.Lock()
+
+
+def file_content_digest(path: Path | str) -> str:
+    """sha1 of a file's bytes, memoised per (path, size, mtime, ctime, inode) in this
+    process so that loading the same folder again does not re-read unchanged files."""
+    resolved = os.path.abspath(path)
+    st = os.stat(resolved)
+    memo_key = (resolved, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with _FILE_DIGESTS_LOCK:
+        digest = _FILE_DIGESTS.get(memo_key)
+    if digest is None:
+        digest = file_digest(resolved, "sha1")
+        with _FILE_DIGESTS_LOCK:
+            _FILE_DIGESTS[memo_key] = digest
+    return digest
+
+
 def file_image_source(
     paths: Sequence[Path | str], names: Sequence[str] | None = None
 ) -> ImageSource:
     """Images read lazily from files.
 
-    Digests are sha1 of (size, mtime) of each file, not of its content, so that listing a
-    100k-image folder does not read 100k files; a modified file changes its digest.
+    Digests (part of every cache key through the stimuli fingerprint) are sha1 of each
+    file's bytes, so an edited image changes the key even when its size and mtime are kept;
+    :func:`file_content_digest` memoises them within a process. Files are hashed by a few
+    threads (hashlib and file reads release the GIL).
     """
-    digests = []
-    for p in paths:
-        st = Path(p).stat()
-        digests.append(hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest())
+    paths = list(paths)
+    if len(paths) > 32:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            digests = list(pool.map(file_content_digest, paths))
+    else:
+        digests = [file_content_digest(p) for p in paths]
     return ImageSource(
         [functools.partial(_open_file, str(p)) for p in paths],
         list(names) if names is not None else [str(p) for p in paths],

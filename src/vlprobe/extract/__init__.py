@@ -1,7 +1,8 @@
-"""Feature extraction: run a model once, cache every site's pooled activations on disk."""
+"""Feature extraction: run a model once, cache every site's activations on disk."""
 
 from __future__ import annotations
 
+from vlprobe.extract.cache_admin import EntryInfo
 from vlprobe.extract.extractor import ExtractionResult, extract_features
 from vlprobe.extract.keys import (
     STORE_FORMAT_VERSION,
@@ -9,9 +10,11 @@ from vlprobe.extract.keys import (
     canonical_json,
     hash_key,
     make_key_dict,
+    software_versions,
     stimuli_identity,
 )
-from vlprobe.extract.store import ActivationStore, EntryInfo
+from vlprobe.extract.ragged import RaggedArray
+from vlprobe.extract.store import ActivationStore
 from vlprobe.pooling import POOLING_METHODS, pool, pool_numpy
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "ActivationStore",
     "EntryInfo",
     "ExtractionResult",
+    "RaggedArray",
     "activation_key",
     "canonical_json",
     "extract_features",
@@ -27,5 +31,6 @@ __all__ = [
     "make_key_dict",
     "pool",
     "pool_numpy",
+    "software_versions",
     "stimuli_identity",
 ]

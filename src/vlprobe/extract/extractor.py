@@ -40,6 +40,7 @@ item, not a vector); asking for one is an error. Attention caching comes later.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -277,7 +278,37 @@ def extract_features(
     Raises:
         ConfigError: modality mismatch, unknown / attention site, unknown pooling.
         StoreError: the store could not complete an entry.
+
+    Concurrency: the store locks of every key of the call are held from the cache check to
+    the read-back (:meth:`ActivationStore.lock`), so a second process extracting the same
+    keys waits, then finds them complete (no forward pass) and never deletes the first
+    one's shards in flight.
     """
+    with contextlib.ExitStack() as held:
+        return _extract_holding(
+            adapter, stimuli, held, modality=modality, sites=sites, pooling=pooling,
+            store=store, batch_size=batch_size, shard_size=shard_size, progress=progress,
+            bucket_by_length=bucket_by_length, prefetch=prefetch,
+        )
+
+
+def _extract_holding(
+    adapter: Any,
+    stimuli: Any,
+    held: contextlib.ExitStack,
+    *,
+    modality: str | None,
+    sites: Sequence[str] | None,
+    pooling: str | Mapping[str, str] | None,
+    store: ActivationStore | None,
+    batch_size: int,
+    shard_size: int,
+    progress: bool,
+    bucket_by_length: bool,
+    prefetch: bool,
+) -> ExtractionResult:
+    """:func:`extract_features`; the store locks of its keys are entered on ``held`` as soon
+    as the keys are known and released when the caller's ``with`` block ends."""
     t_start = time.perf_counter()
     if batch_size <= 0 or shard_size <= 0:
         raise ConfigError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be > 0")
@@ -309,6 +340,7 @@ def extract_features(
         kd = make_key_dict(ident, stim_ident, modality=modality, site=site, pooling=poolings[site])
         keys[site] = hash_key(kd)
         key_dicts[site] = kd
+    held.enter_context(store.lock(keys.values()))
 
     # -- what is cached? ---------------------------------------------------------------
     features: dict[str, np.ndarray] = {}

@@ -10,7 +10,9 @@ changes the stored numbers:
   different subsample seed gives a different key);
 - the modality (which tower runs), the site and the pooling method (``grid<g>`` names
   carry their grid size, so ``grid7`` and ``grid4`` and ``mean`` entries never collide);
-- the vlprobe version and :data:`STORE_FORMAT_VERSION`.
+- the software that computes the numbers: the vlprobe, torch and transformers versions
+  (:func:`software_versions`; torch's local build tag such as ``+cpu`` / ``+cu121`` is
+  dropped: the device is not part of the key either) and :data:`STORE_FORMAT_VERSION`.
 
 The readable key dict is kept next to the data (``meta.json`` of the entry), so ``ls`` /
 ``info`` can say what an entry holds.
@@ -30,7 +32,8 @@ import numpy as np
 import vlprobe
 
 #: bump when the on-disk layout or the meaning of stored numbers changes.
-STORE_FORMAT_VERSION = 1
+#: 2: entry kinds (dense N-D / ragged), float16, torch/transformers versions in the key.
+STORE_FORMAT_VERSION = 2
 
 #: length of the hex key used as the entry directory name (128 bits).
 KEY_HEX_CHARS = 32
@@ -84,6 +87,20 @@ def hash_key(key_dict: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(key_dict).encode("ascii")).hexdigest()[:KEY_HEX_CHARS]
 
 
+def software_versions() -> dict[str, str]:
+    """Versions of the libraries that compute the stored numbers, as they enter every key:
+    ``{"vlprobe_version", "torch_version", "transformers_version"}`` (read from the imported
+    modules at call time; torch's ``+local`` build tag dropped)."""
+    import torch
+    import transformers
+
+    return {
+        "vlprobe_version": vlprobe.__version__,
+        "torch_version": str(torch.__version__).split("+", 1)[0],
+        "transformers_version": str(transformers.__version__),
+    }
+
+
 def stimuli_identity(stimuli: Any) -> dict[str, Any]:
     """What about a :class:`~vlprobe.data.stimuli.Stimuli` changes the activations."""
     return {
@@ -110,7 +127,7 @@ def make_key_dict(
         "modality": modality,
         "site": site,
         "pooling": pooling,
-        "vlprobe_version": vlprobe.__version__,
+        **software_versions(),
         "store_format": STORE_FORMAT_VERSION,
     }
 

@@ -1,30 +1,60 @@
-"""The activation store: pooled ``[N, D]`` features on disk, one entry per cache key.
+"""The activation store: per-item arrays on disk, one entry per cache key.
+
+Entry kinds (both float32 or float16, chosen when the entry is opened):
+
+- ``dense``: ``[N, *item_shape]``, e.g. pooled features ``[N, D]`` (the default, what the
+  extractor writes) or per-head statistics ``[N, H]`` / ``[N, H, K]``. Read with
+  :meth:`ActivationStore.load`: a copy-on-write memory map.
+- ``ragged``: one array per item, all of one ndim, with item-dependent shapes, e.g. raw
+  attention ``[H, T_i, T_i]``. Read with :meth:`ActivationStore.load_ragged`: a read-only
+  :class:`~vlprobe.extract.ragged.RaggedArray` over memory maps (``ra[i]`` is a view).
+
+Writing an entry (any kind); shards are rows ``[i * shard_size, ...)`` of the N items::
+
+    with store.lock(keys):                         # every key this process will write
+        store.open_entry(key, key_dict, n_items, shard_size, kind="ragged", dtype="float16")
+        for i in store.missing_shards(key):        # resume: committed shards are kept
+            start, stop = shard_bounds(i, n_items, shard_size)
+            store.write_shard(key, i, [attention(j) for j in range(start, stop)])
+        store.finalize(key)                        # verify every shard once, consolidate
+    attn = store.load_ragged(key)                  # attn[j]: [H, T_j, T_j] float16 view
 
 Layout (``root`` = ``settings.cache_dir() / "activations"``)::
 
-    root/<key>/meta.json                 key dict, n_items, shard_size, n_shards, dim, dtype,
-                                         complete flag (+ n_truncated once complete)
-    root/<key>/shard_00000.safetensors   rows [0, shard_size) as one float32 tensor "data"
-    root/<key>/shard_00000.json          sidecar {sha256, rows, start, shape, dtype,
-                                         n_truncated}: written AFTER the shard, so it is the
-                                         commit marker of the shard
-    ...
-    root/<key>/data.npy                  consolidated [N, D] array, once every shard is there
-    root/<key>/data.json                 its sidecar (sha256, shape, dtype): commit marker
+    root/<key>/meta.json                 key dict, kind, dtype, n_items, shard_size, n_shards,
+                                         complete flag; once complete also item_shape (dense) or
+                                         item_ndim and n_values (ragged), n_truncated
+    root/<key>/shard_00000.safetensors   rows [0, shard_size) (encodings: store_format.py)
+    root/<key>/shard_00000.json          sidecar {sha256, rows, start, shape, dtype, ...}:
+                                         written AFTER the shard: its commit marker
+    root/<key>/data.npy                  consolidated values: dense [N, *item_shape]; ragged
+                                         every item raveled and concatenated (1-D)
+    root/<key>/offsets.npy, shapes.npy   ragged only: [N + 1] and [N, ndim] int64
+    root/<key>/data.json                 {files: {name: sha256}, ...} of the consolidated
+                                         files: their commit marker
+    root/.locks/<key>.lock               the key's cross-process lock file (empty, kept)
 
-Every file is written atomically: to a ``.tmp-*`` file in the same directory, flushed, fsynced
-and moved into place with :func:`os.replace`; readers never look at ``.tmp-*`` files (a
-leftover one from a killed writer is ignored and removed by :meth:`ActivationStore.gc`).
-No pickle anywhere: shards are safetensors, the consolidated array is a plain ``.npy`` loaded
-with ``allow_pickle=False``.
+Every file is written atomically (a ``.tmp-*`` file in the same directory, fsynced, then
+:func:`os.replace`); readers never look at ``.tmp-*`` files. No pickle anywhere: shards are
+safetensors, consolidated arrays plain ``.npy`` loaded with ``allow_pickle=False``.
 
-Every read verifies the sha256 recorded in the sidecar. A corrupted or partial shard (missing
-sidecar, bad hash, wrong row count) is never returned: it is deleted, logged, recorded in
-:attr:`ActivationStore.events` and reported as missing, so the extractor recomputes it.
+Integrity: shards in flight (an unfinished entry) are verified against their sidecar's sha256
+whenever they are read (resume, finalize); a corrupted or partial one (no sidecar, bad hash,
+wrong shape) is deleted, recorded in :attr:`ActivationStore.events` and reported missing, so
+it is recomputed. A finished entry is hashed ONCE, by :meth:`ActivationStore.finalize`; reads
+only check structure (files present, shapes and dtype as recorded), so opening an entry costs
+milliseconds whatever its size. :meth:`ActivationStore.verify_entry` (``vlprobe cache
+verify``) rehashes finished entries on demand.
 
-After consolidation the shards are deleted and reads return ``np.load(mmap_mode="c")``:
-pages are read lazily (memory does not grow with N) and the array is copy-on-write, so an
-analysis may modify it in place without touching the file.
+Concurrency: :meth:`ActivationStore.lock` takes per-key file locks (PyPI ``filelock``,
+``flock`` on POSIX; released by the OS if the holder dies), in sorted key order so two
+processes locking overlapping key sets cannot deadlock. Whoever writes, resumes, repairs or
+deletes an entry must hold its lock; :func:`~vlprobe.extract.extract_features` holds the
+locks of all its keys from the cache check to the read-back, so a second run of the same
+config waits and then finds the entries complete. Readers of complete entries need no lock
+(entries are immutable once complete; a deleted entry's memory map stays valid on POSIX).
+Lock files need a filesystem with working ``flock`` (local disks; NFS only with lock
+support); a store that cannot hold them (read-only) is used without locks, with a warning.
 """
 
 from __future__ import annotations
@@ -36,8 +66,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,122 +74,54 @@ import numpy as np
 
 from vlprobe.errors import StoreError
 from vlprobe.extract.keys import STORE_FORMAT_VERSION
-from vlprobe.fileio import make_temp_file
+from vlprobe.extract.ragged import RaggedArray, offsets_from_shapes
+from vlprobe.extract.store_format import (
+    DATA,
+    DATA_SIDECAR,
+    META,
+    OFFSETS,
+    SHAPES,
+    NpyStreamWriter,
+    check_kind_dtype,
+    consolidated_layout,
+    decode_shard,
+    encode_dense,
+    encode_ragged,
+    entry_kind,
+    n_shards_for,
+    npy_bytes,
+    open_consolidated,
+    shard_bounds,
+    shard_name,
+    sidecar_name,
+    verify_consolidated,
+)
+from vlprobe.extract.store_locks import KeyLocks
+from vlprobe.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json_dict
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
-META = "meta.json"
-DATA = "data.npy"
-DATA_SIDECAR = "data.json"
-DTYPE = np.float32
+LOCK_DIR = ".locks"
 
 
-def shard_name(index: int) -> str:
-    """File name of shard ``index``."""
-    return f"shard_{index:05d}.safetensors"
-
-
-def sidecar_name(index: int) -> str:
-    """File name of the sidecar (commit marker) of shard ``index``."""
-    return f"shard_{index:05d}.json"
-
-
-def n_shards_for(n_items: int, shard_size: int) -> int:
-    """Number of shards of ``n_items`` rows cut into ``shard_size`` pieces."""
-    return (n_items + shard_size - 1) // shard_size
-
-
-def shard_bounds(index: int, n_items: int, shard_size: int) -> tuple[int, int]:
-    """``(start, stop)`` rows of shard ``index``."""
-    start = index * shard_size
-    return start, min(start + shard_size, n_items)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform / filesystem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, replace).
-
-    ``sync_dir`` also fsyncs the directory, making the rename itself durable (needed before
-    a later file that depends on this one, e.g. a shard before its sidecar)."""
-    fd, tmp = make_temp_file(path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any, *, sync_dir: bool = True) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(
-        path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir=sync_dir
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class EntryInfo:
-    """One store entry, as :meth:`ActivationStore.ls` lists it."""
-
-    key: str
-    path: Path
-    site: str | None
-    pooling: str | None
-    model: Any
-    dataset: str | None
-    split: str | None
-    n_items: int
-    dim: int | None
-    complete: bool
-    n_shards_committed: int
-    n_shards: int
-    bytes_on_disk: int
+def _write_json(path: Path, obj: Any, *, sync_dir: bool = True) -> None:
+    atomic_write_json(path, obj, tmp_prefix=TMP_PREFIX, sync_dir=sync_dir)
 
 
 class ActivationStore:
-    """Pooled activations on disk (see the module docstring for the layout).
+    """Per-item arrays on disk (see the module docstring for kinds, layout and protocol).
 
     Args:
         root: store directory (default ``settings.cache_dir() / "activations"``).
-        consolidate: on :meth:`finalize`, merge the shards into one ``data.npy`` opened with
-            ``mmap_mode="c"`` on reads (else keep the shards and concatenate them on reads).
-        verify: check sha256 of every file on every read (recommended; costs one pass over
-            the bytes).
+        consolidate: on :meth:`finalize`, merge the shards into ``.npy`` files read as memory
+            maps (else keep the shards and concatenate them on reads).
+        verify: check the sha256 of shards in flight whenever they are read (resume,
+            finalize). Finished entries are hashed once at finalize, then only on demand
+            (:meth:`verify_entry`, ``load(..., verify=True)``).
 
     Attributes:
-        events: human-readable list of problems found (corrupt / partial shards deleted).
+        events: human-readable list of problems found and repaired (corrupt / partial shards).
     """
 
     def __init__(
@@ -175,6 +136,7 @@ class ActivationStore:
         self.consolidate = consolidate
         self.verify = verify
         self.events: list[str] = []
+        self._locks = KeyLocks(self.root / LOCK_DIR)
 
     def __repr__(self) -> str:
         return f"ActivationStore({str(self.root)!r})"
@@ -182,94 +144,13 @@ class ActivationStore:
     # -- paths & meta --------------------------------------------------------------------
     def entry_dir(self, key: str) -> Path:
         """Directory of entry ``key``."""
-        if not key or "/" in key or key.startswith("."):
+        if not key or "/" in key or "\\" in key or key.startswith("."):
             raise StoreError(f"invalid store key {key!r}")
         return self.root / key
 
     def meta(self, key: str) -> dict[str, Any] | None:
         """The entry's ``meta.json`` (None if the entry does not exist)."""
-        return _read_json(self.entry_dir(key) / META)
-
-    def _report(self, message: str) -> None:
-        log.warning("activation store: %s", message)
-        self.events.append(message)
-
-    # -- writing -------------------------------------------------------------------------
-    def open_entry(
-        self, key: str, key_dict: Mapping[str, Any], n_items: int, shard_size: int
-    ) -> dict[str, Any]:
-        """Create entry ``key`` (or check the existing one) and return its meta.
-
-        An existing incomplete entry with another shard size is cleared; a complete one is
-        kept as it is (its layout does not matter for reading). A key dict that differs from
-        the stored one (a hash collision or a tampered file) is an error.
-        """
-        if n_items <= 0 or shard_size <= 0:
-            raise StoreError(f"n_items ({n_items}) and shard_size ({shard_size}) must be > 0")
-        path = self.entry_dir(key)
-        meta = self.meta(key)
-        if meta is not None:
-            if meta.get("key_dict") != json.loads(json.dumps(dict(key_dict), sort_keys=True)):
-                raise StoreError(
-                    f"store entry {path} holds a different key dict than the one requested "
-                    "(hash collision or edited meta.json); delete the directory"
-                )
-            if meta.get("n_items") != n_items:
-                raise StoreError(f"store entry {path}: n_items {meta.get('n_items')} != {n_items}")
-            if meta.get("complete") or meta.get("shard_size") == shard_size:
-                return meta
-            self._report(
-                f"entry {key}: shard size changed ({meta.get('shard_size')} -> {shard_size}); "
-                "its incomplete shards are discarded"
-            )
-            self.delete(key)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": STORE_FORMAT_VERSION,
-            "key": key,
-            "key_dict": json.loads(json.dumps(dict(key_dict), sort_keys=True)),
-            "n_items": int(n_items),
-            "shard_size": int(shard_size),
-            "n_shards": n_shards_for(n_items, shard_size),
-            "dtype": np.dtype(DTYPE).name,
-            "dim": None,
-            "shape": None,
-            "complete": False,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_json(path / META, meta)
-        return meta
-
-    def write_shard(self, key: str, index: int, array: np.ndarray, n_truncated: int = 0) -> None:
-        """Write shard ``index`` (rows ``[index*shard_size, ...)``) atomically, then its sidecar.
-
-        ``array`` is ``[rows, D]`` (any float dtype; stored as float32).
-        """
-        from safetensors.numpy import save
-
-        meta = self._require_meta(key)
-        start, stop = shard_bounds(index, meta["n_items"], meta["shard_size"])
-        arr = np.ascontiguousarray(array, dtype=DTYPE)
-        if arr.ndim != 2 or arr.shape[0] != stop - start:
-            raise StoreError(
-                f"entry {key} shard {index}: expected [{stop - start}, D] rows, got {arr.shape}"
-            )
-        if not np.isfinite(arr).all():
-            log.warning("entry %s shard %d has non-finite values", key, index)
-        payload = save({"data": arr}, metadata={"start": str(start), "key": key})
-        path = self.entry_dir(key)
-        atomic_write_bytes(path / shard_name(index), payload)
-        sidecar = {
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "rows": int(arr.shape[0]),
-            "start": int(start),
-            "shape": list(arr.shape),
-            "dtype": arr.dtype.name,
-            "n_truncated": int(n_truncated),
-        }
-        # the shard's rename is durable (dir fsynced above) before its commit marker exists;
-        # losing the marker's rename in a crash only means the shard is recomputed
-        atomic_write_json(path / sidecar_name(index), sidecar, sync_dir=False)
+        return read_json_dict(self.entry_dir(key) / META)
 
     def _require_meta(self, key: str) -> dict[str, Any]:
         meta = self.meta(key)
@@ -277,7 +158,150 @@ class ActivationStore:
             raise StoreError(f"store entry {key} does not exist (call open_entry first)")
         return meta
 
-    # -- shard reading / validation -------------------------------------------------------
+    def _report(self, message: str) -> None:
+        log.warning("activation store: %s", message)
+        self.events.append(message)
+
+    # -- locking -------------------------------------------------------------------------
+    def lock(
+        self, keys: str | Iterable[str], *, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Context manager holding the cross-process locks of ``keys`` (one or several).
+
+        Taken in sorted key order (no deadlock between processes locking overlapping sets),
+        re-entrant within a thread; a lock held elsewhere is waited for (logged once per
+        key), up to ``timeout`` seconds per key (None = forever; then StoreError)."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        for key in names:
+            self.entry_dir(key)  # validates the key
+        return self._locks.hold(names, timeout)
+
+    def try_lock(self, key: str) -> contextlib.AbstractContextManager[bool]:
+        """Context manager taking ``key``'s lock if it is free: yields True (held for the
+        block) or False (another process or thread holds it)."""
+        self.entry_dir(key)
+        return self._locks.try_hold(key)
+
+    def is_locked(self, key: str) -> bool:
+        """Whether another process (or thread) holds ``key``'s lock right now."""
+        with self.try_lock(key) as got:
+            return not got
+
+    # -- writing -------------------------------------------------------------------------
+    def open_entry(
+        self, key: str, key_dict: Mapping[str, Any], n_items: int, shard_size: int, *,
+        kind: str = "dense", dtype: Any = "float32",
+    ) -> dict[str, Any]:
+        """Create entry ``key`` (or check the existing one) and return its meta.
+
+        An existing incomplete entry with another shard size, kind or dtype is cleared; a
+        complete one is kept (its shard size does not matter for reading). A key dict,
+        ``n_items``, kind or dtype that differs from a complete entry's is an error.
+        """
+        if n_items <= 0 or shard_size <= 0:
+            raise StoreError(f"n_items ({n_items}) and shard_size ({shard_size}) must be > 0")
+        dt = check_kind_dtype(kind, dtype)
+        path = self.entry_dir(key)
+        kd = json.loads(json.dumps(dict(key_dict), sort_keys=True))
+        meta = self.meta(key)
+        if meta is not None:
+            if meta.get("key_dict") != kd:
+                raise StoreError(
+                    f"store entry {path} holds a different key dict than the one requested "
+                    "(hash collision or edited meta.json); delete the directory"
+                )
+            if meta.get("n_items") != n_items:
+                raise StoreError(f"store entry {path}: n_items {meta.get('n_items')} != {n_items}")
+            same_kind = entry_kind(meta) == (kind, dt)
+            if meta.get("complete") and not same_kind:
+                raise StoreError(
+                    f"store entry {path} is a complete {'/'.join(map(str, entry_kind(meta)))} "
+                    f"entry; {kind}/{dt.name} was requested"
+                )
+            if meta.get("complete") or (same_kind and meta.get("shard_size") == shard_size):
+                return meta
+            self._report(
+                f"entry {key}: layout changed (shard size {meta.get('shard_size')} -> "
+                f"{shard_size}, {'/'.join(map(str, entry_kind(meta)))} -> {kind}/{dt.name}); "
+                "its incomplete shards are discarded"
+            )
+            self.delete(key)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": STORE_FORMAT_VERSION, "key": key, "key_dict": kd,
+            "kind": kind, "dtype": dt.name, "n_items": int(n_items),
+            "shard_size": int(shard_size), "n_shards": n_shards_for(n_items, shard_size),
+            "dim": None, "shape": None, "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_json(path / META, meta)
+        return meta
+
+    def write_shard(
+        self, key: str, index: int, array: Any, n_truncated: int = 0
+    ) -> None:
+        """Write shard ``index`` (rows ``[start, stop)``) atomically, then its sidecar.
+
+        Args:
+            array: dense entry: ``[stop - start, *item_shape]`` numbers; ragged entry: a
+                sequence of ``stop - start`` arrays of one ndim, or a RaggedArray. Values are
+                cast to the entry's dtype (an overflow to inf is an error).
+            n_truncated: items of this shard cut by truncation (summed into the meta).
+
+        The shard's file is built in memory first: peak memory is about twice the shard's
+        bytes (dense) or three times (ragged: items, their concatenation, the file), so
+        choose ``shard_size`` for big items (raw attention) accordingly.
+        """
+        meta = self._require_meta(key)
+        if not 0 <= index < meta["n_shards"]:
+            raise StoreError(f"entry {key}: shard {index} out of range ({meta['n_shards']})")
+        kind, dt = entry_kind(meta)
+        start, stop = shard_bounds(index, meta["n_items"], meta["shard_size"])
+        info = {"start": str(start), "key": key, "kind": kind}
+        encode = encode_ragged if kind == "ragged" else encode_dense
+        payload, fields = encode(array, dt, stop - start, info)
+        if fields["n_nonfinite"]:
+            log.warning("entry %s shard %d has %d non-finite values", key, index,
+                        fields["n_nonfinite"])
+        path = self.entry_dir(key)
+        atomic_write_bytes(path / shard_name(index), payload, tmp_prefix=TMP_PREFIX)
+        sidecar = {
+            "sha256": hashlib.sha256(payload).hexdigest(), "rows": stop - start, "start": start,
+            "kind": kind, "n_truncated": int(n_truncated), **fields,
+        }
+        # the shard's rename is durable (dir fsynced above) before its commit marker exists;
+        # losing the marker's rename in a crash only means the shard is recomputed
+        _write_json(path / sidecar_name(index), sidecar, sync_dir=False)
+
+    # -- shards --------------------------------------------------------------------------
+    def _check_shard(
+        self, key: str, index: int, meta: Mapping[str, Any], *, verify: bool
+    ) -> tuple[Any, dict[str, Any] | None, str | None]:
+        """``(data, sidecar, problem)`` of shard ``index``, without side effects.
+
+        ``(None, None, None)``: not written. ``problem``: why it is unusable."""
+        path = self.entry_dir(key)
+        sidecar = read_json_dict(path / sidecar_name(index))
+        shard_path = path / shard_name(index)
+        if sidecar is None:
+            if shard_path.exists():
+                return None, None, "shard without sidecar (partial write)"
+            return None, None, None
+        try:
+            payload = shard_path.read_bytes()
+        except FileNotFoundError:
+            return None, sidecar, "sidecar without shard file"
+        if verify and hashlib.sha256(payload).hexdigest() != sidecar.get("sha256"):
+            return None, sidecar, "sha256 mismatch (corrupted file)"
+        start, stop = shard_bounds(index, meta["n_items"], meta["shard_size"])
+        try:
+            data = decode_shard(entry_kind(meta)[0], payload, stop - start)
+        except ValueError as exc:
+            return None, sidecar, str(exc)
+        if sidecar.get("rows") != stop - start or sidecar.get("start") != start:
+            return None, sidecar, f"sidecar rows/start {sidecar.get('rows')}/{sidecar.get('start')}"
+        return data, sidecar, None
+
     def _discard_shard(self, key: str, index: int, why: str) -> None:
         self._report(f"entry {key} shard {index}: {why}; deleted, it will be recomputed")
         path = self.entry_dir(key)
@@ -285,39 +309,18 @@ class ActivationStore:
             with contextlib.suppress(FileNotFoundError):
                 (path / name).unlink()
 
-    def read_shard(self, key: str, index: int) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """Shard ``index`` as ``([rows, D] float32, sidecar)``, or None if missing / invalid.
+    def read_shard(self, key: str, index: int) -> tuple[Any, dict[str, Any]] | None:
+        """Shard ``index`` as ``(data, sidecar)``, or None if missing / invalid.
 
-        An invalid shard (no sidecar, hash mismatch, bad shape) is deleted and reported.
+        ``data`` is ``[rows, *item_shape]`` (dense) or a RaggedArray of ``rows`` items. An
+        invalid shard (no sidecar, hash mismatch, bad shape) is deleted and reported.
         """
-        from safetensors.numpy import load
-
         meta = self._require_meta(key)
-        path = self.entry_dir(key)
-        sidecar = _read_json(path / sidecar_name(index))
-        shard_path = path / shard_name(index)
-        if sidecar is None:
-            if shard_path.exists():  # a shard without commit marker: never read it
-                self._discard_shard(key, index, "shard without sidecar (partial write)")
+        data, sidecar, problem = self._check_shard(key, index, meta, verify=self.verify)
+        if problem is not None:
+            self._discard_shard(key, index, problem)
             return None
-        try:
-            payload = shard_path.read_bytes()
-        except FileNotFoundError:
-            self._discard_shard(key, index, "sidecar without shard file")
-            return None
-        if self.verify and hashlib.sha256(payload).hexdigest() != sidecar.get("sha256"):
-            self._discard_shard(key, index, "sha256 mismatch (corrupted file)")
-            return None
-        start, stop = shard_bounds(index, meta["n_items"], meta["shard_size"])
-        try:
-            arr = load(payload)["data"]
-        except Exception as exc:  # safetensors raises its own error types
-            self._discard_shard(key, index, f"unreadable safetensors ({exc})")
-            return None
-        if arr.ndim != 2 or arr.shape[0] != stop - start or sidecar.get("rows") != stop - start:
-            self._discard_shard(key, index, f"unexpected shape {arr.shape}")
-            return None
-        return arr, sidecar
+        return None if sidecar is None else (data, sidecar)
 
     def valid_shard(self, key: str, index: int) -> bool:
         """Whether shard ``index`` is committed and intact (verifies the hash)."""
@@ -326,72 +329,72 @@ class ActivationStore:
     def missing_shards(self, key: str) -> list[int]:
         """Shards of an open entry that are absent or invalid (invalid ones are deleted)."""
         meta = self._require_meta(key)
-        if meta.get("complete") and self.load(key) is not None:
+        if meta.get("complete") and self._read_complete(key, meta) is not None:
             return []
-        meta = self._require_meta(key)  # load() may have reset a corrupt complete entry
+        meta = self._require_meta(key)  # the read may have reset a broken complete entry
         return [i for i in range(meta["n_shards"]) if not self.valid_shard(key, i)]
 
     # -- consolidation -------------------------------------------------------------------
     def finalize(self, key: str) -> dict[str, Any]:
-        """Mark a fully written entry complete (consolidating its shards if configured).
+        """Verify every shard (once), consolidate them if configured, mark the entry complete.
+
+        Every shard is read once and at most one is in memory. Dense entries need one
+        item shape, ragged entries one item ndim, across all shards.
 
         Raises:
-            StoreError: if a shard is missing or invalid.
+            StoreError: if a shard is missing or invalid, or shards disagree on item shape.
         """
         meta = self._require_meta(key)
         if meta.get("complete"):
             return meta
+        kind, dt = entry_kind(meta)
         path = self.entry_dir(key)
-        n_shards = meta["n_shards"]
-        dim = None
-        n_truncated = 0
-        out = None
-        tmp_name = None
+        n, n_shards = meta["n_items"], meta["n_shards"]
+        sidecars = [read_json_dict(path / sidecar_name(i)) for i in range(n_shards)]
+        absent = [i for i, sc in enumerate(sidecars) if sc is None]
+        if absent:
+            raise StoreError(f"entry {key}: shard(s) {absent[:10]} are missing; cannot finalize")
         try:
-            for i in range(n_shards):
+            total, item_meta = consolidated_layout(kind, n, sidecars)
+        except ValueError as exc:
+            raise StoreError(
+                f"entry {key}: {exc}; delete the entry ({path}) and write it again"
+            ) from None
+        shapes: list[np.ndarray] = []
+        files: dict[str, str] = {}
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if self.consolidate:
+                writer = stack.enter_context(NpyStreamWriter(path / DATA, dt, total, TMP_PREFIX))
+            for i, sc in enumerate(sidecars):
                 got = self.read_shard(key, i)
                 if got is None:
                     raise StoreError(f"entry {key}: shard {i} is missing; cannot finalize")
-                arr, sidecar = got
-                n_truncated += int(sidecar.get("n_truncated", 0))
-                if dim is None:
-                    dim = int(arr.shape[1])
-                    if self.consolidate:
-                        fd, tmp_name = make_temp_file(path, prefix=f"{TMP_PREFIX}{DATA}.")
-                        os.close(fd)
-                        out = np.lib.format.open_memmap(
-                            tmp_name, mode="w+", dtype=DTYPE, shape=(meta["n_items"], dim)
-                        )
-                elif arr.shape[1] != dim:
-                    raise StoreError(f"entry {key}: shard {i} has width {arr.shape[1]} != {dim}")
-                if out is not None:
-                    start, stop = shard_bounds(i, meta["n_items"], meta["shard_size"])
-                    out[start:stop] = arr
-            if out is not None and tmp_name is not None:
-                out.flush()
-                del out
-                out = None
-                with open(tmp_name, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                digest = _sha256_file(Path(tmp_name))
-                os.replace(tmp_name, path / DATA)
-                tmp_name = None
-                _fsync_dir(path)  # data.npy in place before its sidecar
-                atomic_write_json(
-                    path / DATA_SIDECAR,
-                    {"sha256": digest, "shape": [meta["n_items"], dim], "dtype": "float32"},
-                    sync_dir=False,
-                )
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+                data = got[0]
+                values = data.data if kind == "ragged" else data
+                if list(values.shape) != list(sc.get("shape", [])):
+                    raise StoreError(f"entry {key}: shard {i} holds {values.shape}, sidecar {sc}")
+                if kind == "ragged":
+                    shapes.append(np.asarray(data.shapes))
+                if writer is not None:
+                    writer.write(values)
+            if writer is not None:
+                files[DATA] = writer.commit()
+        if self.consolidate and kind == "ragged":
+            all_shapes = np.concatenate(shapes)
+            for name, arr in ((OFFSETS, offsets_from_shapes(all_shapes)), (SHAPES, all_shapes)):
+                payload = npy_bytes(arr)
+                atomic_write_bytes(path / name, payload, tmp_prefix=TMP_PREFIX, sync_dir=False)
+                files[name] = hashlib.sha256(payload).hexdigest()
+        if files:  # the consolidated files are in place (durably) before their sidecar
+            fsync_dir(path)
+            _write_json(path / DATA_SIDECAR, {"files": files, "kind": kind, "dtype": dt.name})
         meta.update(
-            complete=True, dim=dim, shape=[meta["n_items"], dim], n_truncated=n_truncated,
-            consolidated=bool(self.consolidate),
-            finalized=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            complete=True, consolidated=bool(self.consolidate),
+            n_truncated=sum(int(sc.get("n_truncated", 0)) for sc in sidecars),
+            finalized=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **item_meta,
         )
-        atomic_write_json(path / META, meta)
+        _write_json(path / META, meta)
         if self.consolidate:
             for i in range(n_shards):
                 for name in (sidecar_name(i), shard_name(i)):
@@ -405,53 +408,99 @@ class ActivationStore:
         meta = self.meta(key)
         return bool(meta and meta.get("complete"))
 
-    def load(self, key: str, *, verify: bool | None = None) -> np.ndarray | None:
-        """The ``[N, D]`` float32 features of a complete entry, or None.
+    def load(self, key: str, *, verify: bool = False) -> np.ndarray | None:
+        """The ``[N, *item_shape]`` values of a complete dense entry, or None.
 
-        A consolidated entry is memory-mapped copy-on-write; a corrupted one is deleted
-        (reported in :attr:`events`) and None is returned, so it gets recomputed.
-        ``verify`` overrides the store's setting (sha256 check of the data).
+        No hashing (see the module docstring): a consolidated entry is memory-mapped
+        copy-on-write (an analysis may modify it in place without touching the file), in
+        milliseconds whatever its size. ``verify=True`` rehashes first; a corrupted entry is
+        then repaired as by :meth:`verify_entry` and None is returned. An entry whose files
+        are missing or of the wrong shape is deleted (reported in :attr:`events`).
         """
-        verify = self.verify if verify is None else verify
+        return self._load(key, "dense", verify)
+
+    def load_ragged(self, key: str, *, verify: bool = False) -> RaggedArray | None:
+        """The items of a complete ragged entry as a read-only RaggedArray, or None.
+
+        Consolidated entries are memory-mapped (``ra[i]`` is a view; only the pages read
+        are loaded); ``verify`` as in :meth:`load`."""
+        return self._load(key, "ragged", verify)
+
+    def _load(self, key: str, kind: str, verify: bool) -> Any:
         meta = self.meta(key)
         if not meta or not meta.get("complete"):
             return None
-        path = self.entry_dir(key)
-        n, dim = meta["n_items"], meta["dim"]
+        if entry_kind(meta)[0] != kind:
+            other = "load_ragged" if kind == "dense" else "load"
+            raise StoreError(f"store entry {key} is {entry_kind(meta)[0]}; read it with {other}()")
+        if verify and self.verify_entry(key, repair=True):
+            return None
+        return self._read_complete(key, meta)
+
+    def _read_complete(self, key: str, meta: dict[str, Any]) -> Any:
+        """The values of a complete entry (no hashing), or None if it is broken (repaired)."""
+        kind = entry_kind(meta)[0]
         if meta.get("consolidated"):
-            sidecar = _read_json(path / DATA_SIDECAR)
-            data_path = path / DATA
-            problem = None
-            if sidecar is None or not data_path.exists():
-                problem = "consolidated data.npy or its sidecar is missing"
-            elif verify and _sha256_file(data_path) != sidecar.get("sha256"):
-                problem = "sha256 mismatch in data.npy (corrupted file)"
-            if problem is None:
-                try:
-                    arr = np.load(data_path, mmap_mode="c", allow_pickle=False)
-                except (OSError, ValueError) as exc:
-                    problem = f"unreadable data.npy ({exc})"
-                else:
-                    if arr.shape != (n, dim) or arr.dtype != DTYPE:
-                        problem = f"data.npy has shape {arr.shape} {arr.dtype}"
+            out, problem = open_consolidated(self.entry_dir(key), meta)
             if problem is not None:
                 self._report(f"entry {key}: {problem}; entry deleted, it will be recomputed")
                 self.delete(key)
-                return None
-            return arr
+            return out
         parts = []
         for i in range(meta["n_shards"]):
-            got = self.read_shard(key, i)
-            if got is None:
+            data, sidecar, problem = self._check_shard(key, i, meta, verify=False)
+            if sidecar is None or problem is not None:
+                self._discard_shard(key, i, problem or "shard missing")
                 meta.update(complete=False)
-                atomic_write_json(path / META, meta)
+                _write_json(self.entry_dir(key) / META, meta)
                 return None
-            parts.append(got[0])
-        return np.concatenate(parts, axis=0)
+            parts.append(data)
+        if kind == "dense":
+            return np.concatenate(parts, axis=0)
+        shapes = np.concatenate([p.shapes for p in parts])
+        data = np.concatenate([p.data for p in parts])
+        return RaggedArray(data, offsets_from_shapes(shapes), shapes)
+
+    # -- integrity -----------------------------------------------------------------------
+    def verify_entry(self, key: str, *, repair: bool = False) -> list[str]:
+        """Rehash entry ``key``'s files against their recorded sha256 and check structure.
+
+        Complete consolidated entries: the ``.npy`` files; otherwise every committed shard
+        (a complete non-consolidated entry also needs all of them). Returns the problems
+        found (empty: intact). With ``repair`` (hold the key's :meth:`lock`), a corrupted
+        consolidated entry is deleted; corrupted shards are deleted and a complete entry is
+        marked incomplete, so only they are recomputed.
+        """
+        meta = self.meta(key)
+        if meta is None:
+            return [f"entry {key}: no readable {META}"]
+        path = self.entry_dir(key)
+        problems: list[str] = []
+        if meta.get("complete") and meta.get("consolidated"):
+            problems = verify_consolidated(path, meta)
+            if problems and repair:
+                self._report(f"entry {key}: {'; '.join(problems)}; entry deleted")
+                self.delete(key)
+            return [f"entry {key}: {p}" for p in problems]
+        bad: list[tuple[int, str]] = []
+        for i in range(meta["n_shards"]):
+            _, sidecar, problem = self._check_shard(key, i, meta, verify=True)
+            if problem is None and sidecar is None and meta.get("complete"):
+                problem = "missing"
+            if problem is not None:
+                bad.append((i, problem))
+        if bad and repair:
+            for i, problem in bad:
+                self._discard_shard(key, i, problem)
+            if meta.get("complete"):
+                meta.update(complete=False)
+                _write_json(path / META, meta)
+        return [f"entry {key}: shard {i}: {problem}" for i, problem in bad]
 
     # -- housekeeping --------------------------------------------------------------------
     def delete(self, key: str) -> None:
-        """Remove entry ``key`` (no error if absent)."""
+        """Remove entry ``key`` (no error if absent; hold its :meth:`lock` if others may
+        write it)."""
         shutil.rmtree(self.entry_dir(key), ignore_errors=True)
 
     def keys(self) -> Iterator[str]:
@@ -462,42 +511,22 @@ class ActivationStore:
             if child.is_dir() and not child.name.startswith(".") and (child / META).exists():
                 yield child.name
 
-    def info(self, key: str) -> EntryInfo:
-        """What entry ``key`` holds."""
-        meta = self.meta(key)
-        if meta is None:
-            raise StoreError(f"no store entry {key} under {self.root}")
-        path = self.entry_dir(key)
-        kd = meta.get("key_dict", {})
-        stim = kd.get("stimuli", {})
-        committed = sum(1 for i in range(meta["n_shards"]) if (path / sidecar_name(i)).exists())
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        return EntryInfo(
-            key=key, path=path, site=kd.get("site"), pooling=kd.get("pooling"),
-            model=kd.get("model"), dataset=stim.get("dataset"), split=stim.get("split"),
-            n_items=meta["n_items"], dim=meta.get("dim"), complete=bool(meta.get("complete")),
-            n_shards_committed=meta["n_shards"] if meta.get("complete") else committed,
-            n_shards=meta["n_shards"], bytes_on_disk=size,
-        )
+    def info(self, key: str) -> Any:
+        """What entry ``key`` holds, as an :class:`~vlprobe.extract.cache_admin.EntryInfo`
+        (no hashing)."""
+        from vlprobe.extract.cache_admin import entry_info
 
-    def ls(self) -> list[EntryInfo]:
-        """All entries."""
+        return entry_info(self, key)
+
+    def ls(self) -> list[Any]:
+        """:meth:`info` of every entry."""
         return [self.info(k) for k in self.keys()]
 
-    def gc(self, *, incomplete: bool = False, tmp_older_than_s: float = 3600.0) -> list[Path]:
-        """Remove leftover temp files older than ``tmp_older_than_s`` (and, if
-        ``incomplete``, every incomplete entry). Returns what was removed."""
-        removed: list[Path] = []
-        now = time.time()
-        for key in list(self.keys()):
-            path = self.entry_dir(key)
-            if incomplete and not self.is_complete(key):
-                self.delete(key)
-                removed.append(path)
-                continue
-            for f in path.glob(f"{TMP_PREFIX}*"):
-                with contextlib.suppress(OSError):
-                    if now - f.stat().st_mtime >= tmp_older_than_s:
-                        f.unlink()
-                        removed.append(f)
-        return removed
+    def gc(self, *, incomplete: bool = False, tmp_older_than_s: float = 0.0) -> list[Path]:
+        """Remove the leftover temp files (older than ``tmp_older_than_s``) of entries no
+        process holds and, if ``incomplete``, the unlocked incomplete entries; returns what
+        was removed (:func:`~vlprobe.extract.cache_admin.collect_garbage` does more)."""
+        from vlprobe.extract.cache_admin import collect_garbage
+
+        actions = collect_garbage(self, incomplete=incomplete, tmp_older_than_s=tmp_older_than_s)
+        return [a.path for a in actions if a.removed]

@@ -98,7 +98,9 @@ def file_image_source(
     """Images read lazily from files.
 
     Digests are sha1 of (size, mtime) of each file, not of its content, so that listing a
-    100k-image folder does not read 100k files; a modified file changes its digest.
+    100k-image folder does not read 100k files; a modified file changes its digest. The files
+    are kept, so exact content comparisons (cross-split duplicates) read only the files whose
+    size matches another's.
     """
     digests = []
     for p in paths:
@@ -108,6 +110,7 @@ def file_image_source(
         [functools.partial(_open_file, str(p)) for p in paths],
         list(names) if names is not None else [str(p) for p in paths],
         digests,
+        files=[str(p) for p in paths],
     )
 
 

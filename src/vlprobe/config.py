@@ -57,6 +57,7 @@ class DatasetEntry:
     test_fraction: float | None = None
     seed: int = 0
     on_error: str = "raise"
+    drop_cross_split_duplicates: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ def _parse_dataset(key: str, raw: Any) -> DatasetEntry:
             raise ConfigError(f"{where}.test_fraction: expected a number in (0, 1)")
     if entry.on_error not in ("raise", "skip"):
         raise ConfigError(f"{where}.on_error: expected 'raise' or 'skip', got {entry.on_error!r}")
+    _expect_type(entry.drop_cross_split_duplicates, bool,
+                 f"{where}.drop_cross_split_duplicates", "true or false")
     return entry
 
 

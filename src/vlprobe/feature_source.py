@@ -73,11 +73,16 @@ class RunFeatureSource:
             entry = self.cfg.models[model]
             spec = ModelSpec(**asdict(entry))
             start = time.perf_counter()
-            self._models[model] = load_model(spec, device=_device(self.cfg.device))
+            self._models[model] = load_model(spec, device=self.device)
             self.load_seconds[f"model:{model}"] = time.perf_counter() - start
         return self._models[model]
 
     # -- FeatureSource protocol -----------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """The run's torch device (``auto`` resolved): where analyses put their tensors."""
+        return _device(self.cfg.device)
+
     def model_modalities(self, model: str) -> tuple[str, ...]:
         return tuple(self.adapter(model).modalities)
 
@@ -217,7 +222,12 @@ class RunFeatureSource:
         return errors
 
     def dataset_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per loaded dataset and split: item count, classes, skipped items (for run.json)."""
+        """Per loaded dataset and split: item count, classes, skipped items, and the items
+        with the same content as items of an earlier split (``duplicates_of``: earlier split
+        -> count and example id pairs) or dropped for it (``dropped_duplicates``), for
+        run.json."""
+        from vlprobe.data.duplicates import cross_split_duplicates
+
         summary: dict[str, dict[str, dict[str, Any]]] = {}
         for name, splits in self._datasets.items():
             summary[name] = {
@@ -227,9 +237,14 @@ class RunFeatureSource:
                     "modalities": list(stimuli.modalities),
                     "fingerprint": stimuli.fingerprint(),
                     "skipped": len(stimuli.source.get("skipped") or []),
+                    "duplicates_of": {},
+                    "dropped_duplicates": stimuli.source.get("dropped_cross_split_duplicates"),
                 }
                 for split, stimuli in splits.items()
             }
+            for dup in cross_split_duplicates(splits):
+                summary[name][dup.split]["duplicates_of"][dup.other] = {
+                    "count": dup.count, "examples": [list(e) for e in dup.examples]}
         return summary
 
     def forward_batches(self) -> int:

@@ -212,6 +212,14 @@ def run(
             for split, info in splits.items()
             if info.get("skipped")
         ]
+        + [
+            f"dataset {name}/{split}: {dup['count']} item(s) have the same content as items of "
+            f"split {other!r} (e.g. {', '.join(f'{a} = {b}' for a, b in dup['examples'])}); "
+            f"set datasets.{name}.drop_cross_split_duplicates: true to drop them"
+            for name, splits in record["datasets"].items()
+            for split, info in splits.items()
+            for other, dup in info.get("duplicates_of", {}).items()
+        ]
     )
     _write_record(run_dir, record)
     if report:

@@ -10,11 +10,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlprobe.analyses.base import FeatureRequest, LayerFeatures
+from vlprobe.data.stimuli import Stimuli
 
 
 @dataclass
 class FakeSource:
-    """Features keyed by (model, split, view); records every ``get``."""
+    """Features keyed by (model, split, view); records every ``get``.
+
+    ``stimuli(request)`` gives the items of a split as texts: ``contents[split]`` when set
+    (plant duplicates there), else a distinct text per item id.
+    """
 
     dataset: str = "toy"
     data: dict[tuple[str, str, str], LayerFeatures] = field(default_factory=dict)
@@ -22,6 +27,8 @@ class FakeSource:
     data_modalities: tuple[str, ...] = ("image",)
     split_names: tuple[str, ...] = ("train", "test")
     calls: list[FeatureRequest] = field(default_factory=list)
+    contents: dict[str, list[str]] = field(default_factory=dict)
+    device: str = "cpu"
 
     def add(self, model, split, feats, modalities=("image",), view="items"):
         self.data[(model, split, view)] = feats
@@ -40,6 +47,13 @@ class FakeSource:
 
     def splits(self, dataset):
         return list(self.split_names)
+
+    def stimuli(self, request: FeatureRequest) -> Stimuli:
+        assert request.dataset == self.dataset
+        feats = next(f for (_, split, view), f in self.data.items()
+                     if split == request.split and view == "items")
+        texts = self.contents.get(request.split) or [f"content of {i}" for i in feats.ids]
+        return Stimuli(self.dataset, request.split, list(feats.ids), texts=list(texts))
 
 
 def planted_layers(

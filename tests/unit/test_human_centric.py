@@ -18,6 +18,7 @@ from vlprobe.analyses.human_centric import (
     parse_label_sets,
     single_label_scores,
 )
+from vlprobe.data.stimuli import Stimuli
 from vlprobe.errors import AnalysisError, ConfigError
 
 FAST = {"Cs": [0.01, 1.0, 100.0], "max_iter": 200}
@@ -31,12 +32,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@dataclass
-class _Stim:
-    ids: list[str]
-    descriptors: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,8 +51,11 @@ class DualSource(FakeSource):
         return self.tower[(request.model, request.split, request.modality)]
 
     def stimuli(self, request: FeatureRequest):
-        f = self.tower[(request.model, request.split, request.modality)]
-        return _Stim(list(f.ids), self.descr.get(request.split, {}))
+        f = self.tower.get((request.model, request.split, request.modality)) or next(
+            f for (_, split, _), f in self.tower.items() if split == request.split)
+        return Stimuli(self.dataset, request.split, list(f.ids),
+                       texts=[f"content of {i}" for i in f.ids],
+                       descriptors=self.descr.get(request.split, {}))
 
 
 def _data(n, seed, split):

@@ -5,20 +5,29 @@
 - :func:`is_constant`: a feature matrix whose rows are all identical (degenerate layer).
 - :func:`standardize`: per-feature z-scoring with statistics from the training rows only;
   constant features (std = 0) are left centred at 0 instead of dividing by zero.
-- :func:`stratified_split`: seeded, stratified carve of a validation split out of train.
-- :func:`resolve_modality` / :func:`select_layer_sites`: which tower and which sites to use.
+- :func:`carve_validation`: the seeded, stratified validation carve out of train
+  (:func:`vlprobe.data.splits.train_val_split`).
+- :func:`split_pair_duplicates`: notes on held-out items with the same content as fitted ones.
+- :func:`resolve_modality` / :func:`select_layer_sites` / :func:`check_layer_spec`: which
+  tower and which sites to use.
+- :func:`run_device`: the torch device of the run (analyses put their tensors there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from vlprobe.analyses.base import FeatureRequest, FeatureSource, LayerFeatures
-from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.data.duplicates import find_duplicates
+from vlprobe.data.splits import train_val_split
+from vlprobe.errors import AnalysisError, ConfigError, DataError
 from vlprobe.modality import readable_modality
+
+# kept for the modules that still import it under its old name; new code: carve_validation
+stratified_split = train_val_split
 
 
 def check_finite(
@@ -94,31 +103,25 @@ def standardize(
     return [((np.asarray(x, np.float64) - mean) / scale).astype(dtype) for x in (x_train, *others)]
 
 
-def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int, min_per_class: int = 1
+def carve_validation(
+    labels: np.ndarray, fraction: float, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split of ``range(len(labels))`` into (keep, held_out) index arrays.
+    """``(fit_idx, val_idx)``: the seeded, stratified validation carve of a training split
+    (:func:`vlprobe.data.splits.train_val_split`, the package's one stratified carve).
 
-    Each class with ``n_c`` >= 2 samples gives ``max(min_per_class, round(fraction * n_c))``
-    samples (but never all of them) to the held-out part; classes with 1 sample stay in keep.
+    ``what`` names the analysis, model and split for the error raised when nothing can be
+    held out (every class has a single item).
     """
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    keep, held = [], []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        idx = idx[rng.permutation(len(idx))]
-        if len(idx) < 2:
-            keep.append(idx)
-            continue
-        k = int(min(len(idx) - 1, max(min_per_class, round(fraction * len(idx)))))
-        held.append(idx[:k])
-        keep.append(idx[k:])
-    keep_idx = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
-    assert not set(keep_idx.tolist()) & set(held_idx.tolist()), "split is not disjoint"
-    return keep_idx, held_idx
+    try:
+        return train_val_split(labels, fraction, seed)
+    except DataError as exc:
+        if np.unique(labels, return_counts=True)[1].max(initial=0) < 2:
+            raise AnalysisError(
+                f"{what}: no validation items could be carved ({len(labels)} items, every "
+                "class has < 2): the validation split chooses the hyper-parameters, so a "
+                "class needs >= 2 train items"
+            ) from None
+        raise AnalysisError(f"{what}: {exc}") from None
 
 
 def assert_disjoint_ids(a: Sequence[str], b: Sequence[str], what_a: str, what_b: str) -> None:
@@ -194,22 +197,66 @@ def readable_models(
     return plan, notes
 
 
+def run_device(source: FeatureSource) -> str:
+    """The torch device of the run (``source.device``; ``"cpu"`` for a source without one).
+
+    Analyses create their tensors and modules there instead of choosing a device themselves.
+    """
+    return str(getattr(source, "device", None) or "cpu")
+
+
+def split_pair_duplicates(
+    source: FeatureSource, analysis: str, model: str, dataset: str, fit_split: str,
+    held_split: str,
+) -> list[str]:
+    """Notes on items of ``held_split`` with the same content as items of ``fit_split``.
+
+    Item ids cannot show this (they embed the split name); the payloads' content digests can
+    (:mod:`vlprobe.data.duplicates`). Such items are scored on what was fitted (leakage): the
+    note gives their count and examples and the dataset option that drops them. A note also
+    says how many were already dropped at load (``drop_cross_split_duplicates: true``).
+    """
+    fit = source.stimuli(FeatureRequest(model, dataset, fit_split))
+    held = source.stimuli(FeatureRequest(model, dataset, held_split))
+    notes = []
+    dropped = held.source.get("dropped_cross_split_duplicates")
+    if dropped:
+        notes.append(
+            f"{analysis}: {dropped['n']} item(s) of split {held_split!r} of dataset "
+            f"{dataset!r} were dropped at load for having the same content as items of "
+            f"{', '.join(map(repr, dropped['with']))} (drop_cross_split_duplicates)"
+        )
+    found = find_duplicates(fit, held)
+    if found is not None:
+        notes.append(
+            f"{analysis}: {found.describe(dataset)}: held-out items seen in fitting inflate "
+            f"the held-out score; set drop_cross_split_duplicates: true on dataset "
+            f"{dataset!r} to drop them"
+        )
+    return notes
+
 
 class SplitPairPlan:
     """Planning of analyses that read two splits of one dataset for every model (mixin).
 
     Uses the analysis' ``params``: the two split names under ``split_params`` (default
-    ``train_split`` / ``test_split``), ``modality`` and ``pooling``; every layer site.
+    ``train_split`` / ``test_split``), ``modality`` and ``pooling``; every layer site. The
+    plan's notes include the cross-split duplicates of the pair
+    (:func:`split_pair_duplicates`).
     """
 
     split_params: tuple[str, str] = ("train_split", "test_split")
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, str], list[str]]:
         """model -> modality it is read in (+ notes); errors name unreadable models."""
-        return readable_models(
+        fit_split, held_split = (self.params[k] for k in self.split_params)
+        plan, notes = readable_models(
             source, self.name, self.models, self.dataset, self.params["modality"],
-            required_splits=tuple(self.params[k] for k in self.split_params),
+            required_splits=(fit_split, held_split),
         )
+        notes += split_pair_duplicates(source, self.name, next(iter(plan)), self.dataset,
+                                       fit_split, held_split)
+        return plan, notes
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
         return FeatureRequest(model, self.dataset, split, sites=None,
@@ -242,31 +289,104 @@ class SingleSplitPlan:
         return list(self._plan(source)[0].values())
 
 
-def select_layer_sites(
-    feats: LayerFeatures, layers: Any, model: str, default: str = "all"
-) -> list[str]:
-    """Layer sites chosen by ``layers``: ``"all"``, ``"last"``, an int or a list of ints.
+# --------------------------------------------------------------------------------------------
+# which sites: one selector for every analysis
+# --------------------------------------------------------------------------------------------
 
-    Layer indices follow the catalogue convention (0 = embedding output, L = last block);
-    negative ints count from the end (``-1`` = last).
+LAYER_WORDS = ("all", "last", "embedding")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_layer_spec(
+    analysis: str, key: str, value: Any, words: Sequence[str], many: bool = True,
+    allow_none: bool = False,
+) -> None:
+    """Config-time check of a layer parameter: one of ``words`` (a subset of ``"all"``,
+    ``"last"``, ``"embedding"``), an int, or (``many``) a non-empty list of ints; ``None``
+    when ``allow_none`` (the analysis' default selection)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, str) and value in words:
+        return
+    if _is_int(value):
+        return
+    if many and isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+        return
+    options = [repr(w) for w in words] + ["an int"] + (["a list of ints"] if many else [])
+    raise ConfigError(f"{analysis}: {key} must be {', '.join(options[:-1])} or {options[-1]}"
+                      f"{' (or null)' if allow_none else ''}, got {value!r}")
+
+
+def embedding_site(feats: LayerFeatures | Mapping[str, int | None]) -> str | None:
+    """The model's final vector (a non-layer site, preferring the projected ``*.proj``, then
+    the pooled ``*.pooled``), or None."""
+    layers = feats.layers if isinstance(feats, LayerFeatures) else feats
+    emb = [s for s, i in layers.items() if i is None]
+    named = [s for s in emb if s.endswith(".proj")] or [s for s in emb if s.endswith(".pooled")]
+    return (named or emb or [None])[0]
+
+
+def select_layer_sites(
+    feats: LayerFeatures | Mapping[str, int | None],
+    layers: Any,
+    model: str,
+    default: Any = "all",
+    *,
+    fallback: str | None = None,
+    notes: list[str] | None = None,
+    analysis: str = "",
+) -> list[str]:
+    """The sites chosen by a layer parameter (every analysis selects its sites here).
+
+    Args:
+        feats: extracted features, or a mapping site -> catalogue layer index (None for
+            non-layer sites such as the embedding) when choosing before extraction.
+        layers: ``"all"``, ``"last"``, ``"embedding"`` (the model's final embedding site, see
+            :func:`embedding_site`), an int or a list of ints; ``None`` = ``default``. Layer
+            indices follow the catalogue convention (0 = embedding output, L = last block);
+            negative ints count from the end (``-1`` = last). Repeated layers count once.
+        model: model key (in errors).
+        default: the selection used when ``layers`` is None.
+        fallback: for ``"embedding"`` on a model without an embedding site: this selection
+            instead (with a note in ``notes``); None = an :class:`AnalysisError`.
+        analysis: analysis name (in notes and errors).
+
+    Raises:
+        AnalysisError: the model has no layer sites (or no embedding site, without fallback).
+        ConfigError: a malformed selection or a layer the model does not have.
     """
-    sites = feats.layer_sites()
-    if not sites:
-        raise AnalysisError(f"model {model!r}: no layer sites in the extracted features")
+    layer_of = feats.layers if isinstance(feats, LayerFeatures) else dict(feats)
+    who = f"{analysis + ': ' if analysis else ''}model {model!r}"
     spec = default if layers is None else layers
-    if spec == "all":
+    if isinstance(spec, str) and spec == "embedding":
+        site = embedding_site(layer_of)
+        if site is not None:
+            return [site]
+        if fallback is None:
+            raise AnalysisError(f"{who} has no embedding site among {sorted(layer_of)}")
+        if notes is not None:
+            notes.append(f"{who} has no embedding site; used {fallback!r} instead")
+        spec = fallback
+    sites = sorted((s for s, i in layer_of.items() if i is not None), key=lambda s: layer_of[s])
+    if not sites:
+        raise AnalysisError(f"{who} has no layer sites (sites: {sorted(layer_of)})")
+    if isinstance(spec, str) and spec == "all":
         return sites
-    if spec == "last":
+    if isinstance(spec, str) and spec == "last":
         return [sites[-1]]
-    wanted = [spec] if isinstance(spec, int | np.integer) else list(spec)
-    by_index = {feats.layers[s]: s for s in sites}
+    wanted = [spec] if _is_int(spec) or isinstance(spec, str) else list(spec)
+    by_index = {layer_of[s]: s for s in sites}
     available = sorted(by_index)  # type: ignore[type-var]
     chosen = []
     for w in wanted:
-        if not isinstance(w, int | np.integer):
-            raise ConfigError(f"layers must be 'all', 'last', an int or a list of ints; got {w!r}")
+        if not _is_int(w):
+            raise ConfigError(f"{who}: layers must be 'all', 'last', 'embedding', an int or a "
+                              f"list of ints; got {w!r}")
         idx = available[w] if w < 0 and -len(available) <= w else w
         if idx not in by_index:
-            raise ConfigError(f"model {model!r} has no layer {w}; available layers: {available}")
+            raise ConfigError(f"{who} has no layer {w}; available layers: {available}")
         chosen.append(by_index[idx])
-    return chosen
+    return list(dict.fromkeys(chosen))

@@ -83,7 +83,16 @@ class LayerFeatures:
 
 
 class FeatureSource(Protocol):
-    """What an analysis sees of the extracted activations."""
+    """What an analysis sees of the extracted activations (and of the run).
+
+    Attributes:
+        device: the run's torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``; the config's
+            ``device`` with ``auto`` resolved). Analyses that train torch modules put their
+            tensors there (``vlprobe.analyses._common.run_device``); they never pick a
+            device, or change any other process-wide setting, themselves.
+    """
+
+    device: str
 
     def get(self, request: FeatureRequest) -> LayerFeatures:
         """Pooled features for ``request`` (read from the activation store)."""

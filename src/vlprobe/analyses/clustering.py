@@ -38,6 +38,7 @@ from vlprobe.analyses._common import (
     SingleSplitPlan,
     check_finite,
     check_labels,
+    check_layer_spec,
     select_layer_sites,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
@@ -193,6 +194,7 @@ class Clustering(SingleSplitPlan, Analysis):
         if p["max_items"] is not None and int(p["max_items"]) < 2:
             raise ConfigError(f"clustering: max_items must be >= 2 or null, "
                               f"got {p['max_items']!r}")
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last"), allow_none=True)
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd

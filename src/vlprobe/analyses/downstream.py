@@ -8,6 +8,8 @@ Protocol (SCIENCE.md T3; seed 000 §3.5, table 1):
    site), an int or a list of ints also work). The encoder is frozen.
 2. A validation split of ``val_fraction`` of train is carved out (stratified, seeded); it is
    used only for model selection and never overlaps the evaluation items (checked on ids).
+   Evaluation items with the same content as train items are counted in the notes (dataset
+   option ``drop_cross_split_duplicates`` drops them).
 3. Head ``"linear"``: L2 logistic regression for every layer x C of ``Cs`` solved at once
    (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`), C chosen on the carved
    validation split (ties -> smallest C), refitted on train + validation.
@@ -36,13 +38,15 @@ import numpy as np
 from vlprobe.analyses._common import (
     SplitPairPlan,
     assert_disjoint_ids,
+    carve_validation,
     check_finite,
     check_labels,
+    check_layer_spec,
     check_solver_params,
+    run_device,
     select_layer_sites,
-    stratified_split,
 )
-from vlprobe.analyses.base import Analysis, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
@@ -61,22 +65,6 @@ def model_max_length(source: Any, model: str) -> int | None:
     except Exception:  # an unknown max length is reported as missing
         return None
     return int(value) if isinstance(value, int | np.integer) and value > 0 else None
-
-
-def select_sites(feats: LayerFeatures, layers: Any, model: str) -> list[str]:
-    """Sites for ``layers``: ``"embedding"`` = the model's final vector (``*.proj``, else
-    ``*.pooled``), else :func:`~vlprobe.analyses._common.select_layer_sites` (default: last
-    layer)."""
-    if layers == "embedding":
-        final = [s for s, i in feats.layers.items() if i is None]
-        sites = [s for s in final if s.endswith(".proj")] or [
-            s for s in final if s.endswith(".pooled")
-        ]
-        if len(sites) != 1:
-            raise AnalysisError(f"downstream: model {model!r}: no single embedding site among "
-                                f"{sorted(feats.layers)}")
-        return sites
-    return select_layer_sites(feats, layers, model, default="last")
 
 
 class Downstream(SplitPairPlan, Analysis):
@@ -126,6 +114,8 @@ class Downstream(SplitPairPlan, Analysis):
             raise ConfigError(f"downstream: val_fraction must be in (0, 1), "
                               f"got {p['val_fraction']}")
         check_solver_params(self.name, p)
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last", "embedding"),
+                         allow_none=True)
         if p["train_split"] == p["eval_split"]:
             raise ConfigError("downstream: train_split and eval_split must differ")
 
@@ -152,11 +142,13 @@ class Downstream(SplitPairPlan, Analysis):
             if len(np.unique(ytr_all)) < 2:
                 raise AnalysisError(f"downstream: model {model!r}: split {train_name!r} has a "
                                     "single class; a classifier needs at least 2")
-            sites = select_sites(ftr, p["layers"], model)
-            tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
+            sites = select_layer_sites(ftr, p["layers"], model, default="last",
+                                       analysis=self.name)
+            tr_idx, va_idx = carve_validation(
+                ytr_all, float(p["val_fraction"]), self.seed,
+                f"downstream: model {model!r}: split {train_name!r} of dataset {self.dataset!r}")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
-            assert_disjoint_ids(ids_tr, ids_va, "train", "validation carve")
             assert_disjoint_ids(ids_tr, fev.ids, f"split {train_name!r}", f"split {eval_name!r}")
             assert_disjoint_ids(ids_va, fev.ids, "validation carve", f"split {eval_name!r}")
             Xtr, Xva, Xev = [], [], []
@@ -203,9 +195,8 @@ class Downstream(SplitPairPlan, Analysis):
                     for li, site in enumerate(sites)
                 )
             if "mlp" in heads:
-                mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xev, yev), **mlp_options(p, self.seed)
-                )
+                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xev, yev),
+                                      **mlp_options(p, self.seed, run_device(source)))
                 for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
                                  "head": "mlp", **res.summary()})
@@ -224,4 +215,4 @@ class Downstream(SplitPairPlan, Analysis):
                       figures=figures, params={**p, "heads": heads}, notes=notes)
 
 
-__all__ = ["Downstream", "model_max_length", "select_sites"]
+__all__ = ["Downstream", "model_max_length"]

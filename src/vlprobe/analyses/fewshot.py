@@ -33,6 +33,7 @@ from vlprobe.analyses._common import (
     assert_disjoint_ids,
     check_finite,
     check_labels,
+    check_layer_spec,
     is_constant,
     select_layer_sites,
 )
@@ -111,6 +112,7 @@ class FewShot(SplitPairPlan, Analysis):
         if bad or not classifiers:
             raise ConfigError(f"few_shot: unknown classifier(s) {bad}; known: {list(CLASSIFIERS)}")
         p["classifiers"] = list(classifiers)
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last"), allow_none=True)
         if p["train_split"] == p["test_split"]:
             raise ConfigError("few_shot: train_split and test_split must differ")
 

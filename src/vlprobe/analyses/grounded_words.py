@@ -69,7 +69,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.analyses._common import check_finite, check_labels, resolve_modality
+from vlprobe.analyses._common import (
+    check_finite,
+    check_labels,
+    check_layer_spec,
+    resolve_modality,
+    select_layer_sites,
+)
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -195,10 +201,7 @@ class GroundedWords(Analysis):
         if p["multiword"] not in MULTIWORD:
             raise ConfigError(f"{self.name}: multiword must be one of {MULTIWORD}, "
                               f"got {p['multiword']!r}")
-        layer = p["layer"]
-        if not (layer in ("last", "embedding") or isinstance(layer, int | np.integer)):
-            raise ConfigError(f"{self.name}: layer must be 'last', 'embedding' or an int, "
-                              f"got {layer!r}")
+        check_layer_spec(self.name, "layer", p["layer"], ("embedding", "last"), many=False)
         sets = [p["pair_sets"]] if isinstance(p["pair_sets"], str) else list(p["pair_sets"])
         bad = [s for s in sets if s not in PAIR_SETS]
         if bad:
@@ -239,26 +242,7 @@ class GroundedWords(Analysis):
         return list(self._plan(source)[0].values())
 
     def _site(self, feats: LayerFeatures, model: str) -> str:
-        layer = self.params["layer"]
-        if layer == "embedding":
-            emb = [s for s, i in feats.layers.items() if i is None]
-            named = [s for s in emb if s.endswith("embedding")]
-            if not (named or emb):
-                raise AnalysisError(f"{self.name}: model {model!r} has no embedding site in "
-                                    f"{sorted(feats.features)}")
-            return (named or emb)[0]
-        sites = feats.layer_sites()
-        if not sites:
-            raise AnalysisError(f"{self.name}: model {model!r}: no layer sites")
-        if layer == "last":
-            return sites[-1]
-        by_index = {feats.layers[s]: s for s in sites}
-        idx = sorted(by_index)  # type: ignore[type-var]
-        key = idx[layer] if layer < 0 and -len(idx) <= layer else layer
-        if key not in by_index:
-            raise ConfigError(f"{self.name}: model {model!r} has no layer {layer}; "
-                              f"available: {idx}")
-        return by_index[key]
+        return select_layer_sites(feats, self.params["layer"], model, analysis=self.name)[0]
 
     # ---- evaluation sets -----------------------------------------------------------------
 

@@ -33,7 +33,8 @@ naming both feature sets. NaN/Inf features and a single training class also rais
 
 Splits: ``train_split`` / ``test_split``; a validation split (``val_fraction``, stratified by
 label for single-label tasks, seeded) is carved out of train and never shares item ids with
-test (checked).
+test (checked). Test items with the same content as train items are counted in the notes
+(dataset option ``drop_cross_split_duplicates`` drops them).
 
 Probes (``probe``: ``"linear"``, ``"mlp"`` or ``"both"``); features are z-scored with the
 fitting rows' statistics (per column, so the two halves of a concatenation are on the same
@@ -90,15 +91,17 @@ import numpy as np
 
 from vlprobe.analyses._common import (
     assert_disjoint_ids,
+    carve_validation,
     check_finite,
+    check_layer_spec,
     check_solver_params,
+    run_device,
     select_layer_sites,
-    stratified_split,
+    split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
-from vlprobe.analyses.transfer import embedding_site
 from vlprobe.errors import AnalysisError, ConfigError
 
 FEATURE_SETS = ("image", "text", "image+text")
@@ -230,12 +233,14 @@ def fit_mlp_multilabel(
     patience: int = 10,
     batch_size: int = 256,
     seed: int = 0,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Linear-ReLU-Linear with K sigmoid outputs and binary cross-entropy (seed 004 §5.3).
 
     Standardised with train statistics; early stopping on validation BCE (best epoch kept);
     the (hidden, weight decay) config with the highest validation sample-F1 predicts test.
-    Returns (``[N_test, K]`` 0/1 predictions, info on the chosen config).
+    Trained on the torch ``device``. Returns (``[N_test, K]`` 0/1 predictions, info on the
+    chosen config).
     """
     import torch
     from sklearn.metrics import f1_score
@@ -244,10 +249,10 @@ def fit_mlp_multilabel(
 
     (xtr, Ytr), (xva, Yva) = train, val
     m, s = fit_standardizer(xtr)
-    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32)
-         for x in (xtr, xva, test_x)]
-    ytr_t = torch.as_tensor(np.asarray(Ytr), dtype=torch.float32)
-    yva_t = torch.as_tensor(np.asarray(Yva), dtype=torch.float32)
+    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32,
+                         device=device) for x in (xtr, xva, test_x)]
+    ytr_t = torch.as_tensor(np.asarray(Ytr), dtype=torch.float32, device=device)
+    yva_t = torch.as_tensor(np.asarray(Yva), dtype=torch.float32, device=device)
     D, K = t[0].shape[1], ytr_t.shape[1]
     batch_size = int(min(batch_size, max(16, len(ytr_t) // 8)))
     best: tuple[float, Any, dict[str, Any]] | None = None
@@ -259,10 +264,11 @@ def fit_mlp_multilabel(
             net = torch.nn.Sequential(torch.nn.Linear(D, int(h)), torch.nn.ReLU(),
                                       torch.nn.Linear(int(h), K))
             opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(wd))
+            net.to(device)  # in place: the optimizer keeps the same parameter objects
             best_loss, best_state, best_ep, bad = np.inf, None, 0, 0
             for ep in range(int(max_epochs)):
                 net.train()
-                perm = torch.randperm(len(ytr_t), generator=gen)
+                perm = torch.randperm(len(ytr_t), generator=gen).to(device)
                 for start in range(0, len(perm), batch_size):
                     bi = perm[start:start + batch_size]
                     loss = torch.nn.functional.binary_cross_entropy_with_logits(net(t[0][bi]),
@@ -283,14 +289,14 @@ def fit_mlp_multilabel(
                         break
             net.load_state_dict(best_state)  # type: ignore[arg-type]
             with torch.no_grad():
-                pva = (net(t[1]) > 0).numpy().astype(np.int64)
+                pva = (net(t[1]) > 0).cpu().numpy().astype(np.int64)
             vf1 = float(f1_score(np.asarray(Yva), pva, average="samples", zero_division=0))
             info = {"hidden": int(h), "weight_decay": float(wd), "val_f1_samples": vf1,
                     "epochs": best_ep}
             sweep.append(info)
             if best is None or vf1 > best[0]:
                 with torch.no_grad():
-                    pte = (net(t[2]) > 0).numpy().astype(np.int64)
+                    pte = (net(t[2]) > 0).cpu().numpy().astype(np.int64)
                 best = (vf1, pte, info)
     assert best is not None
     return best[1], {**best[2], "sweep": sweep}
@@ -380,11 +386,7 @@ class HumanCentric(Analysis):
         check_solver_params(self.name, p)
         if p["train_split"] == p["test_split"]:
             raise ConfigError("human_centric: train_split and test_split must differ")
-        layer = p["layer"]
-        if not (layer in ("embedding", "last") or
-                (isinstance(layer, int | np.integer) and not isinstance(layer, bool))):
-            raise ConfigError(f"human_centric: layer must be 'embedding', 'last' or an int, "
-                              f"got {layer!r}")
+        check_layer_spec(self.name, "layer", p["layer"], ("embedding", "last"), many=False)
         if p["multi_label"] is not None and not isinstance(p["multi_label"], str):
             raise ConfigError(f"human_centric: multi_label must be a descriptor name, "
                               f"got {p['multi_label']!r}")
@@ -430,6 +432,9 @@ class HumanCentric(Analysis):
             raise AnalysisError(f"human_centric: no feature set of {p['feature_sets']} can be "
                                 f"computed for models {self.models} on dataset "
                                 f"{self.dataset!r}: {'; '.join(dict.fromkeys(notes))}")
+        any_model = jobs[0]["image_model"] or jobs[0]["text_model"]
+        notes += split_pair_duplicates(source, self.name, any_model, self.dataset,
+                                       p["train_split"], p["test_split"])
         return jobs, list(dict.fromkeys(notes))
 
     def _request(self, model: str, split: str, modality: str) -> FeatureRequest:
@@ -444,15 +449,8 @@ class HumanCentric(Analysis):
                 for s in ("train_split", "test_split")]
 
     def _site(self, feats: LayerFeatures, model: str, notes: list[str]) -> str:
-        layer = self.params["layer"]
-        if layer == "embedding":
-            site = embedding_site(feats)
-            if site is not None:
-                return site
-            notes.append(f"human_centric: model {model!r} has no embedding site; used its last "
-                         "layer")
-            layer = "last"
-        return select_layer_sites(feats, layer, model, default="last")[0]
+        return select_layer_sites(feats, self.params["layer"], model, fallback="last",
+                                  notes=notes, analysis=self.name)[0]
 
     def _multi_label_sets(self, source: FeatureSource, model: str, split: str,
                           modality: str, ids: list[str]) -> list[tuple[str, ...]]:
@@ -615,10 +613,10 @@ class HumanCentric(Analysis):
                                     f"{self.dataset!r}: split {p['train_split']!r} has a single "
                                     "class; a classifier needs at least 2")
             strat = ytr_all
-        tr_idx, va_idx = stratified_split(strat, float(p["val_fraction"]), self.seed)
-        if len(va_idx) == 0 or len(tr_idx) == 0:
-            raise AnalysisError(f"human_centric: no validation items could be carved from split "
-                                f"{p['train_split']!r} ({n_tr} items)")
+        tr_idx, va_idx = carve_validation(
+            strat, float(p["val_fraction"]), self.seed,
+            f"human_centric: split {p['train_split']!r} of dataset {self.dataset!r} "
+            f"({n_tr} items)")
         ids_tr = [tr["ids"][i] for i in tr_idx]
         ids_va = [tr["ids"][i] for i in va_idx]
         assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
@@ -629,7 +627,7 @@ class HumanCentric(Analysis):
         Xte = [te["sets"][s]["X"] for s in names]
         fit_kw = {"standardize": bool(p["standardize"]), "dtype": p["dtype"],
                   "max_iter": int(p["max_iter"]), "tol": float(p["tol"])}
-        mlp_kw = mlp_options(p, self.seed)
+        mlp_kw = mlp_options(p, self.seed, run_device(source))
         probes = ["linear", "mlp"] if p["probe"] == "both" else [p["probe"]]
         results: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
         if multi:
@@ -708,13 +706,14 @@ class HumanCentric(Analysis):
 
 def _plot(table, dataset: str):
     """Grouped bars: main metric per feature set, one bar per model (and probe)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     metric = "f1_samples" if (table["metric"] == "f1_samples").any() else "accuracy"
     sub = table[table["metric"] == metric]
     sets = [s for s in FEATURE_SETS if s in set(sub["feature_set"])]
     pairs = list(dict.fromkeys(zip(sub["pair"], sub["probe"])))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(sets) + 1), 3.2))
+    fig = Figure(figsize=(max(4.0, 1.6 * len(sets) + 1), 3.2), layout="constrained")
+    ax = fig.subplots()
     width = 0.8 / max(1, len(pairs))
     for k, (pair, probe) in enumerate(pairs):
         vals = []
@@ -727,5 +726,4 @@ def _plot(table, dataset: str):
     ax.set_ylim(0, 1)
     ax.set_title(f"Human-centric probes ({dataset})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig

@@ -65,9 +65,10 @@ MLP_PARAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def mlp_options(params: dict[str, Any], seed: int) -> dict[str, Any]:
-    """:func:`fit_mlp_probes` keyword arguments from an analysis' ``mlp_*`` parameters."""
-    return {"hidden_sizes": list(params["mlp_hidden"]),
+def mlp_options(params: dict[str, Any], seed: int, device: str = "cpu") -> dict[str, Any]:
+    """:func:`fit_mlp_probes` keyword arguments from an analysis' ``mlp_*`` parameters, the
+    seed and the run's torch ``device``."""
+    return {"device": device, "hidden_sizes": list(params["mlp_hidden"]),
             "weight_decays": list(params["mlp_weight_decay"]),
             "max_epochs": int(params["mlp_max_epochs"]),
             "patience": int(params["mlp_patience"]), "seed": int(seed)}
@@ -107,6 +108,7 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
 
     X: ``(Xtr [L, Ntr, D], Xva [L, Nva, D], Xte [L, Nte, D])`` float32 tensors;
     y: ``(ytr [Ntr], yva [Nva], yte [Nte])`` int64 tensors (-1 = class unseen in train);
+    all on one device, where the networks are trained (initialised on the CPU, seeded);
     layers: the L layers' indexes (they seed the initialisation).
     Returns ``val_acc``, ``test_acc``, ``epochs`` as ``[L, R]`` numpy arrays.
     """
@@ -116,15 +118,18 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
     ytr, yva, yte = y
     L, _, D = Xtr.shape
     R, H, K = len(wds), int(hidden), int(n_classes)
+    dev = Xtr.device
     inits = [[group_init(seed, layer, H, r, D, K) for r in range(R)] for layer in layers]
-    W1 = torch.stack([torch.cat([g[0].T for g in row], 1) for row in inits]).requires_grad_()
-    b1 = torch.stack([torch.cat([g[1] for g in row])[None] for row in inits]).requires_grad_()
-    W2 = torch.stack([g[2].T for row in inits for g in row]).requires_grad_()
-    b2 = torch.stack([g[3][None] for row in inits for g in row]).requires_grad_()
+    W1 = torch.stack([torch.cat([g[0].T for g in row], 1) for row in inits]).to(dev)
+    b1 = torch.stack([torch.cat([g[1] for g in row])[None] for row in inits]).to(dev)
+    W2 = torch.stack([g[2].T for row in inits for g in row]).to(dev)
+    b2 = torch.stack([g[3][None] for row in inits for g in row]).to(dev)
+    for p in (W1, b1, W2, b2):
+        p.requires_grad_()
     gen = torch.Generator().manual_seed(int(seed))  # mini-batch order, shared by all groups
     params = [W1, b1, W2, b2]
     opt = torch.optim.Adam(params, lr=lr)
-    decay = 1.0 - lr * torch.as_tensor(np.asarray(wds, np.float32))  # [R]
+    decay = 1.0 - lr * torch.as_tensor(np.asarray(wds, np.float32), device=dev)  # [R]
     decay1 = decay.repeat_interleave(H).view(1, 1, R * H)  # W1/b1 columns are r-major
     decay2 = decay.repeat(L).view(L * R, 1, 1)
 
@@ -140,14 +145,14 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
         t = target[seen].expand(zz.shape[0], -1)
         return torch.nn.functional.cross_entropy(zz.transpose(1, 2), t, reduction="none").mean(1)
 
-    best_loss = torch.full((L * R,), float("inf"))
-    best_acc = torch.zeros(L * R)
-    best_ep = torch.zeros(L * R, dtype=torch.int64)
-    bad = torch.zeros(L * R, dtype=torch.int64)
+    best_loss = torch.full((L * R,), float("inf"), device=dev)
+    best_acc = torch.zeros(L * R, device=dev)
+    best_ep = torch.zeros(L * R, dtype=torch.int64, device=dev)
+    bad = torch.zeros(L * R, dtype=torch.int64, device=dev)
     best_state = [p.detach().clone() for p in params]
     n = len(ytr)
     for ep in range(max_epochs):
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(dev)
         for start in range(0, n, batch_size):
             bi = perm[start:start + batch_size]
             loss = group_ce(logits(Xtr[:, bi]), ytr[bi]).sum()
@@ -181,9 +186,9 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
         for p, keep in zip(params, best_state):
             p.copy_(keep)
         test_acc = (logits(Xte).argmax(-1) == yte).float().mean(1)
-    return {"val_acc": best_acc.view(L, R).numpy().astype(np.float64),
-            "test_acc": test_acc.view(L, R).numpy().astype(np.float64),
-            "epochs": best_ep.view(L, R).numpy()}
+    return {"val_acc": best_acc.view(L, R).cpu().numpy().astype(np.float64),
+            "test_acc": test_acc.view(L, R).cpu().numpy().astype(np.float64),
+            "epochs": best_ep.view(L, R).cpu().numpy()}
 
 
 def fit_mlp_probes(
@@ -198,12 +203,13 @@ def fit_mlp_probes(
     patience: int = 10,
     batch_size: int = 256,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[MLPProbeResult]:
     """MLP probes of every layer (``train = ([Ntr, D_l] per layer, y [Ntr])`` etc.), batched.
 
-    Layers of equal width train as one stack per hidden size (see the module docstring);
-    returns one :class:`MLPProbeResult` per layer, in input order. Seeded: the same seed gives
-    the same numbers.
+    Layers of equal width train as one stack per hidden size (see the module docstring) on the
+    torch ``device``; returns one :class:`MLPProbeResult` per layer, in input order. Seeded:
+    the same seed gives the same numbers (on one device).
     """
     import torch
 
@@ -212,7 +218,7 @@ def fit_mlp_probes(
         raise ValueError(f"need the same (>= 1) number of layers in train/val/test, got "
                          f"{len(Xtr)}/{len(Xva)}/{len(Xte)}")
     classes, enc = _encode(ytr, yva, yte)
-    ys = [torch.as_tensor(e) for e in enc]
+    ys = [torch.as_tensor(e, device=device) for e in enc]
     # small training sets still get several updates per epoch
     batch_size = int(min(batch_size, max(16, len(ytr) // 8)))
     by_width: dict[int, list[int]] = {}
@@ -223,7 +229,7 @@ def fit_mlp_probes(
     for idx in by_width.values():
         # z-scored with each layer's train statistics -> [L, N, D] float32 per split
         z = [standardize(Xtr[i], Xva[i], Xte[i]) for i in idx]
-        X = tuple(torch.stack([torch.as_tensor(zi[s]) for zi in z]) for s in range(3))
+        X = tuple(torch.stack([torch.as_tensor(zi[s]) for zi in z]).to(device) for s in range(3))
         per_h = [_train_stack(X, ys, idx, h, wds, len(classes), lr=lr, max_epochs=max_epochs,
                               patience=patience, batch_size=batch_size, seed=seed)
                  for h in hidden_sizes]

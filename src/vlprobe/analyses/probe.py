@@ -5,7 +5,10 @@ Protocol (SCIENCE.md V1; CLIP-style linear probe):
 1. Features of the ``train_split`` and ``test_split`` items, every layer site of the tower that
    reads the dataset (image tower for image data, text tower for sentences).
 2. A validation split is carved out of train (stratified, seeded, ``val_fraction``); it never
-   contains test items (checked on item ids).
+   contains test items (checked on item ids). Test items with the same content as train
+   items (image bytes, normalised text) are counted in the notes
+   (:func:`~vlprobe.analyses._common.split_pair_duplicates`; the dataset option
+   ``drop_cross_split_duplicates: true`` drops them).
 3. Linear probe: sklearn-equivalent multinomial L2 logistic regression for every layer x C
    (``Cs``) solved at once (:mod:`vlprobe.analyses.probe_solver`); C chosen per layer on val
    (ties -> smallest C), then refitted on train + val; test accuracy reported.
@@ -29,12 +32,14 @@ import numpy as np
 from vlprobe.analyses._common import (
     SplitPairPlan,
     assert_disjoint_ids,
+    carve_validation,
     check_finite,
     check_labels,
+    check_layer_spec,
     check_solver_params,
     is_constant,
+    run_device,
     select_layer_sites,
-    stratified_split,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
@@ -90,6 +95,7 @@ class LayerProbe(SplitPairPlan, Analysis):
                 f"layer_probe: val_fraction must be in (0, 1), got {p['val_fraction']}"
             )
         check_solver_params(self.name, p)
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last"), allow_none=True)
         if p["x_axis"] not in ("layer", "relative"):
             raise ConfigError(
                 f"layer_probe: x_axis must be 'layer' or 'relative', got {p['x_axis']!r}"
@@ -117,14 +123,10 @@ class LayerProbe(SplitPairPlan, Analysis):
                     f"{self.dataset!r} has a single class; a probe needs at least 2"
                 )
             sites = select_layer_sites(ftr, p["layers"], model, default="all")
-            tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
-            if len(va_idx) == 0:
-                raise AnalysisError(
-                    f"layer_probe: model {model!r}: no validation items could be carved from "
-                    f"split {p['train_split']!r} of dataset {self.dataset!r} "
-                    f"({len(ytr_all)} items, every class has < 2): the probe's C is chosen "
-                    "on validation, so each class needs >= 2 train items"
-                )
+            tr_idx, va_idx = carve_validation(
+                ytr_all, float(p["val_fraction"]), self.seed,
+                f"layer_probe: model {model!r}: split {p['train_split']!r} of dataset "
+                f"{self.dataset!r}")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
             assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
@@ -175,9 +177,8 @@ class LayerProbe(SplitPairPlan, Analysis):
                     for li, site in enumerate(sites)
                 )
             if p["probe"] in ("mlp", "both"):
-                mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_options(p, self.seed)
-                )
+                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xte, yte),
+                                      **mlp_options(p, self.seed, run_device(source)))
                 for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
                                  "probe": "mlp", **res.summary()})

@@ -12,7 +12,8 @@ Protocol (SCIENCE.md V5; seed 000 §3.3, fig 7):
    upsample x2 + 3x3 conv + ReLU stages up to ``image_size``, final 3x3 conv + sigmoid;
    :func:`~vlprobe.analyses.reconstruction_decoder.build_decoder`) is
    trained with Adam on MSE, input channels standardised with training statistics, early
-   stopping on a validation split carved from train (never test; checked on item ids).
+   stopping on a validation split carved from train (never test; checked on item ids; test
+   images with the same bytes as train images are counted in the notes).
 4. Reported on the test split: MSE per pixel and PSNR (``10 log10(1 / MSE)``), next to two
    reference levels: ``mean_image_mse`` (predict the mean training image: no information)
    and ``mean_colour_mse`` (each test image's own mean colour: colour without layout).
@@ -24,7 +25,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.analyses._common import assert_disjoint_ids, check_finite, fit_standardizer
+from vlprobe.analyses._common import (
+    assert_disjoint_ids,
+    check_finite,
+    check_layer_spec,
+    fit_standardizer,
+    run_device,
+    select_layer_sites,
+    split_pair_duplicates,
+)
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
 from vlprobe.analyses.reconstruction_decoder import (
     DecoderFit,
@@ -65,7 +74,10 @@ class ReconstructionProbe(Analysis):
         max_train: use at most this many train items (seeded choice), ``None`` = all.
         n_examples: test images shown in the examples figure (6).
         x_axis: ``"relative"`` (layer / deepest layer of that model) or ``"layer"``.
-        threads: torch threads while training a decoder (1: fastest on a shared CPU).
+
+    The decoders train on the run's device (``FeatureSource.device``). Torch's thread count
+    is the process's (set ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` outside: one
+    thread is fastest for these small convolutions on a busy CPU).
     """
 
     name: ClassVar[str] = "reconstruction_probe"
@@ -88,14 +100,12 @@ class ReconstructionProbe(Analysis):
         "max_train": None,
         "n_examples": 6,
         "x_axis": "relative",
-        "threads": 1,
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
         super().__init__(models, dataset, params, seed)
         p = self.params
-        ints = ("grid", "image_size", "epochs", "patience", "batch_size", "width", "n_examples",
-                "threads")
+        ints = ("grid", "image_size", "epochs", "patience", "batch_size", "width", "n_examples")
         for key in ints:
             if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
                 raise ConfigError(f"{self.name}: {key} must be a positive int, got {p[key]!r}")
@@ -113,6 +123,7 @@ class ReconstructionProbe(Analysis):
             raise ConfigError(f"{self.name}: x_axis must be 'relative' or 'layer'")
         if p["train_split"] == p["test_split"]:
             raise ConfigError(f"{self.name}: train_split and test_split must differ")
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last"), allow_none=True)
 
     # ----------------------------------------------------------------------------------------
     def _sites(self, source: FeatureSource) -> dict[str, list[str]]:
@@ -136,27 +147,11 @@ class ReconstructionProbe(Analysis):
                     f"({'/'.join(source.model_modalities(model))} only); it cannot be probed "
                     "for image reconstruction"
                 )
-            out[model] = self._choose(source.layer_sites(model, "image"), model)
+            names = source.layer_sites(model, "image")  # index = catalogue layer index
+            out[model] = select_layer_sites(
+                {name: i for i, name in enumerate(names)}, self.params["layers"], model,
+                default=default_layer_indices(len(names)), analysis=self.name)
         return out
-
-    def _choose(self, names: list[str], model: str) -> list[str]:
-        spec = self.params["layers"]
-        if not names:
-            raise AnalysisError(f"{self.name}: model {model!r} has no image layer sites")
-        if spec is None:
-            return [names[i] for i in default_layer_indices(len(names))]
-        if spec == "all":
-            return list(names)
-        if spec == "last":
-            return [names[-1]]
-        wanted = [spec] if isinstance(spec, int) else list(spec)
-        out = []
-        for w in wanted:
-            if isinstance(w, bool) or not isinstance(w, int) or not -len(names) <= w < len(names):
-                raise ConfigError(f"{self.name}: model {model!r} has no layer {w!r}; layers are "
-                                  f"0..{len(names) - 1} (or 'all', 'last', a list)")
-            out.append(names[w])
-        return list(dict.fromkeys(out))
 
     def _request(self, model: str, split: str, sites: list[str] | None) -> FeatureRequest:
         return FeatureRequest(
@@ -186,9 +181,7 @@ class ReconstructionProbe(Analysis):
             order = order[: int(self.params["max_train"])]
         n_val = round(float(self.params["val_fraction"]) * len(order))
         n_val = min(len(order) - 1, max(1, n_val))
-        va, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
-        assert not set(tr.tolist()) & set(va.tolist()), "train/val carve is not disjoint"
-        return tr, va
+        return np.sort(order[n_val:]), np.sort(order[:n_val])  # disjoint slices of one order
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
@@ -196,7 +189,8 @@ class ReconstructionProbe(Analysis):
         p = self.params
         g, size = int(p["grid"]), int(p["image_size"])
         plan = self._sites(source)
-        notes: list[str] = []
+        notes = split_pair_duplicates(source, self.name, self.models[0], self.dataset,
+                                      p["train_split"], p["test_split"])
         targets: dict[str, tuple[list[str], np.ndarray]] = {}
         for split in (p["train_split"], p["test_split"]):
             stim = source.stimuli(FeatureRequest(self.models[0], self.dataset, split))
@@ -242,7 +236,7 @@ class ReconstructionProbe(Analysis):
                     patience=int(p["patience"]), batch_size=int(p["batch_size"]),
                     lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
                     width=int(p["width"]), seed=self.seed, n_keep=int(p["n_examples"]),
-                    threads=int(p["threads"]),
+                    device=run_device(source),
                 )
                 if fit.best_epoch == fit.epochs_run == int(p["epochs"]):
                     still.append(f"{model}/{site}")

@@ -5,7 +5,9 @@ Protocol (SCIENCE.md V2; Radford et al. 2021, appendix A.3; seed 004 fig 4.4):
 1. Features of ``train_split`` and ``test_split`` at the model's embedding site (``layer``
    ``"embedding"``, the default; or chosen layers).
 2. A validation split is carved out of train (stratified, seeded, ``val_fraction``); it never
-   contains test items (checked on item ids).
+   contains test items (checked on item ids). Test items with the same content as train
+   items are counted in the notes (dataset option ``drop_cross_split_duplicates`` drops
+   them).
 3. L2-regularised multinomial logistic regression (the sklearn ``lbfgs`` objective, solved by
    the batched solver of :mod:`vlprobe.analyses.probe_solver`, features z-scored with the
    fitting rows' statistics unless ``standardize: false``). The inverse strength ``C`` is
@@ -44,13 +46,15 @@ import numpy as np
 from vlprobe.analyses._common import (
     SplitPairPlan,
     assert_disjoint_ids,
+    carve_validation,
     check_finite,
     check_labels,
+    check_layer_spec,
     check_solver_params,
+    embedding_site,
     select_layer_sites,
-    stratified_split,
 )
-from vlprobe.analyses.base import Analysis, FeatureSource, LayerFeatures, Result
+from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.analyses.probe_solver import ProbePath, fit_logistic_path
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -209,14 +213,6 @@ def clip_linear_probe(
 # --------------------------------------------------------------------------------------------
 
 
-def embedding_site(feats: LayerFeatures) -> str | None:
-    """The model's embedding site (a non-layer site, preferring the projected ``*.proj``, then
-    the pooled ``*.pooled``), or None."""
-    emb = [s for s, i in feats.layers.items() if i is None]
-    named = [s for s in emb if s.endswith(".proj")] or [s for s in emb if s.endswith(".pooled")]
-    return (named or emb or [None])[0]
-
-
 class Transfer(SplitPairPlan, Analysis):
     """Linear-probe transfer, CLIP protocol (V2).
 
@@ -266,23 +262,7 @@ class Transfer(SplitPairPlan, Analysis):
                 raise ConfigError(f"transfer: {key} must be an integer >= {low}, got {p[key]!r}")
         if p["train_split"] == p["test_split"]:
             raise ConfigError("transfer: train_split and test_split must differ")
-        layer = p["layer"]
-        ok = layer in ("embedding", "last", "all") or isinstance(layer, int | np.integer) or (
-            isinstance(layer, list | tuple) and all(isinstance(v, int | np.integer) for v in layer)
-        )
-        if not ok:
-            raise ConfigError(f"transfer: layer must be 'embedding', 'last', 'all', an int or a "
-                              f"list of ints, got {layer!r}")
-
-    def _sites(self, feats: LayerFeatures, model: str, notes: list[str]) -> list[str]:
-        layer = self.params["layer"]
-        if layer == "embedding":
-            site = embedding_site(feats)
-            if site is not None:
-                return [site]
-            notes.append(f"transfer: model {model!r} has no embedding site; used its last layer")
-            layer = "last"
-        return select_layer_sites(feats, layer, model, default="last")
+        check_layer_spec(self.name, "layer", p["layer"], ("embedding", "last", "all"))
 
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
@@ -302,12 +282,12 @@ class Transfer(SplitPairPlan, Analysis):
                 raise AnalysisError(f"transfer: model {model!r}: split {p['train_split']!r} of "
                                     f"dataset {self.dataset!r} has a single class; a classifier "
                                     "needs at least 2")
-            sites = self._sites(ftr, model, notes)
-            tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
-            if len(va_idx) == 0:
-                raise AnalysisError(f"transfer: model {model!r}: no validation items could be "
-                                    f"carved from split {p['train_split']!r} (classes with < 2 "
-                                    "items)")
+            sites = select_layer_sites(ftr, p["layer"], model, fallback="last", notes=notes,
+                                       analysis=self.name)
+            tr_idx, va_idx = carve_validation(
+                ytr_all, float(p["val_fraction"]), self.seed,
+                f"transfer: model {model!r}: split {p['train_split']!r} of dataset "
+                f"{self.dataset!r}")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
             assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
@@ -381,3 +361,7 @@ class Transfer(SplitPairPlan, Analysis):
         return Result(analysis=self.name, catalogue=self.catalogue, table=table, figures=figures,
                       params=dict(p), notes=list(dict.fromkeys(notes)),
                       extra_tables={"c_sweep": sweep})
+
+
+# embedding_site lives in _common; re-exported here for the modules that import it from here
+__all__ = ["Transfer", "TransferOutcome", "clip_linear_probe", "embedding_site", "topk_scores"]

@@ -49,6 +49,9 @@ class DatasetSpec:
             has no test split (stratified, seeded).
         seed: seed of carving and subsampling.
         on_error: ``"raise"`` (default) or ``"skip"`` unreadable items (skips are counted).
+        drop_cross_split_duplicates: drop from the held-out splits (validation, test) the
+            items whose content (image bytes, normalised text) also occurs in an earlier split
+            (:mod:`vlprobe.data.duplicates`). Default False: duplicates are only reported.
     """
 
     loader: str
@@ -59,6 +62,7 @@ class DatasetSpec:
     test_fraction: float | None = None
     seed: int = 0
     on_error: str = "raise"
+    drop_cross_split_duplicates: bool = False
 
 
 def load_dataset(spec: DatasetSpec) -> dict[str, Stimuli]:

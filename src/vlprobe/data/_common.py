@@ -139,6 +139,7 @@ def file_image_source(
         [functools.partial(_open_file, str(p)) for p in paths],
         list(names) if names is not None else [str(p) for p in paths],
         digests,
+        files=[str(p) for p in paths],
     )
 
 

@@ -1,9 +1,10 @@
 """Seeded, stratified split carving and subsampling.
 
 :func:`apply_split_spec` is what :func:`vlprobe.data.load_dataset` applies to a loader's splits
-(carve ``test`` from ``train``, then subsample each split). The helpers
-:func:`stratified_indices` and :func:`train_val_split` are reused by analyses to carve
-validation sets from a training split.
+(carve ``test`` from ``train``, drop cross-split duplicates when asked, then subsample each
+split). :func:`train_val_split` is THE stratified carve of the package: the dataset's
+``test_fraction`` and every analysis' validation carve (``val_fraction``) use it;
+:func:`stratified_indices` is the stratified subsample (``subsample``, ``max_items``).
 
 Every function here is deterministic given its seed, never duplicates an item, and never moves
 an item into two splits. Item ids therefore stay unique across the splits of one dataset.
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vlprobe.data.duplicates import drop_cross_split_duplicates
 from vlprobe.data.stimuli import Stimuli
 from vlprobe.errors import DataError
 
@@ -169,14 +171,19 @@ def _with_source(stimuli: Stimuli, **extra: Any) -> Stimuli:
 
 
 def apply_split_spec(splits: Mapping[str, Stimuli], spec: Any) -> dict[str, Stimuli]:
-    """Apply ``spec.test_fraction`` and ``spec.subsample`` to a loader's splits.
+    """Apply ``spec.test_fraction``, ``spec.drop_cross_split_duplicates`` and
+    ``spec.subsample`` to a loader's splits.
 
     1. Carving: when ``spec.test_fraction`` is set and the source has no ``test`` split, a
        ``test`` split of that fraction is carved from ``train`` (or from the only split when
        there is exactly one and it is not called ``train``), stratified by label when
        labelled, seeded by ``spec.seed``. When the source has a ``test`` split, the fraction
        is ignored and ``test.source["test_fraction_ignored"]`` says so.
-    2. Subsampling: ``spec.subsample = {"train": 1000, "test": 500}`` keeps that many items
+    2. Duplicates: with ``spec.drop_cross_split_duplicates``, items of a held-out split with
+       the same content as an item of an earlier split (train before validation before
+       test; :mod:`vlprobe.data.duplicates`) are dropped, before subsampling (so a subsample
+       of the test split is drawn from its clean part).
+    3. Subsampling: ``spec.subsample = {"train": 1000, "test": 500}`` keeps that many items
        of each named split (stratified by label, seeded, original order kept). Split names
        accept aliases (``val`` for ``validation``, ...). Asking for more items than a split
        has is a :class:`DataError` naming the split and both sizes; an unknown split name too.
@@ -218,6 +225,9 @@ def apply_split_spec(splits: Mapping[str, Stimuli], spec: Any) -> dict[str, Stim
             info = {"carved_from": origin, "test_fraction": float(fraction), "seed": seed}
             out[origin] = _with_source(whole.subset(tr_idx), **info)
             out["test"] = _with_source(whole.subset(te_idx, split="test"), **info)
+
+    if getattr(spec, "drop_cross_split_duplicates", False):
+        out = drop_cross_split_duplicates(out)
 
     subsample = dict(getattr(spec, "subsample", None) or {})
     for key, n in subsample.items():

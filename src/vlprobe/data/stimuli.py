@@ -13,6 +13,7 @@ encoded bytes in memory.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +30,12 @@ class ImageSource:
         loaders: one zero-argument callable per item returning an RGB PIL image.
         names: a human-readable origin per item (file path or ``file.parquet[row]``), used in
             error messages.
-        digests: a content digest per item (e.g. sha1 of the encoded bytes) for fingerprints.
+        digests: a digest per item for fingerprints: a content digest (sha1 of the encoded
+            bytes or of the pixels), or a cheaper stand-in when ``files`` is given.
+        files: for images read from files whose ``digests`` are NOT content digests
+            (:func:`~vlprobe.data._common.file_image_source` hashes size + mtime so that
+            listing a big folder reads no file): the file of each item, read on demand by
+            :meth:`content_digest`.
     """
 
     def __init__(
@@ -37,12 +43,16 @@ class ImageSource:
         loaders: Sequence[Callable[[], Any]],
         names: Sequence[str],
         digests: Sequence[str],
+        files: Sequence[str] | None = None,
     ) -> None:
         if not (len(loaders) == len(names) == len(digests)):
             raise ValueError("loaders, names and digests must have the same length")
+        if files is not None and len(files) != len(loaders):
+            raise ValueError("files must have one entry per image")
         self._loaders = list(loaders)
         self.names = list(names)
         self.digests = list(digests)
+        self.files = list(files) if files is not None else None
 
     def __len__(self) -> int:
         return len(self._loaders)
@@ -62,7 +72,26 @@ class ImageSource:
             [self._loaders[i] for i in indices],
             [self.names[i] for i in indices],
             [self.digests[i] for i in indices],
+            [self.files[i] for i in indices] if self.files is not None else None,
         )
+
+    def content_candidates(self) -> list[str]:
+        """A cheap key per image that is equal for any two images with the same encoded bytes:
+        the content digest, or the file size when the digests are not content digests (then
+        equal keys only make a duplicate possible; :meth:`content_digest` decides)."""
+        if self.files is None:
+            return list(self.digests)
+        return [f"size:{os.path.getsize(f)}" for f in self.files]
+
+    def content_digest(self, index: int) -> str:
+        """sha1 of the encoded bytes of image ``index`` (reads its file when needed)."""
+        if self.files is None:
+            return self.digests[index]
+        try:
+            with open(self.files[index], "rb") as handle:
+                return hashlib.sha1(handle.read()).hexdigest()
+        except OSError as exc:
+            raise DataError(f"cannot read image {self.names[index]}: {exc}") from exc
 
 
 @dataclass

@@ -235,10 +235,12 @@ class HFTextAdapter(HFAdapter):
 
     # -- loading -----------------------------------------------------------------------
     def _converted_dir(self) -> str:
-        assert self.source.gguf is not None
+        gguf = self.source.gguf
+        if gguf is None:  # an internal misuse, not user input; never stripped by python -O
+            raise ModelLoadError(f"model {self.source.ref!r} has no GGUF file to convert")
         if self.converted_dir is not None:
             return str(self.converted_dir)
-        path = materialise_gguf(self.source.gguf)
+        path = materialise_gguf(gguf)
         self.converted_dir = path
         if isinstance(self.config, _GGUFConfig):
             from transformers import AutoConfig

@@ -160,6 +160,15 @@ class RunFeatureSource:
                     seconds_total=result.seconds_total,
                 )
             )
+        truncated_items = None
+        if "span" in result.poolings.values() and not self._prefetching:
+            # the store keeps only the count; which spans were cut comes from the tokenizer
+            from vlprobe.extract.alignment import truncated_spans
+
+            truncated_items = truncated_spans(
+                adapter, stimuli.payloads("text", range(len(stimuli))),
+                stimuli.descriptors["span_chars"],
+            )
         return LayerFeatures(
             features=result.features,
             layers={site: adapter.layer_index(site) for site in sites},
@@ -167,6 +176,7 @@ class RunFeatureSource:
             ids=list(stimuli.ids),
             label_names=stimuli.label_names,
             n_truncated=result.n_truncated,
+            truncated_items=truncated_items,
         )
 
     def prefetch(self, requests: list[FeatureRequest]) -> list[str]:

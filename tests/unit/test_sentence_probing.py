@@ -235,10 +235,12 @@ def test_end_to_end_generated_task_through_the_runner(tmp_path):
     assert {"accuracy_vs_layer", "category_accuracy"} <= set(info["figures"])
     best = pd.read_parquet(run_dir / info["extra_tables"]["best_layer"])
     assert list(best["task"]) == ["SentLen", "TreeDepth", "BShift"]  # SentEval order
-    for _, row in best.iterrows():
-        t = both[(both["task"] == row["task"])]
-        assert row["bert"] == pytest.approx(t["value"].max())
-        assert t.loc[t["layer"] == row["bert layer"], "value"].max() == pytest.approx(row["bert"])
+    for _, row in best.iterrows():  # layer chosen on dev, test accuracy reported there
+        t = both[(both["task"] == row["task"])].sort_values("layer")
+        chosen = t.loc[t["val_accuracy"].idxmax()]
+        assert row["bert layer"] == chosen["layer"]
+        assert row["bert"] == pytest.approx(chosen["value"])
+        assert row["bert dev"] == pytest.approx(t["val_accuracy"].max())
     html = (run_dir / "report.html").read_text()
     assert "<h3>best_layer</h3>" in html
 
@@ -253,10 +255,15 @@ def test_category_means_and_best_layer_use_each_tasks_main_probe():
     rows = []
     acc = {("SentLen", "mlp"): [0.5, 0.9, 0.7], ("SentLen", "linear"): [0.99, 0.99, 0.99],
            ("WC", "linear"): [0.1, 0.3, 0.3], ("BShift", "mlp"): [0.5, 0.6, 0.8]}
+    # dev accuracy of the selected probe: its best layer is NOT the best test layer for
+    # SentLen (dev: 2, test: 1) and BShift (dev: 0, test: 2)
+    dev = {("SentLen", "mlp"): [0.6, 0.7, 0.8], ("SentLen", "linear"): [0.99, 0.99, 0.99],
+           ("WC", "linear"): [0.2, 0.4, 0.4], ("BShift", "mlp"): [0.9, 0.6, 0.7]}
     for (task, probe), values in acc.items():
         for layer, v in enumerate(values):
             rows.append({"model": "m", "task": task, "category": CATEGORIES[task],
-                         "probe": probe, "layer": layer, "value": v, "chance": 0.2})
+                         "probe": probe, "layer": layer, "value": v, "chance": 0.2,
+                         "val_accuracy": dev[task, probe][layer]})
     table = pd.DataFrame(rows)
     means = category_means(table)
     surface = means[means["category"] == "surface"].sort_values("layer")
@@ -265,8 +272,12 @@ def test_category_means_and_best_layer_use_each_tasks_main_probe():
     assert set(surface["n_tasks"]) == {2}
     best = best_layer_table(table)
     assert list(best["task"]) == ["SentLen", "WC", "BShift"]
-    assert list(best["m"]) == [0.9, 0.3, 0.8]
-    assert list(best["m layer"]) == [1, 1, 2]  # WC ties at layers 1 and 2: the first
+    # the layer is chosen on dev; the table reports TEST accuracy at that layer
+    assert list(best["m layer"]) == [2, 1, 0]  # WC ties on dev at layers 1 and 2: the first
+    assert list(best["m"]) == [0.7, 0.3, 0.5]
+    assert list(best["m dev"]) == [0.8, 0.4, 0.9]
     assert list(best["m probe"]) == ["mlp", "linear", "mlp"]
+    with pytest.raises(AnalysisError, match="val_accuracy"):
+        best_layer_table(table.drop(columns="val_accuracy"))
     fig = plot_category_accuracy(table)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["surface", "syntactic"]

@@ -224,3 +224,29 @@ def test_span_pooling_with_tiny_clip_text_tower(tmp_path):
     assert x.shape[0] == 5 and x.shape[1] % 4 == 0
     assert np.abs(x[:4]).sum(axis=1).min() > 0 and not x[4].any()
     assert res.n_forward_batches == 1 and res.n_truncated == 1
+
+
+def test_truncated_spans_flags_fully_and_partly_cut_spans(tmp_path):
+    """Tiny CLIP keeps 16 tokens (start + 14 words + end): of a 20-word sentence, a span over
+    words 12-14 is partly cut, spans from word 14 on fully; items of a short text are not cut.
+    The flags match align_spans on the tokenizer's own truncated offsets."""
+    from transformers import AutoTokenizer
+
+    from vlprobe.extract.alignment import truncated_spans
+
+    spec = MODELS.get("clip").tiny_spec(tmp_path / "clip")
+    adapter = load_model(spec)
+    long = " ".join(["the big dog runs"] * 5)
+    offs = word_char_offsets(long.split(" "))
+    word_spans = [(0, 3), (12, 15), (15, 18), (18, 20), (11, 14)]
+    long_spans = [(offs[a][0], offs[b - 1][1]) for a, b in word_spans]
+    texts = ["a red car", long, long, "a red car", long, long, long]
+    spans = [(0, 1), long_spans[0], long_spans[1], (2, 9), *long_spans[2:]]
+    got = truncated_spans(adapter, texts, spans, batch_size=1)
+    assert got.tolist() == [False, False, True, False, True, True, False]
+    tok = AutoTokenizer.from_pretrained(spec.config)
+    enc = tok([long], truncation=True, max_length=16, return_offsets_mapping=True)
+    _, cut = align_spans(np.asarray(enc["offset_mapping"]), [0] * 5, long_spans)
+    assert cut.tolist() == got[[1, 2, 4, 5, 6]].tolist()
+    with pytest.raises(DataError, match="2 texts but 1 spans"):
+        truncated_spans(adapter, ["a", "b"], [(0, 1)])

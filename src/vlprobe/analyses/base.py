@@ -67,6 +67,9 @@ class LayerFeatures:
         ids: N item ids.
         label_names: class names or None.
         n_truncated: number of texts truncated at the model's maximum length.
+        truncated_items: ``[N]`` bool, True where the model's maximum length cut the item
+            (``span`` pooling: its span, fully or partly), or None when the source does not
+            say (it is computed for ``span`` pooling only).
     """
 
     features: dict[str, np.ndarray]
@@ -75,6 +78,7 @@ class LayerFeatures:
     ids: list[str]
     label_names: list[str] | None = None
     n_truncated: int = 0
+    truncated_items: np.ndarray | None = None
 
     def layer_sites(self) -> list[str]:
         """Sites that are layers, in layer order."""

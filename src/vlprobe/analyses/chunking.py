@@ -7,26 +7,31 @@ Protocol (SCIENCE.md T2; seed 000 §3.4.1 after Jawahar et al., 2019):
    model is pooled with ``span`` pooling: ``[h_first; h_last; h_first * h_last;
    h_first - h_last]`` of the first and last SUB-WORD token of the chunk (``4 D`` wide; one
    forward per sentence, see :mod:`vlprobe.extract.extractor`).
-2. Spans cut away by truncation (stored as all-zero vectors; CLIP's 77 tokens cut long
-   sentences) are dropped for that model (noted).
-3. Seeded sampling of ``n_fit`` (3000) spans to fit k-means and ``n_eval`` (500) held-out spans
-   to score it. With ``holdout: sentence`` (default) fit and held-out spans come from disjoint
-   sentences (sentences are shuffled, the first ones fill the fit set, the next ones the
-   held-out set; the sentence is the id up to the last ``:``); ``holdout: span`` samples spans
-   independently. When fewer spans are available the two sizes shrink proportionally (noted).
-   The same sample is used for every layer of a model.
+2. Same spans for every model: a span that the maximum length of ANY model of the analysis
+   cuts, fully or partly (CLIP's 77 tokens cut long sentences), is dropped for ALL models, and
+   the number dropped is reported (column ``n_dropped``, notes; ``n_cut``: spans this model
+   cuts). Which spans are cut comes from ``LayerFeatures.truncated_items`` (the runner's
+   feature source tokenizes the sentences again); a source that does not give it only lets
+   fully cut spans (stored as all-zero vectors) be recognised (noted).
+3. Seeded sampling of ``n_fit`` (3000) spans to cluster and ``n_eval`` (500) further spans
+   for the held-out score, the same spans for every model and layer. With ``holdout:
+   sentence`` (default) the two sets come from disjoint sentences (sentences are shuffled, the
+   first ones fill the fit set, the next ones the held-out set; the sentence is the id up to
+   the last ``:``); ``holdout: span`` samples spans independently. When fewer spans are
+   available the two sizes shrink proportionally (noted).
 4. ``sklearn.cluster.KMeans(n_clusters=k, n_init, random_state=seed)`` with ``k`` = the number
-   of chunk tags (``len(label_names)``; ``k`` overrides) fitted on the fit spans; the held-out
-   spans are assigned to the nearest centroid and scored with
-   ``normalized_mutual_info_score(tags, clusters)`` (arithmetic mean): metric ``nmi``. The
-   in-sample NMI of the fit spans is reported as ``nmi_fit``.
+   of chunk tags (``len(label_names)``; ``k`` overrides) fitted on the fit spans. Headline
+   metric ``nmi``: ``normalized_mutual_info_score(tags, clusters)`` (arithmetic mean) of the
+   clusters of those same spans, the in-sample clustering NMI of the paper. Second metric
+   ``nmi_heldout``: the held-out spans assigned to the nearest centroid, scored the same way
+   (does the clustering generalise to unseen sentences?).
 5. Layers where some fit spans have a norm over ``OUTLIER_RATIO`` (100) x the median are named
    in a note: k-means spends clusters on such outliers (e.g. the sentence-initial spans of
    causal LMs, whose first token carries a massive "attention sink" activation).
 
-Table: ``model, layer, site, metric (nmi | nmi_fit), value, n_fit, n_eval, k`` (+ the tidy
-columns). Figure ``chunking_nmi``: NMI per layer, one bar group per layer, one bar per model
-(like the paper's fig. 2).
+Table: ``model, layer, site, metric (nmi | nmi_heldout), value, n_fit, n_eval, k, n_dropped,
+n_cut`` (+ the tidy columns). Figure ``chunking_nmi``: NMI per layer, one bar group per
+layer, one bar per model (like the paper's fig. 2).
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from vlprobe.analyses._common import (
     select_layer_sites,
     standardize,
 )
-from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.base import (
+    Analysis,
+    FeatureRequest,
+    FeatureSource,
+    LayerFeatures,
+    Result,
+)
 from vlprobe.errors import AnalysisError, ConfigError
 
 HOLDOUT = ("sentence", "span")
@@ -91,7 +102,9 @@ def kmeans_nmi(
     x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, k: int,
     seed: int = 0, n_init: int = 10,
 ) -> dict[str, float]:
-    """k-means fitted on ``x_fit``; NMI of held-out (``nmi``) and fit (``nmi_fit``) clusters."""
+    """k-means fitted on ``x_fit`` ([N_fit, D]); NMI with the tags of the clusters of those
+    same spans (``nmi``, the headline) and of the held-out ``x_eval`` ([N_eval, D]) assigned
+    to the nearest centroid (``nmi_heldout``)."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score
 
@@ -101,9 +114,69 @@ def kmeans_nmi(
         fit_clusters = km.fit_predict(np.asarray(x_fit, np.float64))
         eval_clusters = km.predict(np.asarray(x_eval, np.float64))
     return {
-        "nmi": float(normalized_mutual_info_score(y_eval, eval_clusters)),
-        "nmi_fit": float(normalized_mutual_info_score(y_fit, fit_clusters)),
+        "nmi": float(normalized_mutual_info_score(y_fit, fit_clusters)),
+        "nmi_heldout": float(normalized_mutual_info_score(y_eval, eval_clusters)),
     }
+
+
+METRICS = ("nmi", "nmi_heldout")
+
+
+def cut_spans(feats: LayerFeatures, sites: list[str], model: str) -> tuple[np.ndarray, bool]:
+    """``([N] bool, known)``: the spans ``model``'s maximum length cuts.
+
+    Fully cut spans are all-zero vectors (at some site of ``sites``); partly cut ones are only
+    known from ``feats.truncated_items`` (``known`` says whether it was given).
+    """
+    n = len(feats.ids)
+    cut = np.zeros(n, dtype=bool)
+    for site in sites:
+        cut |= ~(np.abs(np.asarray(feats.features[site])).sum(axis=1) > 0)
+    if feats.truncated_items is None:
+        return cut, False
+    flags = np.asarray(feats.truncated_items)
+    if flags.shape != (n,) or flags.dtype != bool:
+        raise AnalysisError(f"chunking: model {model!r}: truncated_items must be a [{n}] bool "
+                            f"array, got {flags.dtype} {flags.shape}")
+    return cut | flags, True
+
+
+def common_spans(
+    feats: dict[str, LayerFeatures], sites: dict[str, list[str]]
+) -> tuple[np.ndarray, dict[str, int], list[str]]:
+    """``(keep [N] bool, cut per model, notes)``: the spans every model sees in full.
+
+    Raises:
+        AnalysisError: the models' features are not of the same items (ids differ).
+    """
+    models = list(feats)
+    ref = feats[models[0]]
+    keep = np.ones(len(ref.ids), dtype=bool)
+    n_cut: dict[str, int] = {}
+    notes: list[str] = []
+    for model in models:
+        f = feats[model]
+        if list(f.ids) != list(ref.ids):
+            raise AnalysisError(f"chunking: models {models[0]!r} and {model!r} have features of "
+                                "different span items (ids differ); they must come from the "
+                                "same dataset split")
+        cut, known = cut_spans(f, sites[model], model)
+        keep &= ~cut
+        n_cut[model] = int(cut.sum())
+        if n_cut[model]:
+            notes.append(f"chunking: model {model!r}: {n_cut[model]} of {len(cut)} span(s) cut "
+                         "(fully or partly) by its maximum length")
+        if not known and f.n_truncated > n_cut[model]:
+            notes.append(f"chunking: model {model!r}: {f.n_truncated} span(s) cut by truncation "
+                         f"but only the {n_cut[model]} fully cut ones are recognised (the "
+                         "features carry no per-item truncation flags); partly cut spans "
+                         "may remain")
+    n_dropped = int((~keep).sum())
+    if n_dropped:
+        notes.append(f"chunking: {n_dropped} of {len(keep)} span(s) dropped for every model "
+                     "(cut by the maximum length of at least one model), so that all models "
+                     "are scored on the same spans")
+    return keep, n_cut, notes
 
 
 OUTLIER_RATIO = 100.0
@@ -117,13 +190,11 @@ def count_norm_outliers(x: np.ndarray, ratio: float = OUTLIER_RATIO) -> int:
 
 
 def plot_nmi_bars(table: Any, title: str = "Phrase-level chunking (k-means NMI)") -> Any:
-    """Grouped bars: x = layer, one bar per model, y = held-out NMI."""
-    import matplotlib
+    """Grouped bars: x = layer, one bar per model, y = the headline (in-sample) NMI."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.subplots()
     sub = table[table["metric"] == "nmi"] if len(table) else table
     models = list(dict.fromkeys(sub["model"])) if len(sub) else []
     layers = sorted(set(sub["layer"])) if len(sub) else []
@@ -135,11 +206,10 @@ def plot_nmi_bars(table: Any, title: str = "Phrase-level chunking (k-means NMI)"
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([str(v) for v in layers])
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("NMI (held-out spans)")
+    ax.set_ylabel("NMI (k-means clusters vs chunk tags)")
     ax.set_title(title)
     if models:
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
@@ -150,7 +220,8 @@ class Chunking(Analysis):
         split: split of the chunk dataset (default ``"test"``: CoNLL-2000's test file has
             23,852 chunks of 2,012 sentences, enough for 3,000 + 500; use the loader's
             ``max_sentences`` to bound extraction cost).
-        n_fit: spans to fit k-means on (3000). n_eval: held-out spans scored (500).
+        n_fit: spans k-means is fitted on and scored on (headline ``nmi``; 3000).
+        n_eval: further spans assigned to the nearest centroid (``nmi_heldout``; 500).
         k: clusters; ``None`` (default) = number of chunk tags (``len(label_names)``).
         holdout: ``"sentence"`` (default: fit / eval spans from disjoint sentences) or
             ``"span"``.
@@ -205,52 +276,47 @@ class Chunking(Analysis):
 
         p = self.params
         plan, notes = self._plan(source)
+        feats = {model: source.get(req) for model, req in plan.items()}
+        labels = {m: check_labels(f, m, f"split {p['split']!r}") for m, f in feats.items()}
+        sites = {m: select_layer_sites(f, p["layers"], m, default="all")
+                 for m, f in feats.items()}
+        keep, n_cut, cut_notes = common_spans(feats, sites)
+        notes.extend(cut_notes)
+        valid = np.flatnonzero(keep)
+        n_fit, n_eval = int(p["n_fit"]), int(p["n_eval"])
+        if len(valid) < n_fit + n_eval:
+            n_fit = round(len(valid) * n_fit / (n_fit + n_eval))
+            n_eval = len(valid) - n_fit
+            notes.append(f"chunking: only {len(valid)} spans; using n_fit={n_fit}, "
+                         f"n_eval={n_eval}")
+        ref = feats[next(iter(feats))]
+        fit, ev = split_fit_eval(sentence_keys(ref.ids), valid, n_fit, n_eval, self.seed,
+                                 p["holdout"])
         rows: list[dict[str, Any]] = []
-        for model, req in plan.items():
-            feats = source.get(req)
-            labels = check_labels(feats, model, f"split {p['split']!r}")
-            sites = select_layer_sites(feats, p["layers"], model, default="all")
+        for model, f in feats.items():
+            y = labels[model]
             k = int(p["k"]) if p["k"] is not None else (
-                len(feats.label_names) if feats.label_names else len(np.unique(labels)))
-            # a span cut away by truncation is all-zero (in every layer)
-            kept = np.ones(len(labels), dtype=bool)
-            for site in sites:
-                kept &= np.abs(np.asarray(feats.features[site])).sum(axis=1) > 0
-            valid = np.flatnonzero(kept)
-            if len(valid) < len(labels):
-                notes.append(f"chunking: model {model!r}: {len(labels) - len(valid)} span(s) "
-                             "cut away by truncation were dropped")
-            n_fit, n_eval = int(p["n_fit"]), int(p["n_eval"])
-            if len(valid) < n_fit + n_eval:
-                n_fit = round(len(valid) * n_fit / (n_fit + n_eval))
-                n_eval = len(valid) - n_fit
-                notes.append(f"chunking: model {model!r}: only {len(valid)} spans; using "
-                             f"n_fit={n_fit}, n_eval={n_eval}")
-            fit, ev = split_fit_eval(sentence_keys(feats.ids), valid, n_fit, n_eval, self.seed,
-                                     p["holdout"])
+                len(f.label_names) if f.label_names else len(np.unique(y)))
             if len(fit) < k or len(ev) < 2:
                 raise AnalysisError(f"chunking: model {model!r}: {len(fit)} fit / {len(ev)} "
                                     f"held-out spans are too few for k={k} clusters")
-            if feats.n_truncated:
-                notes.append(f"chunking: model {model!r}: {feats.n_truncated} span(s) cut "
-                             "(fully or partly) by truncation")
             outlier_layers = []
-            for site in sites:
-                x = np.asarray(feats.features[site])
+            for site in sites[model]:
+                x = np.asarray(f.features[site])
                 check_finite(x, model, site)
                 x_fit, x_eval = x[fit], x[ev]
                 n_out = count_norm_outliers(x_fit)
                 if n_out:
-                    outlier_layers.append(f"{feats.layers[site]} ({n_out})")
+                    outlier_layers.append(f"{f.layers[site]} ({n_out})")
                 if p["standardize"]:
                     x_fit, x_eval = standardize(x_fit, x_eval, dtype=np.float64)
-                m = kmeans_nmi(x_fit, labels[fit], x_eval, labels[ev], k, self.seed,
-                               int(p["n_init"]))
-                for metric in ("nmi", "nmi_fit"):
+                m = kmeans_nmi(x_fit, y[fit], x_eval, y[ev], k, self.seed, int(p["n_init"]))
+                for metric in METRICS:
                     rows.append({
                         "analysis": self.name, "model": model, "dataset": self.dataset,
-                        "layer": feats.layers[site], "site": site, "metric": metric,
+                        "layer": f.layers[site], "site": site, "metric": metric,
                         "value": m[metric], "n_fit": len(fit), "n_eval": len(ev), "k": k,
+                        "n_dropped": int(len(keep) - len(valid)), "n_cut": n_cut[model],
                         "holdout": p["holdout"], "seed": self.seed,
                     })
             if outlier_layers:
@@ -263,6 +329,6 @@ class Chunking(Analysis):
                 )
         table = pd.DataFrame(rows)
         fig = plot_nmi_bars(table, title=f"Phrase-level chunking ({self.dataset}, "
-                                         f"k-means NMI, held-out spans)")
+                                         f"k-means NMI, {len(fit)} spans)")
         return Result(analysis=self.name, catalogue=self.catalogue, table=table,
                       figures={"chunking_nmi": fig}, params=dict(p), notes=notes)

@@ -18,6 +18,9 @@ Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
 4. Test accuracy per layer; columns ``task`` and ``category`` (surface / syntactic /
    semantic) are added. The task comes from ``params.task`` or is recognised in the dataset
    key (``sentlen``, ``bigram_shift``, ...).
+5. With several tasks (``datasets``), extra table ``best_layer``: per task and model the layer
+   with the best DEV accuracy of the main probe and the TEST accuracy there
+   (:func:`best_layer_table`); the test split never chooses anything.
 
 Figure: accuracy vs layer, one panel per task, one line per model (and probe); tables of
 several runs can be drawn together with :func:`plot_sentence_probing`.
@@ -103,7 +106,8 @@ class SentenceProbing(Analysis):
         datasets: further dataset keys, one task each (recognised in the key), probed in the
             same analysis so that one report section shows every task, the mean accuracy per
             category (surface / syntactic / semantic) vs layer and the best-layer table
-            (VALUE table 5 style, extra table ``best_layer``).
+            (VALUE table 5 style, extra table ``best_layer``: the layer is chosen on dev
+            accuracy and its test accuracy reported).
     """
 
     name: ClassVar[str] = "sentence_probing"
@@ -408,19 +412,31 @@ def plot_category_accuracy(table: Any, x: str = "layer") -> Any:
 
 
 def best_layer_table(table: Any) -> Any:
-    """Best layer per model and task (VALUE, table 5): one row per task, per model the best
-    test accuracy of its main probe and the layer where it is reached (first on ties)."""
+    """Best layer per model and task (VALUE, table 5), chosen on DEV: one row per task; per
+    model the layer whose main probe has the highest dev accuracy (``val_accuracy``; the
+    lowest layer on ties), the TEST accuracy at that layer (column ``<model>``), that dev
+    accuracy (``<model> dev``), the layer and the probe. Picking the layer by its test
+    accuracy would report the maximum of many noisy test scores, an optimistic estimate.
+
+    Raises:
+        AnalysisError: rows without a dev accuracy (``val_accuracy`` missing or NaN).
+    """
     import pandas as pd
 
     rows = main_probe_rows(table)
+    if len(rows) and ("val_accuracy" not in rows or rows["val_accuracy"].isna().any()):
+        raise AnalysisError("sentence_probing: the best-layer table chooses the layer on dev "
+                            "accuracy; some rows have no 'val_accuracy'")
     order = {t: i for i, t in enumerate(CATEGORIES)}
     out: dict[str, dict[str, Any]] = {}
     for (task, model), g in rows.groupby(["task", "model"], sort=False):
-        best = g.sort_values("layer").loc[lambda d: d["value"].idxmax()]
+        g = g.sort_values("layer", kind="stable")
+        best = g.loc[g["val_accuracy"].idxmax()]  # first (lowest) layer on ties
         row = out.setdefault(task, {"task": task, "category": best["category"],
                                     "chance": float(best["chance"])})
         row[str(model)] = float(best["value"])
         row[f"{model} layer"] = int(best["layer"])
+        row[f"{model} dev"] = float(best["val_accuracy"])
         row[f"{model} probe"] = str(best["probe"])
     frame = pd.DataFrame(list(out.values()))
     if len(frame):

@@ -18,6 +18,10 @@ Overlap (rather than containment) is what makes it work for every tokenizer fami
 A span that overlaps no token was cut away by truncation (it starts after the last real
 token) or lies on whitespace only; :class:`SpanAlignmentError` says which
 (``.truncated``). Callers count truncated spans like truncated texts.
+
+:func:`truncated_spans` says which span items a model's maximum length cuts (fully or partly)
+by tokenizing their texts again, without running the model: the activation store keeps only
+the count, and analyses that must drop partly cut spans (T2) need the items.
 """
 
 from __future__ import annotations
@@ -111,3 +115,45 @@ def align_spans(
         if real_end.size and int(real_end.max()) < ce:
             cut[k] = True  # partly truncated
     return out, cut
+
+
+def truncated_spans(
+    adapter: Any, texts: Any, spans: Any, batch_size: int = 256
+) -> np.ndarray:
+    """``[N]`` bool: True where the model's maximum length cuts span ``spans[k]`` of
+    ``texts[k]`` fully or partly (the ``cut`` flags of :func:`align_spans`).
+
+    Each unique text is tokenized once with ``adapter.prepare`` (the tokenization the
+    extractor uses, truncation included); no forward pass is run.
+
+    Args:
+        adapter: a :class:`~vlprobe.models.base.ModelAdapter` with a text tower and a fast
+            tokenizer (its batches carry ``offsets``).
+        texts: ``N`` texts (items sharing a text share one tokenization).
+        spans: ``[N, 2]`` character spans ``(start, end)``, end exclusive.
+        batch_size: unique texts tokenized per ``prepare`` call.
+
+    Raises:
+        ConfigError: the adapter gives no character offsets.
+        SpanAlignmentError: a span overlaps no token for another reason than truncation.
+    """
+    from vlprobe.errors import ConfigError
+
+    texts = [str(t) for t in texts]
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    if len(texts) != len(spans):
+        raise DataError(f"truncated_spans: {len(texts)} texts but {len(spans)} spans")
+    row_of_text: dict[str, int] = {}
+    for text in texts:
+        row_of_text.setdefault(text, len(row_of_text))
+    unique = list(row_of_text)
+    row = np.asarray([row_of_text[t] for t in texts], dtype=np.int64)
+    cut = np.zeros(len(texts), dtype=bool)
+    for start in range(0, len(unique), batch_size):
+        batch = adapter.prepare(unique[start : start + batch_size], "text")
+        if getattr(batch, "offsets", None) is None:
+            raise ConfigError(f"model {getattr(adapter, 'family', '?')!r} gives no token "
+                              "character offsets (it needs a fast tokenizer)")
+        items = np.flatnonzero((row >= start) & (row < start + batch_size))
+        _, cut[items] = align_spans(batch.offsets, row[items] - start, spans[items])
+    return cut

@@ -34,7 +34,8 @@ def write_tiny_tokenizer(
 
     Styles: ``"bert"`` (WordPiece, ``[CLS] x [SEP]``, pad ``[PAD]``), ``"clip"``
     (``<|startoftext|> x <|endoftext|>``, pad = eos like OpenAI CLIP), ``"gpt2"`` (no special
-    tokens added, eos ``<|endoftext|>``, no pad), ``"llama"`` (``<s> x``, eos ``</s>``).
+    tokens added, eos ``<|endoftext|>``, no pad), ``"llama"`` (``<s> x``, eos ``</s>``),
+    ``"siglip"`` (``x </s>``, pad = eos ``</s>`` like SigLIP's sentencepiece tokenizer).
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel, WordPiece
@@ -50,6 +51,8 @@ def write_tiny_tokenizer(
         specials = ["<|endoftext|>"]
     elif style == "llama":
         specials = ["<unk>", "<s>", "</s>"]
+    elif style == "siglip":
+        specials = ["<pad0>", "</s>", "<unk>"]  # SigLIP: id 1 = </s> = pad, 2 = <unk>
     else:  # pragma: no cover
         raise ValueError(style)
     vocab = {tok: i for i, tok in enumerate([*specials, *WORDS])}
@@ -58,7 +61,9 @@ def write_tiny_tokenizer(
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     else:
-        unk = {"clip": "<unk>", "gpt2": "<|endoftext|>", "llama": "<unk>"}[style]
+        unk = {"clip": "<unk>", "gpt2": "<|endoftext|>", "llama": "<unk>", "siglip": "<unk>"}[
+            style
+        ]
         tok = Tokenizer(WordLevel(vocab, unk_token=unk))
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -85,6 +90,11 @@ def write_tiny_tokenizer(
     elif style == "gpt2":
         kwargs.update(eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                       unk_token="<|endoftext|>")
+    elif style == "siglip":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 1)]
+        )
+        kwargs.update(eos_token="</s>", pad_token="</s>", unk_token="<unk>")
     else:
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", 1)]
@@ -203,6 +213,29 @@ def tiny_efficientnet(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     )
 
 
+def tiny_siglip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2+2 layers, width 32, 2 heads, 32 px images (patch 8, 16 patches, MAP head), texts
+    padded to 16 tokens with ``</s>``; random weights."""
+    from transformers import SiglipConfig
+
+    d = Path(tmp_dir) / "tiny_siglip"
+    ids = write_tiny_tokenizer(d, style="siglip", model_max_length=16)
+    config = SiglipConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": ids["vocab_size"],
+            "max_position_embeddings": 16, "pad_token_id": ids["</s>"],
+            "eos_token_id": ids["</s>"], "bos_token_id": None,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+        },
+    )
+    write_config(d, config)
+    return ModelSpec(adapter="siglip", config=str(d), random_init=True, seed=seed)
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -212,6 +245,7 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "hf_vit": tiny_vit,
     "hf_resnet": tiny_resnet,
     "efficientnet_lite0": tiny_efficientnet,
+    "siglip": tiny_siglip,
 }
 
 

@@ -205,7 +205,9 @@ def test_truncation_is_counted(name, adapters):
     assert batch.inputs["input_ids"].shape[1] == max_len
     short = a.prepare(["a cat", "a dog sits"], "text")
     assert short.n_truncated == 0
-    assert short.inputs["input_ids"].shape[1] == max(a.text_lengths(["a cat", "a dog sits"]))
+    longest = max(a.text_lengths(["a cat", "a dog sits"]))
+    padded = max_len if getattr(a, "text_padding", "longest") == "max_length" else longest
+    assert short.inputs["input_ids"].shape[1] == padded
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -433,3 +435,97 @@ def test_bfloat16_runs_and_returns_float32(tiny_dir):
     trace = a.forward(a.prepare(_images(), "image"), ["vision.blocks.1", "vision.pooled"])
     assert trace.hidden["vision.blocks.1"].dtype == torch.float32
     assert a.identity()["dtype"] == "bfloat16"
+
+
+# -- SigLIP ---------------------------------------------------------------------------------
+def test_siglip_embeddings_match_the_model_and_logits(tiny_dir):
+    """proj = SiglipModel's image_embeds / text_embeds (before normalisation), pooled exactly
+    as the model pools (MAP head; last position + head), and the model's logits are
+    ``scale * cos + bias``."""
+    a = load_model(_tiny("siglip", tiny_dir))
+    model = a.model
+    with torch.no_grad():  # non-trivial scale and bias (random init sets both to 0)
+        model.logit_scale.fill_(1.7)
+        model.logit_bias.fill_(-3.2)
+    img_batch, txt_batch = a.prepare(_images(), "image"), a.prepare(TEXTS, "text")
+    vis = a.forward(img_batch, [*a.layer_sites("image"), "vision.proj"])
+    txt = a.forward(txt_batch, [*a.layer_sites("text"), "text.proj"])
+    img, emb = vis.hidden["vision.proj"], txt.hidden["text.proj"]
+    with torch.no_grad():
+        ref = model(input_ids=txt_batch.inputs["input_ids"], pixel_values=img_batch.inputs[
+            "pixel_values"])
+        v_out = model.vision_model(pixel_values=img_batch.inputs["pixel_values"],
+                                   output_hidden_states=True)
+        t_out = model.text_model(input_ids=txt_batch.inputs["input_ids"],
+                                 output_hidden_states=True)
+        # pooling by hand, as the model does
+        last_v = model.vision_model.post_layernorm(vis.hidden["vision.blocks.1"])
+        last_t = model.text_model.final_layer_norm(txt.hidden["text.blocks.1"])
+        head_t = model.text_model.head(last_t[torch.arange(2), txt.eos_index])
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(img, v_out.pooler_output, atol=1e-6)
+    assert torch.allclose(emb, t_out.pooler_output, atol=1e-6)
+    assert torch.allclose(unit(img, dim=1), ref.image_embeds, atol=1e-5)
+    assert torch.allclose(unit(emb, dim=1), ref.text_embeds, atol=1e-5)
+    assert torch.allclose(model.vision_model.head(last_v), img, atol=1e-5)
+    assert torch.allclose(head_t, emb, atol=1e-5)
+    assert not torch.allclose(img.norm(dim=1), torch.ones(2))  # raw, not normalised
+    for out, trace, modality in ((v_out, vis, "image"), (t_out, txt, "text")):
+        sites = a.layer_sites(modality)
+        assert len(out.hidden_states) == len(sites)
+        for hs, site in zip(out.hidden_states, sites):
+            assert torch.allclose(hs, trace.hidden[site], atol=1e-6), site
+    scale = a.logit_scale()
+    assert scale["scale"] == pytest.approx(np.exp(1.7), rel=1e-6)
+    assert scale["bias"] == pytest.approx(-3.2, rel=1e-6)
+    cos = unit(img, dim=1) @ unit(emb, dim=1).T
+    assert torch.allclose(scale["scale"] * cos + scale["bias"], ref.logits_per_image, atol=1e-4)
+    assert a.embedding_site("image") == "vision.proj" and a.embedding_site("text") == "text.proj"
+    assert a.pooling_for("image") == "mean" and a.pooling_for("text") == "eos"
+
+
+def test_siglip_pads_to_max_length_without_a_model_mask(adapters):
+    """The published pipeline: pad with ``</s>`` to 64 (here 16) tokens and run the text tower
+    on all of them; a text's embedding does not depend on its batch."""
+    a = adapters("siglip")
+    max_len = a.max_text_length()
+    batch = a.prepare(TEXTS, "text")
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    eos = a.tokenizer.eos_token_id
+    assert ids.shape == (2, max_len) and eos == a.tokenizer.pad_token_id
+    assert (ids[:, -1] == eos).all()  # position T-1 (the one pooled) is always </s>
+    lengths = a.text_lengths(TEXTS)
+    assert mask.sum(1).tolist() == lengths  # the trace mask marks the texts' own tokens
+    trace = a.forward(batch, ["text.blocks.1", "text.proj"])
+    assert trace.eos_index.tolist() == [max_len - 1] * 2
+    assert torch.equal(trace.attention_mask, mask)
+    alone = a.forward(a.prepare(TEXTS[:1], "text"), ["text.proj"]).hidden["text.proj"]
+    assert torch.allclose(alone[0], trace.hidden["text.proj"][0], atol=1e-5)
+    # the model attends to its padding (no mask is passed): masking it changes the output
+    with torch.no_grad():
+        masked = a.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
+    assert not torch.allclose(masked, trace.hidden["text.proj"], atol=1e-3)
+    assert a.identity()["preprocess"]["text"]["padding"] == "max_length/right"
+
+
+def test_siglip_published_architecture_from_default_config(tmp_path):
+    """google/siglip-base-patch16-224 = SiglipConfig defaults: 12 + 12 blocks, width 768,
+    224 px, patch 16, 64 text positions; 203.16 M parameters (counted on the meta device, no
+    weights, no forward)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    SiglipConfig().save_pretrained(str(tmp_path))
+    a = load_model(ModelSpec(adapter="siglip", config=str(tmp_path), random_init=True))
+    vc, tc = a.config.vision_config, a.config.text_config
+    assert (vc.num_hidden_layers, tc.num_hidden_layers) == (12, 12)
+    assert (vc.hidden_size, tc.hidden_size, vc.image_size, vc.patch_size) == (768, 768, 224, 16)
+    assert a.max_text_length() == 64 and tc.vocab_size == 32000
+    assert len(a.layer_sites("image")) == 13 and len(a.layer_sites("text")) == 13
+    assert len(a.sites()) == 2 * (1 + 2 * 12 + 1)
+    assert a._model is None  # the weights are not built by load()
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in SiglipModel(a.config).parameters())
+    assert n_params == 203_155_970
+    proc = a.processor  # the published preprocessing: 224 x 224 bicubic, mean = std = 0.5
+    assert proc.size == {"height": 224, "width": 224} and int(proc.resample) == 3
+    assert list(proc.image_mean) == [0.5] * 3 and list(proc.image_std) == [0.5] * 3

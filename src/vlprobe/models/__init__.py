@@ -18,6 +18,7 @@ MODELS.add("smollm2_135m", "vlprobe.models.hf_text:SmolLM2Adapter", aliases=("sm
 MODELS.add("hf_vit", "vlprobe.models.hf_vision:HFViTAdapter", aliases=("dino", "vit"))
 MODELS.add("hf_resnet", "vlprobe.models.hf_vision:HFResNetAdapter", aliases=("resnet",))
 MODELS.add("efficientnet_lite0", "vlprobe.models.efficientnet:EfficientNetLite0Adapter")
+MODELS.add("siglip", "vlprobe.models.siglip:SigLIPAdapter")
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> ModelAdapter:

@@ -243,6 +243,52 @@ def test_hub_id_offline_is_a_clear_error(name, tiny_dir, monkeypatch):
         assert "offline" in msg and "local directory" in msg
 
 
+# -- the differentiable image path (V6 PGD, V8 feature visualisation) ----------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_differentiable_image_path(name, adapters):
+    """image_pixels + normalize_pixels reproduce prepare; forward_differentiable matches the
+    no-grad forward and carries finite, non-zero pixel gradients; forward stays no-grad; pixels
+    outside [0, 1] are refused. Models without an image tower refuse all three methods."""
+    from vlprobe.errors import DataError
+
+    a = adapters(name)
+    images = _images()
+    if "image" not in a.modalities:
+        for call in (
+            lambda: a.image_pixels(images),
+            lambda: a.normalize_pixels(torch.zeros(1, 3, 8, 8)),
+            lambda: a.forward_differentiable(torch.zeros(1, 3, 8, 8), ["text.stem"]),
+        ):
+            with pytest.raises(ConfigError, match="no differentiable image path"):
+                call()
+        return
+    pixels = a.image_pixels(images)
+    want = a.prepare(images, "image").inputs["pixel_values"]
+    assert pixels.dtype == torch.float32 and pixels.shape == want.shape
+    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    assert torch.allclose(a.normalize_pixels(pixels), want, atol=1e-5)  # (a)
+    emb, last = a.embedding_site("image"), a.layer_sites("image")[-1]
+    before = count_hooks(a.model)
+    px = pixels.clone().requires_grad_(True)
+    got = a.forward_differentiable(px, [emb, last])
+    assert count_hooks(a.model) == before
+    ref = a.forward(a.prepare(images, "image"), [emb, last])
+    for site in (emb, last):  # (b)
+        assert got[site].requires_grad
+        assert torch.allclose(got[site].detach().float().cpu(), ref.hidden[site], atol=1e-4)
+    w = torch.randn(got[emb].shape, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad((got[emb] * w).sum(), px)  # (c)
+    assert grad.shape == px.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    for tensor in [*ref.hidden.values(), *ref.attentions.values()]:  # (d)
+        assert tensor.grad_fn is None and not tensor.requires_grad
+    assert not a.model.training
+    for bad in (pixels * 2.0 - 0.5, want):  # outside [0, 1]; already normalised
+        with pytest.raises(DataError, match=r"\[0, 1\]"):
+            a.forward_differentiable(bad, [emb])
+    with pytest.raises(DataError, match=r"\[B, 3, S, S\]"):
+        a.forward_differentiable(pixels[:, :1], [emb])
+
+
 # -- golden numbers -----------------------------------------------------------------------
 def _golden_stats(a) -> dict[str, dict[str, list[float] | float]]:
     out = {}

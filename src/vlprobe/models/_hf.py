@@ -26,7 +26,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
-from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import (
     _jsonable,
     load_image_processor,
@@ -368,6 +368,7 @@ class HFAdapter(ModelAdapter):
         sites = list(dict.fromkeys(sites))
         self.check_sites(sites)
         check_sites_for("image", sites, self.family)
+        check_unit_pixels(pixels, self.family)
         model = self.model
         model.eval()
         table = self._hook_table()

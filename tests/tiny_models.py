@@ -236,6 +236,26 @@ def tiny_siglip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     return ModelSpec(adapter="siglip", config=str(d), random_init=True, seed=seed)
 
 
+def tiny_open_clip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """An open_clip ``local-dir`` model: ViT 2 blocks, width 32, 2 heads, 32 px (patch 8);
+    text transformer 2 blocks, width 32, context 16 (open_clip's BPE tokenizer); random
+    weights. Written without importing open_clip (an optional extra)."""
+    d = Path(tmp_dir) / "tiny_open_clip"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
+                           "patch_size": 8},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                         "layers": 2},
+        },
+        "preprocess_cfg": {},
+    }
+    (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    return ModelSpec(adapter="open_clip", random_init=True, seed=seed, options={"model": str(d)})
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -246,6 +266,7 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "hf_resnet": tiny_resnet,
     "efficientnet_lite0": tiny_efficientnet,
     "siglip": tiny_siglip,
+    "open_clip": tiny_open_clip,
 }
 
 

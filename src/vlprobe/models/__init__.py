@@ -19,6 +19,7 @@ MODELS.add("hf_vit", "vlprobe.models.hf_vision:HFViTAdapter", aliases=("dino", "
 MODELS.add("hf_resnet", "vlprobe.models.hf_vision:HFResNetAdapter", aliases=("resnet",))
 MODELS.add("efficientnet_lite0", "vlprobe.models.efficientnet:EfficientNetLite0Adapter")
 MODELS.add("siglip", "vlprobe.models.siglip:SigLIPAdapter")
+MODELS.add("open_clip", "vlprobe.models.open_clip:OpenCLIPAdapter", aliases=("openclip",))
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> ModelAdapter:

@@ -34,7 +34,8 @@ def write_tiny_tokenizer(
 
     Styles: ``"bert"`` (WordPiece, ``[CLS] x [SEP]``, pad ``[PAD]``), ``"clip"``
     (``<|startoftext|> x <|endoftext|>``, pad = eos like OpenAI CLIP), ``"gpt2"`` (no special
-    tokens added, eos ``<|endoftext|>``, no pad), ``"llama"`` (``<s> x``, eos ``</s>``).
+    tokens added, eos ``<|endoftext|>``, no pad), ``"llama"`` (``<s> x``, eos ``</s>``),
+    ``"siglip"`` (``x </s>``, pad = eos ``</s>`` like SigLIP's sentencepiece tokenizer).
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel, WordPiece
@@ -50,6 +51,8 @@ def write_tiny_tokenizer(
         specials = ["<|endoftext|>"]
     elif style == "llama":
         specials = ["<unk>", "<s>", "</s>"]
+    elif style == "siglip":
+        specials = ["<pad0>", "</s>", "<unk>"]  # SigLIP: id 1 = </s> = pad, 2 = <unk>
     else:  # pragma: no cover
         raise ValueError(style)
     vocab = {tok: i for i, tok in enumerate([*specials, *WORDS])}
@@ -58,7 +61,9 @@ def write_tiny_tokenizer(
         tok.normalizer = normalizers.BertNormalizer(lowercase=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     else:
-        unk = {"clip": "<unk>", "gpt2": "<|endoftext|>", "llama": "<unk>"}[style]
+        unk = {"clip": "<unk>", "gpt2": "<|endoftext|>", "llama": "<unk>", "siglip": "<unk>"}[
+            style
+        ]
         tok = Tokenizer(WordLevel(vocab, unk_token=unk))
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -85,6 +90,11 @@ def write_tiny_tokenizer(
     elif style == "gpt2":
         kwargs.update(eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                       unk_token="<|endoftext|>")
+    elif style == "siglip":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", 1)]
+        )
+        kwargs.update(eos_token="</s>", pad_token="</s>", unk_token="<unk>")
     else:
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", 1)]
@@ -332,6 +342,49 @@ def tiny_captioner(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
                      seed=seed)
 
 
+def tiny_siglip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """2+2 layers, width 32, 2 heads, 32 px images (patch 8, 16 patches, MAP head), texts
+    padded to 16 tokens with ``</s>``; random weights."""
+    from transformers import SiglipConfig
+
+    d = Path(tmp_dir) / "tiny_siglip"
+    ids = write_tiny_tokenizer(d, style="siglip", model_max_length=16)
+    config = SiglipConfig(
+        text_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "vocab_size": ids["vocab_size"],
+            "max_position_embeddings": 16, "pad_token_id": ids["</s>"],
+            "eos_token_id": ids["</s>"], "bos_token_id": None,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+        },
+    )
+    write_config(d, config)
+    return ModelSpec(adapter="siglip", config=str(d), random_init=True, seed=seed)
+
+
+def tiny_open_clip(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """An open_clip ``local-dir`` model: ViT 2 blocks, width 32, 2 heads, 32 px (patch 8);
+    text transformer 2 blocks, width 32, context 16 (open_clip's BPE tokenizer); random
+    weights. Written without importing open_clip (an optional extra)."""
+    d = Path(tmp_dir) / "tiny_open_clip"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
+                           "patch_size": 8},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                         "layers": 2},
+        },
+        "preprocess_cfg": {},
+    }
+    (d / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    return ModelSpec(adapter="open_clip", random_init=True, seed=seed, options={"model": str(d)})
+
+
 #: registered adapter name -> builder ``(tmp_dir, seed=0, **kw) -> ModelSpec``.
 TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "clip": tiny_clip,
@@ -346,6 +399,8 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "visual_bert": tiny_visual_bert,
     "lxmert": tiny_lxmert,
     "vision_encoder_decoder": tiny_captioner,
+    "siglip": tiny_siglip,
+    "open_clip": tiny_open_clip,
 }
 
 

@@ -111,8 +111,17 @@ def _check_attention(trace, site: str, att) -> None:
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4), site
 
 
+def _unavailable(name: str) -> str | None:
+    """Why an adapter of an optional extra cannot run here (``cls.unavailable()``), or None."""
+    check = getattr(MODELS.get(name), "unavailable", None)
+    return check() if check is not None else None
+
+
 def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
     assert name in TINY_SPECS, f"adapter {name!r} has no tiny spec in tests/tiny_models.py"
+    why = _unavailable(name)
+    if why:
+        pytest.skip(f"adapter {name!r} is not usable here: {why}")
     return tiny_spec(name, tmp, seed=seed)
 
 
@@ -123,11 +132,15 @@ OWN_CHECKPOINTS = {
 }
 
 
-def _hook_count(a) -> int:
-    """Hooks on every torch module the adapter runs (a trained dual encoder: both towers)."""
+def _torch_models(a) -> list:
+    """The torch modules the adapter runs (a trained dual encoder: both towers' models)."""
     towers = getattr(a, "towers", None)
-    modules = [t.model for t in towers.values()] if towers else [a.model]
-    return sum(count_hooks(m) for m in modules)
+    return [t.model for t in towers.values()] if towers else [a.model]
+
+
+def _hook_count(a) -> int:
+    """Hooks on every torch module the adapter runs."""
+    return sum(count_hooks(m) for m in _torch_models(a))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +182,8 @@ def _pool(adapter, trace, site: str, modality: str):
 def test_every_adapter_has_a_tiny_spec(tiny_dir):
     assert NAMES, "no adapters registered"
     for name in NAMES:
-        spec = _tiny(name, tiny_dir)
+        assert name in TINY_SPECS, f"adapter {name!r} has no tiny spec in tests/tiny_models.py"
+        spec = tiny_spec(name, tiny_dir)
         assert isinstance(spec, ModelSpec)
         assert MODELS.canonical(spec.adapter) == name
 
@@ -317,7 +331,9 @@ def test_truncation_is_counted(name, adapters):
     assert batch.inputs["input_ids"].shape[1] == max_len
     short = a.prepare(items(["a cat", "a dog sits"]), modality)
     assert short.n_truncated == 0
-    assert short.inputs["input_ids"].shape[1] == max(a.text_lengths(["a cat", "a dog sits"]))
+    longest = max(a.text_lengths(["a cat", "a dog sits"]))
+    padded = max_len if getattr(a, "text_padding", "longest") == "max_length" else longest
+    assert short.inputs["input_ids"].shape[1] == padded
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -469,6 +485,52 @@ def test_hooked_hidden_states_equal_hf_output_hidden_states(name, adapters):
             assert torch.allclose(got, want, atol=1e-5), (name, site)
 
 
+# -- the differentiable image path (V6 PGD, V8 feature visualisation) ----------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_differentiable_image_path(name, adapters):
+    """image_pixels + normalize_pixels reproduce prepare; forward_differentiable matches the
+    no-grad forward and carries finite, non-zero pixel gradients; forward stays no-grad; pixels
+    outside [0, 1] are refused. Models without an image tower refuse all three methods."""
+    from vlprobe.errors import DataError
+
+    a = adapters(name)
+    images = _images()
+    if "image" not in a.modalities:
+        for call in (
+            lambda: a.image_pixels(images),
+            lambda: a.normalize_pixels(torch.zeros(1, 3, 8, 8)),
+            lambda: a.forward_differentiable(torch.zeros(1, 3, 8, 8), ["text.stem"]),
+        ):
+            with pytest.raises(ConfigError, match="no differentiable image path"):
+                call()
+        return
+    pixels = a.image_pixels(images)
+    want = a.prepare(images, "image").inputs["pixel_values"]
+    assert pixels.dtype == torch.float32 and pixels.shape == want.shape
+    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    assert torch.allclose(a.normalize_pixels(pixels), want, atol=1e-5)  # (a)
+    emb, last = a.embedding_site("image"), a.layer_sites("image")[-1]
+    before = _hook_count(a)
+    px = pixels.clone().requires_grad_(True)
+    got = a.forward_differentiable(px, [emb, last])
+    assert _hook_count(a) == before
+    ref = a.forward(a.prepare(images, "image"), [emb, last])
+    for site in (emb, last):  # (b)
+        assert got[site].requires_grad
+        assert torch.allclose(got[site].detach().float().cpu(), ref.hidden[site], atol=1e-4)
+    w = torch.randn(got[emb].shape, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad((got[emb] * w).sum(), px)  # (c)
+    assert grad.shape == px.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    for tensor in [*ref.hidden.values(), *ref.attentions.values()]:  # (d)
+        assert tensor.grad_fn is None and not tensor.requires_grad
+    assert not any(m.training for m in _torch_models(a))
+    for bad in (pixels * 2.0 - 0.5, want):  # outside [0, 1]; already normalised
+        with pytest.raises(DataError, match=r"\[0, 1\]"):
+            a.forward_differentiable(bad, [emb])
+    with pytest.raises(DataError, match=r"\[B, 3, S, S\]"):
+        a.forward_differentiable(pixels[:, :1], [emb])
+
+
 # -- golden numbers -----------------------------------------------------------------------
 def _golden_stats(a) -> dict[str, dict[str, list[float] | float]]:
     out = {}
@@ -487,17 +549,20 @@ def _golden_stats(a) -> dict[str, dict[str, list[float] | float]]:
 
 
 def test_golden_outputs(adapters):
-    got = {name: _golden_stats(adapters(name)) for name in NAMES}
+    usable = [name for name in NAMES if not _unavailable(name)]
+    got = {name: _golden_stats(adapters(name)) for name in usable}
     if REGEN or not GOLDEN.exists():
         if not REGEN:
             pytest.fail(f"{GOLDEN} is missing: run with VLPROBE_REGEN_GOLDEN=1 to create it")
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        old = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        kept = {k: v for k, v in old.items() if k in NAMES and k not in got}  # not usable here
+        GOLDEN.write_text(json.dumps({**kept, **got}, indent=1, sort_keys=True) + "\n")
         pytest.skip("golden outputs regenerated")
     want = json.loads(GOLDEN.read_text())
-    missing = sorted(set(NAMES) - set(want))
+    missing = sorted(set(usable) - set(want))
     assert not missing, f"no golden numbers for {missing}: run with VLPROBE_REGEN_GOLDEN=1"
-    for name in NAMES:
+    for name in usable:
         assert set(got[name]) == set(want[name]), name
         for site, stats in want[name].items():
             for key in ("mean", "std", "first"):
@@ -663,3 +728,163 @@ def test_bfloat16_runs_and_returns_float32(tiny_dir):
     trace = a.forward(a.prepare(_images(), "image"), ["vision.blocks.1", "vision.pooled"])
     assert trace.hidden["vision.blocks.1"].dtype == torch.float32
     assert a.identity()["dtype"] == "bfloat16"
+
+
+# -- SigLIP ---------------------------------------------------------------------------------
+def test_siglip_embeddings_match_the_model_and_logits(tiny_dir):
+    """proj = SiglipModel's image_embeds / text_embeds (before normalisation), pooled exactly
+    as the model pools (MAP head; last position + head), and the model's logits are
+    ``scale * cos + bias``."""
+    a = load_model(_tiny("siglip", tiny_dir))
+    model = a.model
+    with torch.no_grad():  # non-trivial scale and bias (random init sets both to 0)
+        model.logit_scale.fill_(1.7)
+        model.logit_bias.fill_(-3.2)
+    img_batch, txt_batch = a.prepare(_images(), "image"), a.prepare(TEXTS, "text")
+    vis = a.forward(img_batch, [*a.layer_sites("image"), "vision.proj"])
+    txt = a.forward(txt_batch, [*a.layer_sites("text"), "text.proj"])
+    img, emb = vis.hidden["vision.proj"], txt.hidden["text.proj"]
+    with torch.no_grad():
+        ref = model(input_ids=txt_batch.inputs["input_ids"], pixel_values=img_batch.inputs[
+            "pixel_values"])
+        v_out = model.vision_model(pixel_values=img_batch.inputs["pixel_values"],
+                                   output_hidden_states=True)
+        t_out = model.text_model(input_ids=txt_batch.inputs["input_ids"],
+                                 output_hidden_states=True)
+        # pooling by hand, as the model does
+        last_v = model.vision_model.post_layernorm(vis.hidden["vision.blocks.1"])
+        last_t = model.text_model.final_layer_norm(txt.hidden["text.blocks.1"])
+        head_t = model.text_model.head(last_t[torch.arange(2), txt.eos_index])
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(img, v_out.pooler_output, atol=1e-6)
+    assert torch.allclose(emb, t_out.pooler_output, atol=1e-6)
+    assert torch.allclose(unit(img, dim=1), ref.image_embeds, atol=1e-5)
+    assert torch.allclose(unit(emb, dim=1), ref.text_embeds, atol=1e-5)
+    assert torch.allclose(model.vision_model.head(last_v), img, atol=1e-5)
+    assert torch.allclose(head_t, emb, atol=1e-5)
+    assert not torch.allclose(img.norm(dim=1), torch.ones(2))  # raw, not normalised
+    for out, trace, modality in ((v_out, vis, "image"), (t_out, txt, "text")):
+        sites = a.layer_sites(modality)
+        assert len(out.hidden_states) == len(sites)
+        for hs, site in zip(out.hidden_states, sites):
+            assert torch.allclose(hs, trace.hidden[site], atol=1e-6), site
+    scale = a.logit_scale()
+    assert scale["scale"] == pytest.approx(np.exp(1.7), rel=1e-6)
+    assert scale["bias"] == pytest.approx(-3.2, rel=1e-6)
+    cos = unit(img, dim=1) @ unit(emb, dim=1).T
+    assert torch.allclose(scale["scale"] * cos + scale["bias"], ref.logits_per_image, atol=1e-4)
+    assert a.embedding_site("image") == "vision.proj" and a.embedding_site("text") == "text.proj"
+    assert a.pooling_for("image") == "mean" and a.pooling_for("text") == "eos"
+
+
+def test_siglip_pads_to_max_length_without_a_model_mask(adapters):
+    """The published pipeline: pad with ``</s>`` to 64 (here 16) tokens and run the text tower
+    on all of them; a text's embedding does not depend on its batch."""
+    a = adapters("siglip")
+    max_len = a.max_text_length()
+    batch = a.prepare(TEXTS, "text")
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    eos = a.tokenizer.eos_token_id
+    assert ids.shape == (2, max_len) and eos == a.tokenizer.pad_token_id
+    assert (ids[:, -1] == eos).all()  # position T-1 (the one pooled) is always </s>
+    lengths = a.text_lengths(TEXTS)
+    assert mask.sum(1).tolist() == lengths  # the trace mask marks the texts' own tokens
+    trace = a.forward(batch, ["text.blocks.1", "text.proj"])
+    assert trace.eos_index.tolist() == [max_len - 1] * 2
+    assert torch.equal(trace.attention_mask, mask)
+    alone = a.forward(a.prepare(TEXTS[:1], "text"), ["text.proj"]).hidden["text.proj"]
+    assert torch.allclose(alone[0], trace.hidden["text.proj"][0], atol=1e-5)
+    # the model attends to its padding (no mask is passed): masking it changes the output
+    with torch.no_grad():
+        masked = a.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
+    assert not torch.allclose(masked, trace.hidden["text.proj"], atol=1e-3)
+    assert a.identity()["preprocess"]["text"]["padding"] == "max_length/right"
+
+
+def test_siglip_published_architecture_from_default_config(tmp_path):
+    """google/siglip-base-patch16-224 = SiglipConfig defaults: 12 + 12 blocks, width 768,
+    224 px, patch 16, 64 text positions; 203.16 M parameters (counted on the meta device, no
+    weights, no forward)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    SiglipConfig().save_pretrained(str(tmp_path))
+    a = load_model(ModelSpec(adapter="siglip", config=str(tmp_path), random_init=True))
+    vc, tc = a.config.vision_config, a.config.text_config
+    assert (vc.num_hidden_layers, tc.num_hidden_layers) == (12, 12)
+    assert (vc.hidden_size, tc.hidden_size, vc.image_size, vc.patch_size) == (768, 768, 224, 16)
+    assert a.max_text_length() == 64 and tc.vocab_size == 32000
+    assert len(a.layer_sites("image")) == 13 and len(a.layer_sites("text")) == 13
+    assert len(a.sites()) == 2 * (1 + 2 * 12 + 1)
+    assert a._model is None  # the weights are not built by load()
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in SiglipModel(a.config).parameters())
+    assert n_params == 203_155_970
+    proc = a.processor  # the published preprocessing: 224 x 224 bicubic, mean = std = 0.5
+    assert proc.size == {"height": 224, "width": 224} and int(proc.resample) == 3
+    assert list(proc.image_mean) == [0.5] * 3 and list(proc.image_std) == [0.5] * 3
+
+
+# -- open_clip (optional extra) -------------------------------------------------------------
+def test_open_clip_without_the_extra_is_a_clear_error(tiny_dir):
+    """Where open_clip (or a torchvision matching torch) does not import, loading names the
+    extra and the torchvision requirement, and ``vlprobe models`` says it is not usable."""
+    cls = MODELS.get("open_clip")
+    if cls.unavailable() is None:
+        pytest.skip("open_clip imports here; the conformance tests cover it")
+    with pytest.raises(ModelLoadError) as err:
+        load_model(tiny_spec("open_clip", tiny_dir))
+    msg = str(err.value)
+    assert "vlprobe[open_clip]" in msg and "torchvision" in msg and "Traceback" not in msg
+    ok, why = cls.offline_status()
+    assert ok is False and "vlprobe[open_clip]" in why
+
+
+def test_open_clip_broken_torchvision_import_is_a_clear_error(tiny_dir, monkeypatch):
+    """A torchvision built for another torch fails with RuntimeError (seen here: PyPI's CUDA
+    torchvision 0.28.0 beside the CPU torch 2.13.0), not ImportError: still a clear error.
+    The failing import is simulated by a meta-path finder (the real one cannot be installed
+    into the test environment)."""
+    import importlib.abc
+    import sys
+
+    class BrokenTorchvision(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == "open_clip":
+                raise RuntimeError("operator torchvision::nms does not exist")
+            return None
+
+    monkeypatch.delitem(sys.modules, "open_clip", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenTorchvision(), *sys.meta_path])
+    with pytest.raises(ModelLoadError, match=r"RuntimeError: operator torchvision::nms") as err:
+        load_model(tiny_spec("open_clip", tiny_dir))
+    assert "vlprobe[open_clip]" in str(err.value)
+    assert "torchvision::nms" in MODELS.get("open_clip").unavailable()
+
+
+def test_open_clip_embeddings_pool_as_the_model_does(adapters):
+    """proj = open_clip's encode_image / encode_text, recomputed from the hooked last blocks
+    with the model's own final norm, pooling and projection; logit scale as the model's."""
+    a = adapters("open_clip")
+    model = a.model
+    vis = a.forward(a.prepare(_images(), "image"), ["vision.stem", "vision.blocks.1",
+                                                     "vision.proj"])
+    txt_batch = a.prepare(TEXTS, "text")
+    txt = a.forward(txt_batch, ["text.blocks.1", "text.proj"])
+    ids = txt_batch.inputs["input_ids"]
+    with torch.no_grad():
+        img = model.visual.ln_post(vis.hidden["vision.blocks.1"])[:, 0] @ model.visual.proj
+        last = model.ln_final(txt.hidden["text.blocks.1"])
+        emb = last[torch.arange(2), ids.argmax(dim=-1)] @ model.text_projection
+        feats_img, feats_txt, scale = model(
+            a.prepare(_images(), "image").inputs["pixel_values"], ids
+        )
+    assert torch.allclose(img, vis.hidden["vision.proj"], atol=1e-5)
+    assert torch.allclose(emb, txt.hidden["text.proj"], atol=1e-5)
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(unit(vis.hidden["vision.proj"], dim=1), feats_img, atol=1e-5)
+    assert torch.allclose(unit(txt.hidden["text.proj"], dim=1), feats_txt, atol=1e-5)
+    assert a.logit_scale() == {"scale": pytest.approx(float(scale)), "bias": None}
+    assert txt.eos_index.tolist() == ids.argmax(dim=-1).tolist()
+    assert txt.attention_mask.sum(1).tolist() == a.text_lengths(TEXTS)
+    assert a.pooling_for("image") == "cls" and a.pooling_for("text") == "eos"
+    assert vis.hidden["vision.stem"].shape == (2, 1 + 16, 32)

@@ -26,6 +26,8 @@ MODELS.add(
     "vision_encoder_decoder", "vlprobe.models.captioner:CaptionerAdapter",
     aliases=("vit_gpt2", "captioner"),
 )
+MODELS.add("siglip", "vlprobe.models.siglip:SigLIPAdapter")
+MODELS.add("open_clip", "vlprobe.models.open_clip:OpenCLIPAdapter", aliases=("openclip",))
 
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> ModelAdapter:

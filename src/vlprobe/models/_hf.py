@@ -26,7 +26,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
-from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import (
     _jsonable,
     load_image_processor,
@@ -56,6 +56,9 @@ class HFAdapter(ModelAdapter):
     name: ClassVar[str] = ""
     #: allow ``.gguf`` checkpoints.
     allow_gguf: ClassVar[bool] = False
+    #: tokenizer padding: ``"longest"`` (pad to the longest text of the batch) or
+    #: ``"max_length"`` (always to :meth:`max_text_length`, for models trained that way).
+    text_padding: ClassVar[str] = "longest"
 
     def __init__(self, spec: ModelSpec, source: Source, config: Any, device: str = "cpu"):
         super().__init__(spec)
@@ -234,7 +237,7 @@ class HFAdapter(ModelAdapter):
         if "text" in self.modalities:
             out["text"] = {
                 "max_length": self.max_text_length(),
-                "padding": "longest/right",
+                "padding": f"{self.text_padding}/right",
                 "tokenizer": type(self.tokenizer).__name__,
                 "pooling": self.pooling_for("text"),
             }
@@ -271,8 +274,8 @@ class HFAdapter(ModelAdapter):
         tok = self.tokenizer
         want_offsets = bool(getattr(tok, "is_fast", False))  # slow tokenizers have none
         enc = dict(tok(
-            texts, padding="longest", truncation=max_len is not None, max_length=max_len,
-            return_tensors="pt", return_offsets_mapping=want_offsets,
+            texts, padding=self.text_padding, truncation=max_len is not None, max_length=max_len,
+            return_tensors="pt", return_offsets_mapping=want_offsets, return_attention_mask=True,
         ))
         offsets = enc.pop("offset_mapping", None)  # [B, T, 2]; not a model input
         if offsets is not None:
@@ -369,6 +372,7 @@ class HFAdapter(ModelAdapter):
         sites = list(dict.fromkeys(sites))
         self.check_sites(sites)
         check_sites_for("image", sites, self.family)
+        check_unit_pixels(pixels, self.family)
         model = self.model
         model.eval()
         table = self._hook_table()

@@ -233,7 +233,9 @@ class ModelAdapter(ABC):
     def forward_differentiable(self, pixels: Any, sites: Sequence[str]) -> dict[str, Any]:
         """Run the image tower WITH gradients on ``[B, 3, S, S]`` pixels in [0, 1]
         (normalisation inside) and return ``site -> tensor`` still attached to the graph
-        (on the model's device, in its dtype). The model stays in eval mode."""
+        (on the model's device, in its dtype). The model stays in eval mode. Pixels that are
+        not a float ``[B, 3, S, S]`` tensor in [0, 1] raise a DataError
+        (:func:`check_unit_pixels`)."""
         raise self._no_gradient_path()
 
     def _no_gradient_path(self) -> Exception:
@@ -268,6 +270,31 @@ class ModelAdapter(ABC):
                     f"model {self.family!r} has no site {site!r}.{hint} "
                     f"It has {len(known)} sites, e.g. {known[0]} ... {known[-1]}."
                 )
+
+
+def check_unit_pixels(pixels: Any, family: str) -> None:
+    """Raise a clear :class:`~vlprobe.errors.DataError` unless ``pixels`` is a floating
+    ``[B, 3, S, S]`` tensor of finite values in [0, 1] (the space of
+    :meth:`ModelAdapter.image_pixels`; the model's own normalisation is applied inside
+    :meth:`ModelAdapter.forward_differentiable`)."""
+    from vlprobe.errors import DataError
+
+    shape = tuple(getattr(pixels, "shape", ()))
+    if len(shape) != 4 or shape[1] != 3 or not getattr(pixels, "is_floating_point", bool)():
+        raise DataError(
+            f"model {family!r}: differentiable pixels must be a float tensor [B, 3, S, S] "
+            f"(from image_pixels), got {type(pixels).__name__} of shape {list(shape)}"
+        )
+    pixels = pixels.detach()
+    if not bool(pixels.isfinite().all()):
+        raise DataError(f"model {family!r}: differentiable pixels contain NaN or inf")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(
+            f"model {family!r}: differentiable pixels must lie in [0, 1] (the space of "
+            f"image_pixels, before the model's normalisation), got min {lo:.4g}, max {hi:.4g}; "
+            "clamp them, and do not pass already-normalised pixel_values"
+        )
 
 
 def file_sha256(path: str | bytes | Any, chunk: int = 1 << 20) -> str:

@@ -22,6 +22,10 @@ Sites:
 
 ``layer_sites("image")`` = stem, blocks 0..15, head. Default pooling ``mean`` (spatial).
 The model runs in eval mode (BatchNorm running stats, no dropout) with drop-connect off.
+
+Differentiable path: ``image_pixels`` = the same crop / resize as ``uint8 / 255`` in [0, 1];
+``normalize_pixels`` = ``(255 x - 127) / 128`` in torch; ``forward_differentiable`` runs the
+same sites with gradients.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
-from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
+from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_source import looks_like_path
 from vlprobe.settings import expand_path
 
@@ -240,45 +244,86 @@ class EfficientNetLite0Adapter(ModelAdapter):
         return center_crop_window(width, height, self.image_size)
 
     # -- running -----------------------------------------------------------------------
+    def _crops(self, images: Sequence[Any]) -> np.ndarray:
+        """The geometry of the preprocessing: uint8 ``[B, S, S, 3]`` crops."""
+        return np.stack([center_crop_resize(im, self.image_size) for im in images])
+
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         import torch
 
         if modality != "image":
             raise ConfigError(f"model {self.family!r} does not take {modality} inputs")
-        arr = np.stack([center_crop_resize(im, self.image_size) for im in payloads])
+        arr = self._crops(payloads)
         x = (arr.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)) / np.asarray(
             STDDEV_RGB, np.float32
         )
         pixels = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         return Batch("image", {"pixel_values": pixels})
 
-    def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
-        """Hooks on the requested blocks only; head / embedding / logits are computed from
-        ``extract_features``. Tensors come back float32 on the CPU."""
+    def image_pixels(self, images: Sequence[Any]) -> Any:
+        """The crop / bicubic resize of :meth:`prepare` as ``[B, 3, S, S]`` float32 in [0, 1]
+        (``uint8 / 255``), without the ``(x - 127) / 128`` normalisation."""
         import torch
 
-        sites = list(dict.fromkeys(sites))
-        self.check_sites(sites)
-        if batch.modality != "image":
-            raise ConfigError(f"model {self.family!r} takes image batches only")
+        arr = self._crops(images).astype(np.float32) / 255.0
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+    def normalize_pixels(self, pixels: Any) -> Any:
+        """``[B, 3, S, S]`` pixels in [0, 1] -> ``(255 x - MEAN_RGB) / STDDEV_RGB`` (torch,
+        differentiable)."""
+        import torch
+
+        shape = (1, 3, 1, 1)
+        mean = torch.tensor(MEAN_RGB, dtype=pixels.dtype, device=pixels.device).view(shape)
+        std = torch.tensor(STDDEV_RGB, dtype=pixels.dtype, device=pixels.device).view(shape)
+        return (pixels * 255.0 - mean) / std
+
+    def _run(self, px: Any, sites: list[str], detach: bool) -> dict[str, Any]:
+        """One pass on normalised ``px``: hooks on the requested blocks only; head / embedding
+        / logits computed from ``extract_features``. Returns site -> tensor (float32 CPU
+        copies with ``detach``, else the live tensors in the graph)."""
         model = self.model
         model.eval()
         targets = {"vision.stem": HookTarget("_blocks.0", "input")}
         targets.update({f"vision.blocks.{i}": HookTarget(f"_blocks.{i}") for i in range(N_BLOCKS)})
         targets = {s: t for s, t in targets.items() if s in sites}
-        px = to_device(batch.inputs, self.device)["pixel_values"].to(
-            torch_dtype(self.spec.dtype)
-        )
         computed: dict[str, Any] = {}
-        with torch.no_grad(), capture(model, targets) as got:
+        with capture(model, targets, detach=detach) as got:
             head = model.extract_features(px)
             computed["vision.head"] = head
             pooled = head.mean(dim=(2, 3))
             computed["vision.pooled"] = pooled
             if "vision.logits" in sites:
                 computed["vision.logits"] = model._fc(model._dropout(pooled))
-        trace = Trace()
+        out = {}
         for site in sites:
-            value = got[site] if site in targets else computed[site].detach().float().cpu()
-            trace.hidden[site] = value
+            value = got[site] if site in targets else computed[site]
+            out[site] = value.detach().float().cpu() if detach and site not in targets else value
+        return out
+
+    def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
+        """Run once under ``torch.no_grad``; tensors come back float32 on the CPU."""
+        import torch
+
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        if batch.modality != "image":
+            raise ConfigError(f"model {self.family!r} takes image batches only")
+        px = to_device(batch.inputs, self.device)["pixel_values"].to(
+            torch_dtype(self.spec.dtype)
+        )
+        with torch.no_grad():
+            got = self._run(px, sites, detach=True)
+        trace = Trace()
+        trace.hidden.update(got)
         return trace
+
+    def forward_differentiable(self, pixels: Any, sites: Sequence[str]) -> dict[str, Any]:
+        import torch
+
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        check_unit_pixels(pixels, self.family)
+        px = self.normalize_pixels(pixels.to(self.device)).to(torch_dtype(self.spec.dtype))
+        with torch.enable_grad():
+            return self._run(px, sites, detach=False)

@@ -93,7 +93,7 @@ def _stream_mask(trace, stream: str):
     return None if trace.attention_mask is None else trace.attention_mask.bool()
 
 
-def _check_attention(trace, site: str, att) -> None:
+def _check_attention(trace, site: str, att, masked: bool = True) -> None:
     """Shape ``[B, H, Tq, Tk]`` and, on every real query row, weights that sum to 1 over the
     real keys (so masked keys, which may belong to the OTHER stream, get none)."""
     hidden = trace.hidden.get(site.removesuffix(".attn"))
@@ -102,6 +102,8 @@ def _check_attention(trace, site: str, att) -> None:
         assert att.shape[0] == 2 and att.shape[2:] == (t, t), (site, att.shape)
     q_stream, k_stream = _attn_streams(site)
     qm, km = _stream_mask(trace, q_stream), _stream_mask(trace, k_stream)
+    if not masked:  # the model attends to its padding (SigLIP): every key counts
+        km = None
     b, _, tq, tk = att.shape
     qm = torch.ones(b, tq, dtype=torch.bool) if qm is None else qm
     km = torch.ones(b, tk, dtype=torch.bool) if km is None else km
@@ -217,7 +219,7 @@ def test_sites_and_shapes(name, adapters):
             assert torch.isfinite(x).all()
         assert trace.hidden[emb].ndim == 2 and trace.hidden[emb].shape[0] == 2
         for site, att in trace.attentions.items():
-            _check_attention(trace, site, att)
+            _check_attention(trace, site, att, masked=getattr(a, "masks_padding", True))
         if modality == "text":
             assert trace.attention_mask.shape == batch.inputs["input_ids"].shape
             assert trace.eos_index.shape == (2,)
@@ -429,6 +431,17 @@ def _vilt_states(a, batch, modality):
     return tuple(states)
 
 
+def _siglip_states(a, batch, modality):
+    """SigLIP's towers; its text tower runs without a padding mask, as published."""
+    x = batch.inputs
+    with torch.no_grad():
+        if modality == "image":
+            out = a.model.vision_model(pixel_values=x["pixel_values"], output_hidden_states=True)
+        else:
+            out = a.model.text_model(input_ids=x["input_ids"], output_hidden_states=True)
+    return out.hidden_states
+
+
 def _aligned_states(a, batch, modality):
     """A trained dual encoder's towers are the frozen HF models themselves."""
     tower = a.towers[modality]
@@ -446,6 +459,7 @@ HF_HIDDEN = {
     "vilt": (_vilt_states, None),  # the last entry is before ViltModel.layernorm
     "visual_bert": (_auto_states, None),
     "aligned_dual": (_aligned_states, None),  # the tiny checkpoint's towers: ViT + BERT
+    "siglip": (_siglip_states, None),
 }
 NOT_TRANSFORMERS = {
     "efficientnet_lite0": "not a transformers model (package efficientnet-lite-pytorch)",
@@ -453,6 +467,8 @@ NOT_TRANSFORMERS = {
     # stream by stream (attentions too) in tests/unit/test_adapters_twostream.py
     "lxmert": "compared per stream in test_lxmert_hooks_equal_hf_outputs",
     "vision_encoder_decoder": "compared per stream in test_captioner_hooks_equal_hf_outputs",
+    "open_clip": "open_clip's own modules (no HF hidden_states); its pooling is compared in "
+                 "test_open_clip_embeddings_pool_as_the_model_does where the extra imports",
 }
 
 

@@ -218,9 +218,9 @@ def test_bad_pairs_name_the_item(family, lx, cap):
     img = _images(1)[0]
     with pytest.raises(DataError, match=r"pair item 1 has no image"):
         a.prepare([(img, "a cat"), (None, "a dog")], "pair")
-    with pytest.raises(DataError, match=r"pair item 1 has no text \(got None\)"):
+    with pytest.raises(DataError, match=r"pair item 1 has an empty caption \(None\)"):
         a.prepare([(img, "a cat"), (img, None)], "pair")
-    with pytest.raises(DataError, match=r"pair item 0 has no text \(got '  '\)"):
+    with pytest.raises(DataError, match=r"pair item 0 has an empty caption \('  '\)"):
         a.prepare([(img, "  "), (img, "a dog")], "pair")
     with pytest.raises(ConfigError, match="pair item 0 is not an"):
         a.prepare([img], "pair")

@@ -189,8 +189,6 @@ FIXTURES = {
 # strict: once fixed, the XPASS fails and the entry must go)
 GLOBAL_STATE_PENDING = {
     "reconstruction_probe": "torch.manual_seed in reconstruction_decoder._fit (solver branch)",
-    "chunking": "chunking.plot_nmi_bars draws through pyplot (a global figure; textsuite "
-                "branch edits chunking.py)",
 }
 
 NAMES = ANALYSES.names()

@@ -74,8 +74,8 @@ def test_image_and_text_items_need_both_parts_equal():
 
 
 def test_image_files_are_compared_by_content_not_by_size_and_mtime(tmp_path):
-    """Folder sources hash (size, mtime): equal for different files extracted together,
-    different for copies of one file. Their bytes decide."""
+    """Same size and mtime but other bytes: not a duplicate; same bytes, other mtime: a
+    duplicate. Folder digests are content hashes, so they agree with the bytes."""
     a, b, copy = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "copy.png"
     a.write_bytes(b"A" * 50)  # compared as bytes: never decoded
     b.write_bytes(b"B" * 50)
@@ -84,7 +84,8 @@ def test_image_files_are_compared_by_content_not_by_size_and_mtime(tmp_path):
     os.utime(copy, ns=(1, 1))  # same bytes as a, other mtime
     train = Stimuli("toy", "train", ["train/a"], images=file_image_source([a]))
     test = Stimuli("toy", "test", ["test/b", "test/copy"], images=file_image_source([b, copy]))
-    assert train.images.digests[0] == test.images.digests[0]  # the stand-in digests collide
+    assert train.images.digests[0] != test.images.digests[0]
+    assert train.images.digests[0] == test.images.digests[1]
     dup = find_duplicates(train, test)
     assert dup.ids == ("test/copy",)
     assert find_duplicates(train.subset([0]), test.subset([1])).ids == ("test/copy",)

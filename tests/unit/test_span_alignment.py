@@ -234,7 +234,7 @@ def test_truncated_spans_flags_fully_and_partly_cut_spans(tmp_path):
 
     from vlprobe.extract.alignment import truncated_spans
 
-    spec = MODELS.get("clip").tiny_spec(tmp_path / "clip")
+    spec = tiny_spec("clip", tmp_path / "clip")
     adapter = load_model(spec)
     long = " ".join(["the big dog runs"] * 5)
     offs = word_char_offsets(long.split(" "))

@@ -59,6 +59,11 @@ class HFAdapter(ModelAdapter):
     #: tokenizer padding: ``"longest"`` (pad to the longest text of the batch) or
     #: ``"max_length"`` (always to :meth:`max_text_length`, for models trained that way).
     text_padding: ClassVar[str] = "longest"
+    #: whether the model masks padded text positions out of attention. SigLIP (and
+    #: open_clip) pad with EOS to a fixed length and attend to the padding, as published;
+    #: their attention rows then sum to 1 over ALL keys, and ``Trace.attention_mask`` still
+    #: marks each text's own tokens (for pooling and tag-based statistics).
+    masks_padding: ClassVar[bool] = True
 
     def __init__(self, spec: ModelSpec, source: Source, config: Any, device: str = "cpu"):
         super().__init__(spec)

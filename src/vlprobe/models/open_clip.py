@@ -98,6 +98,7 @@ class OpenCLIPAdapter(ModelAdapter):
     default_pooling: ClassVar[str] = "cls"
     #: open_clip's tokenizer always pads to the context length.
     text_padding: ClassVar[str] = "max_length"
+    masks_padding: ClassVar[bool] = False
 
     @classmethod
     def offline_status(cls) -> tuple[bool, str]:

@@ -64,6 +64,7 @@ class SigLIPAdapter(DualEncoderAdapter):
         "vision": "vision_model.embeddings", "text": "text_model.embeddings",
     }
     text_padding: ClassVar[str] = "max_length"
+    masks_padding: ClassVar[bool] = False
 
     @classmethod
     def _config_class(cls) -> Any:

@@ -33,9 +33,9 @@ Linear kernel in feature space: no ``[n, n]`` Gram is formed. With ``K = Xc Xc^T
     1^T K~ 1   = ||Xc^T 1||^2 - sum(k)
     1^T K~ L~ 1 = (K~ 1) . (L~ 1)
 
-so the unbiased HSIC costs ``O(n Dx Dy)`` instead of ``O(n^2 (Dx + Dy))`` (10k x 768: ~0.5 s
-instead of ~6-10 s; bench/bench_cka.py). ``||Xc^T Yc||_F^2 = <K, L>_F`` is taken through the
-Grams instead when the features are wider than that is cheap (``Dx Dy > n (Dx + Dy) / 2``).
+so the unbiased HSIC costs ``O(n Dx Dy)`` instead of ``O(n^2 (Dx + Dy))`` (10k x 768: about
+7x faster; bench/bench_cka.py, numbers in bench/RESULTS.md). ``||Xc^T Yc||_F^2 = <K, L>_F``
+goes through the Grams instead when the features are wide (``Dx Dy > n (Dx + Dy) / 2``).
 The biased linear HSIC is ``||Xc^T Yc||_F^2 / (n-1)^2``. The RBF kernel uses the Grams.
 
 A layer whose kernel is degenerate (features identical for every item; RBF median distance
@@ -127,9 +127,9 @@ def cka_from_centered(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(a * b) / den) if den > 0 else float("nan")
 
 
-# Hand-written: the libraries that offer CKA (e.g. torchmetrics, rsatoolbox) build the
-# [n, n] Grams; the feature-space expansion of the unbiased estimator is what makes 10k items
-# cheap. Checked against the Gram formulas in tests/unit/test_cka.py.
+# Hand-written: none of vlprobe's dependencies (scipy, sklearn, rsatoolbox) offers CKA, and
+# the feature-space expansion of the unbiased estimator is what makes 10k items cheap.
+# Checked against the Gram formulas in tests/unit/test_cka.py.
 @dataclass
 class LinearTerms:
     """Feature-space summary of one layer for linear-kernel HSIC (``K = Xc Xc^T``, never formed).

@@ -38,6 +38,12 @@ def test_demo_runs_every_analysis(demo_run):
     assert probe["value"].max() > 0.6
     rsa = read_result_table(run_dir, "rsa_fashion_mnist")
     assert {"efficientnet", "minilm", "smollm2"} <= set(rsa["model"])
+    # one distance for all three models: the text models get 80 prompts per class (CLIP's
+    # ImageNet templates), so their RDMs are Welch-t RDMs like EfficientNet's
+    assert set(rsa["distance"]) == set(rsa["distance_b"]) == {"welch_t"}
+    assert set(rsa["metric"]) == {"spearman", "pearson"}
+    notes = record["analyses"]["rsa_fashion_mnist"]["notes"]
+    assert any("RDM distance welch_t for every model" in n for n in notes)
     text = read_result_table(run_dir, "probe_text_polarity")
     assert set(text["model"]) == {"minilm", "smollm2"}
 

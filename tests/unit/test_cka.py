@@ -14,7 +14,16 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.cka import CKA, center_gram, cka, gram_linear, gram_rbf, hsic
+from vlprobe.analyses.cka import (
+    CKA,
+    center_gram,
+    cka,
+    gram_linear,
+    gram_rbf,
+    hsic,
+    linear_hsic,
+    linear_terms,
+)
 from vlprobe.errors import AnalysisError, ConfigError
 
 
@@ -43,6 +52,25 @@ def _u_statistic_hsic(k, l_):
     return float(np.mean(vals))
 
 
+def _gram_reference_cka(x, y, estimator):
+    """Linear CKA the straightforward way: [n, n] Grams of the centred features, HSIC by
+    Song et al. eq. 5 (unbiased) or tr(K H L H) / (n-1)^2 (biased)."""
+    grams = []
+    for z in (x, y):
+        zc = z - z.mean(0)
+        grams.append(zc @ zc.T)
+    n = len(x)
+    h = np.eye(n) - 1.0 / n
+
+    def hsic_ref(k, l_):
+        if estimator == "unbiased":
+            return _song_hsic(k, l_)
+        return np.trace(k @ h @ l_ @ h) / (n - 1) ** 2
+
+    k, l_ = grams
+    return hsic_ref(k, l_) / np.sqrt(hsic_ref(k, k) * hsic_ref(l_, l_)), hsic_ref(k, l_)
+
+
 def test_registered_with_alias():
     assert ANALYSES.get("R2") is CKA
     assert ANALYSES.canonical("R2") == "cka"
@@ -54,6 +82,35 @@ def test_unbiased_hsic_matches_song_formula_and_u_statistic():
         expected = _u_statistic_hsic(k, l_)
         assert _song_hsic(k, l_) == pytest.approx(expected, rel=1e-9, abs=1e-12)
         assert hsic(k, l_, "unbiased") == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+@pytest.mark.parametrize(("n", "dx", "dy"), [(300, 40, 25), (60, 200, 150), (50, 8, 400)])
+def test_feature_space_linear_cka_equals_the_gram_reference(estimator, n, dx, dy):
+    # tall (feature products), wide (Gram products) and mixed shapes; correlated features
+    rng = np.random.default_rng(n + dx)
+    x = rng.normal(size=(n, dx)) + 3.0
+    y = np.tanh(x[:, :1] * rng.normal(size=(1, dy))) + 0.3 * rng.normal(size=(n, dy))
+    ref_cka, ref_hsic = _gram_reference_cka(x, y, estimator)
+    a, b = linear_terms(x, estimator), linear_terms(y, estimator)
+    assert linear_hsic(a, b) == pytest.approx(ref_hsic, rel=1e-9)
+    assert cka(x, y, "linear", estimator) == pytest.approx(ref_cka, abs=1e-9)
+    assert cka(x, x, "linear", estimator) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_linear_cka_never_builds_the_n_by_n_gram(monkeypatch):
+    import vlprobe.analyses.cka as cka_module
+
+    x, y = _xy()
+    expect = cka(x, y, "linear")
+
+    def forbidden(*_args, **_kw):
+        raise AssertionError("linear CKA built an [n, n] Gram")
+
+    monkeypatch.setattr(cka_module, "gram_linear", forbidden)
+    assert cka(x, y, "linear") == pytest.approx(expect, abs=1e-12)
+    res = CKA(["a", "b"], "toy", {"kernels": ["linear"], "max_items": None}).run(_source())
+    assert res.table["value"].notna().all()
 
 
 def test_biased_linear_cka_matches_feature_space_formula():
@@ -151,6 +208,11 @@ def test_analysis_tables_and_heatmaps():
             & (t["metric"] == "cka_rbf")]
     expect = cka(fa.features["vision.blocks.1"], fb.features["vision.blocks.2"], "rbf")
     assert float(row["value"].iloc[0]) == pytest.approx(expect, abs=1e-12)
+    row = t[(t["model"] == "a") & (t["model_b"] == "b") & (t["layer"] == 2) & (t["layer_b"] == 0)
+            & (t["metric"] == "cka_linear")]
+    expect, _ = _gram_reference_cka(fa.features["vision.blocks.2"].astype(np.float64),
+                                    fb.features["vision.blocks.0"].astype(np.float64), "unbiased")
+    assert float(row["value"].iloc[0]) == pytest.approx(expect, abs=1e-9)
     r2 = CKA(["a", "b"], "toy", {"max_items": None}, seed=0).run(src)
     pd.testing.assert_frame_equal(t, r2.table)
 

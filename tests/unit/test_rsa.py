@@ -101,8 +101,8 @@ def test_run_table_figures_and_identical_models():
     res = a.run(src)
     assert {(c.model, c.view) for c in src.calls} <= {(r.model, r.view) for r in reqs}
     t = res.table
-    assert set(t["metric"]) == {"pearson", "spearman"}
-    assert len(t) == 4 * 4 * 2
+    assert set(t["metric"]) == {"spearman"}  # the default comparison
+    assert len(t) == 4 * 4
     same = t[(t["model"] == "a") & (t["model_b"] == "a_copy")]
     assert np.allclose(same["value"], 1.0)
     diag = t[t["model"] == t["model_b"]]
@@ -136,27 +136,49 @@ def test_invariant_to_joint_class_permutation(distance):
     np.testing.assert_allclose(base["value"], other["value"], atol=1e-10)
 
 
-def test_text_model_uses_class_prompts_and_falls_back():
-    src = _source(("a",))
-    rng = np.random.default_rng(4)
-    prompts = LayerFeatures(
-        {"text.blocks.0": rng.normal(size=(5, 6)).astype(np.float32),
-         "text.pooled": rng.normal(size=(5, 6)).astype(np.float32)},
-        {"text.blocks.0": 0, "text.pooled": None}, np.arange(5),
-        [f"class:{c}:template:0" for c in range(5)], [f"class{c}" for c in range(5)],
+def _prompt_feats(n_templates, n_classes=5, dim=6, seed=4):
+    """Class-prompt features of a text model: ``n_templates`` vectors per class, class-major."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_templates)
+    means = 2.0 * rng.normal(size=(n_classes, dim))
+    return LayerFeatures(
+        {"text.blocks.0": (means[y] + rng.normal(size=(len(y), dim))).astype(np.float32),
+         "text.pooled": rng.normal(size=(len(y), dim)).astype(np.float32)},
+        {"text.blocks.0": 0, "text.pooled": None}, y,
+        [f"class:{c}:template:{t}" for c in range(n_classes) for t in range(n_templates)],
+        [f"class{c}" for c in range(n_classes)],
     )
-    src.add("bert", "test", prompts, modalities=("text",), view="class_prompts")
+
+
+def _text_source(n_templates):
+    src = _source(("a",))
+    src.add("bert", "test", _prompt_feats(n_templates), modalities=("text",),
+            view="class_prompts")
+    return src
+
+
+def test_text_models_get_the_clip_template_ensemble_and_welch_t_rdms():
+    from vlprobe.data.prompts import load_template_set
+
+    templates = load_template_set("imagenet")
+    assert len(templates) == 80 and len(set(templates)) == 80
     a = RSA(["a", "bert"], "toy")
+    src = _text_source(len(templates))
     reqs = {r.model: r for r in a.requests(src)}
     assert reqs["bert"].view == "class_prompts" and reqs["bert"].modality == "text"
-    assert reqs["bert"].templates == ("a photo of a {}.",)
+    assert reqs["bert"].templates == tuple(templates)
     assert reqs["a"].view == "items"
     res = a.run(src)
-    assert any("bert" in n and "'cosine'" in n for n in res.notes)
-    row = res.table[(res.table["model"] == "bert") & (res.table["metric"] == "pearson")]
-    assert set(row["distance"]) == {"cosine"}
-    with pytest.raises(AnalysisError, match="welch_t needs >= 2"):
-        RSA(["a", "bert"], "toy", {"strict": True}).run(src)
+    assert set(res.table["distance"]) == set(res.table["distance_b"]) == {"welch_t"}
+    feats = src.data[("bert", "test", "class_prompts")]
+    expect, _ = welch_t_rdm(feats.features["text.blocks.0"], feats.labels, np.arange(5))
+    rdm = res.extra_tables["rdm"]
+    ours = rdm[rdm["model"] == "bert"]["distance"].to_numpy().reshape(5, 5)
+    np.testing.assert_allclose(ours, expect, rtol=1e-12)
+    assert res.params["templates"] == "imagenet"  # the record keeps what the user wrote
+    assert any("'imagenet' template set: 80 sentence(s) per class" in n for n in res.notes)
+    assert any("welch_t for every model" in n for n in res.notes)
+    assert "distance: welch_t (all models)" in res.figures["rdm_correlation"]._suptitle.get_text()
     emb = RSA(["a", "bert"], "toy", {"layer": "embedding"}).run(src).table
     assert set(emb["site"]) == {"vision.pooled", "text.pooled"}
     # a dual encoder can enter through its text tower on request
@@ -164,6 +186,87 @@ def test_text_model_uses_class_prompts_and_falls_back():
     reqs = {r.model: r for r in RSA(["a", "bert"], "toy", {"prompt_models": ["bert"]})
             .requests(src)}
     assert reqs["bert"].view == "class_prompts" and reqs["a"].view == "items"
+
+
+def test_one_template_and_welch_t_stops_instead_of_mixing_distances():
+    one = {"templates": ["a photo of a {}."]}
+    src = _text_source(1)
+    with pytest.raises(ConfigError, match=r"'bert'.*1 template.*distances: \{bert: cosine\}"):
+        RSA(["a", "bert"], "toy", one).requests(src)
+    with pytest.raises(ConfigError, match="'bert'"):
+        RSA(["a", "bert"], "toy", one).run(src)
+    # one distance for every model works with one template
+    res = RSA(["a", "bert"], "toy", {**one, "distance": "cosine"}).run(src)
+    assert set(res.table["distance"]) == {"cosine"}
+    assert not any("different distances" in n for n in res.notes)
+    # an image model with a single item of a class cannot use welch_t either
+    src = _source(("a", "b"))
+    f = src.data[("b", "test", "items")]
+    keep = [*np.flatnonzero(f.labels != 2), np.flatnonzero(f.labels == 2)[0]]
+    src.data[("b", "test", "items")] = LayerFeatures(
+        {k: v[keep] for k, v in f.features.items()}, f.layers, f.labels[keep],
+        [f.ids[i] for i in keep], f.label_names)
+    with pytest.raises(ConfigError, match=r"'b' has a single sample for class\(es\) \['class2'\]"):
+        RSA(["a", "b"], "toy").run(src)
+
+
+def test_explicit_per_model_distances_are_stated_in_notes_and_figures():
+    src = _text_source(1)
+    res = RSA(["a", "bert"], "toy", {"templates": "a photo of a {}.",
+                                     "distances": {"bert": "cosine"}}).run(src)
+    t = res.table
+    assert set(t[t["model"] == "bert"]["distance"]) == {"cosine"}
+    assert set(t[t["model"] == "a"]["distance"]) == {"welch_t"}
+    note = next(n for n in res.notes if "different distances" in n)
+    assert "a: welch_t" in note and "bert: cosine" in note
+    for name in ("rdm_correlation", "rdms", "dendrogram"):
+        fig = res.figures[name]
+        titles = [fig._suptitle.get_text() if fig._suptitle else ""]
+        titles += [ax.get_title() for ax in fig.axes]
+        assert any("MIXED distances: a=welch_t, bert=cosine" in x for x in titles), name
+    bert_rdm = res.extra_tables["rdm"]
+    bert_rdm = bert_rdm[bert_rdm["model"] == "bert"]["distance"].to_numpy().reshape(5, 5)
+    feats = src.data[("bert", "test", "class_prompts")]
+    np.testing.assert_allclose(
+        bert_rdm, mean_rdm(feats.features["text.blocks.0"], feats.labels, np.arange(5), "cosine"))
+
+
+def test_distance_params_are_checked():
+    with pytest.raises(ConfigError, match="removed"):
+        RSA(["a"], "toy", {"fallback_distance": "cosine"})
+    with pytest.raises(ConfigError, match="removed"):
+        RSA(["a"], "toy", {"strict": True})
+    with pytest.raises(ConfigError, match="'zzz' is not one of"):
+        RSA(["a"], "toy", {"distances": {"zzz": "cosine"}})
+    with pytest.raises(ConfigError, match="distance must be one of"):
+        RSA(["a"], "toy", {"distances": {"a": "manhattan"}})
+    with pytest.raises(ConfigError, match="template set"):
+        RSA(["a"], "toy", {"templates": "no_such_set"})
+    with pytest.raises(ConfigError, match="duplicate"):
+        RSA(["a"], "toy", {"templates": ["a {}.", "a {}."]})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # raised inside rsatoolbox
+def test_default_comparison_is_spearman_and_matches_rsatoolbox_end_to_end():
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm, compare
+
+    src = _source(("a", "b", "c"))
+    res = RSA(["a", "b", "c"], "toy", {"distance": "correlation"}).run(src)
+    assert set(res.table["metric"]) == {"spearman"}
+    assert "spearman" in res.figures["rdm_correlation"]._suptitle.get_text()
+    ref = {}
+    for m in ("a", "b", "c"):
+        f = src.data[(m, "test", "items")]
+        ds = Dataset(f.features["vision.blocks.1"].astype(np.float64),
+                     obs_descriptors={"cls": f.labels})
+        ref[m] = calc_rdm(ds, method="correlation", descriptor="cls")
+    for row in res.table.itertuples():
+        expect = float(compare(ref[row.model], ref[row.model_b], method="spearman")[0, 0])
+        assert row.value == pytest.approx(expect, abs=1e-6)
+    both = RSA(["a", "b", "c"], "toy", {"comparison": ["pearson", "spearman"]}).run(src)
+    assert set(both.table["metric"]) == {"pearson", "spearman"}
+    assert "pearson" in both.figures["rdm_correlation"]._suptitle.get_text()
 
 
 def test_bad_inputs():
@@ -183,3 +286,40 @@ def test_constant_features():
     res = RSA(["a", "b"], "toy").run(src)
     assert np.isfinite(res.table["value"]).all()
     assert any("floored" in n for n in res.notes)
+
+
+def test_packaged_templates_are_clips_80_imagenet_templates(reference_dir):
+    import json
+
+    from vlprobe.data.prompts import load_template_set
+
+    kit = json.loads((reference_dir / "prompts/openai_clip_imagenet_classes_templates.json")
+                     .read_text())
+    assert load_template_set("imagenet") == kit["imagenet_templates"]
+
+
+def test_template_ensemble_end_to_end_on_tiny_models(tmp_path):
+    """Through the real feature source: class prompts from the 80 templates give the tiny
+    text model 80 vectors per class, so its RDM is a Welch-t RDM like the image model's."""
+    from test_runner import spec_dict, write_image_folder
+
+    from vlprobe.config import parse_config
+    from vlprobe.feature_source import RunFeatureSource
+
+    cfg = parse_config({
+        "name": "tiny_rsa", "seed": 0, "output_dir": str(tmp_path / "runs"),
+        "models": {"vit": spec_dict("hf_vit", tmp_path), "bert": spec_dict("hf_text", tmp_path)},
+        "datasets": {"colours": {"loader": "image_folder",
+                                 "path": str(write_image_folder(tmp_path / "images", 2, 3))}},
+        "analyses": [{"analysis": "R1", "models": ["vit", "bert"], "dataset": "colours"}],
+    })
+    source = RunFeatureSource(cfg, progress=False)
+    analysis = RSA(["vit", "bert"], "colours")
+    req = next(r for r in analysis.requests(source) if r.model == "bert")
+    stimuli = source.stimuli(req)
+    assert len(stimuli) == 3 * 80 and np.bincount(stimuli.labels).tolist() == [80] * 3
+    first = stimuli.label_names[0]
+    assert stimuli.texts[:2] == [f"a bad photo of a {first}.", f"a photo of many {first}."]
+    res = analysis.run(source)
+    assert set(res.table["distance"]) == {"welch_t"}
+    assert res.table["value"].notna().all()

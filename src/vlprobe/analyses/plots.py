@@ -134,9 +134,10 @@ def plot_mds(similarity: np.ndarray, labels: Sequence[str], seed: int = 0, title
 
 def plot_rdms(
     rdms: Mapping[str, np.ndarray], class_names: Sequence[str],
-    distances: Mapping[str, str] | None = None,
+    distances: Mapping[str, str] | None = None, title: str = "",
 ) -> Any:
-    """One RDM heatmap per model (rank-transformed colours are not used: raw distances)."""
+    """One RDM heatmap per model (rank-transformed colours are not used: raw distances);
+    ``distances`` (model -> distance name) goes into each panel's title."""
     n = len(rdms)
     ncols = min(n, 4)
     nrows = int(np.ceil(n / ncols))
@@ -155,4 +156,6 @@ def plot_rdms(
         fig.colorbar(im, ax=ax, shrink=0.7)
     for k in range(n, nrows * ncols):
         axes[k // ncols, k % ncols].set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

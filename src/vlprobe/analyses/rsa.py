@@ -6,12 +6,21 @@ RDM distances between classes i, j (features of one site per model, raw, not sta
   per-dimension class means ``mu`` and *unbiased* variances ``s^2`` (ddof = 1). Dimensions
   where the denominator is 0 (constant in both classes) have it floored at ``epsilon`` times
   the mean positive denominator of that pair (reported in the notes). Needs >= 2 samples per
-  class: a model with one sample per class (a text model with one prompt template) falls
-  back to ``fallback_distance`` (default ``"cosine"``; the thesis effectively used the L2
-  norm, ``"euclidean"``) with a note, or raises with ``strict: true``.
+  class.
 - ``cosine``: ``1 - cos(mu_i, mu_j)``; ``correlation``: ``1 - pearson(mu_i, mu_j)`` (same as
   rsatoolbox ``calc_rdm(method="correlation")``); ``euclidean``: ``||mu_i - mu_j||_2``
   (rsatoolbox's ``"euclidean"`` is the *squared* distance divided by the number of channels).
+
+One distance for every model. RDMs built with different distances live on different scales
+and are not comparable without saying so, so a model that cannot use the analysis' distance
+(``welch_t`` with one sample per class) stops the analysis with a :class:`ConfigError`. The
+user may set a model's distance explicitly (``distances: {model: cosine}``); the notes and
+the figure titles then state every model's distance.
+
+Text models on an image dataset enter through class prompts (``view="class_prompts"``): one
+sentence per (class, template). The default template set is the prompt-template ensemble of
+CLIP (``templates: imagenet``, 80 templates, packaged in :mod:`vlprobe.data.prompts`), so a
+text model has 80 vectors per class and per-class statistics (Welch-t) exist for it too.
 
 Degenerate input (never a crash): a class mean that is a zero vector (``cosine``) or
 constant over the dimensions (``correlation``) makes its distances undefined: NaN, noted. A
@@ -20,10 +29,10 @@ Welch pair whose denominators are all 0 (both classes constant) is floored at ``
 correlations with a constant or NaN-holding RDM are NaN. Fewer than 3 shared classes and
 NaN/Inf features raise :class:`AnalysisError` naming the model, site and split.
 
-Models are compared by the Pearson and/or Spearman correlation of the RDM upper triangles
-(rsatoolbox ``compare(method="corr")`` / ``"spearman"``). Image models use the items of
-``split`` grouped by label; text-only models on an image dataset use the class prompts
-(``view="class_prompts"``, one sentence per (class, template)).
+Models are compared by the Spearman (default) and/or Pearson correlation of the RDM upper
+triangles (rsatoolbox ``compare(method="spearman")`` / ``"corr"``). Spearman is the usual RSA
+choice (Kriegeskorte et al. 2008): it assumes only a monotonic, not a linear, relation between
+two models' distances.
 """
 
 from __future__ import annotations
@@ -35,14 +44,16 @@ import numpy as np
 from vlprobe.analyses._common import (
     check_finite,
     check_labels,
+    embedding_site,
     is_constant,
     resolve_modality,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
+from vlprobe.data.prompts import resolve_templates
 from vlprobe.errors import AnalysisError, ConfigError
 
 DISTANCES = ("welch_t", "cosine", "correlation", "euclidean")
-COMPARISONS = ("pearson", "spearman")
+COMPARISONS = ("spearman", "pearson")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +161,22 @@ def compare_rdms(a: np.ndarray, b: np.ndarray, method: str) -> float:
     return float(u @ v / den) if den > 0 else float("nan")
 
 
+def distance_summary(used: dict[str, str], comparison: list[str]) -> tuple[str, str]:
+    """(note, figure-title line) naming the RDM distance of every model (``used``: model ->
+    distance); with several distances (set explicitly by ``distances``) each model's."""
+    kinds = sorted(set(used.values()))
+    compared = " and ".join(comparison)
+    if len(kinds) == 1:
+        return (f"rsa: RDM distance {kinds[0]} for every model; RDMs compared by {compared} "
+                "correlation", f"distance: {kinds[0]} (all models)")
+    per_model = ", ".join(f"{m}: {d}" for m, d in used.items())
+    note = (f"rsa: the RDMs use different distances, set explicitly by `distances` "
+            f"({per_model}); a correlation between RDMs of different distances compares "
+            f"different geometries (and, for pearson, scales); RDMs compared by {compared} "
+            "correlation")
+    return note, "MIXED distances: " + ", ".join(f"{m}={d}" for m, d in used.items())
+
+
 # --------------------------------------------------------------------------------------------
 # analysis
 # --------------------------------------------------------------------------------------------
@@ -162,12 +189,17 @@ class RSA(Analysis):
         layer: ``"last"`` (default: last layer site), ``"embedding"`` (the model's embedding
             site) or a layer index (negative = from the end).
         split: split whose items give the image-model classes (default ``"test"``).
-        templates: prompt templates for text models (default ``["a photo of a {}."]``).
-        distance: ``"welch_t"`` (default), ``"cosine"``, ``"correlation"``, ``"euclidean"``.
-        fallback_distance: used for a model with one sample per class under welch_t
-            (default ``"cosine"``).
-        strict: raise instead of falling back.
-        comparison: list of ``"pearson"``/``"spearman"`` (default both).
+        templates: prompt templates for text models: a packaged set name (default
+            ``"imagenet"``: CLIP's 80 templates, i.e. 80 sentences per class), one template
+            or a list of templates, each containing ``{}``.
+        distance: RDM distance of every model: ``"welch_t"`` (default), ``"cosine"``,
+            ``"correlation"``, ``"euclidean"``.
+        distances: explicit per-model distances overriding ``distance``, e.g.
+            ``{minilm: cosine}``; the notes and figure titles then name each model's distance.
+            Without it, a model that cannot use ``distance`` (welch_t with one sample per
+            class) raises :class:`ConfigError`.
+        comparison: ``"spearman"`` (default), ``"pearson"`` or a list of both (the first one
+            drives the heatmap, dendrogram and MDS).
         epsilon: relative floor of zero Welch denominators (1e-8).
         pooling, modality: as for ``layer_probe``.
         prompt_models: models that enter through the class prompts (their text tower) even
@@ -180,11 +212,10 @@ class RSA(Analysis):
     defaults: ClassVar[dict[str, Any]] = {
         "layer": "last",
         "split": "test",
-        "templates": ["a photo of a {}."],
+        "templates": "imagenet",
         "distance": "welch_t",
-        "fallback_distance": "cosine",
-        "strict": False,
-        "comparison": list(COMPARISONS),
+        "distances": {},
+        "comparison": ["spearman"],
         "epsilon": 1e-8,
         "pooling": None,
         "modality": None,
@@ -192,15 +223,30 @@ class RSA(Analysis):
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
+        removed = sorted({"fallback_distance", "strict"} & set(params or {}))
+        if removed:
+            raise ConfigError(
+                f"rsa: parameter(s) {removed} were removed: a model that cannot use the "
+                "analysis' distance no longer falls back silently. Give text models several "
+                "prompts per class (templates: imagenet, the default), use one distance for "
+                "every model (distance: cosine), or set per-model distances explicitly "
+                "(distances: {model: cosine})"
+            )
         super().__init__(models, dataset, params, seed)
         p = self.params
         if p["distance"] not in DISTANCES:
             raise ConfigError(f"rsa: distance must be one of {DISTANCES}, got {p['distance']!r}")
-        if p["fallback_distance"] not in DISTANCES[1:]:
-            raise ConfigError(
-                f"rsa: fallback_distance must be one of {DISTANCES[1:]}, "
-                f"got {p['fallback_distance']!r}"
-            )
+        if not isinstance(p["distances"] or {}, dict):
+            raise ConfigError(f"rsa: distances must map model keys to distances, "
+                              f"got {p['distances']!r}")
+        p["distances"] = dict(p["distances"] or {})
+        for model, dist in p["distances"].items():
+            if model not in self.models:
+                raise ConfigError(f"rsa: distances: {model!r} is not one of the analysis' "
+                                  f"models {self.models}")
+            if dist not in DISTANCES:
+                raise ConfigError(f"rsa: distances: {model!r}: distance must be one of "
+                                  f"{DISTANCES}, got {dist!r}")
         comp = [p["comparison"]] if isinstance(p["comparison"], str) else list(p["comparison"])
         if not comp or any(c not in COMPARISONS for c in comp):
             raise ConfigError(f"rsa: comparison must be a subset of {COMPARISONS}, got {comp!r}")
@@ -208,12 +254,24 @@ class RSA(Analysis):
         layer = p["layer"]
         if not (layer in ("last", "embedding") or isinstance(layer, int | np.integer)):
             raise ConfigError(f"rsa: layer must be 'last', 'embedding' or an int, got {layer!r}")
-        templates = [p["templates"]] if isinstance(p["templates"], str) else list(p["templates"])
-        if not templates or any("{}" not in t and "{c}" not in t for t in templates):
-            raise ConfigError(f"rsa: templates must contain '{{}}', got {templates!r}")
-        p["templates"] = templates
+        # params keep what the user wrote (e.g. "imagenet"); the request carries the texts
+        self.templates = resolve_templates(p["templates"], "rsa: templates")
         pm = [p["prompt_models"]] if isinstance(p["prompt_models"], str) else p["prompt_models"]
         p["prompt_models"] = list(pm or [])
+
+    def distance_of(self, model: str) -> str:
+        """The RDM distance of ``model``: its explicit ``distances`` entry, else ``distance``."""
+        return self.params["distances"].get(model, self.params["distance"])
+
+    def _welch_impossible(self, model: str, why: str) -> ConfigError:
+        return ConfigError(
+            f"rsa: model {model!r} {why}, so the welch_t distance (per-class variances) is "
+            "undefined for it and its RDM would need another distance than the other models'. "
+            "Give it several samples per class (text models: templates: imagenet, the 80 CLIP "
+            "templates, or a list of >= 2 templates), use one other distance for every model "
+            f"(distance: cosine), or set this model's distance explicitly (distances: "
+            f"{{{model}: cosine}}; the result then states each model's distance)"
+        )
 
     def _plan_request(self, source: FeatureSource, model: str) -> FeatureRequest | None:
         p = self.params
@@ -226,9 +284,13 @@ class RSA(Analysis):
             return FeatureRequest(model, self.dataset, p["split"], sites=None,
                                   pooling=p["pooling"], modality=modality)
         if "text" in source.model_modalities(model):
+            if self.distance_of(model) == "welch_t" and len(self.templates) < 2:
+                raise self._welch_impossible(
+                    model, f"enters through class prompts with {len(self.templates)} template "
+                    f"({self.templates[0]!r}), i.e. one sentence per class")
             return FeatureRequest(model, self.dataset, p["split"], sites=None,
                                   pooling=p["pooling"], view="class_prompts",
-                                  templates=tuple(p["templates"]), modality="text")
+                                  templates=tuple(self.templates), modality="text")
         return None
 
     def _plan(self, source: FeatureSource) -> tuple[dict[str, FeatureRequest], list[str]]:
@@ -255,12 +317,11 @@ class RSA(Analysis):
         layer = self.params["layer"]
         sites = feats.layer_sites()
         if layer == "embedding":
-            emb = [s for s, i in feats.layers.items() if i is None]
-            if not emb:
+            site = embedding_site(feats)
+            if site is None:
                 raise AnalysisError(f"rsa: model {model!r} has no embedding site in "
                                     f"{sorted(feats.features)}")
-            named = [s for s in emb if s.endswith("embedding")]
-            return (named or emb)[0]
+            return site
         if not sites:
             raise AnalysisError(f"rsa: model {model!r}: no layer sites")
         if layer == "last":
@@ -306,23 +367,27 @@ class RSA(Analysis):
         class_names = [names_src[c] if names_src and c < len(names_src) else str(c)
                        for c in common]
 
+        prompted = [m for m, req in plan.items() if req.view == "class_prompts"]
+        if prompted:
+            n_t = len(self.templates)
+            named = isinstance(p["templates"], str) and n_t > 1  # a packaged set's name
+            what = f"the {p['templates']!r} template set" if named else f"{n_t} template(s)"
+            notes.append(f"rsa: text model(s) {prompted} enter through class prompts from "
+                         f"{what}: {n_t} sentence(s) per class")
         rdms: dict[str, np.ndarray] = {}
         used: dict[str, str] = {}
         rdm_rows = []
         for model, (feats, site, x, labels) in data.items():
             mask = np.isin(labels, classes)
             xm, lm = x[mask], labels[mask]
-            dist = p["distance"]
+            dist = self.distance_of(model)
             if dist == "welch_t":
-                n_min = int(min((lm == c).sum() for c in classes))
-                if n_min < 2:
-                    msg = (f"rsa: model {model!r} has {n_min} sample(s) for some class at site "
-                           f"{site!r}; welch_t needs >= 2")
-                    if p["strict"]:
-                        raise AnalysisError(msg + " (strict: true)")
-                    dist = p["fallback_distance"]
-                    notes.append(msg + f"; used {dist!r} distance for this model instead")
-            if dist == "welch_t":
+                counts = {class_names[k]: int((lm == c).sum()) for k, c in enumerate(classes)}
+                single = [name for name, count in counts.items() if count < 2]
+                if single:
+                    raise self._welch_impossible(
+                        model, f"has a single sample for class(es) {single[:5]} in split "
+                        f"{p['split']!r} of dataset {self.dataset!r}")
                 rdm, n_floor = welch_t_rdm(xm, lm, classes, float(p["epsilon"]))
                 if n_floor:
                     notes.append(f"rsa: model {model!r}: {n_floor} (class pair, dimension) Welch "
@@ -375,16 +440,23 @@ class RSA(Analysis):
                     })
         table = pd.DataFrame(rows)
         main = p["comparison"][0]
+        dist_note, dist_title = distance_summary(used, p["comparison"])
+        notes.insert(0, dist_note)
         figures = {
             "rdm_correlation": plots.plot_matrix_heatmap(
-                mats[main], models, title=f"RDM {main} correlation ({self.dataset})"
+                mats[main], models, title=f"RDM {main} correlation ({self.dataset})\n{dist_title}"
             ),
-            "rdms": plots.plot_rdms(rdms, class_names, distances=used),
+            "rdms": plots.plot_rdms(rdms, class_names, distances=used,
+                                    title=f"class RDMs ({self.dataset}), {dist_title}"),
         }
         if len(models) >= 2:
-            figures["dendrogram"] = plots.plot_dendrogram(mats[main], models)
+            figures["dendrogram"] = plots.plot_dendrogram(
+                mats[main], models,
+                title=f"Average-linkage clustering of RDMs ({main})\n{dist_title}")
         if len(models) >= 3:
-            figures["mds"] = plots.plot_mds(mats[main], models, seed=self.seed)
+            figures["mds"] = plots.plot_mds(
+                mats[main], models, seed=self.seed,
+                title=f"MDS of models (1 - RDM {main} correlation)\n{dist_title}")
         else:
             notes.append("rsa: MDS of models needs >= 3 models; figure skipped")
         return Result(

@@ -32,6 +32,7 @@ from vlprobe.models.hf_preprocess import (
     load_image_processor,
     processor_identity,
     processor_mean_std,
+    processor_window,
     to_rgb,
 )
 from vlprobe.models.hf_source import (
@@ -185,6 +186,13 @@ class HFAdapter(ModelAdapter):
 
     def _default_processor(self) -> Any:
         raise ModelLoadError(f"{self.name}: the checkpoint has no image processor")
+
+    def input_window(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)``: the pixels of a ``width x height`` image that the
+        image processor keeps (its feature maps cover exactly this window)."""
+        if "image" not in self.modalities:
+            raise ConfigError(f"model {self.family!r} takes no images")
+        return processor_window(self.processor, width, height)
 
     # -- description -------------------------------------------------------------------
     def sites(self) -> list[str]:

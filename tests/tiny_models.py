@@ -249,13 +249,14 @@ def tiny_visual_bert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
         visual_embedding_dim=1280, pad_token_id=0,
     )
     write_config(d, config)
-    region_model = {
-        "adapter": "efficientnet_lite0", "random_init": True, "seed": 0,
-        "options": {"image_size": 64},
+    regions = {
+        "source": "grid", "site": "vision.head",
+        "model": {"adapter": "efficientnet_lite0", "random_init": True, "seed": 0,
+                  "options": {"image_size": 64}},
     }
     return ModelSpec(
         adapter="visual_bert", config=str(d), random_init=True, seed=seed,
-        options={"region_model": region_model},
+        options={"regions": regions},
     )
 
 
@@ -299,8 +300,9 @@ def tiny_lxmert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     write_config(d, config)
     cnn = tiny_resnet(tmp_dir)
     regions = {
-        "source": "grid", "adapter": "hf_resnet", "config": cnn.config, "random_init": True,
-        "seed": 0, "site": "vision.stages.1", "options": {"image_size": 32},
+        "source": "grid", "site": "vision.stages.1",
+        "model": {"adapter": "hf_resnet", "config": cnn.config, "random_init": True, "seed": 0,
+                  "options": {"image_size": 32}},
     }
     return ModelSpec(
         adapter="lxmert", config=str(d), random_init=True, seed=seed,

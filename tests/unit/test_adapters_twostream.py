@@ -19,6 +19,7 @@ from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.errors import ConfigError, DataError  # noqa: E402
 from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT  # noqa: E402
 from vlprobe.models import load_model  # noqa: E402
+from vlprobe.models.regions import write_regions_file  # noqa: E402
 
 TEXTS = ["a photo of a cat .", "the stock market rises today , very quite big"]
 
@@ -173,16 +174,21 @@ def test_lxmert_tags(lx):
 
 def test_lxmert_region_file_with_padded_regions(lx, tmp_path):
     rng = np.random.default_rng(1)
-    path = tmp_path / "regions.npz"
-    corner = rng.random((2, 5, 2)) * 0.5
-    boxes = np.concatenate([corner, corner + 0.5 * rng.random((2, 5, 2))], axis=2)
-    np.savez(path, ids=np.array(["img-a", "img-b"]),
-             features=rng.random((2, 5, 16)).astype(np.float32),
-             boxes=boxes.astype(np.float32), counts=np.array([5, 3]))
+    regions = {}
+    for key, n in (("img-a", 5), ("img-b", 3)):
+        corner = rng.random((n, 2)) * 0.5
+        boxes = np.concatenate([corner, corner + 0.5 * rng.random((n, 2))], axis=1)
+        regions[key] = (rng.random((n, 16)), boxes)
+    path = write_regions_file(tmp_path / "regions.npz", regions)
     a = load_model(replace(lx.spec, options={"regions": {"source": "file", "path": str(path)}}))
-    batch = a.prepare([("img-b", TEXTS[0]), ("img-a", TEXTS[1])], "pair")
+    images = _images()
+    for image, key in zip(images, ("img-b", "img-a")):
+        image.info["image_id"] = key
+    batch = a.prepare(list(zip(images, TEXTS)), "pair")
     assert batch.inputs["visual_attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1] * 5]
+    assert batch.inputs["visual_pos"][0, 3:].abs().sum() == 0  # padding boxes are zeros
     trace = a.forward(batch, a.sites())
+    assert all(torch.isfinite(v).all() for v in trace.hidden.values())
     assert trace.tags_by_stream["vision"][0].tolist() == [TAG_IMAGE] * 3 + [TAG_PAD] * 2
     t2v = trace.attentions["cross.blocks.0.t2v.attn"]
     assert t2v[0, ..., 3:].abs().max() < 1e-6  # padded regions get no weight
@@ -191,7 +197,7 @@ def test_lxmert_region_file_with_padded_regions(lx, tmp_path):
     assert ident["source"] == "file" and ident["path"] == str(path.resolve())
     assert len(ident["sha256"]) == 64
     assert a.identity() != lx.identity()
-    with pytest.raises(DataError, match="pair item 0: the file region source takes item ids"):
+    with pytest.raises(DataError, match="pair item 0: the regions file is keyed by image id"):
         a.prepare(_pairs(), "pair")
 
 
@@ -199,7 +205,8 @@ def test_lxmert_identity_records_grid_region_source(lx):
     regions = lx.identity()["preprocess"]["regions"]
     assert regions["source"] == "grid" and regions["site"] == "vision.stages.1"
     assert regions["model"]["adapter"] == "hf_resnet" and regions["model"]["seed"] == 0
-    other = dict(lx.spec.options["regions"], seed=1)
+    options = lx.spec.options["regions"]
+    other = {**options, "model": {**options["model"], "seed": 1}}
     b = load_model(replace(lx.spec, options={"regions": other}))
     assert b.identity()["preprocess"]["regions"] != regions
 
@@ -207,7 +214,8 @@ def test_lxmert_identity_records_grid_region_source(lx):
 def test_lxmert_feature_width_mismatch_is_clear(lx):
     narrow = dict(lx.spec.options["regions"], site="vision.stages.0")  # 8 channels, not 16
     a = load_model(replace(lx.spec, options={"regions": narrow}))
-    with pytest.raises(ConfigError, match=r"8-d features but the model's visual_feat_dim is 16"):
+    with pytest.raises(ConfigError, match=r"8-d features \(hf_resnet vision.stages.0 grid "
+                       r"cells\) but the model's visual_feat_dim is 16"):
         a.prepare(_pairs(), "pair")
 
 

@@ -22,7 +22,6 @@ from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL  # noqa: E402
 from vlprobe.models import load_model  # noqa: E402
 from vlprobe.models._hooks import seeded  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
-from vlprobe.models.efficientnet import center_crop_window  # noqa: E402
 from vlprobe.models.regions import write_regions_file  # noqa: E402
 from vlprobe.models.vilt import patch_layout  # noqa: E402
 
@@ -40,11 +39,6 @@ def _pairs(ids: tuple[str, str] | None = None) -> list[tuple[Image.Image, str]]:
         for im, key in zip(images, ids):
             im.info["image_id"] = key
     return list(zip(images, TEXTS))
-
-
-def _regions_of(spec: ModelSpec):
-    """Build an adapter and its region source (where region option errors surface)."""
-    return load_model(spec).regions
 
 
 @pytest.fixture(scope="module")
@@ -239,102 +233,49 @@ def test_bad_pairs_and_sites_are_named(fixture, request):
 
 
 # -- VisualBERT ---------------------------------------------------------------------------
-def test_visual_bert_grid_regions_are_cnn_cells_with_crop_boxes(vbert):
+def test_visual_bert_grid_regions_are_the_region_module_cells(vbert):
+    """The fused sequence carries the region source's cells and boxes (the region module's
+    own geometry is tested in test_regions.py)."""
     a = vbert
     pairs = _pairs()
     batch = a.prepare(pairs, "pair")
-    cnn = a.regions.cnn
-    head = cnn.forward(cnn.prepare([p[0] for p in pairs], "image"), ["vision.head"])
-    fmap = head.hidden["vision.head"]  # [2, 1280, 2, 2]
-    feats = batch.inputs["visual_embeds"]
-    assert feats.shape == (2, 4, 1280)
-    assert torch.equal(feats[:, 1], fmap[:, :, 0, 1])  # raster order: cell (row 0, col 1)
-    assert torch.equal(feats[:, 2], fmap[:, :, 1, 0])
+    regions = a.regions([p[0] for p in pairs])
+    assert batch.inputs["visual_embeds"].shape == (2, 4, 1280)
+    assert torch.equal(batch.inputs["visual_embeds"], regions.features)
     t_text = batch.inputs["input_ids"].shape[1]
     boxes = batch.extras["boxes"]
-    left, top, right, bottom = center_crop_window(48, 40, 64)  # image 0 is 48 wide, 40 high
-    mid_x, mid_y = (left + right) / 2, (top + bottom) / 2
-    want = [mid_x / 48, top / 40, right / 48, mid_y / 40]  # cell (row 0, column 1)
-    assert torch.allclose(boxes[0, t_text + 1], torch.tensor(want))
+    assert torch.equal(boxes[:, t_text:], regions.boxes)
     assert torch.isnan(boxes[:, :t_text]).all()
     ident = a.identity()["preprocess"]["regions"]
-    assert ident["source"] == "grid" and ident["site"] == "vision.head"
-    assert ident["grid"] == [2, 2] and ident["model"] == cnn.identity()
+    assert ident == {"source": "grid", "model": a.regions.cnn.identity(), "site": "vision.head"}
 
 
-def test_visual_bert_regions_file(vbert, tmp_path):
+def test_visual_bert_regions_file_tags_and_boxes(vbert, tmp_path):
     rng = np.random.default_rng(0)
     regions = {
         "img_a": (rng.normal(size=(3, 1280)), np.array([[0, 0, .5, .5], [.5, 0, 1, .5],
                                                         [0, .5, 1, 1]])),
         "img_b": (rng.normal(size=(5, 1280)), np.tile([[.1, .2, .3, .4]], (5, 1))),
     }
-    for suffix in (".npz", ".safetensors"):
-        path = write_regions_file(tmp_path / f"regions{suffix}", regions)
-        a = load_model(replace(vbert.spec, options={"regions": str(path)}))
-        batch = a.prepare(_pairs(("img_a", "img_b")), "pair")
-        feats, mask = batch.inputs["visual_embeds"], batch.inputs["visual_attention_mask"]
-        assert feats.shape == (2, 5, 1280) and mask.tolist() == [[1, 1, 1, 0, 0], [1] * 5]
-        assert torch.allclose(feats[0, :3], torch.tensor(regions["img_a"][0]).float())
-        trace = a.forward(batch, ["fusion.blocks.1"])
-        t_text = batch.inputs["input_ids"].shape[1]
-        assert trace.modality_tags[0, t_text:].tolist() == [TAG_IMAGE] * 3 + [TAG_PAD] * 2
-        assert torch.allclose(trace.extras["boxes"][0, t_text + 1], torch.tensor([.5, 0, 1, .5]))
-        ident = a.identity()["preprocess"]["regions"]
-        assert ident["source"] == "file" and ident["file"] == str(path.resolve())
-        assert len(ident["sha256"]) == 64
-        with pytest.raises(DataError, match=r"pair item 1.*no regions for this image"):
-            a.prepare(_pairs(("img_a", "img_zzz")), "pair")
-        with pytest.raises(DataError, match="pair item 0: the regions file is keyed"):
-            a.prepare(_pairs(), "pair")
-    # the file name is the key of an image opened from a file
-    im_path = tmp_path / "img_a"
-    _image(40, 48).save(im_path, format="PNG")
-    path = write_regions_file(tmp_path / "r.npz", regions)
-    a = load_model(replace(vbert.spec, options={"regions": str(path)}))
-    opened = Image.open(im_path)
-    batch = a.prepare([(opened, "a cat")], "pair")
-    assert batch.inputs["visual_embeds"].shape == (1, 3, 1280)
-
-
-def test_visual_bert_bad_regions_files(vbert, tmp_path):
-    pairs = _pairs(("a", "b"))
-    box = np.array([[0, 0, 1, 1.0]])
-    cases = {
-        "narrow": ({"a": (np.ones((1, 16)), box), "b": (np.ones((1, 16)), box)},
-                   ConfigError, r"regions are 16-d .* visual_embedding_dim is 1280"),
-        "bad_box": ({"a": (np.ones((1, 1280)), box * 2), "b": (np.ones((1, 1280)), box)},
-                    DataError, r"image 'a' \(pair item 0\): boxes must be"),
-        "bad_shape": ({"a": (np.ones((1, 1280)), np.ones((2, 4)) / 2),
-                       "b": (np.ones((1, 1280)), box)}, DataError, r"expected \(1, 4\)"),
-    }
-    for name, (regions, exc, pattern) in cases.items():
-        path = write_regions_file(tmp_path / f"{name}.npz", regions)
-        a = load_model(replace(vbert.spec, options={"regions": str(path)}))
-        with pytest.raises(exc, match=pattern):
-            a.prepare(pairs, "pair")
-    np.savez(tmp_path / "half.npz", **{"a/features": np.ones((1, 4))})
-    with pytest.raises(DataError, match="has no 'a/boxes' array"):
-        _regions_of(replace(vbert.spec, options={"regions": str(tmp_path / "half.npz")}))
-    with pytest.raises(ConfigError, match="does not exist"):
-        _regions_of(replace(vbert.spec, options={"regions": str(tmp_path / "no.npz")}))
-    both = {"regions": str(tmp_path / "r.npz"), "region_model": "efficientnet_lite0"}
-    with pytest.raises(ConfigError, match="exclude each other"):
-        _regions_of(replace(vbert.spec, options=both))
-
-
-def test_visual_bert_region_model_errors(vbert, tiny_dir):
-    vit = tiny_spec("hf_vit", tiny_dir)
-    vit_raw = {"adapter": "hf_vit", "config": vit.config, "random_init": True}
-    with pytest.raises(ConfigError, match="no input_window"):
-        _regions_of(replace(vbert.spec, options={"region_model": vit_raw}))
-    region = dict(vbert.spec.options["region_model"])
-    pooled = {"region_model": region, "region_site": "vision.pooled"}
-    a = load_model(replace(vbert.spec, options=pooled))
-    with pytest.raises(ConfigError, match=r"vision.pooled.*not a feature map"):
-        a.prepare(_pairs(), "pair")
-    with pytest.raises(ConfigError, match="unknown key"):
-        _regions_of(replace(vbert.spec, options={"region_model": {**region, "sed": 1}}))
+    path = write_regions_file(tmp_path / "regions.safetensors", regions)
+    a = load_model(replace(vbert.spec, options={"regions": {"source": "file",
+                                                            "path": str(path)}}))
+    batch = a.prepare(_pairs(("img_a", "img_b")), "pair")
+    feats, mask = batch.inputs["visual_embeds"], batch.inputs["visual_attention_mask"]
+    assert feats.shape == (2, 5, 1280) and mask.tolist() == [[1, 1, 1, 0, 0], [1] * 5]
+    trace = a.forward(batch, ["fusion.blocks.1"])
+    t_text = batch.inputs["input_ids"].shape[1]
+    assert trace.modality_tags[0, t_text:].tolist() == [TAG_IMAGE] * 3 + [TAG_PAD] * 2
+    assert torch.allclose(trace.extras["boxes"][0, t_text + 1], torch.tensor([.5, 0, 1, .5]))
+    assert torch.isnan(trace.extras["boxes"][0, t_text + 3:]).all()  # padded regions
+    assert a.identity()["preprocess"]["regions"]["path"] == str(path.resolve())
+    narrow = write_regions_file(tmp_path / "narrow.npz", {
+        k: (np.ones((1, 16)), np.array([[0, 0, 1, 1.0]])) for k in ("img_a", "img_b")})
+    b = load_model(replace(vbert.spec, options={"regions": {"source": "file",
+                                                            "path": str(narrow)}}))
+    with pytest.raises(ConfigError, match=r"regions are 16-d \(regions file .*narrow.npz\) "
+                       r"but the model's visual_embedding_dim is 1280"):
+        b.prepare(_pairs(("img_a", "img_b")), "pair")
 
 
 # -- the published architectures, random weights, offline -----------------------------
@@ -373,9 +314,9 @@ def test_published_visual_bert_architecture_random_init(tmp_path, tiny_dir):
     assert {k: getattr(config, k) for k in want} == want
     d = write_config(tmp_path / "visualbert-vqa-coco-pre", config)
     write_tiny_tokenizer(d, style="bert")
-    region = tiny_spec("visual_bert", tiny_dir).options["region_model"]
+    regions = tiny_spec("visual_bert", tiny_dir).options["regions"]
     a = load_model(ModelSpec("visual_bert", config=str(d), random_init=True,
-                             options={"region_model": region}))
+                             options={"regions": regions}))
     assert len(a.layer_sites("pair")) == 13 and a.max_text_length() == 512
     with pytest.raises(ConfigError) as err:
         a.prepare([(_image(40, 48), "a cat")], "pair")

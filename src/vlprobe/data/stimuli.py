@@ -191,23 +191,38 @@ class Stimuli:
         return len(self.label_names) if self.label_names else int(self.labels.max()) + 1
 
     def payloads(self, modality: str, indices: Sequence[int]) -> list[Any]:
-        """Images (PIL), texts, or ``(image, text)`` pairs of the items at ``indices``."""
+        """Images (PIL), texts, or ``(image, text)`` pairs of the items at ``indices``.
+
+        Every image carries ``image.info["image_id"]``: its item's ``image_id`` descriptor
+        (str), else the item id; models that look an image up by id (a regions file of
+        VisualBERT / LXMERT) read it there.
+        """
         if modality == "pair":
             if self.images is None or self.texts is None:
                 raise DataError(
                     f"dataset {self.dataset!r} items are not (image, text) pairs "
                     f"(it has {'/'.join(self.modalities)} items)"
                 )
-            return [(self.images[i], self.texts[i]) for i in indices]
+            return [(self._image(i), self.texts[i]) for i in indices]
         if modality == "image":
             if self.images is None:
                 raise DataError(f"dataset {self.dataset!r} has no images")
-            return [self.images[i] for i in indices]
+            return [self._image(i) for i in indices]
         if modality == "text":
             if self.texts is None:
                 raise DataError(f"dataset {self.dataset!r} has no texts")
             return [self.texts[i] for i in indices]
         raise ValueError(f"unknown modality {modality!r}")
+
+    def _image(self, index: int) -> Any:
+        """Image ``index`` (PIL) with ``info["image_id"]`` set (see :meth:`payloads`)."""
+        image = self.images[index]
+        keys = self.descriptors.get("image_id")
+        key = str(keys[index]) if keys is not None else self.ids[index]
+        if image.info.get("image_id", key) != key:  # a loader that hands out one object twice
+            image = image.copy()
+        image.info["image_id"] = key
+        return image
 
     def unique_images(self) -> tuple[Stimuli, np.ndarray] | None:
         """``(view, inverse)`` for a set whose items share images (an ``image_id``

@@ -7,25 +7,18 @@ default), the modality tags of the text part, and the fused-sequence boxes.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from vlprobe.errors import ModelLoadError
 from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
 from vlprobe.models._hooks import dir_fingerprint
 from vlprobe.models.hf_source import Source, hub_errors, looks_like_path
+from vlprobe.models.hf_tokenizer import tokenizer_problem
 from vlprobe.settings import expand_path
 
 #: the tokenizer ViLT and VisualBERT were trained with; used when the checkpoint (or the
 #: random_init config directory) ships no tokenizer files and ``options.tokenizer`` is unset.
 DEFAULT_BERT_TOKENIZER = "google-bert/bert-base-uncased"
-_TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "tokenizer.model",
-)
-
-
-def _has_tokenizer_files(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in _TOKENIZER_FILES)
 
 
 def load_bert_tokenizer(
@@ -35,8 +28,10 @@ def load_bert_tokenizer(
 
     Order: ``option`` (``options.tokenizer``: a local directory or a hub id) if set; else the
     checkpoint's own tokenizer files (local directory, or the hub repository); else
-    :data:`DEFAULT_BERT_TOKENIZER`. A local directory without tokenizer files is never used
-    (transformers would build an empty vocabulary from it silently).
+    :data:`DEFAULT_BERT_TOKENIZER`. A candidate that
+    :func:`~vlprobe.models.hf_tokenizer.tokenizer_problem` objects to (a directory without
+    tokenizer files, from which transformers would silently build an empty vocabulary) is
+    skipped.
 
     The provenance is ``{"source": "checkpoint"}`` (its files are already in the identity),
     or ``{"source": <hub id>}``, or ``{"source": <directory>, "files": {name: sha256}}``.
@@ -55,9 +50,6 @@ def load_bert_tokenizer(
     for ref, rev in candidates:
         path = expand_path(ref)
         if path.is_dir():
-            if not _has_tokenizer_files(path):
-                tried.append(f"{ref} (no tokenizer files)")
-                continue
             where = Source("local", str(path))
         elif path.exists() or looks_like_path(ref):
             tried.append(f"{ref} (not a tokenizer directory)")
@@ -69,6 +61,10 @@ def load_bert_tokenizer(
                 tok = AutoTokenizer.from_pretrained(where.ref, revision=rev)
         except ModelLoadError as exc:
             tried.append(f"{ref} ({exc})")
+            continue
+        problem = tokenizer_problem(tok, vocab_size, path if where.kind == "local" else None)
+        if problem:
+            tried.append(f"{ref} ({problem})")
             continue
         if len(tok) > vocab_size:
             raise ModelLoadError(
@@ -82,7 +78,8 @@ def load_bert_tokenizer(
             return tok, {"source": str(path.resolve()), "files": dir_fingerprint(path)}
         return tok, {"source": ref}
     raise ModelLoadError(
-        f"{name}: no usable tokenizer. Tried: {'; '.join(tried)}. Set options.tokenizer to a "
+        f"{name}: no usable tokenizer. Tried: {'; '.join(tried)}. Put the tokenizer files "
+        "(vocab.txt or tokenizer.json) next to the config, or set options.tokenizer to a "
         "local tokenizer directory (a BERT WordPiece vocabulary) or a cached hub id"
     )
 

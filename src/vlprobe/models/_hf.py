@@ -32,6 +32,7 @@ from vlprobe.models.hf_preprocess import (
     load_image_processor,
     processor_identity,
     processor_mean_std,
+    processor_window,
     to_rgb,
 )
 from vlprobe.models.hf_source import (
@@ -41,6 +42,7 @@ from vlprobe.models.hf_source import (
     hub_errors,
     resolve_source,
 )
+from vlprobe.models.hf_tokenizer import config_vocab_size, load_checked_tokenizer
 
 
 # -- the base adapter ---------------------------------------------------------------------
@@ -158,19 +160,13 @@ class HFAdapter(ModelAdapter):
         return self._tokenizer
 
     def _load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
-
-        src = self.source
-        revision = self.spec.revision if src.kind != "local" else None
-        with hub_errors(src, revision, "tokenizer"):
-            try:
-                tok = AutoTokenizer.from_pretrained(self._tokenizer_ref(), revision=revision)
-            except (OSError, ValueError, TypeError) as exc:
-                raise ModelLoadError(
-                    f"{self.name}: no usable tokenizer at {self._tokenizer_ref()!r} "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                    "A text model needs its tokenizer files next to the config."
-                ) from exc
+        """The checkpoint's own tokenizer (:meth:`_tokenizer_ref`), refused where it is
+        missing or silently empty (:func:`~vlprobe.models.hf_tokenizer.tokenizer_problem`)."""
+        revision = self.spec.revision if self.source.kind != "local" else None
+        tok = load_checked_tokenizer(
+            self.name, self._tokenizer_ref(), self.source, revision,
+            config_vocab_size(self.config),
+        )
         tok.padding_side = "right"
         if tok.pad_token is None:
             if tok.eos_token is None:
@@ -190,6 +186,13 @@ class HFAdapter(ModelAdapter):
 
     def _default_processor(self) -> Any:
         raise ModelLoadError(f"{self.name}: the checkpoint has no image processor")
+
+    def input_window(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)``: the pixels of a ``width x height`` image that the
+        image processor keeps (its feature maps cover exactly this window)."""
+        if "image" not in self.modalities:
+            raise ConfigError(f"model {self.family!r} takes no images")
+        return processor_window(self.processor, width, height)
 
     # -- description -------------------------------------------------------------------
     def sites(self) -> list[str]:

@@ -94,3 +94,77 @@ def processor_mean_std(processor: Any) -> tuple[tuple[float, ...], tuple[float, 
     mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(m) for m in mean]
     std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
     return tuple(mean), tuple(std)
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    """``size[key]`` of a processor's ``size`` / ``crop_size`` (a dict, or transformers 5's
+    ``SizeDict``); None where unset."""
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def processor_window(processor: Any, width: int, height: int) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)``: the pixels of a ``width x height`` image that a
+    transformers image processor keeps (its output, hence every feature map, covers exactly
+    this window), in the image's own pixel coordinates.
+
+    Cases (transformers' own geometry: resize, then ``top = int((H - h) / 2)``):
+
+    - no centre crop: the whole image (a resize to ``height x width`` or of the shorter side
+      keeps all of it);
+    - ``do_center_crop`` after a resize of the shorter side to ``size["shortest_edge"]``
+      (CLIP, BiT) or to ``size["height"] x size["width"]``: the crop ``crop_size``;
+    - ConvNeXt-style ``crop_pct`` (e.g. ``microsoft/resnet-50``): a shorter side below 384 is
+      resized to ``int(shortest_edge / crop_pct)``, then the centre ``shortest_edge`` square
+      is cut; 384 and above are warped whole.
+
+    Raises:
+        ConfigError: for any other geometry (named), rather than guessing.
+    """
+    from vlprobe.errors import ConfigError
+
+    size = getattr(processor, "size", None) or {}
+    shortest = _size_field(size, "shortest_edge")
+    crop_pct = getattr(processor, "crop_pct", None)
+    whole = (0.0, 0.0, float(width), float(height))
+    if crop_pct is not None and shortest is not None:  # ConvNeXt-style
+        if shortest >= 384:
+            return whole
+        resized = _resize_shorter(width, height, int(shortest / crop_pct))
+        return _centre_crop(width, height, resized, (shortest, shortest))
+    if not getattr(processor, "do_center_crop", False):
+        return whole
+    crop = getattr(processor, "crop_size", None) or {}
+    crop_hw = (_size_field(crop, "height"), _size_field(crop, "width"))
+    h, w = _size_field(size, "height"), _size_field(size, "width")
+    if None not in crop_hw and shortest is not None:
+        return _centre_crop(width, height, _resize_shorter(width, height, shortest), crop_hw)
+    if None not in crop_hw and h is not None and w is not None:
+        return _centre_crop(width, height, (h, w), crop_hw)
+    raise ConfigError(
+        f"image processor {type(processor).__name__}: cannot tell which part of an image it "
+        f"keeps (size {size}, crop_size {crop}); give a processor that resizes without a "
+        "crop, or one with crop_size and size shortest_edge / height + width"
+    )
+
+
+def _resize_shorter(width: int, height: int, shortest: int) -> tuple[int, int]:
+    """``(h, w)`` after resizing the shorter side to ``shortest`` (transformers'
+    ``get_resize_output_image_size`` with ``default_to_square=False``)."""
+    short, long = min(width, height), max(width, height)
+    new_long = int(shortest * long / short)
+    return (shortest, new_long) if height <= width else (new_long, shortest)
+
+
+def _centre_crop(
+    width: int, height: int, resized: tuple[int, int], crop: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """The original-image window of a ``crop`` (h, w) centre crop of the image resized to
+    ``resized`` (h, w); clipped to the image where the crop is larger (padding)."""
+    (rh, rw), (ch, cw) = resized, crop
+    top, left = int((rh - ch) / 2.0), int((rw - cw) / 2.0)
+    sy, sx = height / rh, width / rw
+    return (
+        max(0.0, left * sx), max(0.0, top * sy),
+        min(float(width), (left + cw) * sx), min(float(height), (top + ch) * sy),
+    )

@@ -8,11 +8,15 @@ cross-attention through ONE shared module ``visual_attention`` (called first wit
 queries over visual keys, then with visual queries over language keys), (2) a self-attention
 per stream, (3) a feed-forward per stream.
 
-Regions come from :mod:`vlprobe.models.region_sources` (``options.regions``; default: the cells of
-``efficientnet_lite0``'s ``vision.head`` map). With ``{source: file, path: x.npz}`` the image
-slot of each pair is the item id looked up in the file. The feature width must equal
+Regions: ``options.regions`` (:mod:`vlprobe.models.regions`, the same keys as VisualBERT):
+``{source: grid, model: <image adapter>, site: <site>}`` (default: the cells of
+``efficientnet_lite0``'s ``vision.head`` map, boxes = each cell's footprint in the original
+image) or ``{source: file, path: <file.npz | file.safetensors>}`` (per-image detector
+features and boxes keyed by image id: ``image.info["image_id"]``, which ``Stimuli.payloads``
+sets from the ``image_id`` descriptor, else the item id). The feature width must equal
 ``config.visual_feat_dim`` (2048 for the published ``unc-nlp/lxmert-base-uncased``, trained on
 Faster R-CNN features: grid features of another CNN run, but are out of its distribution).
+Boxes (``visual_pos``) are zero at padded regions (masked).
 
 Sites (T = text tokens, R = regions, H = heads):
 
@@ -57,7 +61,9 @@ from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_ta
 from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
 from vlprobe.models.base import Batch, Trace
-from vlprobe.models.region_sources import region_source
+from vlprobe.models.regions import region_source
+
+_OPTIONS = ("regions",)
 
 
 class LXMERTAdapter(HFAdapter):
@@ -91,6 +97,11 @@ class LXMERTAdapter(HFAdapter):
 
     # -- sites -------------------------------------------------------------------------
     def _setup(self) -> None:
+        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"lxmert: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
+            )
         c = self.config
         self.n_text, self.n_vision, self.n_cross = int(c.l_layers), int(c.r_layers), int(
             c.x_layers)
@@ -112,6 +123,7 @@ class LXMERTAdapter(HFAdapter):
             for s, n in (("text", self.n_text), ("vision", self.n_vision))
         }
         self._layer_sites = {"pair": self._streams["text"]}
+        #: the region source (:mod:`vlprobe.models.regions`)
         self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
 
     def stream_layer_sites(self, stream: str) -> list[str]:
@@ -153,19 +165,21 @@ class LXMERTAdapter(HFAdapter):
     def _image_inputs(self, images: list[Any]) -> dict[str, Any]:
         """Regions of each pair: ``visual_feats [B, R, D_v]``, ``visual_pos [B, R, 4]``,
         ``visual_attention_mask [B, R]``."""
-        feats, boxes, mask = self.regions(images)
+        regions = self.regions(images)
         want = int(self.config.visual_feat_dim)
-        if feats.shape[-1] != want:
+        if regions.features.shape[-1] != want:
             raise ConfigError(
-                f"lxmert: the region source gives {feats.shape[-1]}-d features but the model's "
-                f"visual_feat_dim is {want}; choose options.regions (a CNN site with {want} "
-                "channels, or a region file) that matches"
+                f"lxmert: the regions are {regions.features.shape[-1]}-d features "
+                f"({self.regions.describe()}) but the model's visual_feat_dim is {want}; choose "
+                f"options.regions (a CNN site with {want} channels, or a regions file) that "
+                "matches"
             )
         if int(self.config.visual_pos_dim) != 4:
             raise ConfigError(
                 f"lxmert: visual_pos_dim is {self.config.visual_pos_dim}; regions give 4-d boxes"
             )
-        return {"visual_feats": feats, "visual_pos": boxes, "visual_attention_mask": mask}
+        return {"visual_feats": regions.features, "visual_pos": regions.boxes,
+                "visual_attention_mask": regions.mask}
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:

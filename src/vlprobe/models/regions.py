@@ -1,30 +1,45 @@
-"""Image regions for region-based fusion models (VisualBERT): features + boxes per image.
+"""Image regions of the region-based fusion models (VisualBERT, LXMERT): features + boxes.
 
-Two sources, chosen with the fusion model's options:
+Region-based models read an image as ``R`` region feature vectors ``[R, D]`` with their boxes
+``[R, 4]``, originally Faster R-CNN detections. No detector ships with vlprobe, so regions
+come from one of two sources, chosen with the model's ``options.regions`` (the same keys for
+every region-based adapter):
 
-- **grid cells of a CNN feature map** (the default): a registered image adapter
-  (``region_model``, default ``efficientnet_lite0`` with its packaged ImageNet weights) runs
-  on the images; its ``region_site`` (default ``vision.head``) feature map ``[B, C, h, w]``
-  gives one region per cell in raster order (row by row), feature = the cell's ``C``
-  channels, box = the cell's footprint in the part of the image the CNN sees
-  (:meth:`input_window`: EfficientNet's centre crop), in coordinates of the original image.
-- **a regions file** (``regions: path``), ``.npz`` or ``.safetensors``, holding for every
-  image id two arrays: ``"<image_id>/features"`` float ``[R, D]`` and ``"<image_id>/boxes"``
-  float ``[R, 4]``. ``R`` may differ between images (a batch is padded, padding masked). ``D``
-  is the same for all images. Boxes are ``(x0, y0, x1, y1)`` normalised to the image width and
-  height (0..1, origin top-left, ``x0 <= x1``, ``y0 <= y1``). An image's id is
-  ``image.info["image_id"]`` where set (str() of it), else the file name of the image
-  (``Path(image.filename).name``) when it was opened from a file. Write one with
-  :func:`write_regions_file`.
+- ``{source: grid, model: <image adapter>, site: <site>}`` (the default; ``model``
+  ``efficientnet_lite0`` with its packaged ImageNet weights, ``site`` ``vision.head``: 1280
+  channels, 7 x 7 cells at 224 px): the cells of the image adapter's feature map
+  ``[B, C, h, w]`` at ``site`` are the regions, in raster order (cell ``(r, c)`` is region
+  ``r * w + c``), feature = the cell's ``C`` channels, box = the cell's footprint in the part
+  of the image the adapter sees (its ``input_window``: EfficientNet's centre crop, a
+  transformers processor's centre crop, or the whole image), in coordinates of the original
+  image. ``model`` is an adapter name or a mapping with :class:`~vlprobe.models.base.ModelSpec`'s
+  fields (``adapter``, ``checkpoint``, ``config``, ``random_init``, ``seed``, ``options``, ...).
+- ``{source: file, path: <file>}``: precomputed regions (e.g. bottom-up-attention Faster R-CNN
+  features) from a regions file.
 
-Both return ``features [B, R, D]`` float32, ``mask [B, R]`` long (1 = real region) and
-``boxes [B, R, 4]`` float32 (NaN at padding).
+Boxes are ``(x0, y0, x1, y1)`` normalised to the image's width and height (0..1, origin
+top-left, ``x0 <= x1``, ``y0 <= y1``).
+
+The regions file (``.npz`` or ``.safetensors``; :func:`write_regions_file` writes one): two
+arrays per image, ``"<image_id>/features"`` float ``[R, D]`` and ``"<image_id>/boxes"`` float
+``[R, 4]``. ``R`` may differ between images (a batch is padded, padding masked); ``D`` may
+not. Each image is read on demand, so a file larger than memory works (``.safetensors`` is
+memory-mapped). Detector pipelines often write padded arrays instead (ids ``[N]``, features
+``[N, R, D]``, pixel boxes, per-image sizes and region counts): :func:`regions_from_padded` /
+:func:`convert_padded_npz` turn those into this format.
+
+An image's id is ``image.info["image_id"]``: :meth:`vlprobe.data.stimuli.Stimuli.payloads`
+sets it to the item's ``image_id`` descriptor, else to the item id. A PIL image opened from a
+file without that key falls back to the file name (``Path(image.filename).name``).
+
+A source returns a :class:`RegionBatch`; its :meth:`identity` goes into the model's identity
+(it changes the numbers).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,54 +50,92 @@ from vlprobe.models._hooks import cached_sha256
 from vlprobe.models.base import ModelSpec
 from vlprobe.settings import expand_path
 
-DEFAULT_REGION_MODEL = {"adapter": "efficientnet_lite0"}
-DEFAULT_REGION_SITE = "vision.head"
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_SITE = "vision.head"
 _SUFFIXES = ("features", "boxes")
+_GRID_KEYS = ("source", "model", "site")
+_FILE_KEYS = ("source", "path")
+_BOX_TOL = 1e-6
 
 
-def pad_regions(
-    items: Sequence[tuple[np.ndarray, np.ndarray]],
-) -> tuple[Any, Any, Any]:
-    """``[(features [R_i, D], boxes [R_i, 4]), ...]`` -> padded ``(features [B, R, D] float32,
-    mask [B, R] long, boxes [B, R, 4] float32 with NaN padding)``."""
+@dataclass
+class RegionBatch:
+    """The regions of a batch of images, padded to the most regions of any image.
+
+    Attributes:
+        features: ``[B, R, D]`` float32 (zeros at padding).
+        boxes: ``[B, R, 4]`` float32 normalised ``x0, y0, x1, y1`` (zeros at padding: LXMERT
+            feeds them to the model, where NaN would spread).
+        mask: ``[B, R]`` long, 1 = a real region.
+    """
+
+    features: Any
+    boxes: Any
+    mask: Any
+
+
+def pad_regions(items: Sequence[tuple[np.ndarray, np.ndarray]], where: str) -> RegionBatch:
+    """``[(features [R_i, D], boxes [R_i, 4]), ...]`` -> a zero-padded :class:`RegionBatch`.
+
+    Raises:
+        DataError: naming ``where`` when the images' feature widths ``D`` differ.
+    """
     import torch
 
+    dims = {int(f.shape[1]) for f, _ in items}
+    if len(dims) > 1:
+        raise DataError(
+            f"{where}: feature widths differ between images ({sorted(dims)}); every image "
+            "needs the same D"
+        )
     n = max(f.shape[0] for f, _ in items)
-    d = items[0][0].shape[1]
-    feats = torch.zeros(len(items), n, d, dtype=torch.float32)
+    feats = torch.zeros(len(items), n, dims.pop(), dtype=torch.float32)
+    boxes = torch.zeros(len(items), n, 4, dtype=torch.float32)
     mask = torch.zeros(len(items), n, dtype=torch.long)
-    boxes = torch.full((len(items), n, 4), float("nan"), dtype=torch.float32)
     for i, (f, b) in enumerate(items):
         r = f.shape[0]
         feats[i, :r] = torch.as_tensor(np.asarray(f, dtype=np.float32))
         boxes[i, :r] = torch.as_tensor(np.asarray(b, dtype=np.float32))
         mask[i, :r] = 1
-    return feats, mask, boxes
+    return RegionBatch(feats, boxes, mask)
+
+
+def _check_pil(images: Sequence[Any], owner: str) -> None:
+    for i, image in enumerate(images):
+        if not (hasattr(image, "size") and hasattr(image, "info")):
+            raise DataError(
+                f"{owner}: pair item {i}: the image slot holds a {type(image).__name__}, not a "
+                "PIL image (a regions file finds an image by image.info['image_id'])"
+            )
 
 
 # -- grid cells of a CNN ------------------------------------------------------------------
-def _region_spec(raw: Any, owner: str) -> ModelSpec:
-    """A :class:`ModelSpec` from the ``region_model`` option (an adapter name or a mapping
-    with ModelSpec's fields)."""
+def _model_spec(raw: Any, where: str) -> ModelSpec:
+    """A :class:`ModelSpec` from ``regions.model`` (an adapter name or a mapping with
+    ModelSpec's fields)."""
     if isinstance(raw, str):
         raw = {"adapter": raw}
     if not isinstance(raw, Mapping) or "adapter" not in raw:
         raise ConfigError(
-            f"{owner}: options.region_model must be an adapter name or a mapping with an "
-            f"'adapter' key (and optionally checkpoint, random_init, seed, options), got {raw!r}"
+            f"{where}.model must be an adapter name or a mapping with an 'adapter' key (and "
+            f"optionally checkpoint, config, random_init, seed, options), got {raw!r}"
         )
     known = {f.name for f in fields(ModelSpec)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
-            f"{owner}: options.region_model has unknown key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
+            f"{where}.model has unknown key(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(known))}"
         )
     return ModelSpec(**{**raw, "options": dict(raw.get("options") or {})})
 
 
 class GridRegions:
-    """One region per cell of an image adapter's feature map (see the module docstring)."""
+    """One region per cell of an image adapter's feature map (see the module docstring).
+
+    The image adapter is loaded here (cheap: its weights load on first use), so a model
+    without images, without ``input_window`` or without ``site`` is an error at load time.
+    """
 
     def __init__(self, spec: ModelSpec, site: str, device: str, owner: str) -> None:
         from vlprobe.models import load_model
@@ -91,42 +144,35 @@ class GridRegions:
         self.site = site
         self.cnn = load_model(spec, device=device)
         if "image" not in self.cnn.modalities:
-            raise ConfigError(f"{owner}: region_model {spec.adapter!r} takes no images")
+            raise ConfigError(f"{owner}: regions.model {spec.adapter!r} takes no images")
         if not hasattr(self.cnn, "input_window"):
             raise ConfigError(
-                f"{owner}: region_model {spec.adapter!r} does not say which part of an image it "
-                "sees (no input_window), so its cells have no boxes; use efficientnet_lite0 or "
-                "a regions file (options.regions)"
+                f"{owner}: regions.model {spec.adapter!r} does not say which part of an image "
+                "it sees (no input_window), so its cells have no boxes; use an image adapter "
+                "with one (efficientnet_lite0, hf_resnet) or a regions file"
             )
         self.cnn.check_sites([site])
-        self._grid: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return f"{self.cnn.family} {self.site} grid cells"
+
+    def identity(self) -> dict[str, Any]:
+        return {"source": "grid", "model": self.cnn.identity(), "site": self.site}
 
     def feature_maps(self, images: Sequence[Any]) -> Any:
         """``[B, C, h, w]`` float32 maps of ``images`` at the region site."""
-        trace = self.cnn.forward(self.cnn.prepare(images, "image"), [self.site])
+        trace = self.cnn.forward(self.cnn.prepare(list(images), "image"), [self.site])
         fmap = trace.hidden[self.site]
         if fmap.ndim != 4:
             raise ConfigError(
-                f"{self.owner}: region_site {self.site!r} gives shape {tuple(fmap.shape)}, not "
-                "a feature map [B, C, h, w]"
+                f"{self.owner}: regions.site {self.site!r} of {self.cnn.family!r} gives shape "
+                f"{tuple(fmap.shape)}, not a feature map [B, C, h, w]"
             )
         return fmap
 
-    def grid(self) -> tuple[int, int]:
-        """``(h, w)`` cells per image (from one forward on a grey image)."""
-        if self._grid is None:
-            from PIL import Image
-
-            fmap = self.feature_maps([Image.new("RGB", (64, 64), (128, 128, 128))])
-            self._grid = (int(fmap.shape[2]), int(fmap.shape[3]))
-        return self._grid
-
-    def identity(self) -> dict[str, Any]:
-        h, w = self.grid()
-        return {"source": "grid", "model": self.cnn.identity(), "site": self.site,
-                "grid": [h, w]}
-
-    def __call__(self, images: Sequence[Any]) -> tuple[Any, Any, Any]:
+    def __call__(self, images: Sequence[Any]) -> RegionBatch:
+        """PIL images -> ``h * w`` regions each (features ``[B, h*w, C]``)."""
+        _check_pil(images, self.owner)
         fmap = self.feature_maps(images)
         h, w = fmap.shape[2:]
         feats = fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C], raster order
@@ -141,13 +187,13 @@ class GridRegions:
                 (left + (cols + 1) * cw) / width, (top + (rows + 1) * ch) / height,
             ], axis=1)
             items.append((feats[i].numpy(), boxes))
-        return pad_regions(items)
+        return pad_regions(items, self.describe())
 
 
 # -- a regions file -----------------------------------------------------------------------
 def image_key(image: Any, index: int, owner: str) -> str:
-    """The id a regions file is keyed by (see the module docstring)."""
-    key = getattr(image, "info", {}).get("image_id")
+    """The id a regions file knows ``image`` by (see the module docstring)."""
+    key = image.info.get("image_id")
     if key is not None:
         return str(key)
     filename = getattr(image, "filename", "") or ""
@@ -155,28 +201,60 @@ def image_key(image: Any, index: int, owner: str) -> str:
         return Path(filename).name
     raise DataError(
         f"{owner}: pair item {index}: the regions file is keyed by image id, but this image "
-        "has none (set image.info['image_id'], or open the image from a file named like its "
-        "key)"
+        "has none (load the data as a Stimuli, set image.info['image_id'], or open the image "
+        "from a file named like its key)"
     )
 
 
-class FileRegions:
-    """Regions read from a ``.npz`` / ``.safetensors`` file (see the module docstring)."""
+def check_regions(feats: Any, boxes: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(features [R, D], boxes [R, 4])`` as float32, validated.
 
-    def __init__(self, path: str, owner: str) -> None:
+    Raises:
+        DataError: naming ``where`` for a wrong shape, a non-finite value, or a box that is
+            not normalised ``x0 <= x1``, ``y0 <= y1`` in 0..1.
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise DataError(f"{where}: features have shape {feats.shape}, expected [R, D], R > 0")
+    if boxes.shape != (feats.shape[0], 4):
+        raise DataError(f"{where}: boxes have shape {boxes.shape}, expected ({feats.shape[0]}, 4)")
+    if not (np.isfinite(feats).all() and np.isfinite(boxes).all()):
+        raise DataError(f"{where}: features or boxes are not finite")
+    in_range = (boxes >= -_BOX_TOL).all() and (boxes <= 1 + _BOX_TOL).all()
+    ordered = (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    if not (in_range and ordered):
+        raise DataError(
+            f"{where}: boxes must be (x0, y0, x1, y1) normalised to 0..1 with x0 <= x1 and "
+            "y0 <= y1"
+        )
+    return feats, np.clip(boxes, 0.0, 1.0)
+
+
+class FileRegions:
+    """Regions read from a regions file (see the module docstring), found by image id."""
+
+    def __init__(self, path: str | Path, owner: str) -> None:
         self.owner = owner
-        self.path = expand_path(path).resolve()
+        self.path = expand_path(str(path)).resolve()
         if not self.path.is_file():
             raise ConfigError(f"{owner}: regions file {str(self.path)!r} does not exist")
-        suffix = self.path.suffix
-        if suffix == ".npz":
-            self._store = np.load(self.path, allow_pickle=False)
+        if self.path.suffix == ".npz":
+            try:
+                self._store = np.load(self.path, allow_pickle=False)
+            except Exception as exc:
+                raise DataError(f"{owner}: regions file {self.path} is not a readable .npz: "
+                                f"{exc}") from exc
             keys = list(self._store.files)
             self._get = self._store.__getitem__
-        elif suffix == ".safetensors":
+        elif self.path.suffix == ".safetensors":
             from safetensors import safe_open
 
-            self._store = safe_open(str(self.path), framework="np")
+            try:
+                self._store = safe_open(str(self.path), framework="np")
+            except Exception as exc:
+                raise DataError(f"{owner}: regions file {self.path} is not a readable "
+                                f".safetensors: {exc}") from exc
             keys = list(self._store.keys())
             self._get = self._store.get_tensor
         else:
@@ -192,7 +270,8 @@ class FileRegions:
             if not head or tail not in _SUFFIXES:
                 raise DataError(
                     f"{self.owner}: regions file {self.path}: key {key!r} is not "
-                    "'<image_id>/features' or '<image_id>/boxes'"
+                    "'<image_id>/features' or '<image_id>/boxes' (padded arrays? convert them "
+                    "with vlprobe.models.regions.convert_padded_npz)"
                 )
             ids.setdefault(head, set()).add(tail)
         for image_id, have in ids.items():
@@ -206,77 +285,156 @@ class FileRegions:
             raise DataError(f"{self.owner}: regions file {self.path} holds no regions")
         return set(ids)
 
-    def identity(self) -> dict[str, Any]:
-        return {"source": "file", "file": str(self.path), "sha256": cached_sha256(self.path)}
+    def describe(self) -> str:
+        return f"regions file {self.path}"
 
-    def _read(self, image_id: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def identity(self) -> dict[str, Any]:
+        return {"source": "file", "path": str(self.path), "sha256": cached_sha256(self.path)}
+
+    def read(self, image_id: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(features [R, D], boxes [R, 4])`` of one image (``index``: its pair item)."""
         where = f"{self.owner}: regions file {self.path}, image {image_id!r} (pair item {index})"
         if image_id not in self.ids:
-            sample = ", ".join(sorted(self.ids)[:3])
+            sample = ", ".join(repr(i) for i in sorted(self.ids)[:3])
             raise DataError(f"{where}: no regions for this image (the file has e.g. {sample})")
-        feats = np.asarray(self._get(f"{image_id}/features"), dtype=np.float32)
-        boxes = np.asarray(self._get(f"{image_id}/boxes"), dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[0] == 0:
-            raise DataError(f"{where}: features have shape {feats.shape}, expected [R, D], R > 0")
-        if boxes.shape != (feats.shape[0], 4):
-            raise DataError(
-                f"{where}: boxes have shape {boxes.shape}, expected ({feats.shape[0]}, 4)"
-            )
-        if not (np.isfinite(feats).all() and np.isfinite(boxes).all()):
-            raise DataError(f"{where}: features or boxes are not finite")
-        tol = 1e-6
-        in_range = (boxes >= -tol).all() and (boxes <= 1 + tol).all()
-        ordered = (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
-        if not (in_range and ordered):
-            raise DataError(
-                f"{where}: boxes must be (x0, y0, x1, y1) normalised to 0..1 with x0 <= x1 "
-                "and y0 <= y1"
-            )
-        return feats, boxes
+        return check_regions(
+            self._get(f"{image_id}/features"), self._get(f"{image_id}/boxes"), where
+        )
 
-    def __call__(self, images: Sequence[Any]) -> tuple[Any, Any, Any]:
-        items = []
-        for i, image in enumerate(images):
-            items.append(self._read(image_key(image, i, self.owner), i))
-        dims = {f.shape[1] for f, _ in items}
-        if len(dims) > 1:
-            raise DataError(
-                f"{self.owner}: regions file {self.path}: feature widths differ between "
-                f"images ({sorted(dims)}); every image needs the same D"
-            )
-        return pad_regions(items)
+    def __call__(self, images: Sequence[Any]) -> RegionBatch:
+        """PIL images (with ``info["image_id"]``) -> their regions, padded."""
+        _check_pil(images, self.owner)
+        items = [self.read(image_key(image, i, self.owner), i) for i, image in enumerate(images)]
+        return pad_regions(items, f"{self.owner}: {self.describe()}")
 
 
 def write_regions_file(
-    path: str | Path, regions: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    path: str | Path, regions: Mapping[str, tuple[Any, Any]]
 ) -> Path:
-    """Write ``{image_id: (features [R, D], boxes [R, 4])}`` in the format above (``.npz`` or
-    ``.safetensors`` by the file's suffix)."""
+    """Write ``{image_id: (features [R, D], boxes [R, 4])}`` as a regions file (``.npz`` or
+    ``.safetensors`` by the suffix of ``path``); every entry is validated first.
+
+    Raises:
+        ConfigError: another suffix. DataError: a malformed entry (named).
+    """
     path = Path(path)
+    if path.suffix not in (".npz", ".safetensors"):
+        raise ConfigError(f"regions file {str(path)!r} must end in .npz or .safetensors")
+    if not regions:
+        raise DataError(f"regions file {str(path)!r}: no regions to write")
     arrays = {}
     for image_id, (feats, boxes) in regions.items():
-        arrays[f"{image_id}/features"] = np.ascontiguousarray(feats, dtype=np.float32)
-        arrays[f"{image_id}/boxes"] = np.ascontiguousarray(boxes, dtype=np.float32)
+        f, b = check_regions(feats, boxes, f"regions for image {image_id!r}")
+        arrays[f"{image_id}/features"] = np.ascontiguousarray(f)
+        arrays[f"{image_id}/boxes"] = np.ascontiguousarray(b)
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
         save_file(arrays, str(path))
-    elif path.suffix == ".npz":
-        np.savez(path, **arrays)
     else:
-        raise ConfigError(f"regions file {str(path)!r} must end in .npz or .safetensors")
+        np.savez(path, **arrays)
     return path
 
 
-def region_source(options: Mapping[str, Any], device: str, owner: str) -> Any:
-    """:class:`FileRegions` where ``options["regions"]`` is set, else :class:`GridRegions`
-    from ``options["region_model"]`` / ``options["region_site"]``."""
-    if options.get("regions"):
-        if "region_model" in options or "region_site" in options:
+def regions_from_padded(
+    ids: Sequence[Any], features: Any, boxes: Any, counts: Any = None, image_sizes: Any = None,
+    where: str = "padded regions",
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Padded per-image arrays -> ``{image_id: (features [R_i, D], boxes [R_i, 4])}`` for
+    :func:`write_regions_file`.
+
+    Args:
+        ids: ``[N]`` unique image ids.
+        features: ``[N, R, D]``.
+        boxes: ``[N, R, 4]`` ``x0, y0, x1, y1``: normalised, or pixels with ``image_sizes``.
+        counts: ``[N]`` real regions per image (rows past the count are padding); default
+            all ``R``.
+        image_sizes: ``[N, 2]`` ``(width, height)`` in pixels; boxes are divided by it.
+
+    Raises:
+        DataError: naming ``where`` and the field (or image) that is malformed.
+    """
+    ids = [str(x) for x in np.asarray(ids).reshape(-1)]
+    feats = np.asarray(features, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32)
+    n = len(ids)
+    if feats.ndim != 3 or feats.shape[0] != n:
+        raise DataError(f"{where}: 'features' must be [N={n}, R, D]; got {feats.shape}")
+    if boxes.shape != (*feats.shape[:2], 4):
+        raise DataError(
+            f"{where}: 'boxes' must be [N, R, 4] = {(*feats.shape[:2], 4)}; got {boxes.shape}"
+        )
+    if len(set(ids)) != n:
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{where}: id {dup!r} appears more than once in 'ids'")
+    r_max = feats.shape[1]
+    counts = np.full(n, r_max) if counts is None else np.asarray(counts)
+    if counts.shape != (n,) or (counts < 1).any() or (counts > r_max).any():
+        raise DataError(f"{where}: 'counts' must be [N={n}] ints in 1..{r_max}")
+    if image_sizes is not None:
+        sizes = np.asarray(image_sizes, dtype=np.float32)
+        if sizes.shape != (n, 2) or (sizes <= 0).any():
+            raise DataError(f"{where}: 'image_sizes' must be [N={n}, 2] positive (width, height)")
+        boxes = boxes / np.concatenate([sizes, sizes], axis=1)[:, None, :]
+    out = {}
+    for i, image_id in enumerate(ids):
+        k = int(counts[i])
+        out[image_id] = check_regions(feats[i, :k], boxes[i, :k],
+                                      f"{where}: image {i} (id {image_id!r})")
+    return out
+
+
+def convert_padded_npz(src: str | Path, dst: str | Path) -> Path:
+    """Convert an ``.npz`` of padded arrays (``ids``, ``features``, ``boxes``, optional
+    ``counts`` and ``image_sizes``: :func:`regions_from_padded`) into a regions file ``dst``.
+
+    Raises:
+        DataError: an unreadable file or a missing / malformed array (named).
+    """
+    src = Path(src)
+    try:
+        data = dict(np.load(src, allow_pickle=False))
+    except Exception as exc:
+        raise DataError(f"{str(src)!r} is not a readable .npz: {exc}") from exc
+    for key in ("ids", "features", "boxes"):
+        if key not in data:
+            raise DataError(f"{src}: no {key!r} array (it has {', '.join(sorted(data)) or 'none'})")
+    regions = regions_from_padded(data["ids"], data["features"], data["boxes"],
+                                  data.get("counts"), data.get("image_sizes"), where=str(src))
+    return write_regions_file(dst, regions)
+
+
+# -- the option ---------------------------------------------------------------------------
+def region_source(options: Any, device: str, owner: str) -> GridRegions | FileRegions:
+    """The region source of a model's ``options.regions`` (None: the default grid, see the
+    module docstring).
+
+    Raises:
+        ConfigError: naming the key for anything but ``{source: grid, model, site}`` or
+            ``{source: file, path}``.
+    """
+    where = f"model {owner!r} options.regions"
+    raw = {} if options is None else options
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where} must be a mapping: {{source: grid, model: <image adapter>, site: "
+            f"<site>}} or {{source: file, path: <.npz | .safetensors>}}; got {raw!r}"
+        )
+    source = raw.get("source", "grid")
+    if source == "file":
+        unknown = sorted(set(raw) - set(_FILE_KEYS))
+        if unknown or not raw.get("path"):
             raise ConfigError(
-                f"{owner}: options.regions (a file) and options.region_model / region_site "
-                "(grid cells of a CNN) exclude each other; set one"
+                f"{where}: a file source takes exactly 'path' (got {', '.join(sorted(raw))})"
             )
-        return FileRegions(str(options["regions"]), owner)
-    spec = _region_spec(options.get("region_model", DEFAULT_REGION_MODEL), owner)
-    return GridRegions(spec, str(options.get("region_site", DEFAULT_REGION_SITE)), device, owner)
+        return FileRegions(str(raw["path"]), owner)
+    if source != "grid":
+        raise ConfigError(f"{where}.source: {source!r} is not one of grid, file")
+    unknown = sorted(set(raw) - set(_GRID_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; a grid source takes "
+            f"{', '.join(_GRID_KEYS)} (a file source: source: file, path)"
+        )
+    spec = _model_spec(raw.get("model", DEFAULT_MODEL), where)
+    return GridRegions(spec, str(raw.get("site", DEFAULT_SITE)), device, owner)

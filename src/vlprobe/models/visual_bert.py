@@ -5,19 +5,21 @@ The fused sequence (``T = T_text + R``): ``[CLS] words [SEP] [PAD]...`` (BERT Wo
 region tokens (``visual_embeds [B, R, D_v]`` projected to the model width; padding regions
 masked). Region tokens have no position limit (VisualBERT gives them all visual position 0).
 
-Regions (:mod:`vlprobe.models.regions`), chosen with options:
+Regions: ``options.regions`` (:mod:`vlprobe.models.regions`, the same keys as LXMERT):
 
-- default: the grid cells of a CNN feature map: ``region_model`` (an adapter name or a model
-  spec mapping; default ``efficientnet_lite0`` with its packaged ImageNet weights) and
-  ``region_site`` (default ``vision.head``, ``[B, 1280, 7, 7]`` at 224 px: 49 regions);
-- ``regions: <file.npz | file.safetensors>``: per-image detector features and boxes keyed by
-  image id (format in :mod:`vlprobe.models.regions`).
+- ``{source: grid, model: <image adapter>, site: <site>}`` (the default: ``efficientnet_lite0``
+  with its packaged ImageNet weights, ``vision.head``, ``[B, 1280, 7, 7]`` at 224 px: 49
+  regions): the grid cells of a CNN feature map, boxes = each cell's footprint in the
+  original image (EfficientNet's centre crop accounted for);
+- ``{source: file, path: <file.npz | file.safetensors>}``: per-image detector features and
+  boxes keyed by image id (``image.info["image_id"]``, which ``Stimuli.payloads`` sets from
+  the ``image_id`` descriptor, else the item id).
 
 The published checkpoints (``uclanlp/visualbert-*``) expect 2048-d detector features
 (``visual_embedding_dim = 2048``); EfficientNet grid features are 1280-d, so grid regions need
 a model built with ``visual_embedding_dim = 1280`` (``random_init`` + a config, or your own
 checkpoint). A mismatch is an error naming both numbers. ``identity()`` records where the
-regions come from (the file and its sha256, or the CNN's identity, site and grid size).
+regions come from (the file and its sha256, or the CNN's identity and site).
 
 Sites (L = ``config.num_hidden_layers``): ``fusion.stem`` (layer 0 = the input of block 0:
 text + region embeddings after the embedding LayerNorm ``[B, T, D]``), ``fusion.blocks.{i}``
@@ -52,7 +54,7 @@ from vlprobe.models._hooks import HookTarget, torch_dtype
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source
 
-_OPTIONS = ("tokenizer", "regions", "region_model", "region_site")
+_OPTIONS = ("tokenizer", "regions")
 
 
 class VisualBertAdapter(HFAdapter):
@@ -104,17 +106,11 @@ class VisualBertAdapter(HFAdapter):
             "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
         }
         self._tokenizer_source: dict[str, Any] = {}
-        self._regions: Any = None
+        #: the region source (:mod:`vlprobe.models.regions`)
+        self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
 
     def max_text_length(self) -> int | None:
         return int(self.config.max_position_embeddings)
-
-    @property
-    def regions(self) -> Any:
-        """The region source (:mod:`vlprobe.models.regions`), built on first use."""
-        if self._regions is None:
-            self._regions = region_source(self.spec.options, self.device, self.name)
-        return self._regions
 
     # -- preprocessing -----------------------------------------------------------------
     def _load_tokenizer(self) -> Any:
@@ -143,15 +139,17 @@ class VisualBertAdapter(HFAdapter):
             return super().prepare(payloads, modality)  # raises: pairs only
         images, texts = _split_pairs(payloads, self.family)
         inputs, n_truncated, offsets = self._text_inputs(texts)
-        feats, mask, region_boxes = self.regions(images)
+        regions = self.regions(images)
+        feats, mask = regions.features, regions.mask
         if feats.shape[-1] != self.visual_dim:
             raise ConfigError(
                 f"visual_bert: the regions are {feats.shape[-1]}-d "
-                f"({self._region_origin()}) but the model's visual_embedding_dim is "
+                f"({self.regions.describe()}) but the model's visual_embedding_dim is "
                 f"{self.visual_dim}. The published VisualBERT checkpoints expect 2048-d detector "
                 f"features: for grid regions build the model with visual_embedding_dim="
                 f"{feats.shape[-1]} (random_init + config, or your own checkpoint), or give a "
-                f"regions file with {self.visual_dim}-d features (options.regions)"
+                f"regions file with {self.visual_dim}-d features (options.regions: {{source: "
+                "file, path: ...})"
             )
         inputs.update(
             visual_embeds=feats,
@@ -160,16 +158,10 @@ class VisualBertAdapter(HFAdapter):
         )
         t_text = inputs["input_ids"].shape[1]
         boxes = nan_boxes(len(images), t_text + feats.shape[1])
-        boxes[:, t_text:] = region_boxes
+        boxes[:, t_text:] = regions.boxes.masked_fill(mask[..., None] == 0, float("nan"))
         return Batch(
             "pair", inputs, n_truncated=n_truncated, offsets=offsets, extras={"boxes": boxes}
         )
-
-    def _region_origin(self) -> str:
-        src = self.regions
-        if hasattr(src, "site"):
-            return f"{src.cnn.family} {src.site} grid cells"
-        return f"regions file {src.path}"
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:

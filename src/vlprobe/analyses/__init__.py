@@ -27,6 +27,11 @@ ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead
 ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
 ANALYSES.add("reconstruction_probe", "vlprobe.analyses.reconstruction:ReconstructionProbe",
               aliases=("V5",))
+ANALYSES.add("typographic_attack", "vlprobe.analyses.multimodal.typographic:TypographicAttack",
+             aliases=("M3",))
+ANALYSES.add("bias_audit", "vlprobe.analyses.multimodal.bias_audit:BiasAudit", aliases=("M4",))
+ANALYSES.add("multimodal_neurons", "vlprobe.analyses.multimodal.neurons:MultimodalNeurons",
+             aliases=("M5",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

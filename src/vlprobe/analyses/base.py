@@ -124,6 +124,16 @@ class FeatureSource(Protocol):
         analyses that need the raw payloads (V5 reconstructs the input images)."""
         ...
 
+    def extract(
+        self, model: str, stimuli: Stimuli, modality: str, sites: tuple[str, ...],
+        pooling: str | None = None,
+    ) -> LayerFeatures:
+        """Pooled features of stimuli the analysis built itself (images with words rendered
+        on them, label prompts, a subset of a split), through the activation store like any
+        split: the key holds the stimuli's fingerprint (content digests), so a second run is
+        a cache hit. ``sites`` are explicit; ``pooling`` None = the adapter's default."""
+        ...
+
 
 @dataclass
 class Result:

@@ -94,16 +94,20 @@ def test_lxmert_base_defaults_random_init(tmp_path):
     rng = np.random.default_rng(0)
     corner = rng.random((1, 36, 2)) * 0.5
     regions = tmp_path / "regions.npz"
-    np.savez(regions, ids=np.array(["img"]),
-             features=rng.random((1, 36, 2048)).astype(np.float32),
-             boxes=np.concatenate([corner, corner + 0.4], axis=2).astype(np.float32))
+    np.savez(regions, **{  # the per-image keyed format of vlprobe.models.regions
+        "img/features": rng.random((36, 2048)).astype(np.float32),
+        "img/boxes": np.concatenate([corner, corner + 0.4], axis=2)[0].astype(np.float32)})
     a = load_model(ModelSpec("lxmert", config=str(d), random_init=True,
                              options={"regions": {"source": "file", "path": str(regions)}}))
     assert len(a.layer_sites("pair")) == 1 + 9 + 5
     assert len(a.stream_layer_sites("vision")) == 1 + 5 + 5
     assert sum(s.endswith(".t2v.attn") for s in a.sites()) == 5
     assert a.max_text_length() == 512
-    trace = a.forward(a.prepare([("img", "a cat on a red car")], "pair"),
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32))
+    image.info["image_id"] = "img"  # what Stimuli.payloads sets; the regions file is keyed by it
+    trace = a.forward(a.prepare([(image, "a cat on a red car")], "pair"),
                       ["cross.blocks.4.t2v.attn", "cross.blocks.4.v2t.attn", "fusion.pooled"])
     assert trace.attentions["cross.blocks.4.t2v.attn"].shape == (1, 12, 8, 36)
     assert trace.attentions["cross.blocks.4.v2t.attn"].shape == (1, 12, 36, 8)

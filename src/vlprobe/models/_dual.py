@@ -36,10 +36,6 @@ class DualEncoderAdapter(HFAdapter):
     #: stream -> module whose output is layer 0 (the input of block 0).
     stems: ClassVar[dict[str, str]] = {}
 
-    @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
-
     @property
     def modalities(self) -> tuple[str, ...]:
         return ("image", "text")

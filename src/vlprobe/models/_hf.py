@@ -79,6 +79,12 @@ class HFAdapter(ModelAdapter):
 
     # -- construction ------------------------------------------------------------------
     @classmethod
+    def offline_status(cls) -> tuple[bool, str]:
+        """transformers families need a checkpoint (hub id online, local dir) or a config for
+        random_init; presets whose weights come from a package override this."""
+        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
+
+    @classmethod
     def default_checkpoint(cls, spec: ModelSpec) -> str | None:
         """Where weights come from when ``spec.checkpoint`` is None (presets override)."""
         return None

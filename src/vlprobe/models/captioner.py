@@ -87,10 +87,6 @@ class CaptionerAdapter(HFAdapter):
     poolings: ClassVar[dict[str, str]] = {"image": "cls", "pair": "mean"}
 
     @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
-
-    @classmethod
     def _config_class(cls) -> Any:
         from transformers import VisionEncoderDecoderConfig
 

@@ -39,10 +39,6 @@ class HFViTAdapter(HFAdapter):
     default_pooling: ClassVar[str] = "cls"
 
     @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
-
-    @classmethod
     def _config_class(cls) -> Any:
         from transformers import ViTConfig
 
@@ -98,10 +94,6 @@ class HFResNetAdapter(HFAdapter):
     name: ClassVar[str] = "hf_resnet"
     summary: ClassVar[str] = "ResNet image encoder (transformers ResNetModel)"
     default_pooling: ClassVar[str] = "mean"
-
-    @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
 
     @classmethod
     def _config_class(cls) -> Any:

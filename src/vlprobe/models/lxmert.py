@@ -77,10 +77,6 @@ class LXMERTAdapter(HFAdapter):
     default_pooling: ClassVar[str] = "mean"
 
     @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
-
-    @classmethod
     def _config_class(cls) -> Any:
         from transformers import LxmertConfig
 

@@ -69,10 +69,6 @@ class VisualBertAdapter(HFAdapter):
     default_pooling: ClassVar[str] = "cls"
 
     @classmethod
-    def offline_status(cls) -> tuple[bool, str]:
-        return (False, "needs checkpoint: hub id (online) or local dir; or random_init + config")
-
-    @classmethod
     def _config_class(cls) -> Any:
         from transformers import VisualBertConfig
 

@@ -64,6 +64,7 @@ class SigLIPAdapter(DualEncoderAdapter):
         "vision": "vision_model.embeddings", "text": "text_model.embeddings",
     }
     text_padding: ClassVar[str] = "max_length"
+    vision_class_token: ClassVar[bool] = False  # patches only (a MAP head pools them)
 
     @classmethod
     def _config_class(cls) -> Any:

@@ -165,7 +165,7 @@ def _mass(a: Any, ctx: AttentionContext) -> Any:
 
     per_key = _class_mass(a, ctx)  # [B, H, Tq, key class]
     onehot_q = _one_hot(ctx.query_tags, a.dtype)  # [B, Tq, query class]
-    total = torch.einsum("bhtk,btq->bhqk", per_key, onehot_q)  # [B, H, query c., key c.]
+    total = onehot_q.transpose(1, 2)[:, None] @ per_key  # [B, H, query class, key class]
     n = onehot_q.sum(1)[:, None, :, None]  # queries per class [B, 1, 3, 1]
     return torch.where(n > 0, total / n.clamp(min=1), torch.nan)
 
@@ -189,8 +189,10 @@ def _max_image_to_text(a: Any, ctx: AttentionContext) -> Any:
 def _entropy(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    p = a / a.sum(-1, keepdim=True).clamp(min=1e-12)  # renormalise over real keys
-    h = torch.special.entr(p).sum(-1)  # -p log p, 0 where p = 0
+    # entropy of the row renormalised over real keys, p = a / s, without dividing the map:
+    # -sum p log p = log s + sum(-a log a) / s  (entr(0) = 0)
+    s = a.sum(-1).clamp(min=1e-12)
+    h = torch.log(s) + torch.special.entr(a).sum(-1) / s
     return _mean_over(h, ctx.query_tags != TAG_PAD)
 
 
@@ -198,22 +200,22 @@ def _entropy(a: Any, ctx: AttentionContext) -> Any:
 def _distance(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    b, h = a.shape[:2]
-    out = torch.full((b, h), torch.nan, dtype=a.dtype, device=a.device)
-    for i in range(b):  # the grid differs per item only in where its patches sit
-        qi = torch.nonzero(ctx.query_tags[i] == TAG_IMAGE).flatten()
-        ki = torch.nonzero(ctx.key_tags[i] == TAG_IMAGE).flatten()
-        side = round(len(ki) ** 0.5)
-        if len(qi) == 0 or side * side != len(ki) or len(qi) != len(ki):
-            continue
-        coords = torch.stack(
-            torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1
-        ).reshape(-1, 2).to(a.device, a.dtype)
-        dist = torch.cdist(coords, coords)  # [P, P] in patch units
-        sub = a[i][:, qi][:, :, ki]  # [H, P, P]
-        sub = sub / sub.sum(-1, keepdim=True).clamp(min=1e-12)
-        out[i] = (sub * dist).sum(-1).mean(-1)
-    return out
+    qi = ctx.query_tags == TAG_IMAGE  # [B, Tq]
+    ki = ctx.key_tags == TAG_IMAGE  # [B, Tk]
+    n_q, n_k = qi.sum(-1), ki.sum(-1)
+    side = n_k.double().sqrt().round().long()
+    ok = (n_q > 0) & (n_q == n_k) & (side * side == n_k)  # a square grid of patches
+    side = side.clamp(min=1)[:, None]
+    # each patch's grid cell: its rank among the item's image tokens, row-major
+    rq, rk = qi.long().cumsum(-1) - 1, ki.long().cumsum(-1) - 1
+    dy = (rq // side)[:, :, None] - (rk // side)[:, None, :]
+    dx = (rq % side)[:, :, None] - (rk % side)[:, None, :]
+    pairs = (qi[:, :, None] & ki[:, None, :]).to(a.dtype)  # [B, Tq, Tk]
+    dist = torch.sqrt((dx * dx + dy * dy).to(a.dtype)) * pairs  # patch units, 0 elsewhere
+    on_image = _class_mass(a, ctx)[..., _CLASSES.index(TAG_IMAGE)]  # renormalise over these
+    row = (a * dist[:, None]).sum(-1) / on_image.clamp(min=1e-12)
+    out = _mean_over(row, qi)
+    return torch.where(ok[:, None], out, torch.nan)
 
 
 def single_stream_tags(mask: Any, stream: str, has_cls: bool) -> Any:

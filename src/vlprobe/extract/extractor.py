@@ -1,10 +1,12 @@
-"""Run a model over stimuli once and cache every requested site's pooled activations.
+"""Run a model over stimuli once and cache every requested site's pooled activations (and
+attention statistics).
 
-:func:`extract_features` cuts the N items into shards of ``shard_size`` rows. For each shard
-that some requested site still misses, it runs ONE forward pass per batch capturing all those
-sites, pools each site's output to ``[B, D]``, fills a per-site shard buffer and, when the
-shard is done, writes it for every site (atomically; the sidecar is the commit marker).
-Memory therefore holds at most one shard per site, whatever N is.
+:func:`extract_features` cuts the N items into shards of ``shard_size`` rows. Every output
+(a hidden-state site pooled to ``[B, D]``; an attention site's reducer or raw attention) is
+one store entry. For each shard that some output still misses, it runs ONE forward pass per
+batch capturing all the sites those outputs need, computes every output, fills a per-output
+shard buffer and, when the shard is done, writes it for every output (atomically; the sidecar
+is the commit marker). Memory therefore holds at most one shard per output, whatever N is.
 
 Resume: rerunning the same extraction reads every committed, intact shard and only computes
 the rest; a fully cached extraction does no forward pass at all.

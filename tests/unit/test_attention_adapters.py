@@ -34,6 +34,7 @@ CASES = {
         "vision.blocks.0.attn": ({2}, {2}),
     }),
     "clip": ("image", {"vision.blocks.1.attn": ({0, 2}, {0, 2})}),
+    "siglip": ("image", {"vision.blocks.0.attn": ({2}, {2})}),  # no class token: all patches
     "vision_encoder_decoder": ("pair", {
         "cross.blocks.1.t2v.attn": ({0, 1}, {0, 2}),
         "text.blocks.0.attn": ({0, 1}, {0, 1}),

@@ -88,12 +88,16 @@ class ExtractionEntry:
         shard_size: items per on-disk shard (the unit of resumption).
         bucket_by_length: sort texts by token count within a shard before batching.
         pooling: override pooling for every hidden-state site (None = adapter defaults).
+        raw_attention_limit_gb: an extraction refuses raw attention (``attention: raw``)
+            whose estimated size exceeds this many GB (10^9 bytes); the limit does not
+            change any number, so it is not part of the config hash.
     """
 
     batch_size: int = 32
     shard_size: int = 1024
     bucket_by_length: bool = True
     pooling: str | None = None
+    raw_attention_limit_gb: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class RunConfig:
         data = self.to_dict()
         for key in ("output_dir", "cache_dir"):
             data.pop(key, None)
+        data["extraction"].pop("raw_attention_limit_gb", None)  # a guard, not a result setting
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -283,6 +288,11 @@ def parse_config(data: dict[str, Any], *, check_registries: bool = True) -> RunC
         _expect_type(value, int, f"extraction.{key}", "a positive integer")
         if value <= 0:
             raise ConfigError(f"extraction.{key}: expected a positive integer, got {value}")
+    limit = extraction.raw_attention_limit_gb
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise ConfigError(
+            f"extraction.raw_attention_limit_gb: expected a positive number of GB, got {limit!r}"
+        )
     seed = _expect_type(data.get("seed", 0), int, "seed", "an integer")
     device = data.get("device", "cpu")
     if device not in ("cpu", "cuda", "auto") and not str(device).startswith("cuda:"):

@@ -95,6 +95,16 @@ class RunFeatureSource:
     def layer_sites(self, model: str, modality: str) -> list[str]:
         return list(self.adapter(model).layer_sites(modality))
 
+    def attention_sites(self, model: str, modality: str) -> list[str]:
+        from vlprobe.extract.attention import is_attention_site
+        from vlprobe.modality import STREAMS_OF, site_stream
+
+        streams = STREAMS_OF.get(modality, ())
+        return [
+            s for s in self.adapter(model).sites()
+            if is_attention_site(s) and site_stream(s) in streams
+        ]
+
     def stimuli(self, request: FeatureRequest) -> Stimuli:
         """The stimuli a request refers to (a split, or its class-prompt view)."""
         splits = self.dataset_splits(request.dataset)
@@ -123,13 +133,19 @@ class RunFeatureSource:
         else:
             sites = list(request.sites)
             adapter.check_sites(sites)
+        _check_attention(request, sites)
         return adapter, stimuli, modality, sites
 
     def get(self, request: FeatureRequest) -> LayerFeatures:
-        """Pooled features for ``request``; extracted through the store (cached)."""
+        """Features for ``request`` (pooled hidden states, attention statistics); extracted
+        through the store (cached)."""
+        from vlprobe.extract.attention import is_attention_site
+
         adapter, stimuli, modality, sites = self.resolve(request)
+        attention = {s: list(request.attention) for s in sites if is_attention_site(s)}
         return self._features(request.model, adapter, stimuli, modality, sites,
-                              request.pooling, (request.dataset, request.split, request.view))
+                              request.pooling, attention,
+                              (request.dataset, request.split, request.view))
 
     def extract(
         self, model: str, stimuli: Stimuli, modality: str, sites: tuple[str, ...],
@@ -144,29 +160,33 @@ class RunFeatureSource:
         )
         sites = list(sites)
         adapter.check_sites(sites)
-        return self._features(model, adapter, stimuli, modality, sites, pooling,
+        return self._features(model, adapter, stimuli, modality, sites, pooling, {},
                               (stimuli.dataset, stimuli.split, "derived"))
 
     def _features(
         self, model: str, adapter: ModelAdapter, stimuli: Stimuli, modality: str,
-        sites: list[str], pooling: str | None, logged_as: tuple[str, str, str],
+        sites: list[str], pooling: str | None, attention: dict[str, list[str]],
+        logged_as: tuple[str, str, str],
     ) -> LayerFeatures:
-        """Extract (or read back) and wrap; ``logged_as`` = (dataset, split, view) of the
-        extraction log entry."""
+        """One extraction call (hidden sites pooled with ``pooling``, attention sites with
+        their methods), read back from the store when cached, as LayerFeatures;
+        ``logged_as`` = (dataset, split, view) of the extraction log entry."""
         from vlprobe.extract import extract_features
+        from vlprobe.extract.attention import attention_layer_index, is_attention_site
 
-        pooling = pooling or self.cfg.extraction.pooling
         result = extract_features(
             adapter,
             stimuli,
             modality=modality,
             sites=sites,
-            pooling=pooling,
+            pooling=pooling or self.cfg.extraction.pooling,
+            attention=attention or None,
             store=self.store,
             batch_size=self.cfg.extraction.batch_size,
             shard_size=self.cfg.extraction.shard_size,
             bucket_by_length=self.cfg.extraction.bucket_by_length,
             progress=self.progress,
+            raw_attention_limit_bytes=int(self.cfg.extraction.raw_attention_limit_gb * 1e9),
         )
         if self._prefetching or result.n_forward_batches:
             self.log.append(
@@ -194,9 +214,14 @@ class RunFeatureSource:
                 adapter, stimuli.payloads("text", range(len(stimuli))),
                 stimuli.descriptors["span_chars"],
             )
+        layers = {
+            name: (attention_layer_index(adapter, site) if is_attention_site(site)
+                   else adapter.layer_index(site))
+            for name, site in result.sites.items()
+        }
         return LayerFeatures(
             features=result.features,
-            layers={site: adapter.layer_index(site) for site in sites},
+            layers=layers,
             labels=stimuli.labels,
             ids=list(stimuli.ids),
             label_names=stimuli.label_names,
@@ -209,51 +234,49 @@ class RunFeatureSource:
 
         Requests that differ only in their sites are merged, so the model runs once and
         every site is captured in that pass; later :meth:`get` calls are cache hits.
+        Attention sites join that pass with the union of the methods asked of each, whatever
+        the hidden-state pooling; requests asking the same sites with two different
+        hidden-state poolings need one pass per pooling.
         A group that fails (bad data, missing weights) does not stop the others; its error
         is returned (and raised again by the analyses that need it).
         """
         from vlprobe.errors import VLProbeError
+        from vlprobe.extract.attention import is_attention_site
 
         errors: list[str] = []
-        groups: dict[tuple[Any, ...], list[str]] = {}
-        first: dict[tuple[Any, ...], FeatureRequest] = {}
+        groups: dict[tuple[Any, ...], _Group] = {}
         for request in requests:
             try:
-                _, _, modality, sites = self.resolve(request)
+                adapter, stimuli, modality, sites = self.resolve(request)
             except VLProbeError as exc:
                 errors.append(f"{request.model} on {request.dataset}/{request.split}: {exc}")
                 continue
-            key = (
-                request.model,
-                request.dataset,
-                request.split,
-                request.view,
-                request.templates,
-                modality,
-                request.pooling,
-            )
-            merged = groups.setdefault(key, [])
-            merged.extend(s for s in sites if s not in merged)
-            first.setdefault(key, request)
-        for key, sites in groups.items():
-            base = first[key]
-            merged_request = FeatureRequest(
-                model=base.model,
-                dataset=base.dataset,
-                split=base.split,
-                sites=tuple(sites),
-                pooling=base.pooling,
-                view=base.view,
-                templates=base.templates,
-                modality=key[5],
-            )
-            self._prefetching = True
-            try:
-                self.get(merged_request)
-            except VLProbeError as exc:
-                errors.append(f"{base.model} on {base.dataset}/{base.split}: {exc}")
-            finally:
-                self._prefetching = False
+            key = (request.model, request.dataset, request.split, request.view,
+                   request.templates, modality)
+            group = groups.setdefault(key, _Group(request, adapter, stimuli, modality))
+            hidden = [s for s in sites if not is_attention_site(s)]
+            if hidden:
+                merged = group.hidden.setdefault(request.pooling, [])
+                merged.extend(s for s in hidden if s not in merged)
+            for site in sites:
+                if is_attention_site(site):
+                    methods = group.attention.setdefault(site, [])
+                    methods.extend(m for m in request.attention if m not in methods)
+        for group in groups.values():
+            variants = list(group.hidden.items()) or [(None, [])]
+            for i, (pooling, hidden) in enumerate(variants):
+                attention = group.attention if i == 0 else {}
+                self._prefetching = True
+                try:
+                    base = group.first
+                    self._features(base.model, group.adapter, group.stimuli, group.modality,
+                                   [*hidden, *attention], pooling, attention,
+                                   (base.dataset, base.split, base.view))
+                except VLProbeError as exc:
+                    base = group.first
+                    errors.append(f"{base.model} on {base.dataset}/{base.split}: {exc}")
+                finally:
+                    self._prefetching = False
         return errors
 
     def dataset_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -285,6 +308,35 @@ class RunFeatureSource:
     def forward_batches(self) -> int:
         """Total model forward passes performed so far in this run."""
         return sum(entry.n_forward_batches for entry in self.log)
+
+
+@dataclass
+class _Group:
+    """Requests of one (model, stimuli, modality) merged by :meth:`RunFeatureSource.prefetch`:
+    hidden-state sites per pooling, methods per attention site."""
+
+    first: FeatureRequest
+    adapter: ModelAdapter
+    stimuli: Stimuli
+    modality: str
+    hidden: dict[str | None, list[str]] = field(default_factory=dict)
+    attention: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _check_attention(request: FeatureRequest, sites: list[str]) -> None:
+    """Attention sites need methods, methods need attention sites (clear errors)."""
+    from vlprobe.extract.attention import is_attention_site, methods_of, missing_methods
+
+    attn = [s for s in sites if is_attention_site(s)]
+    if attn and not request.attention:
+        raise missing_methods(attn[0])
+    if request.attention and not attn:
+        raise ConfigError(
+            f"request of {request.model!r} on {request.dataset!r} gives attention methods "
+            f"{list(request.attention)} but none of its sites is an attention site (*.attn)"
+        )
+    for site in attn:
+        methods_of(list(request.attention), site)
 
 
 def _activation_root(root: Any):

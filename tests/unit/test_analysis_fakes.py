@@ -29,6 +29,8 @@ class FakeSource:
     calls: list[FeatureRequest] = field(default_factory=list)
     contents: dict[str, list[str]] = field(default_factory=dict)
     device: str = "cpu"
+    #: model -> its attention sites (what ``attention_sites`` answers; fusion analyses)
+    attention: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, model, split, feats, modalities=("image",), view="items"):
         self.data[(model, split, view)] = feats
@@ -47,6 +49,9 @@ class FakeSource:
 
     def splits(self, dataset):
         return list(self.split_names)
+
+    def attention_sites(self, model, modality):
+        return list(self.attention.get(model, []))
 
     def stimuli(self, request: FeatureRequest) -> Stimuli:
         assert request.dataset == self.dataset

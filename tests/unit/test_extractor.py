@@ -135,13 +135,23 @@ def test_truncation_is_counted_and_cached(text_adapter, tmp_path):
     assert again.n_forward_batches == 0 and again.n_truncated == 1
 
 
-def test_attention_sites_are_refused(text_adapter, tmp_path):
+def test_attention_site_without_a_method_lists_the_reducers(text_adapter, tmp_path):
     attn = [s for s in text_adapter.sites() if s.endswith(".attn")]
     if not attn:
         pytest.skip("adapter exposes no attention sites")
-    with pytest.raises(ConfigError, match="attention"):
+    store = ActivationStore(tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"needs a method.*reduce:entropy.*'raw'"):
+        extract_features(text_adapter, toy_text_stimuli(3), sites=attn[:1], **_kw(store))
+    with pytest.raises(ConfigError, match=r"did you mean 'reduce:entropy'"):
         extract_features(text_adapter, toy_text_stimuli(3), sites=attn[:1],
-                         **_kw(ActivationStore(tmp_path / "a")))
+                         attention="entropy", **_kw(store))
+    with pytest.raises(ConfigError, match="is an attention method"):
+        extract_features(text_adapter, toy_text_stimuli(3), sites=attn[:1],
+                         pooling="reduce:entropy", **_kw(store))
+    with pytest.raises(ConfigError, match=r"no attention site \(\*\.attn\) was requested"):
+        extract_features(text_adapter, toy_text_stimuli(3), attention="reduce:mass",
+                         **_kw(store))
+    assert not list(store.keys())  # nothing was opened
 
 
 def test_unknown_site_and_pooling(text_adapter, tmp_path):

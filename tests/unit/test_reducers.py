@@ -14,6 +14,7 @@ from vlprobe.extract.reducers import (  # noqa: E402
     AttentionContext,
     attention_context,
     reduce_attention,
+    reduce_many,
     reducer_names,
     register_reducer,
     single_stream_tags,
@@ -144,3 +145,27 @@ def test_unknown_reducer_suggests_and_registration_is_open(monkeypatch):
     np.testing.assert_allclose(out[0], [1.0, 1.0], atol=1e-6)
     with pytest.raises(ValueError, match="twice"):
         register_reducer("test_row_sum")(row_sum)
+
+
+def test_distance_is_nan_without_a_square_patch_grid_and_per_item_otherwise():
+    """Two items in one batch: item 0 has 4 patches at positions 4..7 (a 2 x 2 grid), item 1
+    only 3 (no square grid: NaN); item 0's value does not depend on its batch neighbour."""
+    tags = torch.tensor([[S, T, T, S, I, I, I, I, P],
+                         [S, T, S, I, I, I, P, P, P]], dtype=torch.int8)
+    a = torch.zeros(2, 1, 9, 9)
+    a[:, 0, :, :] = 1 / 9
+    a[0, 0, 4, :] = 0
+    a[0, 0, 4, 7] = 1.0  # patch (0,0) -> patch (1,1) only
+    out = reduce_attention("distance", a, AttentionContext(tags, tags))
+    uniform = (0 + 1 + 1 + math.sqrt(2)) / 4
+    assert out[0, 0] == pytest.approx((math.sqrt(2) + 3 * uniform) / 4, abs=1e-5)
+    assert np.isnan(out[1, 0])
+    alone = reduce_attention("distance", a[:1], AttentionContext(tags[:1], tags[:1]))
+    assert alone[0, 0] == pytest.approx(out[0, 0], abs=1e-6)
+
+
+def test_reduce_many_equals_each_reducer_alone():
+    many = reduce_many(reducer_names(), planted(), ctx())
+    assert sorted(many) == reducer_names()
+    for name in reducer_names():
+        np.testing.assert_array_equal(many[name], reduce_attention(name, planted(), ctx()))

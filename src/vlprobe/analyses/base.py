@@ -27,17 +27,25 @@ TIDY_COLUMNS = ("analysis", "model", "dataset", "layer", "site", "metric", "valu
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """Pooled features one analysis needs.
+    """Features one analysis needs: pooled hidden states and / or attention statistics.
 
     Attributes:
         model: model key in the run config.
         dataset: dataset key in the run config.
         split: split name, e.g. ``"train"``.
         sites: sites to capture; ``None`` = every hidden-state layer of the tower that matches
-            the stimuli modality (``layer_sites``) plus its embedding site.
-        pooling: pooling method (``cls``, ``eos``, ``mean``, ``last``, ``none``, ``grid<g>``
-            = a ``g x g`` spatial map stored as ``[N, C*g*g]``) or ``None`` for the adapter's
-            default.
+            the stimuli modality (``layer_sites``) plus its embedding site. Attention sites
+            (``*.attn``, e.g. from :meth:`FeatureSource.attention_sites`) need ``attention``.
+        pooling: pooling method of the hidden-state sites (``cls``, ``eos``, ``mean``,
+            ``last``, ``none``, ``grid<g>`` = a ``g x g`` spatial map stored as
+            ``[N, C*g*g]``) or ``None`` for the adapter's default.
+        attention: methods computed for every attention site of ``sites``:
+            ``"reduce:<reducer>"`` (a registered streaming reducer,
+            :func:`vlprobe.extract.reducers.reducer_names`: ``mass``, ``cls_mass``,
+            ``max_image_to_text``, ``entropy``, ``distance``...) and / or ``"raw"`` (the
+            attention of each item's real tokens, float16, for small stimulus sets). Each
+            gives one feature named ``"<site>@<reducer>"`` / ``"<site>@raw"``
+            (:func:`vlprobe.extract.attention.attention_output`).
         view: ``"items"`` (the dataset's own items) or ``"class_prompts"`` (one sentence per
             (class, template) built from ``templates``; how text models enter RSA).
         templates: class prompt templates for ``view="class_prompts"``, e.g.
@@ -54,6 +62,7 @@ class FeatureRequest:
     view: str = "items"
     templates: tuple[str, ...] = ("a photo of a {}.",)
     modality: str | None = None
+    attention: tuple[str, ...] = ()
 
 
 @dataclass
@@ -61,8 +70,14 @@ class LayerFeatures:
     """Features of one (model, stimuli) for several sites.
 
     Attributes:
-        features: site -> ``[N, D]`` float32 array (pooled).
-        layers: site -> catalogue layer index (None for non-layer sites such as embeddings).
+        features: feature name -> values. A hidden-state site -> ``[N, D]`` float32 (pooled);
+            an attention reducer ``"<site>@<reducer>"`` -> float32 ``[N, H, ...]`` (e.g.
+            ``@entropy`` ``[N, H]``, ``@mass`` ``[N, H, 3, 3]``); ``"<site>@raw"`` -> a
+            RaggedArray of float16 ``[H, Tq_i, Tk_i]`` (real tokens only) with
+            ``"<site>@raw_tags"`` (see :mod:`vlprobe.extract.attention`).
+        layers: feature name -> catalogue layer index (None for non-layer sites such as
+            embeddings); an attention feature gets the index of the block it belongs to
+            (``fusion.blocks.3.attn@entropy`` -> 4, like ``fusion.blocks.3``).
         labels: ``[N]`` int64 labels of the stimuli (or None).
         ids: N item ids.
         label_names: class names or None.
@@ -72,7 +87,7 @@ class LayerFeatures:
             say (it is computed for ``span`` pooling only).
     """
 
-    features: dict[str, np.ndarray]
+    features: dict[str, Any]
     layers: dict[str, int | None]
     labels: np.ndarray | None
     ids: list[str]
@@ -81,9 +96,17 @@ class LayerFeatures:
     truncated_items: np.ndarray | None = None
 
     def layer_sites(self) -> list[str]:
-        """Sites that are layers, in layer order."""
-        sites = [s for s, i in self.layers.items() if i is not None]
+        """Hidden-state sites that are layers, in layer order (attention features excluded)."""
+        sites = [s for s, i in self.layers.items() if i is not None and "@" not in s]
         return sorted(sites, key=lambda s: self.layers[s])  # type: ignore[arg-type,return-value]
+
+    def attention_features(self, method: str) -> list[str]:
+        """Names of the features of attention ``method`` (``"reduce:entropy"`` or
+        ``"entropy"``, ``"raw"``), in layer order, e.g.
+        ``["fusion.blocks.0.attn@entropy", "fusion.blocks.1.attn@entropy", ...]``."""
+        suffix = "@" + method.removeprefix("reduce:")
+        names = [n for n in self.features if n.endswith(suffix)]
+        return sorted(names, key=lambda n: (self.layers.get(n) is None, self.layers.get(n) or 0))
 
 
 class FeatureSource(Protocol):
@@ -117,6 +140,12 @@ class FeatureSource(Protocol):
     def layer_sites(self, model: str, modality: str) -> list[str]:
         """Hidden-state sites of ``model``'s ``modality`` tower in layer order (index =
         catalogue layer index), without loading any stimuli or running the model."""
+        ...
+
+    def attention_sites(self, model: str, modality: str) -> list[str]:
+        """Attention sites (``*.attn``) that a ``modality`` batch of ``model`` produces, in
+        the model's site order (e.g. ``fusion.blocks.{i}.attn``; LXMERT's
+        ``cross.blocks.{k}.t2v.attn`` / ``.v2t.attn``), without running the model."""
         ...
 
     def stimuli(self, request: FeatureRequest) -> Stimuli:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vlprobe.extract.attention import attention_output, parse_output, split_raw_tags
 from vlprobe.extract.cache_admin import EntryInfo
 from vlprobe.extract.extractor import ExtractionResult, extract_features
 from vlprobe.extract.keys import (
@@ -25,12 +26,15 @@ __all__ = [
     "ExtractionResult",
     "RaggedArray",
     "activation_key",
+    "attention_output",
     "canonical_json",
     "extract_features",
     "hash_key",
     "make_key_dict",
+    "parse_output",
     "pool",
     "pool_numpy",
     "software_versions",
+    "split_raw_tags",
     "stimuli_identity",
 ]

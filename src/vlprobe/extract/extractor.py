@@ -1,10 +1,12 @@
-"""Run a model over stimuli once and cache every requested site's pooled activations.
+"""Run a model over stimuli once and cache every requested site's pooled activations (and
+attention statistics).
 
-:func:`extract_features` cuts the N items into shards of ``shard_size`` rows. For each shard
-that some requested site still misses, it runs ONE forward pass per batch capturing all those
-sites, pools each site's output to ``[B, D]``, fills a per-site shard buffer and, when the
-shard is done, writes it for every site (atomically; the sidecar is the commit marker).
-Memory therefore holds at most one shard per site, whatever N is.
+:func:`extract_features` cuts the N items into shards of ``shard_size`` rows. Every output
+(a hidden-state site pooled to ``[B, D]``; an attention site's reducer or raw attention) is
+one store entry. For each shard that some output still misses, it runs ONE forward pass per
+batch capturing all the sites those outputs need, computes every output, fills a per-output
+shard buffer and, when the shard is done, writes it for every output (atomically; the sidecar
+is the commit marker). Memory therefore holds at most one shard per output, whatever N is.
 
 Resume: rerunning the same extraction reads every committed, intact shard and only computes
 the rest; a fully cached extraction does no forward pass at all.
@@ -34,8 +36,20 @@ Grid pooling (``grid<g>``, catalogue V5) keeps a coarse ``g x g`` spatial map of
 stored flattened as ``[N, C*g*g]`` (:func:`~vlprobe.pooling.unflatten_grid`); text
 towers reject it.
 
-Attention sites (``*.attn``) are not cached in this version (they are ``[H, T, T]`` per
-item, not a vector); asking for one is an error. Attention caching comes later.
+Attention sites (``*.attn``) are captured in the same pass. Each needs one or more methods
+(``attention=`` or a ``pooling`` dict entry; :mod:`vlprobe.extract.attention`): streaming
+reducers ``reduce:<name>`` (:mod:`vlprobe.extract.reducers`) store small ``[N, H, ...]``
+float32 statistics, named ``"<site>@<reducer>"`` in :attr:`ExtractionResult.features`;
+``raw`` stores the attention of each item's real tokens, float16 ``[H, Tq_i, Tk_i]``, as a
+ragged entry (``"<site>@raw"``, a :class:`~vlprobe.extract.ragged.RaggedArray`, with the
+tags of those tokens in ``"<site>@raw_tags"``). Token classes come from the trace's tags
+(:func:`~vlprobe.extract.reducers.attention_context`); padding never enters a value.
+
+Raw attention is estimated first (one forward of item 0 gives each site's heads and token
+counts; text lengths give the rest): past ``raw_attention_limit_bytes`` the call refuses with
+the byte count, and the shard size shrinks so that one shard's raw attention stays under
+:data:`~vlprobe.extract.attention.RAW_SHARD_BYTES` in memory. The probe forward counts in
+``n_forward_batches``.
 """
 
 from __future__ import annotations
@@ -51,13 +65,30 @@ import numpy as np
 
 from vlprobe.errors import ConfigError, StoreError
 from vlprobe.extract.alignment import align_spans
+from vlprobe.extract.attention import (
+    DEFAULT_RAW_LIMIT_BYTES,
+    RAW,
+    batch_values,
+    estimate_raw_bytes,
+    is_attention_site,
+    over_limit_error,
+    raw_shard_size,
+)
+from vlprobe.extract.batching import _batches, _prefetched, _span_batches, _span_chars
 from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
+from vlprobe.extract.plan import Output, resolve_outputs, resolve_pooling, resolve_sites
+from vlprobe.extract.ragged import RaggedArray
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
-from vlprobe.modality import check_sites_for, tags_for_site
 from vlprobe.modality import resolve_modality as modality_rule
-from vlprobe.pooling import check_pooling, grid_size, is_pooled_site, pool_numpy
+from vlprobe.modality import tags_for_site
+from vlprobe.pooling import pool_numpy
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "ExtractionResult", "extract_features", "resolve_modality", "resolve_pooling",
+    "resolve_sites",
+]
 
 
 @dataclass
@@ -65,18 +96,24 @@ class ExtractionResult:
     """What :func:`extract_features` did.
 
     Attributes:
-        features: site -> ``[N, D]`` float32 (memory-mapped copy-on-write from the store).
-        keys: site -> store key.
-        poolings: site -> pooling method used.
-        n_forward_batches: forward passes run (0 when everything was cached).
+        features: output name -> values: a hidden-state site -> ``[N, D]`` float32; an
+            attention reducer ``"<site>@<reducer>"`` -> ``[N, H, ...]`` float32 (both
+            memory-mapped copy-on-write from the store); ``"<site>@raw"`` /
+            ``"<site>@raw_tags"`` -> a read-only RaggedArray (:mod:`vlprobe.extract.attention`).
+        keys: output name -> store key.
+        poolings: output name -> pooling / attention method used.
+        n_forward_batches: forward passes run (0 when everything was cached; includes the one
+            probe forward that sizes raw attention).
         n_items_computed: items that went through the model in this call.
         n_truncated: texts cut at the model's maximum length (all N items, cached or not).
         seconds_model: time spent in ``adapter.forward``.
         seconds_total: wall time of the call.
         store_events: problems the store found and repaired (corrupt / partial shards).
+        sites: output name -> the site it was captured from.
+        raw_bytes_estimate: the estimated bytes of the raw attention computed (0 if none).
     """
 
-    features: dict[str, np.ndarray]
+    features: dict[str, Any]
     keys: dict[str, str]
     poolings: dict[str, str] = field(default_factory=dict)
     n_forward_batches: int = 0
@@ -85,6 +122,8 @@ class ExtractionResult:
     seconds_model: float = 0.0
     seconds_total: float = 0.0
     store_events: list[str] = field(default_factory=list)
+    sites: dict[str, str] = field(default_factory=dict)
+    raw_bytes_estimate: int = 0
 
 
 def resolve_modality(adapter: Any, stimuli: Any, modality: str | None) -> str:
@@ -95,162 +134,23 @@ def resolve_modality(adapter: Any, stimuli: Any, modality: str | None) -> str:
     )
 
 
-def resolve_sites(adapter: Any, modality: str, sites: Sequence[str] | None) -> list[str]:
-    """Requested sites (default: every layer of the tower plus its embedding site)."""
-    if sites is None:
-        out = list(adapter.layer_sites(modality))
-        emb = adapter.embedding_site(modality)
-        if emb in adapter.sites() and emb not in out:
-            out.append(emb)
-    else:
-        if isinstance(sites, str):
-            sites = [sites]
-        out = list(dict.fromkeys(sites))
-    if not out:
-        raise ConfigError("no sites to extract")
-    adapter.check_sites(out)
-    attn = [s for s in out if s.endswith(".attn")]
-    if attn:
-        raise ConfigError(
-            f"attention sites are not cached by the extractor yet ({', '.join(attn[:3])}); "
-            "request hidden-state, embedding or logits sites"
-        )
-    check_sites_for(modality, out, getattr(adapter, "family", "model"))
-    return out
-
-
-def resolve_pooling(
-    adapter: Any,
-    sites: Sequence[str],
-    pooling: str | Mapping[str, str] | None,
-    modality: str | None = None,
-) -> dict[str, str]:
-    """Pooling per site.
-
-    A string (or None = the adapter's default for the tower, ``adapter.pooling_for(modality)``
-    / ``adapter.default_pooling``) applies to hidden-state sites; embedding / logits sites
-    (already ``[B, D]``) get ``"none"``. A dict sets sites explicitly; sites it does not name
-    get the defaults. ``grid<g>`` (e.g. ``grid7``, a ``g x g`` spatial map stored as
-    ``[N, C*g*g]``) is accepted for image towers only.
-    """
-    default = None
-    if modality is not None and hasattr(adapter, "pooling_for"):
-        default = adapter.pooling_for(modality)
-    default = default or getattr(adapter, "default_pooling", None) or "mean"
-    explicit: dict[str, str] = {}
-    if isinstance(pooling, Mapping):
-        unknown = sorted(set(pooling) - set(sites))
-        if unknown:
-            raise ConfigError(f"pooling given for site(s) not requested: {', '.join(unknown)}")
-        explicit = dict(pooling)
-    elif pooling is not None:
-        default = pooling
-    out = {}
-    for site in sites:
-        method = explicit.get(site) or ("none" if is_pooled_site(site) else default)
-        try:
-            check_pooling(method)
-        except ConfigError as exc:
-            raise ConfigError(f"site {site!r}: {exc}") from None
-        if grid_size(method) is not None and modality == "text":
-            raise ConfigError(
-                f"pooling {method!r} (a spatial grid) applies to image feature maps / patch "
-                f"tokens, not to the text tower (site {site!r})"
-            )
-        out[site] = method
-    return out
-
-
-def _batches(
-    adapter: Any, stimuli: Any, modality: str, start: int, stop: int, batch_size: int,
-    bucket: bool,
-) -> list[np.ndarray]:
-    """Row positions (relative to ``start``) of each batch of shard ``[start, stop)``."""
-    order = np.arange(stop - start)
-    if bucket and modality in ("text", "pair") and stop - start > 1:
-        lengths = np.asarray(
-            adapter.text_lengths(stimuli.payloads("text", range(start, stop))), dtype=np.int64
-        )
-        order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _span_chars(stimuli: Any, modality: str) -> np.ndarray:
-    """``[N, 2]`` character spans of the items (span pooling), validated."""
-    if modality != "text":
-        raise ConfigError(f"span pooling applies to text items, not {modality!r}")
-    column = (getattr(stimuli, "descriptors", None) or {}).get("span_chars")
-    if column is None:
-        raise ConfigError(
-            f"span pooling needs items with a 'span_chars' descriptor (one character span per "
-            f"item, e.g. the conll2000 loader); dataset {stimuli.dataset!r} has none"
-        )
-    arr = np.asarray([tuple(c) for c in column], dtype=np.int64).reshape(-1, 2)
-    if arr.shape[0] != len(stimuli):
-        raise ConfigError(f"span_chars has {arr.shape[0]} rows for {len(stimuli)} items")
-    return arr
-
-
-def _span_batches(
-    adapter: Any, stimuli: Any, start: int, stop: int, batch_size: int, bucket: bool
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Batches of shard ``[start, stop)`` grouped by text: ``(rel, reps, row_of)`` with ``rel``
-    the items (relative to ``start``), ``reps`` one item per unique text (the batch rows) and
-    ``row_of[k]`` the batch row of item ``rel[k]``. ``batch_size`` counts unique texts."""
-    texts = stimuli.payloads("text", range(start, stop))
-    groups: dict[str, list[int]] = {}
-    for i, text in enumerate(texts):
-        groups.setdefault(text, []).append(i)
-    members = list(groups.values())
-    order = np.arange(len(members))
-    if bucket and len(members) > 1:
-        lengths = np.asarray(
-            adapter.text_lengths([texts[m[0]] for m in members]), dtype=np.int64
-        )
-        order = np.argsort(lengths, kind="stable")
-    out = []
-    for b in range(0, len(order), batch_size):
-        chosen = [members[g] for g in order[b : b + batch_size]]
-        rel = np.asarray([i for m in chosen for i in m], dtype=np.int64)
-        reps = np.asarray([m[0] for m in chosen], dtype=np.int64)
-        row_of = np.asarray([r for r, m in enumerate(chosen) for _ in m], dtype=np.int64)
-        out.append((rel, reps, row_of))
-    return out
-
-
-def _prefetched(jobs: Sequence[Any], prepare: Any, enabled: bool) -> Any:
-    """Yield ``(job, prepare(job))``; with ``enabled``, the next job is prepared in a
-    background thread while the caller runs the model on the current one."""
-    if not enabled or len(jobs) < 2:
-        for job in jobs:
-            yield job, prepare(job)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlprobe-prepare") as ex:
-        future = ex.submit(prepare, jobs[0])
-        for i, job in enumerate(jobs):
-            batch = future.result()
-            if i + 1 < len(jobs):
-                future = ex.submit(prepare, jobs[i + 1])
-            yield job, batch
-
-
 def extract_features(
     adapter: Any,
     stimuli: Any,
     *,
     modality: str | None = None,
     sites: Sequence[str] | None = None,
-    pooling: str | Mapping[str, str] | None = None,
+    pooling: str | Mapping[str, Any] | None = None,
+    attention: str | Sequence[str] | Mapping[str, Any] | None = None,
     store: ActivationStore | None = None,
     batch_size: int = 32,
     shard_size: int = 1024,
     progress: bool = True,
     bucket_by_length: bool = True,
     prefetch: bool = True,
+    raw_attention_limit_bytes: int = DEFAULT_RAW_LIMIT_BYTES,
 ) -> ExtractionResult:
-    """Pooled ``[N, D]`` features of ``sites`` for every item, computed once and cached.
+    """Features of ``sites`` for every item, computed in one pass and cached.
 
     Args:
         adapter: a loaded :class:`~vlprobe.models.base.ModelAdapter`.
@@ -260,23 +160,32 @@ def extract_features(
             On a paired set, ``"image"`` runs each distinct image once (``image_id``) and
             gives every item its image's features.
         sites: sites to capture; None = every hidden-state layer of the tower + its embedding.
-            Attention sites are not supported yet (ConfigError).
+            Attention sites (``*.attn``) need methods (``attention`` / ``pooling`` dict).
         pooling: one method for all hidden-state sites, a dict site -> method, or None for
             the adapter's default (``adapter.pooling_for(modality)``); embedding / logits
-            sites default to ``none``.
+            sites default to ``none``. In the dict, an attention site's value is one attention
+            method or a list of them.
+        attention: methods of the attention sites the ``pooling`` dict does not name:
+            ``"reduce:<reducer>"`` or ``"raw"``, one or a list for every attention site, or a
+            dict site -> method(s). Outputs are named ``"<site>@<reducer>"`` / ``"<site>@raw"``.
         store: the activation store (default: ``ActivationStore()`` under the cache dir).
         batch_size: items per forward pass.
-        shard_size: items per shard (unit of resume; also bounds memory: one shard per site).
+        shard_size: items per shard (unit of resume; also bounds memory: one shard per
+            output). With raw attention it shrinks so a shard's raw attention stays under
+            :data:`~vlprobe.extract.attention.RAW_SHARD_BYTES`.
         progress: show a tqdm bar (items/s).
         bucket_by_length: sort texts by token count within each shard before batching.
         prefetch: prepare (decode / tokenize) the next batch in a background thread while
             the model runs on the current one.
+        raw_attention_limit_bytes: refuse raw attention whose estimated size (float16 bytes,
+            all raw sites and items) exceeds this.
 
     Returns:
         :class:`ExtractionResult`.
 
     Raises:
-        ConfigError: modality mismatch, unknown / attention site, unknown pooling.
+        ConfigError: modality mismatch, unknown site / pooling / attention method, an
+            attention site without a method, raw attention over the limit.
         StoreError: the store could not complete an entry.
 
     Concurrency: the store locks of every key of the call are held from the cache check to
@@ -287,9 +196,82 @@ def extract_features(
     with contextlib.ExitStack() as held:
         return _extract_holding(
             adapter, stimuli, held, modality=modality, sites=sites, pooling=pooling,
-            store=store, batch_size=batch_size, shard_size=shard_size, progress=progress,
-            bucket_by_length=bucket_by_length, prefetch=prefetch,
+            attention=attention, store=store, batch_size=batch_size, shard_size=shard_size,
+            progress=progress, bucket_by_length=bucket_by_length, prefetch=prefetch,
+            raw_limit=raw_attention_limit_bytes,
         )
+
+
+def _take(values: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of an output (a dense array, or a RaggedArray copied item by item)."""
+    if isinstance(values, RaggedArray):
+        return RaggedArray.from_arrays([values[int(i)] for i in index], dtype=values.dtype)
+    return values[index]
+
+
+def _probe_raw(
+    adapter: Any, stimuli: Any, modality: str, sites: list[str], vision_cls: bool
+) -> tuple[np.ndarray, float]:
+    """``([N] estimated raw bytes per item, seconds of the probe forward)``: one forward of
+    item 0 capturing ``sites`` (heads, real token counts) + the text lengths of all items."""
+    import torch
+
+    n = len(stimuli)
+    batch = adapter.prepare(stimuli.payloads(modality, [0]), modality)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        probe = adapter.forward(batch, sites)
+    seconds = time.perf_counter() - t0
+    lengths = None
+    if modality in ("text", "pair"):
+        try:
+            lengths = np.asarray(
+                adapter.text_lengths(stimuli.payloads("text", range(n))), dtype=np.float64
+            )
+        except NotImplementedError:
+            lengths = None
+        max_len = adapter.max_text_length() if lengths is not None else None
+        if max_len:
+            lengths = np.minimum(lengths, max_len)
+    return estimate_raw_bytes(probe, sites, n, lengths, vision_cls), seconds
+
+
+def _hidden_values(
+    trace: Any, site: str, method: str, row_of: Any, tok_spans: Any
+) -> np.ndarray:
+    """Pooled ``[items, D]`` of a hidden-state site (span mode: one row per span item)."""
+    if site not in trace.hidden:
+        raise StoreError(f"the adapter did not capture site {site!r}")
+    if method == "span":
+        hid = trace.hidden[site]
+        if hasattr(hid, "detach"):
+            hid = hid.detach().float().cpu().numpy()
+        # gather only each item's first / last token: [K, 2, D]
+        ends = np.asarray(hid)[row_of[:, None], np.maximum(tok_spans, 0)]
+        local = np.where(tok_spans < 0, -1, np.array([0, 1]))
+        return pool_numpy(ends, "span", spans=local)
+    tags, mask = tags_for_site(trace, site)
+    pooled = pool_numpy(
+        trace.hidden[site], method, attention_mask=mask, eos_index=trace.eos_index,
+        modality_tags=tags,
+    )
+    return pooled if row_of is None else pooled[row_of]
+
+
+def _fill(buffers: dict[str, Any], out: Output, value: Any, rel: np.ndarray, rows: int) -> None:
+    """Put one batch's ``value`` of ``out`` at rows ``rel`` of its shard buffer."""
+    if len(value) != len(rel):
+        raise StoreError(f"output {out.name!r}: {len(value)} rows for a batch of {len(rel)}")
+    if out.kind == "ragged":
+        buf = buffers.setdefault(out.name, [None] * rows)
+        for j, r in enumerate(rel.tolist()):
+            buf[r] = value[j]
+        return
+    buf = buffers.get(out.name)
+    if buf is None:
+        buf = np.empty((rows, *np.shape(value)[1:]), dtype=np.float32)
+        buffers[out.name] = buf
+    buf[rel] = value
 
 
 def _extract_holding(
@@ -299,19 +281,23 @@ def _extract_holding(
     *,
     modality: str | None,
     sites: Sequence[str] | None,
-    pooling: str | Mapping[str, str] | None,
+    pooling: str | Mapping[str, Any] | None,
+    attention: Any,
     store: ActivationStore | None,
     batch_size: int,
     shard_size: int,
     progress: bool,
     bucket_by_length: bool,
     prefetch: bool,
+    raw_limit: int,
 ) -> ExtractionResult:
     """:func:`extract_features`; the store locks of its keys are entered on ``held`` as soon
     as the keys are known and released when the caller's ``with`` block ends."""
     t_start = time.perf_counter()
     if batch_size <= 0 or shard_size <= 0:
         raise ConfigError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be > 0")
+    if raw_limit <= 0:
+        raise ConfigError(f"raw_attention_limit_bytes must be > 0, got {raw_limit}")
     store = store if store is not None else ActivationStore()
     n_events_before = len(store.events)
     modality = resolve_modality(adapter, stimuli, modality)
@@ -319,55 +305,73 @@ def _extract_holding(
     if shared is not None:  # a paired set: every image runs once, whatever its caption count
         view, inverse = shared
         result = extract_features(
-            adapter, view, modality="image", sites=sites, pooling=pooling, store=store,
-            batch_size=batch_size, shard_size=shard_size, progress=progress,
+            adapter, view, modality="image", sites=sites, pooling=pooling, attention=attention,
+            store=store, batch_size=batch_size, shard_size=shard_size, progress=progress,
             bucket_by_length=bucket_by_length, prefetch=prefetch,
+            raw_attention_limit_bytes=raw_limit,
         )
-        result.features = {site: arr[inverse] for site, arr in result.features.items()}
+        result.features = {name: _take(arr, inverse) for name, arr in result.features.items()}
         result.seconds_total = time.perf_counter() - t_start
         return result
-    site_list = resolve_sites(adapter, modality, sites)
-    poolings = resolve_pooling(adapter, site_list, pooling, modality)
+    outputs = resolve_outputs(adapter, modality, sites, pooling, attention)
     n_items = len(stimuli)
-    span_mode = "span" in poolings.values()
+    span_mode = any(o.method == "span" for o in outputs)
     span_chars = _span_chars(stimuli, modality) if span_mode else None
+    vision_cls = bool(getattr(adapter, "vision_class_token", True))
 
     ident = adapter.identity()
     stim_ident = stimuli_identity(stimuli)
     keys: dict[str, str] = {}
     key_dicts: dict[str, dict[str, Any]] = {}
-    for site in site_list:
-        kd = make_key_dict(ident, stim_ident, modality=modality, site=site, pooling=poolings[site])
-        keys[site] = hash_key(kd)
-        key_dicts[site] = kd
-    held.enter_context(store.lock(keys.values()))
+    for out in outputs:
+        kd = make_key_dict(ident, stim_ident, modality=modality, site=out.site,
+                           pooling=out.method)
+        keys[out.name] = hash_key(kd)
+        key_dicts[out.name] = kd
+    held.enter_context(store.lock(keys.values()))  # every key of the call, taken at once
 
     # -- what is cached? ---------------------------------------------------------------
-    features: dict[str, np.ndarray] = {}
-    todo: dict[str, set[int]] = {}  # site -> shard indexes to compute
+    def load(out: Output, **kw: Any) -> Any:
+        read = store.load_ragged if out.kind == "ragged" else store.load
+        return read(keys[out.name], **kw)
+
+    features: dict[str, Any] = {}
+    todo: dict[str, set[int]] = {}  # output name -> shard indexes to compute
     layout: dict[str, int] = {}
-    for site in site_list:
-        key = keys[site]
-        arr = store.load(key)
+    for out in outputs:
+        arr = load(out)
         if arr is not None:
-            features[site] = arr
+            features[out.name] = arr
             continue
-        meta = store.meta(key)
+        meta = store.meta(keys[out.name])
         # keep the shard size of an interrupted entry so its committed shards can be reused
         if meta is not None and not meta.get("complete") and meta.get("n_items") == n_items:
-            layout[site] = int(meta["shard_size"])
-    # one layout for all sites of this pass (one forward per shard captures every site)
+            layout[out.name] = int(meta["shard_size"])
+    # one layout for all outputs of this pass (one forward per shard captures every site)
     sizes = set(layout.values())
     eff_shard = sizes.pop() if len(sizes) == 1 else shard_size
-    for site in site_list:
-        if site in features:
+    n_batches = n_computed = 0
+    seconds_model = 0.0
+    raw_sites = [o.site for o in outputs if o.method == RAW and o.name not in features]
+    raw_bytes = 0
+    if raw_sites:  # size raw attention before computing any of it
+        per_item, seconds_model = _probe_raw(adapter, stimuli, modality, raw_sites, vision_cls)
+        n_batches += 1
+        raw_bytes = int(per_item.sum())
+        if raw_bytes > raw_limit:
+            raise over_limit_error(raw_bytes, raw_limit, raw_sites, n_items)
+        eff_shard = min(eff_shard, raw_shard_size(per_item, shard_size))
+    for out in outputs:
+        if out.name in features:
             continue
-        store.open_entry(keys[site], key_dicts[site], n_items, eff_shard)
-        missing = store.missing_shards(keys[site])
+        key = keys[out.name]
+        store.open_entry(key, key_dicts[out.name], n_items, eff_shard, kind=out.kind,
+                         dtype=out.dtype)
+        missing = store.missing_shards(key)
         if missing:
-            todo[site] = set(missing)
+            todo[out.name] = set(missing)
         else:
-            store.finalize(keys[site])
+            store.finalize(key)
 
     # -- compute missing shards ----------------------------------------------------------
     n_shards = n_shards_for(n_items, eff_shard)
@@ -376,8 +380,6 @@ def _extract_holding(
         shard_bounds(i, n_items, eff_shard)[1] - shard_bounds(i, n_items, eff_shard)[0]
         for i in shards
     )
-    n_batches = n_computed = 0
-    seconds_model = 0.0
     if shards:
         import torch
         from tqdm.auto import tqdm
@@ -408,12 +410,13 @@ def _extract_holding(
             _, start, _, reps, _ = job
             return adapter.prepare(stimuli.payloads(modality, (start + reps).tolist()), modality)
 
-        buffers: dict[str, np.ndarray] = {}
+        buffers: dict[str, Any] = {}
         filled = n_trunc_shard = 0
         try:
             for (index, start, rel, _, row_of), batch in _prefetched(plan, prepare, prefetch):
                 stop = shard_bounds(index, n_items, eff_shard)[1]
-                shard_sites = [s for s in site_list if index in todo.get(s, ())]
+                shard_outputs = [o for o in outputs if index in todo.get(o.name, ())]
+                shard_sites = list(dict.fromkeys(o.site for o in shard_outputs))
                 tok_spans = None
                 if span_mode:
                     if getattr(batch, "offsets", None) is None:
@@ -431,74 +434,71 @@ def _extract_holding(
                 seconds_model += time.perf_counter() - t0
                 n_batches += 1
                 del batch
-                for site in shard_sites:
-                    if site not in trace.hidden:
-                        raise StoreError(
-                            f"adapter {getattr(adapter, 'family', '?')!r} did not capture "
-                            f"site {site!r}"
-                        )
-                    if poolings[site] == "span":
-                        hid = trace.hidden[site]
-                        if hasattr(hid, "detach"):
-                            hid = hid.detach().float().cpu().numpy()
-                        # gather only each item's first / last token: [K, 2, D]
-                        ends = np.asarray(hid)[row_of[:, None], np.maximum(tok_spans, 0)]
-                        local = np.where(tok_spans < 0, -1, np.array([0, 1]))
-                        pooled = pool_numpy(ends, "span", spans=local)
-                    else:
-                        tags, mask = tags_for_site(trace, site)
-                        pooled = pool_numpy(
-                            trace.hidden[site], poolings[site], attention_mask=mask,
-                            eos_index=trace.eos_index, modality_tags=tags,
-                        )
-                        if row_of is not None:  # span mode: one text row -> its items
-                            pooled = pooled[row_of]
-                    if pooled.shape[0] != len(rel):
-                        raise StoreError(
-                            f"site {site!r}: pooled {pooled.shape[0]} rows for a batch of "
-                            f"{len(rel)}"
-                        )
-                    buf = buffers.get(site)
-                    if buf is None:
-                        buf = np.empty((stop - start, pooled.shape[1]), dtype=np.float32)
-                        buffers[site] = buf
-                    buf[rel] = pooled
+                values = _batch_values(trace, shard_outputs, row_of, tok_spans, vision_cls)
                 del trace
+                for out in shard_outputs:
+                    _fill(buffers, out, values.pop(out.name), rel, stop - start)
                 n_computed += len(rel)
                 filled += len(rel)
                 bar.update(len(rel))
-                if filled == stop - start:  # shard done: commit it for every site
-                    for site in shard_sites:
+                if filled == stop - start:  # shard done: commit it for every output
+                    for out in shard_outputs:
                         store.write_shard(
-                            keys[site], index, buffers[site], n_truncated=n_trunc_shard
+                            keys[out.name], index, buffers.pop(out.name),
+                            n_truncated=n_trunc_shard,
                         )
                     buffers = {}
                     filled = n_trunc_shard = 0
         finally:
             bar.close()
-        for site in todo:
-            store.finalize(keys[site])
+        for name in todo:
+            store.finalize(keys[name])
 
     # -- read back ------------------------------------------------------------------------
-    n_truncated = 0
-    for site in site_list:
-        if site not in features:
+    for out in outputs:
+        if out.name not in features:
             # just written and hashed by finalize(): no need to hash it again
-            arr = store.load(keys[site], verify=False)
+            arr = load(out, verify=False)
             if arr is None:
-                raise StoreError(f"store entry {keys[site]} of site {site!r} is not readable")
-            features[site] = arr
-    meta0 = store.meta(keys[site_list[0]]) or {}
-    n_truncated = int(meta0.get("n_truncated", 0))
-    events = store.events[n_events_before:]
+                raise StoreError(
+                    f"store entry {keys[out.name]} of output {out.name!r} is not readable"
+                )
+            features[out.name] = arr
+    meta0 = store.meta(keys[outputs[0].name]) or {}
     return ExtractionResult(
-        features={s: features[s] for s in site_list},
+        features={o.name: features[o.name] for o in outputs},
         keys=keys,
-        poolings=poolings,
+        poolings={o.name: o.method for o in outputs},
         n_forward_batches=n_batches,
         n_items_computed=n_computed,
-        n_truncated=n_truncated,
+        n_truncated=int(meta0.get("n_truncated", 0)),
         seconds_model=seconds_model,
         seconds_total=time.perf_counter() - t_start,
-        store_events=events,
+        store_events=store.events[n_events_before:],
+        sites={o.name: o.site for o in outputs},
+        raw_bytes_estimate=raw_bytes,
     )
+
+
+def _batch_values(
+    trace: Any, outputs: list[Output], row_of: Any, tok_spans: Any, vision_cls: bool
+) -> dict[str, Any]:
+    """Output name -> this batch's values (one row / item per batch item; span mode: per
+    span item). Each attention site is read once for all of its methods."""
+    values: dict[str, Any] = {}
+    attn_methods: dict[str, list[Output]] = {}
+    for out in outputs:
+        if is_attention_site(out.site):
+            attn_methods.setdefault(out.site, []).append(out)
+        else:
+            values[out.name] = _hidden_values(trace, out.site, out.method, row_of, tok_spans)
+    for site, outs in attn_methods.items():
+        if site not in trace.attentions:
+            raise StoreError(f"the adapter did not capture attention site {site!r}")
+        got = batch_values(trace, site, [o.method for o in outs], vision_cls)
+        for out in outs:
+            value = got[out.method]
+            if row_of is not None:  # span mode: one text row -> its items
+                value = [value[r] for r in row_of] if isinstance(value, list) else value[row_of]
+            values[out.name] = value
+    return values

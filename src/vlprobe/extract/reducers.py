@@ -33,7 +33,7 @@ the model has a class token, which ``ctx`` marks special.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,10 +53,12 @@ class AttentionContext:
     Attributes:
         query_tags: ``[B, T_query]`` int tags of the query tokens (TAG_PAD for padding).
         key_tags: ``[B, T_key]`` int tags of the key tokens.
+        cache: intermediate results shared by the reducers of one :func:`reduce_many` call.
     """
 
     query_tags: Any
     key_tags: Any
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def register_reducer(name: str, doc: str = "") -> Callable[[Reducer], Reducer]:
@@ -98,14 +100,22 @@ def check_reducer(name: str) -> str:
 
 def reduce_attention(name: str, attn: Any, ctx: AttentionContext) -> np.ndarray:
     """Run reducer ``name`` on ``attn`` ``[B, H, Tq, Tk]``; returns float32 ``[B, H, ...]``."""
+    return reduce_many([name], attn, ctx)[name]
+
+
+def reduce_many(names: Any, attn: Any, ctx: AttentionContext) -> dict[str, np.ndarray]:
+    """Run several reducers on one attention map ``[B, H, Tq, Tk]`` (on its own device; the
+    reducers compute in float32): ``name -> float32 [B, H, ...]`` numpy arrays. Padding is
+    zeroed once and intermediate results (each query's mass per key class) are shared."""
     import torch
 
-    fn = _REDUCERS[check_reducer(name)][0]
-    a = torch.as_tensor(attn).float()
+    fns = {name: _REDUCERS[check_reducer(name)][0] for name in names}
+    a = torch.as_tensor(attn)
     if a.ndim != 4:
         raise ConfigError(f"attention must be [B, H, T_query, T_key], got {tuple(a.shape)}")
-    qt = torch.as_tensor(ctx.query_tags).long()
-    kt = torch.as_tensor(ctx.key_tags).long()
+    a = a.detach().float()
+    qt = torch.as_tensor(ctx.query_tags).to(a.device).long()
+    kt = torch.as_tensor(ctx.key_tags).to(a.device).long()
     if qt.shape != (a.shape[0], a.shape[2]) or kt.shape != (a.shape[0], a.shape[3]):
         raise ConfigError(
             f"token tags {tuple(qt.shape)} / {tuple(kt.shape)} do not match attention "
@@ -113,14 +123,31 @@ def reduce_attention(name: str, attn: Any, ctx: AttentionContext) -> np.ndarray:
         )
     # padded keys and queries never count: zero them (NaN / Inf there must not spread)
     real = (qt != TAG_PAD)[:, None, :, None] & (kt != TAG_PAD)[:, None, None, :]
-    a = torch.where(real, a, torch.zeros((), dtype=a.dtype))
-    out = fn(a, AttentionContext(qt, kt))
-    return np.ascontiguousarray(out.detach().cpu().numpy(), dtype=np.float32)
+    a = torch.where(real, a, torch.zeros((), dtype=a.dtype, device=a.device))
+    shared = AttentionContext(qt, kt)
+    out = {}
+    for name, fn in fns.items():
+        value = fn(a, shared)
+        out[name] = np.ascontiguousarray(value.detach().cpu().numpy(), dtype=np.float32)
+    return out
 
 
-def _key_mass(a: Any, kt: Any, tag: int) -> Any:
-    """``[B, H, Tq]``: each query's attention mass on keys tagged ``tag``."""
-    return (a * (kt == tag)[:, None, None, :].to(a.dtype)).sum(-1)
+_CLASSES = (TAG_SPECIAL, TAG_TEXT, TAG_IMAGE)
+
+
+def _one_hot(tags: Any, dtype: Any) -> Any:
+    """``[B, T, 3]``: 1 where a token is special / text / image (padding: all 0)."""
+    import torch
+
+    return torch.stack([tags == c for c in _CLASSES], dim=-1).to(dtype)
+
+
+def _class_mass(a: Any, ctx: AttentionContext) -> Any:
+    """``[B, H, Tq, 3]``: each query's attention mass on special / text / image keys: one
+    batched matmul over the keys, cached in ``ctx`` for the other reducers of the call."""
+    if "class_mass" not in ctx.cache:
+        ctx.cache["class_mass"] = a @ _one_hot(ctx.key_tags, a.dtype)[:, None]
+    return ctx.cache["class_mass"]
 
 
 def _mean_over(values: Any, select: Any) -> Any:
@@ -132,35 +159,27 @@ def _mean_over(values: Any, select: Any) -> Any:
     return torch.where(n > 0, (values * w).sum(-1) / n.clamp(min=1), torch.nan)
 
 
-_CLASSES = (TAG_SPECIAL, TAG_TEXT, TAG_IMAGE)
-
-
 @register_reducer("mass", "[B, H, 3, 3] mean mass from query class to key class")
 def _mass(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    per_key = torch.stack([_key_mass(a, ctx.key_tags, k) for k in _CLASSES], dim=-1)
-    rows = [
-        torch.stack(
-            [_mean_over(per_key[..., j], ctx.query_tags == q) for j in range(3)], dim=-1
-        )
-        for q in _CLASSES
-    ]
-    return torch.stack(rows, dim=-2)
+    per_key = _class_mass(a, ctx)  # [B, H, Tq, key class]
+    onehot_q = _one_hot(ctx.query_tags, a.dtype)  # [B, Tq, query class]
+    total = onehot_q.transpose(1, 2)[:, None] @ per_key  # [B, H, query class, key class]
+    n = onehot_q.sum(1)[:, None, :, None]  # queries per class [B, 1, 3, 1]
+    return torch.where(n > 0, total / n.clamp(min=1), torch.nan)
 
 
 @register_reducer("cls_mass", "[B, H, 3] mass of query 0 ([CLS]) on special/text/image keys")
 def _cls_mass(a: Any, ctx: AttentionContext) -> Any:
-    import torch
-
-    return torch.stack([_key_mass(a, ctx.key_tags, k)[:, :, 0] for k in _CLASSES], dim=-1)
+    return _class_mass(a, ctx)[:, :, 0, :]
 
 
 @register_reducer("max_image_to_text", "[B, H] max mass of an image query on text keys")
 def _max_image_to_text(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    mass = _key_mass(a, ctx.key_tags, TAG_TEXT)  # [B, H, Tq]
+    mass = _class_mass(a, ctx)[..., _CLASSES.index(TAG_TEXT)]  # [B, H, Tq]
     is_image = (ctx.query_tags == TAG_IMAGE)[:, None, :]
     best = torch.where(is_image, mass, torch.full_like(mass, -1.0)).amax(-1)
     return torch.where(best < 0, torch.nan, best)
@@ -170,8 +189,10 @@ def _max_image_to_text(a: Any, ctx: AttentionContext) -> Any:
 def _entropy(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    p = a / a.sum(-1, keepdim=True).clamp(min=1e-12)  # renormalise over real keys
-    h = -(torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=p.dtype))).sum(-1)
+    # entropy of the row renormalised over real keys, p = a / s, without dividing the map:
+    # -sum p log p = log s + sum(-a log a) / s  (entr(0) = 0)
+    s = a.sum(-1).clamp(min=1e-12)
+    h = torch.log(s) + torch.special.entr(a).sum(-1) / s
     return _mean_over(h, ctx.query_tags != TAG_PAD)
 
 
@@ -179,22 +200,22 @@ def _entropy(a: Any, ctx: AttentionContext) -> Any:
 def _distance(a: Any, ctx: AttentionContext) -> Any:
     import torch
 
-    b, h = a.shape[:2]
-    out = torch.full((b, h), torch.nan, dtype=a.dtype)
-    for i in range(b):  # the grid differs per item only in where its patches sit
-        qi = torch.nonzero(ctx.query_tags[i] == TAG_IMAGE).flatten()
-        ki = torch.nonzero(ctx.key_tags[i] == TAG_IMAGE).flatten()
-        side = round(len(ki) ** 0.5)
-        if len(qi) == 0 or side * side != len(ki) or len(qi) != len(ki):
-            continue
-        coords = torch.stack(
-            torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1
-        ).reshape(-1, 2).to(a.dtype)
-        dist = torch.cdist(coords, coords)  # [P, P] in patch units
-        sub = a[i][:, qi][:, :, ki]  # [H, P, P]
-        sub = sub / sub.sum(-1, keepdim=True).clamp(min=1e-12)
-        out[i] = (sub * dist).sum(-1).mean(-1)
-    return out
+    qi = ctx.query_tags == TAG_IMAGE  # [B, Tq]
+    ki = ctx.key_tags == TAG_IMAGE  # [B, Tk]
+    n_q, n_k = qi.sum(-1), ki.sum(-1)
+    side = n_k.double().sqrt().round().long()
+    ok = (n_q > 0) & (n_q == n_k) & (side * side == n_k)  # a square grid of patches
+    side = side.clamp(min=1)[:, None]
+    # each patch's grid cell: its rank among the item's image tokens, row-major
+    rq, rk = qi.long().cumsum(-1) - 1, ki.long().cumsum(-1) - 1
+    dy = (rq // side)[:, :, None] - (rk // side)[:, None, :]
+    dx = (rq % side)[:, :, None] - (rk % side)[:, None, :]
+    pairs = (qi[:, :, None] & ki[:, None, :]).to(a.dtype)  # [B, Tq, Tk]
+    dist = torch.sqrt((dx * dx + dy * dy).to(a.dtype)) * pairs  # patch units, 0 elsewhere
+    on_image = _class_mass(a, ctx)[..., _CLASSES.index(TAG_IMAGE)]  # renormalise over these
+    row = (a * dist[:, None]).sum(-1) / on_image.clamp(min=1e-12)
+    out = _mean_over(row, qi)
+    return torch.where(ok[:, None], out, torch.nan)
 
 
 def single_stream_tags(mask: Any, stream: str, has_cls: bool) -> Any:

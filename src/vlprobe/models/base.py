@@ -140,6 +140,9 @@ class ModelAdapter(ABC):
     summary: ClassVar[str] = ""
     #: pooling used for a hidden-state site when the user does not choose one.
     default_pooling: ClassVar[str] = "mean"
+    #: whether position 0 of the vision tower's token sequence is a class token (tagged
+    #: special for attention reducers); False for towers without one (SigLIP).
+    vision_class_token: ClassVar[bool] = True
 
     @classmethod
     def offline_status(cls) -> tuple[bool, str]:

@@ -65,6 +65,7 @@ class SigLIPAdapter(DualEncoderAdapter):
     }
     text_padding: ClassVar[str] = "max_length"
     masks_padding: ClassVar[bool] = False
+    vision_class_token: ClassVar[bool] = False  # patches only (a MAP head pools them)
 
     @classmethod
     def _config_class(cls) -> Any:

@@ -95,6 +95,14 @@ class RunFeatureSource:
     def layer_sites(self, model: str, modality: str) -> list[str]:
         return list(self.adapter(model).layer_sites(modality))
 
+    def embedding_site(self, model: str, modality: str) -> str:
+        return str(self.adapter(model).embedding_site(modality))
+
+    def logit_scale(self, model: str) -> dict[str, float | None] | None:
+        """The model's ``{"scale", "bias"}`` (dual encoders; loads the weights), else None."""
+        method = getattr(self.adapter(model), "logit_scale", None)
+        return None if method is None else dict(method())
+
     def stimuli(self, request: FeatureRequest) -> Stimuli:
         """The stimuli a request refers to (a split, or its class-prompt view)."""
         splits = self.dataset_splits(request.dataset)
@@ -105,7 +113,7 @@ class RunFeatureSource:
             )
         stimuli = splits[request.split]
         if request.view == "class_prompts":
-            return class_prompt_stimuli(stimuli, request.templates)
+            return class_prompt_stimuli(stimuli, request.templates, request.class_names)
         if request.view != "items":
             raise ConfigError(f"unknown stimuli view {request.view!r}")
         return stimuli
@@ -206,6 +214,7 @@ class RunFeatureSource:
                 request.templates,
                 modality,
                 request.pooling,
+                request.class_names,
             )
             merged = groups.setdefault(key, [])
             merged.extend(s for s in sites if s not in merged)
@@ -221,6 +230,7 @@ class RunFeatureSource:
                 view=base.view,
                 templates=base.templates,
                 modality=key[5],
+                class_names=base.class_names,
             )
             self._prefetching = True
             try:

@@ -27,6 +27,11 @@ ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead
 ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
 ANALYSES.add("reconstruction_probe", "vlprobe.analyses.reconstruction:ReconstructionProbe",
               aliases=("V5",))
+# multimodal family (analyses/multimodal/)
+ANALYSES.add("zero_shot", "vlprobe.analyses.multimodal.zeroshot:ZeroShot", aliases=("M1",))
+ANALYSES.add("retrieval", "vlprobe.analyses.multimodal.retrieval:Retrieval", aliases=("M2",))
+ANALYSES.add("modality_gap", "vlprobe.analyses.multimodal.modality_gap:ModalityGap",
+             aliases=("M6",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

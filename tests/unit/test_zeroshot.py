@@ -16,6 +16,7 @@ from vlprobe.analyses.multimodal._common import (
     class_ranks,
     ensemble_classifier,
     rank_metrics,
+    template_ranks,
 )
 from vlprobe.analyses.multimodal.zeroshot import ZeroShot
 from vlprobe.analyses.transfer import topk_scores
@@ -115,6 +116,23 @@ def test_ranks_match_sklearn_and_the_v2_tie_rule():
     assert (r["rank"][clear] <= 3).mean() == pytest.approx(
         top_k_accuracy_score(y[clear], logits[clear], k=3, labels=np.arange(9)))
     assert (r["rank"][y == 5] >= 2).all()  # class 5 ties class 2 and ranks after it
+
+
+def test_template_ranks_equal_one_classifier_per_template():
+    rng = np.random.default_rng(2)
+    n_cls, n_tpl = 6, 4
+    txt = rng.normal(size=(n_cls * n_tpl, 8)).astype(np.float32)
+    txt[4 * n_tpl + 1] = txt[1 * n_tpl + 1]  # template 1: classes 1 and 4 tie exactly
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    img = rng.normal(size=(40, 8)).astype(np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    y = rng.integers(0, n_cls, 40)
+    got = template_ranks(img, txt, y, n_cls, n_tpl, chunk=7)
+    per_class = txt.reshape(n_cls, n_tpl, 8)
+    for t in range(n_tpl):
+        ref = class_ranks(img, np.ascontiguousarray(per_class[:, t]), y, probabilities=False)
+        assert (got[:, t] == ref["rank"]).all()
+    assert (got[y == 4, 1] >= 2).all()
 
 
 def test_logit_scale_and_bias_change_probabilities_not_ranks():
@@ -277,3 +295,19 @@ def test_binomial_interval_is_clopper_pearson():
     lo, hi = binomial_ci(7, 20, 0.95)
     assert lo == pytest.approx(beta.ppf(0.025, 7, 14)) and hi == pytest.approx(beta.ppf(0.975,
                                                                                           8, 13))
+
+
+def test_class_prompt_stimuli_with_class_names():
+    from vlprobe.data import class_prompt_stimuli
+    from vlprobe.data.stimuli import Stimuli
+
+    split = Stimuli("toy", "test", ["a", "b", "c"], texts=["x", "y", "z"],
+                    labels=np.array([0, 2, 1]))  # labels without names
+    prompts = class_prompt_stimuli(split, ["a {}.", "the {c}!"], ["cat", "dog", "owl"])
+    assert prompts.texts == ["a cat.", "the cat!", "a dog.", "the dog!", "a owl.", "the owl!"]
+    assert prompts.label_names == ["cat", "dog", "owl"] and list(prompts.labels) == [0, 0, 1, 1,
+                                                                                     2, 2]
+    with pytest.raises(DataError, match="has label 2 but only 2 class names"):
+        class_prompt_stimuli(split, ["a {}."], ["cat", "dog"])
+    with pytest.raises(DataError, match="no class names"):
+        class_prompt_stimuli(split, ["a {}."])

@@ -9,6 +9,7 @@ may use them too). Each does one thing:
 - :func:`logit_params`: the model's logit scale and bias (+ a note where it has none).
 - :func:`class_ranks`: the rank of each item's true class under ``scale * cos + bias``,
   chunked (never the full ``[N, C]`` sort); top-k hits and predictions follow from it.
+- :func:`template_ranks`: the same for every template alone, one matrix product per chunk.
 - :func:`rank_metrics`: top-1 / top-k / mean per-class recall from those ranks.
 - :func:`binomial_ci`: Clopper-Pearson interval of an accuracy.
 - :func:`paired_embeddings`: unit image and caption embeddings of a paired split, images
@@ -164,6 +165,26 @@ def class_ranks(
         out["p_true"][start:start + len(y)] = prob[rows, y]
     if not probabilities:
         del out["p_pred"], out["p_true"]
+    return out
+
+
+def template_ranks(image_unit: np.ndarray, prompt_unit: np.ndarray, labels: np.ndarray,
+                   n_classes: int, n_templates: int, chunk: int = 256) -> np.ndarray:
+    """``[N, T]``: the rank of each image's true class when template ``t`` alone is the
+    classifier (``prompt_unit`` ``[C*T, E]`` class-major, unit rows). One matrix product per
+    chunk of images for all templates at once (not T small ones); ties as
+    :func:`class_ranks`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.empty((len(labels), n_templates), dtype=np.int64)
+    cls_index = np.arange(n_classes)[None, :, None]
+    for start in range(0, len(labels), chunk):
+        y = labels[start:start + chunk]
+        sims = (image_unit[start:start + chunk] @ prompt_unit.T).reshape(len(y), n_classes,
+                                                                         n_templates)
+        true = sims[np.arange(len(y)), y]  # [n, T]
+        above = (sims > true[:, None, :]).sum(1)
+        tied = ((sims == true[:, None, :]) & (cls_index < y[:, None, None])).sum(1)
+        out[start:start + len(y)] = above + tied + 1
     return out
 
 

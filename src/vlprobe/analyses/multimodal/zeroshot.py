@@ -53,6 +53,7 @@ from vlprobe.analyses.multimodal._common import (
     only_site,
     rank_metrics,
     require_dual,
+    template_ranks,
     unit_rows,
 )
 from vlprobe.data.prompts.params import resolve_class_names, resolve_template_param
@@ -240,13 +241,11 @@ class ZeroShot(Analysis):
     def _per_template(self, model: str, img: np.ndarray, txt: np.ndarray, y: np.ndarray,
                       n_cls: int, k: int, ensemble: dict[str, float]) -> list[dict[str, Any]]:
         """One row per template (a 1-prompt classifier) and one for the ensemble."""
-        per_class = txt.reshape(n_cls, len(self.templates), -1)
+        ranks = template_ranks(img, txt, y, n_cls, len(self.templates))
         out = []
         for t, template in enumerate(self.templates):
-            ranks = class_ranks(img, np.ascontiguousarray(per_class[:, t]), y,
-                                probabilities=False)["rank"]
             out.append({"model": model, "template_index": t, "template": template,
-                        **rank_metrics(ranks, y, k, n_cls)})
+                        **rank_metrics(ranks[:, t], y, k, n_cls)})
         out.append({"model": model, "template_index": -1,
                     "template": f"ensemble of {len(self.templates)}", **ensemble})
         return out

@@ -95,6 +95,14 @@ class RunFeatureSource:
     def layer_sites(self, model: str, modality: str) -> list[str]:
         return list(self.adapter(model).layer_sites(modality))
 
+    def embedding_site(self, model: str, modality: str) -> str:
+        return str(self.adapter(model).embedding_site(modality))
+
+    def logit_scale(self, model: str) -> dict[str, float | None] | None:
+        """The model's ``{"scale", "bias"}`` (dual encoders; loads the weights), else None."""
+        method = getattr(self.adapter(model), "logit_scale", None)
+        return None if method is None else dict(method())
+
     def attention_sites(self, model: str, modality: str) -> list[str]:
         from vlprobe.extract.attention import is_attention_site
         from vlprobe.modality import STREAMS_OF, site_stream
@@ -115,7 +123,7 @@ class RunFeatureSource:
             )
         stimuli = splits[request.split]
         if request.view == "class_prompts":
-            return class_prompt_stimuli(stimuli, request.templates)
+            return class_prompt_stimuli(stimuli, request.templates, request.class_names)
         if request.view != "items":
             raise ConfigError(f"unknown stimuli view {request.view!r}")
         return stimuli
@@ -252,7 +260,7 @@ class RunFeatureSource:
                 errors.append(f"{request.model} on {request.dataset}/{request.split}: {exc}")
                 continue
             key = (request.model, request.dataset, request.split, request.view,
-                   request.templates, modality)
+                   request.templates, modality, request.class_names)
             group = groups.setdefault(key, _Group(request, adapter, stimuli, modality))
             hidden = [s for s in sites if not is_attention_site(s)]
             if hidden:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pytest
+from dual_fakes import planted_pairs, planted_zero_shot
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
@@ -214,6 +215,20 @@ def _neurons(tmp_path):
     return ["m"], "toy", params, _dual_source(modalities=("image",))
 
 
+def _zero_shot(tmp_path):
+    params = {"templates": ["a photo of a {}.", "a {} in a video game."], "top_k": 2,
+              "probe": {"coarse_Cs": [0.1, 10.0], "refine_rounds": 0, "max_iter": 50}}
+    return ["m"], "toy", params, planted_zero_shot(n_per_class=4, n_classes=3, noise=1.0)[0]
+
+
+def _retrieval(tmp_path):
+    return ["m"], "toy", {"ks": [1, 2]}, planted_pairs(n_images=5, per_image=2, noise=0.8)[0]
+
+
+def _modality_gap(tmp_path):
+    return ["m"], "toy", {"max_points": 6}, planted_pairs(n_images=6, per_image=2)[0]
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -231,6 +246,9 @@ FIXTURES = {
     "typographic_attack": _typographic,
     "bias_audit": _bias_audit,
     "multimodal_neurons": _neurons,
+    "zero_shot": _zero_shot,
+    "retrieval": _retrieval,
+    "modality_gap": _modality_gap,
 }
 
 # analyses that still change process-wide state on this branch (fixed on other branches;

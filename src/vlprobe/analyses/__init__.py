@@ -27,6 +27,11 @@ ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead
 ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
 ANALYSES.add("reconstruction_probe", "vlprobe.analyses.reconstruction:ReconstructionProbe",
               aliases=("V5",))
+# multimodal family (analyses/multimodal/)
+ANALYSES.add("zero_shot", "vlprobe.analyses.multimodal.zeroshot:ZeroShot", aliases=("M1",))
+ANALYSES.add("retrieval", "vlprobe.analyses.multimodal.retrieval:Retrieval", aliases=("M2",))
+ANALYSES.add("modality_gap", "vlprobe.analyses.multimodal.modality_gap:ModalityGap",
+             aliases=("M6",))
 ANALYSES.add("typographic_attack", "vlprobe.analyses.multimodal.typographic:TypographicAttack",
              aliases=("M3",))
 ANALYSES.add("bias_audit", "vlprobe.analyses.multimodal.bias_audit:BiasAudit", aliases=("M4",))

@@ -50,6 +50,9 @@ class FeatureRequest:
             (class, template) built from ``templates``; how text models enter RSA).
         templates: class prompt templates for ``view="class_prompts"``, e.g.
             ``("a photo of a {}.",)``.
+        class_names: for ``view="class_prompts"``: the names put into the templates, one per
+            class index (they replace the dataset's ``label_names``; zero-shot uses CLIP's
+            curated ImageNet names this way); None = the dataset's own names.
         modality: which tower to run (``"image"``/``"text"``), ``None`` = the stimuli's
             modality (when the model accepts only one of the stimuli's modalities).
     """
@@ -63,6 +66,7 @@ class FeatureRequest:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     modality: str | None = None
     attention: tuple[str, ...] = ()
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -140,6 +144,17 @@ class FeatureSource(Protocol):
     def layer_sites(self, model: str, modality: str) -> list[str]:
         """Hidden-state sites of ``model``'s ``modality`` tower in layer order (index =
         catalogue layer index), without loading any stimuli or running the model."""
+        ...
+
+    def embedding_site(self, model: str, modality: str) -> str:
+        """The site of ``model``'s final embedding for ``modality`` (``vision.proj`` /
+        ``text.proj`` for dual encoders), without running the model."""
+        ...
+
+    def logit_scale(self, model: str) -> dict[str, float | None] | None:
+        """``{"scale", "bias"}`` of a model whose image-text logits are
+        ``scale * cos(image, text) + bias`` (dual encoders), or None for a model without
+        them. Loads the model's weights."""
         ...
 
     def attention_sites(self, model: str, modality: str) -> list[str]:

@@ -284,18 +284,39 @@ class Stimuli:
 
 
 def class_prompt_stimuli(
-    stimuli: Stimuli, templates: Sequence[str] = ("a photo of a {}.",)
+    stimuli: Stimuli,
+    templates: Sequence[str] = ("a photo of a {}.",),
+    class_names: Sequence[str] | None = None,
 ) -> Stimuli:
     """One text item per (class, template): ``template.format(class_name)``, label = class.
 
     This is how text models enter class-level comparisons (R1 RSA, thesis §4): class ``c`` is
     represented by the sentence "a photo of a {c}." (several templates give several samples
     per class). Items are ordered class-major: class 0 with every template, then class 1, ...
+
+    ``class_names`` (one per class index) replace the dataset's ``label_names`` in the
+    prompts and in the result's ``label_names`` (zero-shot with curated names): one for each
+    class the dataset names, or (a dataset without names) at least one per label index.
     """
-    if stimuli.label_names is None:
+    names = stimuli.label_names if class_names is None else list(class_names)
+    if names is None:
         raise DataError(
             f"dataset {stimuli.dataset!r} has no class names; class prompts need label_names"
         )
+    if class_names is not None and stimuli.label_names is not None:
+        if len(names) != len(stimuli.label_names):
+            raise DataError(
+                f"dataset {stimuli.dataset!r} split {stimuli.split!r} has "
+                f"{len(stimuli.label_names)} classes but {len(names)} class names were given "
+                "(one per class index is needed)"
+            )
+    elif class_names is not None and stimuli.labels is not None and len(stimuli.labels):
+        top = int(np.max(stimuli.labels))
+        if top >= len(names):
+            raise DataError(
+                f"dataset {stimuli.dataset!r} split {stimuli.split!r} has label {top} but only "
+                f"{len(names)} class names were given (one per class index is needed)"
+            )
     templates = list(templates)
     if not templates:
         raise DataError("class prompts need at least one template")
@@ -303,7 +324,7 @@ def class_prompt_stimuli(
         if "{}" not in template and "{c}" not in template:
             raise DataError(f"prompt template {template!r} must contain '{{}}' or '{{c}}'")
     texts, labels, ids = [], [], []
-    for c, name in enumerate(stimuli.label_names):
+    for c, name in enumerate(names):
         for t, template in enumerate(templates):
             texts.append(template.replace("{c}", "{}").format(name))
             labels.append(c)
@@ -314,6 +335,6 @@ def class_prompt_stimuli(
         ids=ids,
         texts=texts,
         labels=np.asarray(labels, dtype=np.int64),
-        label_names=list(stimuli.label_names),
+        label_names=list(names),
         source={**stimuli.source, "view": "class_prompts", "templates": templates},
     )

@@ -1,0 +1,289 @@
+"""Small helpers shared by the multimodal analyses (M1 zero-shot, M2 retrieval, M6 gap; M3-M5
+may use them too). Each does one thing:
+
+- :func:`require_dual`: AnalysisError unless a model has both an image and a text tower.
+- :func:`embedding_requests`: the image-item and class-prompt/caption FeatureRequests at the
+  models' final embedding sites (``vision.proj`` / ``text.proj``), one extraction each.
+- :func:`unit_rows`: L2-normalised rows (errors on zero / non-finite rows).
+- :func:`ensemble_classifier`: CLIP's prompt ensemble, ``[C*T, E]`` -> ``[C, E]``.
+- :func:`logit_params`: the model's logit scale and bias (+ a note where it has none).
+- :func:`class_ranks`: the rank of each item's true class under ``scale * cos + bias``,
+  chunked (never the full ``[N, C]`` sort); top-k hits and predictions follow from it.
+- :func:`template_ranks`: the same for every template alone, one matrix product per chunk.
+- :func:`rank_metrics`: top-1 / top-k / mean per-class recall from those ranks.
+- :func:`binomial_ci`: Clopper-Pearson interval of an accuracy.
+- :func:`paired_embeddings`: unit image and caption embeddings of a paired split, images
+  deduplicated by ``image_id``, with the image of every caption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlprobe.analyses.base import FeatureRequest, FeatureSource, LayerFeatures
+from vlprobe.errors import AnalysisError
+
+
+def require_dual(source: FeatureSource, analysis: str, model: str) -> None:
+    """AnalysisError naming the model unless it accepts both image and text input."""
+    modalities = tuple(source.model_modalities(model))
+    missing = [m for m in ("image", "text") if m not in modalities]
+    if missing:
+        raise AnalysisError(
+            f"{analysis}: model {model!r} ({'/'.join(modalities) or 'no input'}) has no "
+            f"{' and no '.join(missing)} tower; this analysis compares images with texts in a "
+            "joint embedding space, so it needs a dual encoder (clip, siglip, open_clip, "
+            "aligned_dual)"
+        )
+
+
+def embedding_requests(
+    source: FeatureSource, model: str, dataset: str, split: str,
+    templates: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+) -> tuple[FeatureRequest, FeatureRequest]:
+    """(image request, text request) at the model's final embedding sites.
+
+    With ``templates``: the text side is the class-prompt view (one text per (class,
+    template), class-major, ``class_names`` replacing the dataset's names when given);
+    without: the split's own texts (captions). Only the embedding site is captured, so a
+    prompt or an image costs one tower forward and one stored vector.
+    """
+    image_site = source.embedding_site(model, "image")
+    text_site = source.embedding_site(model, "text")
+    image = FeatureRequest(model, dataset, split, sites=(image_site,), modality="image")
+    if templates is None:
+        text = FeatureRequest(model, dataset, split, sites=(text_site,), modality="text")
+    else:
+        text = FeatureRequest(
+            model, dataset, split, sites=(text_site,), view="class_prompts",
+            templates=tuple(templates), modality="text",
+            class_names=None if class_names is None else tuple(class_names),
+        )
+    return image, text
+
+
+def only_site(feats: LayerFeatures, request: FeatureRequest) -> np.ndarray:
+    """The ``[N, E]`` features of the request's single site."""
+    site = request.sites[0] if request.sites else None
+    if site not in feats.features:
+        raise AnalysisError(f"model {request.model!r}: site {site!r} was not extracted "
+                            f"(have {sorted(feats.features)})")
+    return np.asarray(feats.features[site])
+
+
+def unit_rows(x: np.ndarray, what: str, ids: Sequence[str] | None = None) -> np.ndarray:
+    """``[N, E]`` float32 rows scaled to unit L2 norm (norms computed in float64).
+
+    Raises AnalysisError naming ``what`` and the first bad item for a non-finite or all-zero
+    row (it has no direction, so no cosine).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise AnalysisError(f"{what}: expected [N, E] embeddings, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        item = ids[i] if ids is not None and i < len(ids) else f"row {i}"
+        raise AnalysisError(f"{what}: {int(bad.sum())} embedding(s) are all zeros or not "
+                            f"finite (first: {item}); a cosine needs a finite direction")
+    return (x / norms[:, None]).astype(np.float32)
+
+
+def ensemble_classifier(text_unit: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
+    """CLIP's prompt ensemble: ``[C*T, E]`` unit prompt embeddings (class-major) -> ``[C, E]``
+    = the mean over each class' T templates, renormalised (the CLIP ImageNet notebook)."""
+    per_class = np.asarray(text_unit, dtype=np.float64).reshape(n_classes, n_templates, -1)
+    mean = per_class.mean(axis=1)
+    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+
+
+def logit_params(source: FeatureSource, model: str) -> tuple[float, float | None, list[str]]:
+    """``(scale, bias, notes)``: the model's image-text logits are ``scale * cos + bias``.
+
+    A model without a learnt scale gets ``scale = 1``, no bias, and a note (ranks and
+    accuracies do not depend on either; only the probabilities do).
+    """
+    getter = getattr(source, "logit_scale", None)
+    params = getter(model) if getter is not None else None
+    if not params:
+        return 1.0, None, [f"model {model!r} has no logit scale; probabilities are softmaxes of "
+                           "raw cosines (uncalibrated); ranks and accuracies are unaffected"]
+    bias = params.get("bias")
+    return float(params["scale"]), None if bias is None else float(bias), []
+
+
+def class_ranks(
+    image_unit: np.ndarray, classifier: np.ndarray, labels: np.ndarray,
+    scale: float = 1.0, bias: float | None = None, probabilities: bool = True,
+    chunk: int = 2048,
+) -> dict[str, np.ndarray]:
+    """Per image: the 1-based rank of its true class, the predicted class, and the
+    probabilities of the prediction and of the true class.
+
+    Logits are ``scale * image_unit @ classifier.T + bias`` (``[N, E]`` x ``[C, E]``). Ties
+    rank the lower class index first (as a stable sort; ``argmax`` agrees). Scale > 0 and
+    bias do not change ranks; probabilities are a softmax over classes (CLIP), or a sigmoid
+    per class when the model has a bias (SigLIP's pairwise sigmoid). ``labels`` outside
+    ``0..C-1`` are an AnalysisError. ``probabilities=False`` skips them (ranks only).
+    """
+    from scipy.special import expit
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = classifier.shape[0]
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise AnalysisError(f"zero-shot: label {int(labels.max())} has no class among the "
+                            f"{n_classes} class names")
+    out = {k: np.empty(len(labels), dtype=d) for k, d in
+           (("rank", np.int64), ("pred", np.int64), ("p_pred", np.float64),
+            ("p_true", np.float64))}
+    cls_index = np.arange(n_classes)
+    for start in range(0, len(labels), chunk):
+        y = labels[start:start + chunk]
+        logits = float(scale) * (image_unit[start:start + chunk] @ classifier.T)
+        if bias is not None:
+            logits = logits + float(bias)
+        true = logits[np.arange(len(y)), y]
+        above = (logits > true[:, None]).sum(1)
+        tied_before = ((logits == true[:, None]) & (cls_index[None, :] < y[:, None])).sum(1)
+        pred = logits.argmax(1)
+        out["rank"][start:start + len(y)] = above + tied_before + 1
+        out["pred"][start:start + len(y)] = pred
+        if not probabilities:
+            continue
+        z = logits.astype(np.float64)
+        if bias is None:
+            z = np.exp(z - z.max(1, keepdims=True))
+            prob = z / z.sum(1, keepdims=True)
+        else:
+            prob = expit(z)
+        rows = np.arange(len(y))
+        out["p_pred"][start:start + len(y)] = prob[rows, pred]
+        out["p_true"][start:start + len(y)] = prob[rows, y]
+    if not probabilities:
+        del out["p_pred"], out["p_true"]
+    return out
+
+
+def template_ranks(image_unit: np.ndarray, prompt_unit: np.ndarray, labels: np.ndarray,
+                   n_classes: int, n_templates: int, chunk: int = 256) -> np.ndarray:
+    """``[N, T]``: the rank of each image's true class when template ``t`` alone is the
+    classifier (``prompt_unit`` ``[C*T, E]`` class-major, unit rows). One matrix product per
+    chunk of images for all templates at once (not T small ones); ties as
+    :func:`class_ranks`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.empty((len(labels), n_templates), dtype=np.int64)
+    cls_index = np.arange(n_classes)[None, :, None]
+    for start in range(0, len(labels), chunk):
+        y = labels[start:start + chunk]
+        sims = (image_unit[start:start + chunk] @ prompt_unit.T).reshape(len(y), n_classes,
+                                                                         n_templates)
+        true = sims[np.arange(len(y)), y]  # [n, T]
+        above = (sims > true[:, None, :]).sum(1)
+        tied = ((sims == true[:, None, :]) & (cls_index < y[:, None, None])).sum(1)
+        out[start:start + len(y)] = above + tied + 1
+    return out
+
+
+def rank_metrics(ranks: np.ndarray, labels: np.ndarray, top_k: int, n_classes: int
+                 ) -> dict[str, float]:
+    """``top1_accuracy``, ``top{k}_accuracy`` (only when ``n_classes > top_k``; else it is
+    trivially 1) and ``mean_per_class_recall`` (mean over the classes present in ``labels``
+    of their top-1 recall) from true-class ranks."""
+    ranks, labels = np.asarray(ranks), np.asarray(labels)
+    hit = ranks == 1
+    out = {"top1_accuracy": float(hit.mean())}
+    if n_classes > top_k:
+        out[f"top{top_k}_accuracy"] = float((ranks <= top_k).mean())
+    out["mean_per_class_recall"] = float(np.mean([hit[labels == c].mean()
+                                                  for c in np.unique(labels)]))
+    return out
+
+
+def binomial_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact) interval of a proportion ``successes / n``."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass
+class PairedEmbeddings:
+    """Unit embeddings of a paired (image, caption) split.
+
+    Attributes:
+        images: ``[N_img, E]`` unit image embeddings, one per distinct image (first
+            occurrence order). texts: ``[N_txt, E]`` unit caption embeddings, one per item.
+        image_of_text: ``[N_txt]`` index into ``images`` of each caption's image.
+        image_ids: N_img image ids. text_ids: N_txt item ids. captions: N_txt strings.
+        image_site / text_site: where the embeddings were read.
+    """
+
+    images: np.ndarray
+    texts: np.ndarray
+    image_of_text: np.ndarray
+    image_ids: list[str]
+    text_ids: list[str]
+    captions: list[str]
+    image_site: str
+    text_site: str
+
+
+def paired_requests(source: FeatureSource, analysis: str, model: str, dataset: str,
+                    split: str) -> tuple[FeatureRequest, FeatureRequest]:
+    """The image and caption requests of a paired split (checks that it has captions)."""
+    splits = source.splits(dataset)
+    if split not in splits:
+        raise AnalysisError(f"{analysis}: dataset {dataset!r} has no split {split!r}; "
+                            f"available: {splits}")
+    have = tuple(source.dataset_modalities(dataset))
+    if "image" not in have or "text" not in have:
+        raise AnalysisError(
+            f"{analysis}: dataset {dataset!r} ({'/'.join(have)}) has no "
+            f"{'captions' if 'text' not in have else 'images'}: image-text retrieval needs "
+            "(image, caption) pairs, e.g. flickr8k (view: caption) or coco_captions "
+            "(per: caption)"
+        )
+    return embedding_requests(source, model, dataset, split)
+
+
+def paired_embeddings(source: FeatureSource, analysis: str, model: str, dataset: str,
+                      split: str) -> PairedEmbeddings:
+    """Read a paired split's image and caption embeddings (see :class:`PairedEmbeddings`).
+
+    Items sharing an ``image_id`` descriptor share one image; without the descriptor every
+    item is its own image. Fewer than 2 distinct images is an AnalysisError (retrieval among
+    one candidate is trivial).
+    """
+    req_img, req_txt = paired_requests(source, analysis, model, dataset, split)
+    f_img, f_txt = source.get(req_img), source.get(req_txt)
+    if list(f_img.ids) != list(f_txt.ids):
+        raise AnalysisError(f"{analysis}: model {model!r}: the image and text features of "
+                            f"{dataset!r}/{split!r} are not aligned item by item")
+    stimuli = source.stimuli(req_txt)
+    if stimuli.texts is None:
+        raise AnalysisError(f"{analysis}: dataset {dataset!r} split {split!r} has no captions")
+    keys = stimuli.descriptors.get("image_id") or list(f_img.ids)
+    index: dict[object, int] = {}
+    image_of_text = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64,
+                                len(keys))
+    if len(index) < 2:
+        raise AnalysisError(f"{analysis}: dataset {dataset!r} split {split!r} has "
+                            f"{len(index)} distinct image(s); retrieval needs at least 2")
+    first = np.unique(image_of_text, return_index=True)[1]
+    where = f"{analysis}: model {model!r} on {dataset!r}/{split!r}"
+    img = only_site(f_img, req_img)[first]
+    return PairedEmbeddings(
+        images=unit_rows(img, f"{where} images", [str(keys[i]) for i in first]),
+        texts=unit_rows(only_site(f_txt, req_txt), f"{where} captions", f_txt.ids),
+        image_of_text=image_of_text,
+        image_ids=[str(keys[i]) for i in first],
+        text_ids=list(f_txt.ids),
+        captions=list(stimuli.texts),
+        image_site=req_img.sites[0],
+        text_site=req_txt.sites[0],
+    )

@@ -169,6 +169,23 @@ def _reconstruction(tmp_path):
     return ["m"], "toy", params, src
 
 
+def _adversarial(tmp_path):
+    from vision_fakes import planted_source
+
+    params = {"epsilons": {"linf": [0.03, 0.06]}, "steps": 4, "n_examples": 2}
+    return ["m"], "toy", params, planted_source()
+
+
+def _feature_vis(tmp_path):
+    from vision_fakes import PlantedFilterAdapter, VisionSource
+
+    src = VisionSource(split_names=("test",))
+    src.adapters["m"] = PlantedFilterAdapter()
+    params = {"targets": [{"objective": "channel", "site": "vision.blocks.0", "units": [0, 1]},
+                          {"objective": "layer"}], "steps": 3, "size": 16}
+    return ["m"], "toy", params, src
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -183,6 +200,8 @@ FIXTURES = {
     "classifier_head": _classifier_head,
     "chunking": _chunking,
     "reconstruction_probe": _reconstruction,
+    "adversarial": _adversarial,
+    "feature_vis": _feature_vis,
 }
 
 # analyses that still change process-wide state on this branch (fixed on other branches;

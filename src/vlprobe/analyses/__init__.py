@@ -27,6 +27,8 @@ ANALYSES.add("classifier_head", "vlprobe.analyses.classifier_head:ClassifierHead
 ANALYSES.add("chunking", "vlprobe.analyses.chunking:Chunking", aliases=("T2",))
 ANALYSES.add("reconstruction_probe", "vlprobe.analyses.reconstruction:ReconstructionProbe",
               aliases=("V5",))
+ANALYSES.add("adversarial", "vlprobe.analyses.vision.adversarial:Adversarial", aliases=("V6",))
+ANALYSES.add("feature_vis", "vlprobe.analyses.vision.feature_vis:FeatureVis", aliases=("V8",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_models import tiny_spec
 from vision_fakes import PlantedColorAdapter, VisionSource, color_stimuli, planted_source
 
+from tiny_models import tiny_spec
 from vlprobe.analyses.vision import heads as H
 from vlprobe.analyses.vision.adversarial import Adversarial
 from vlprobe.analyses.vision.semantic import similarity_rows
@@ -119,8 +119,10 @@ def test_linear_probe_head_matches_the_extracted_features(tmp_path):
     head = H.linear_probe_head(adapter, "vision.blocks.0", "mean", x, train.labels,
                                train.label_names, [0.1, 10.0], 0.3, 0, "test")
     px = adapter.image_pixels(train.payloads("image", range(len(train))))
-    classes, w, b, _ = H.fit_probe(x, train.labels, [0.1, 10.0], 0.3, 0, "test")
-    expected = x @ w.T + b
+    from vlprobe.analyses.probe_solver import fit_logistic_path
+
+    path = fit_logistic_path([x], train.labels, [head.info["C"]])
+    expected = path.decision_function([x])[0][0]  # the solver's own logits [N, 3]
     with torch.no_grad():
         got = head.logits(px).numpy()
     assert np.allclose(got, expected, atol=1e-4)

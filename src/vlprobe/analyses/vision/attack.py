@@ -15,6 +15,7 @@ from vlprobe.analyses.vision.pgd import (
     default_step_size,
     perturbation_norm,
     pgd_attack,
+    predict_classes,
     quantize_8bit,
 )
 from vlprobe.analyses.vision.stats import wilson_ci
@@ -59,14 +60,12 @@ def subset_indices(n: int, max_items: int | None, seed: int) -> np.ndarray:
 def predict(head: Any, adapter: Any, stimuli: Any, indices: np.ndarray, batch_size: int,
             device: str) -> np.ndarray:
     """Clean top-1 head classes of the items at ``indices`` (no gradients)."""
-    import torch
 
     out = []
-    with torch.no_grad():
-        for i in range(0, len(indices), batch_size):
-            chunk = indices[i:i + batch_size]
-            px = adapter.image_pixels(stimuli.payloads("image", chunk.tolist())).to(device)
-            out.append(head.logits(px).argmax(1).cpu().numpy())
+    for i in range(0, len(indices), batch_size):
+        chunk = indices[i:i + batch_size]
+        px = adapter.image_pixels(stimuli.payloads("image", chunk.tolist())).to(device)
+        out.append(predict_classes(head.logits, px).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -194,8 +193,8 @@ def attack_model(analysis: Any, model: str, adapter: Any, head: Any,
     targets = (random_targets(head_y, np.arange(len(stimuli)), K, seed) if p["targeted"]
                else None)
     largest = {norm: eps for norm, eps in analysis.grid}  # grid is sorted per norm
-    examples = {norm: {"epsilon": eps, "clean": [], "adversarial": [], "true": [],
-                       "pred": []} for norm, eps in largest.items()}
+    examples = {norm: {"norm": norm, "epsilon": eps, "clean": [], "adversarial": [],
+                       "true": [], "pred": []} for norm, eps in largest.items()}
     records: list[dict[str, Any]] = []
     attackable = sub[(clean_pred[sub] == head_y[sub]) & (head_y[sub] >= 0)]
     for start in range(0, len(attackable), bs):
@@ -211,9 +210,8 @@ def attack_model(analysis: Any, model: str, adapter: Any, head: Any,
                 step_size=None if p["step_size"] is None else float(p["step_size"]) * eps,
                 restarts=int(p["restarts"]), random_init=bool(p["random_start"]),
                 targets=t0, seed=seed, item_seeds=idx.tolist(), early_stop=bool(p["early_stop"]))
-            with torch.no_grad():
-                q = quantize_8bit(res.adversarial)
-                q_pred = head.logits(q).argmax(1)
+            q = quantize_8bit(res.adversarial)
+            q_pred = predict_classes(head.logits, q)
             q_ok = (q_pred == t0) if t0 is not None else (q_pred != y0)
             pert = perturbation_norm(res.adversarial - x0, norm).cpu().numpy()
             q_pert = perturbation_norm(q - x0, norm).cpu().numpy()

@@ -262,7 +262,8 @@ class FeatureVis(Analysis):
                         with torch.no_grad():
                             logits = adapter.forward_differentiable(
                                 torch.as_tensor(res.images[k:k + 1]), [obj.site])[obj.site][0]
-                        prob = torch.softmax(logits.float(), 0)
+                        logits = logits.detach().float()
+                        prob = torch.softmax(logits, 0)
                         rows.append({**base, "metric": "self_top1",
                                      "value": float(int(logits.argmax()) == obj.unit)})
                         rows.append({**base, "metric": "self_probability",

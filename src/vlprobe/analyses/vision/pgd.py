@@ -232,8 +232,7 @@ def pgd_attack(
         return pred == goal[rows] if targeted else pred != goal[rows]
 
     if epsilon == 0.0 or B == 0:
-        with torch.no_grad():
-            pred = logits_fn(pixels).argmax(1) if B else prediction
+        pred = predict_classes(logits_fn, pixels) if B else prediction
         ok = fooled(pred, torch.arange(B, device=device))
         return PGDResult(pixels.clone(), ok, pred, torch.where(ok, 0, -1),
                          torch.where(ok, 0, -1), pixels.clone())
@@ -252,18 +251,20 @@ def pgd_attack(
             rows = todo[active]
             xa = x[active].detach()
             last = t == int(steps)
-            with torch.set_grad_enabled(not last):
-                xa.requires_grad_(not last)
-                logits = logits_fn(xa).float()
-                pred = logits.argmax(1).detach()
+            if last:  # the final iterate is only classified
+                pred = predict_classes(logits_fn, xa)
                 ok = fooled(pred, rows)
-                if last:
-                    keep = ~success[rows] & ~ok  # failures: their last iterate and prediction
-                    adversarial[rows[keep]] = xa[keep].detach()
-                    prediction[rows[keep]] = pred[keep]
-                else:
+                keep = ~success[rows] & ~ok  # failures: their last iterate and prediction
+                adversarial[rows[keep]] = xa[keep]
+                prediction[rows[keep]] = pred[keep]
+            else:
+                with torch.enable_grad():
+                    xa.requires_grad_(True)
+                    logits = logits_fn(xa).float()
                     loss = F.cross_entropy(logits, goal[rows], reduction="sum")
                     (grad,) = torch.autograd.grad(-loss if targeted else loss, xa)
+                pred = logits.argmax(1).detach()
+                ok = fooled(pred, rows)
             hit = rows[ok]
             adversarial[hit] = xa[ok].detach()
             prediction[hit] = pred[ok]
@@ -282,6 +283,16 @@ def pgd_attack(
                 break
         final[todo] = x.detach()
     return PGDResult(adversarial, success, prediction, taken, restart_of, final)
+
+
+def predict_classes(logits_fn: Callable[[Any], Any], pixels: Any) -> Any:
+    """``[B]`` top-1 classes of ``pixels``. (Adapters' ``forward_differentiable`` enables
+    gradients even under ``no_grad``, so a graph is built and dropped at once; not
+    ``inference_mode``, which would turn weights that load lazily into inference tensors.)"""
+    import torch
+
+    with torch.no_grad():
+        return logits_fn(pixels).argmax(1).detach()
 
 
 def quantize_8bit(pixels: Any) -> Any:

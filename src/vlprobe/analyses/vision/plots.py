@@ -66,7 +66,9 @@ def plot_examples(shown: dict[str, Any], title: str = "") -> Any:
             ax.imshow(_hwc(image))
             ax.set_title(label[:40], fontsize=7)
             ax.axis("off")
-    fig.suptitle(f"{title} (ε = {shown['epsilon']:.4g})", fontsize=9)
+    eps = shown["epsilon"]
+    shown_eps = f"{eps * 255:.3g}/255" if shown.get("norm") == "linf" else f"{eps:.3g}"
+    fig.suptitle(f"{title} (ε = {shown_eps})", fontsize=9)
     return fig
 
 

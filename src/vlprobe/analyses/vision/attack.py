@@ -20,6 +20,7 @@ from vlprobe.analyses.vision.pgd import (
 )
 from vlprobe.analyses.vision.stats import wilson_ci
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.models.inference_tensors import release_inference_tensors
 
 log = logging.getLogger(__name__)
 _WNID = re.compile(r"n\d{8}")
@@ -27,7 +28,9 @@ _WNID = re.compile(r"n\d{8}")
 
 def model_adapter(source: Any, model: str, analysis: str) -> Any:
     """The adapter of ``model`` from the run's feature source (``source.adapter(model)``),
-    checked to have an image tower (the differentiable path)."""
+    checked to have an image tower (the differentiable path), with any weights that an
+    extraction loaded under ``inference_mode`` made usable for gradients
+    (:func:`~vlprobe.models.inference_tensors.release_inference_tensors`)."""
     get = getattr(source, "adapter", None)
     if not callable(get):
         raise AnalysisError(f"{analysis}: needs the model itself, and this feature source "
@@ -37,6 +40,7 @@ def model_adapter(source: Any, model: str, analysis: str) -> Any:
         raise ConfigError(
             f"{analysis}: model {model!r} ({adapter.family}, {'/'.join(adapter.modalities)} "
             "input) has no differentiable image path: it needs an image tower")
+    release_inference_tensors(adapter)  # weights an extraction loaded under inference_mode
     return adapter
 
 

@@ -188,6 +188,9 @@ def test_bad_input_is_a_clear_error(tmp_path):
         FeatureVis(["m"], "toy", {"targets": [{"objective": "channel", "units": [-1]}]})
     with pytest.raises(ConfigError, match="lr"):
         FeatureVis(["m"], "toy", {"lr": 0})
+    src.adapters["vit"] = load_model(tiny_spec("hf_vit", tmp_path))
+    with pytest.raises(ConfigError, match="cannot run on 48 x 48 px images"):
+        FeatureVis(["vit"], "toy", {"size": 48, "steps": 1}).run(src)
 
 
 def _grey():

@@ -177,7 +177,12 @@ class FeatureVis(Analysis):
         sites = {i: self._site(adapter, t) for i, t in enumerate(self.targets)}
         with torch.no_grad():
             probe = torch.full((1, 3, *size), 0.5)
-            acts = adapter.forward_differentiable(probe, list(dict.fromkeys(sites.values())))
+            try:
+                acts = adapter.forward_differentiable(probe, list(dict.fromkeys(sites.values())))
+            except (ValueError, RuntimeError) as exc:  # e.g. a ViT at another image size
+                raise ConfigError(f"feature_vis: model {model!r} cannot run on {size[0]} x "
+                                  f"{size[1]} px images ({exc}); leave size null for the "
+                                  "model's own input size") from None
         out = []
         for i, t in enumerate(self.targets):
             site, kind = sites[i], t["objective"]

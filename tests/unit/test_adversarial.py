@@ -270,6 +270,7 @@ def test_similarity_rows_by_hand():
     ({"epsilons": {"linf": ["-1/255"]}}, "must lie in"),
     ({"epsilons": {"l1": [0.1]}}, "unknown norm"),
     ({"epsilons": [0.1]}, "must map a norm"),
+    ({"epsilons": {"linf": [0, "0/255"]}}, "at least one epsilon > 0"),
     ({"restarts": 3, "random_start": False}, "random_start"),
     ({"head": "softmax"}, "head must be"),
     ({"step_size": 2}, "step_size"),

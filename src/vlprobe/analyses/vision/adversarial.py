@@ -135,6 +135,9 @@ class Adversarial(Analysis):
             parsed = sorted({parse_epsilon(v, norm, f"adversarial: epsilons.{norm}")
                              for v in values} - {0.0})
             self.grid += [(norm, e) for e in parsed]
+        if not self.grid:
+            raise ConfigError("adversarial: epsilons: give at least one epsilon > 0 (eps = 0, "
+                              "the clean accuracy, is always reported)")
         for key, low, none in (("steps", 0, False), ("restarts", 1, False),
                                ("batch_size", 1, False), ("max_items", 1, True),
                                ("n_random_pairs", 0, False), ("n_examples", 0, False)):

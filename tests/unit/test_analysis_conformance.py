@@ -229,6 +229,23 @@ def _modality_gap(tmp_path):
     return ["m"], "toy", {"max_points": 6}, planted_pairs(n_images=6, per_image=2)[0]
 
 
+def _adversarial(tmp_path):
+    from vision_fakes import planted_source
+
+    params = {"epsilons": {"linf": [0.03, 0.06]}, "steps": 4, "n_examples": 2}
+    return ["m"], "toy", params, planted_source()
+
+
+def _feature_vis(tmp_path):
+    from vision_fakes import PlantedFilterAdapter, VisionSource
+
+    src = VisionSource(split_names=("test",))
+    src.adapters["m"] = PlantedFilterAdapter()
+    params = {"targets": [{"objective": "channel", "site": "vision.blocks.0", "units": [0, 1]},
+                          {"objective": "layer"}], "steps": 3, "size": 16}
+    return ["m"], "toy", params, src
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -249,6 +266,8 @@ FIXTURES = {
     "zero_shot": _zero_shot,
     "retrieval": _retrieval,
     "modality_gap": _modality_gap,
+    "adversarial": _adversarial,
+    "feature_vis": _feature_vis,
 }
 
 # analyses that still change process-wide state on this branch (fixed on other branches;

@@ -37,6 +37,8 @@ ANALYSES.add("typographic_attack", "vlprobe.analyses.multimodal.typographic:Typo
 ANALYSES.add("bias_audit", "vlprobe.analyses.multimodal.bias_audit:BiasAudit", aliases=("M4",))
 ANALYSES.add("multimodal_neurons", "vlprobe.analyses.multimodal.neurons:MultimodalNeurons",
              aliases=("M5",))
+ANALYSES.add("adversarial", "vlprobe.analyses.vision.adversarial:Adversarial", aliases=("V6",))
+ANALYSES.add("feature_vis", "vlprobe.analyses.vision.feature_vis:FeatureVis", aliases=("V8",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -137,6 +137,11 @@ class FeatureSource(Protocol):
         """Payload modalities of the dataset's items."""
         ...
 
+    def adapter(self, model: str) -> Any:
+        """The model's adapter, for analyses that run the model themselves through its
+        differentiable image path (V6 PGD, V8 feature visualisation); weights load lazily."""
+        ...
+
     def splits(self, dataset: str) -> list[str]:
         """Split names the dataset has."""
         ...

@@ -129,6 +129,8 @@ def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
 #: loading tests below do not apply, and each says where its own loading is tested.
 OWN_CHECKPOINTS = {
     "aligned_dual": "loads a `vlprobe train` directory; tested in tests/unit/test_train.py",
+    "grid_captioner": "loads a `vlprobe train` directory; tested in "
+                      "tests/unit/test_train_captioner.py",
 }
 
 
@@ -453,6 +455,7 @@ NOT_TRANSFORMERS = {
     # stream by stream (attentions too) in tests/unit/test_adapters_twostream.py
     "lxmert": "compared per stream in test_lxmert_hooks_equal_hf_outputs",
     "vision_encoder_decoder": "compared per stream in test_captioner_hooks_equal_hf_outputs",
+    "grid_captioner": "tower + GPT-2 decoder: compared in tests/unit/test_grid_captioner.py",
 }
 
 

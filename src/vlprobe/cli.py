@@ -168,7 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     test = record["test"]
     print(f"checkpoint: {out}")
     print(f"best epoch {record['best_epoch']} (validation); test:")
-    rows = test.items() if all(isinstance(v, dict) for v in test.values()) else [("", test)]
+    rows = (sorted(test.items(), key=lambda kv: (kv[0] != "greedy", kv[0]))
+            if all(isinstance(v, dict) for v in test.values()) else [("", test)])
     for name, scores in rows:  # a captioner records one score dict per decoding
         scale = 100.0 if record.get("kind") == "captioner" else 1.0
         print(f"  {name + ': ' if name else ''}" + ", ".join(

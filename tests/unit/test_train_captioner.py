@@ -136,15 +136,20 @@ def test_greedy_is_deterministic_and_beam_one_is_the_argmax_path(trained, model)
     assert model.generate(images, 10, 3) == model.generate(images, 10, 3)
     gen = model.generate_with_attention(images, max_length=10)
     assert gen.texts == first
-    # beam search with one beam == the step-by-step argmax of teacher forcing
+    # beam search with one beam == the step-by-step argmax of teacher forcing (over words
+    # and <eos>: <pad>, <bos> and <unk> are never generated)
+    from vlprobe.captioning.grid_decoder import SUPPRESSED
+
     grid = model._image_grid(images)
     seq = torch.ones(len(images), 1, dtype=torch.long)
     with torch.no_grad():
         for _ in range(9):
             logits = model.decoder(grid, seq, torch.ones_like(seq))[:, -1]
+            logits[:, list(SUPPRESSED)] = -float("inf")
             seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
     for b, toks in enumerate(gen.token_ids):
         assert seq[b, 1 : len(toks) + 1].tolist() == toks
+        assert not set(toks) & set(SUPPRESSED)
 
 
 def test_generated_cross_attention_rows_sum_to_one_and_are_causal(trained, model):

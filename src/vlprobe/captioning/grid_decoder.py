@@ -28,11 +28,14 @@ import torch
 from torch import nn
 
 from vlprobe.captioning.decoders import DECODER_DEFAULTS
-from vlprobe.captioning.vocab import BOS, EOS, PAD, SPECIALS
+from vlprobe.captioning.vocab import BOS, EOS, PAD, SPECIALS, UNK
 from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.models._hooks import HookTarget
 
 PAD_ID, BOS_ID, EOS_ID = SPECIALS.index(PAD), SPECIALS.index(BOS), SPECIALS.index(EOS)
+UNK_ID = SPECIALS.index(UNK)
+#: never generated: padding, a second start token, the unknown-word token (not a word)
+SUPPRESSED = (PAD_ID, BOS_ID, UNK_ID)
 #: architecture keys of the ``decoder`` section (``min_count`` is the vocabulary's)
 ARCH_KEYS = ("width", "layers", "heads", "ffn", "dropout", "max_words")
 
@@ -152,7 +155,8 @@ class GridTransformerDecoder(nn.Module):
                      ) -> torch.Tensor:
         """``[B, n]`` ids, ``<bos>`` first: transformers ``generate`` (greedy for one beam,
         else beam search with its defaults: length_penalty 1, early_stopping False), in eval
-        mode (the module's mode is restored)."""
+        mode (the module's mode is restored). ``<pad>``, ``<bos>`` and ``<unk>`` are never
+        generated (:data:`SUPPRESSED`): every generated token is a word or ``<eos>``."""
         if int(max_length) < 2 or int(max_length) > self.max_positions:
             raise ConfigError(f"grid_transformer: max_length {max_length} must lie in "
                               f"[2, {self.max_positions}] (<bos> + words + <eos>)")
@@ -166,7 +170,7 @@ class GridTransformerDecoder(nn.Module):
                 input_ids=start, attention_mask=torch.ones_like(start),
                 encoder_hidden_states=self.memory(grid), max_length=int(max_length),
                 num_beams=int(num_beams), do_sample=False, bos_token_id=BOS_ID,
-                eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+                eos_token_id=EOS_ID, pad_token_id=PAD_ID, suppress_tokens=list(SUPPRESSED),
             )
         finally:
             self.train(was)

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pycocoevalcap.meteor.meteor")
 
-from vlprobe.captioning import metrics as M  # noqa: E402
+from vlprobe.captioning import metrics as M
 
 pytestmark = [
     pytest.mark.slow,

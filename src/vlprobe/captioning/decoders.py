@@ -21,7 +21,8 @@ The interface (a ``torch.nn.Module``):
 - ``generate_ids(grid, max_length, num_beams) -> [B, n]`` ids, ``<bos>`` first (greedy for
   ``num_beams=1``, else beam search; ``max_length`` counts ``<bos>``; rows that stopped are
   padded with ``<pad>`` after ``<eos>``);
-- ``max_positions``: decoder positions (``<bos>`` included);
+- ``max_positions``: decoder positions (``<bos>`` included); ``arch``: a dict with at least
+  ``feature_dim`` (C) and ``grid`` (g), what the decoder reads;
 - ``n_layers``; ``text_sites()``: the decoder's sites in forward order (:data:`docs/SITES.md`
   names: ``text.stem``, ``text.blocks.{i}`` (+ ``.attn``), ``cross.blocks.{i}.t2v.attn``
   where the kind cross-attends, ``text.pooled``); ``hook_table()``: site -> ``HookTarget``

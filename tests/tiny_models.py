@@ -285,6 +285,36 @@ def tiny_aligned_dual(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     return ModelSpec(adapter="aligned_dual", checkpoint=str(out), seed=seed)
 
 
+def tiny_grid_captioner(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
+    """A `vlprobe train` captioner checkpoint: the tiny EfficientNet-Lite0 tower (64 px,
+    ``vision.blocks.15`` = 320 channels at 2 x 2, pooled ``grid2``) + a seeded, untrained
+    ``grid_transformer`` decoder (2 blocks, width 32, 2 heads, 16 positions) over a word
+    vocabulary of :data:`WORDS` (training itself is tested in test_train_captioner.py)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from vlprobe.captioning.decoders import build_decoder, check_decoder_config
+    from vlprobe.captioning.vocab import SPECIALS, build_tokenizer
+    from vlprobe.train.checkpoint import save_checkpoint
+
+    tower = {**asdict(tiny_efficientnet(tmp_dir, seed)), "sites": ["vision.blocks.15"],
+             "pooling": "grid2"}
+    decoder_cfg = check_decoder_config({"width": 32, "layers": 2, "heads": 2, "ffn": 64,
+                                        "max_words": 14, "min_count": 1, "dropout": 0.0})
+    vocab = [*SPECIALS, *dict.fromkeys(WORDS)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = build_decoder(decoder_cfg, 320, 2, len(vocab))
+    out = Path(tmp_dir) / f"tiny_grid_captioner_{seed}"
+    config = {"kind": "captioner", "adapter": "grid_captioner", "name": "tiny",
+              "image_tower": tower, "feature_dim": 320, "grid": 2, "decoder": decoder_cfg,
+              "decode": {"max_length": 12, "num_beams": 1}}
+    save_checkpoint(out, decoder.state_tensors(), config, {"note": "untrained test decoder"})
+    build_tokenizer(vocab, decoder.max_positions).save_pretrained(str(out))
+    return ModelSpec(adapter="grid_captioner", checkpoint=str(out), seed=seed)
+
+
 def tiny_lxmert(tmp_dir: str | Path, seed: int = 0) -> ModelSpec:
     """2 language, 1 object-relationship, 2 cross layers, width 32, 2 heads; regions = the
     4 x 4 cells of the tiny ResNet's ``vision.stages.1`` map (16 channels) at 32 px."""
@@ -401,6 +431,7 @@ TINY_SPECS: dict[str, Callable[..., ModelSpec]] = {
     "visual_bert": tiny_visual_bert,
     "lxmert": tiny_lxmert,
     "vision_encoder_decoder": tiny_captioner,
+    "grid_captioner": tiny_grid_captioner,
     "siglip": tiny_siglip,
     "open_clip": tiny_open_clip,
 }

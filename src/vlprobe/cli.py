@@ -9,7 +9,7 @@ vlprobe ls [ROOT]                  past runs, one line each
 vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
-vlprobe train CONFIG [--set k=v]   train a multimodal model from frozen towers (M8)
+vlprobe train CONFIG [--set k=v]   train from frozen towers: M8 dual encoder, or a captioner
 vlprobe cache ls                   activation store entries (model, data, site, shape, size)
 vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
 vlprobe cache verify [--delete]    rehash every entry; report (and remove) corrupted ones
@@ -167,8 +167,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     record = json.loads((out / "training_record.json").read_text())
     test = record["test"]
     print(f"checkpoint: {out}")
-    print(f"best epoch {record['best_epoch']} (validation); test: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in test.items()))
+    print(f"best epoch {record['best_epoch']} (validation); test:")
+    rows = (sorted(test.items(), key=lambda kv: (kv[0] != "greedy", kv[0]))
+            if all(isinstance(v, dict) for v in test.values()) else [("", test)])
+    for name, scores in rows:  # a captioner records one score dict per decoding
+        scale = 100.0 if record.get("kind") == "captioner" else 1.0
+        print(f"  {name + ': ' if name else ''}" + ", ".join(
+            f"{k} {'n/a' if v is None else f'{scale * v:.1f}'}" for k, v in scores.items()))
     return 0
 
 
@@ -278,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("root", nargs="?")
     p.set_defaults(fn=_cmd_query)
-    p = sub.add_parser("train", help="train a multimodal model from frozen towers (M8)")
+    p = sub.add_parser("train", help="train a multimodal model from frozen towers (M8) or a "
+                       "captioner (kind: captioner)")
     p.add_argument("config", help="YAML train config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.epochs=10")

@@ -131,6 +131,8 @@ def _tiny(name: str, tmp: Path, seed: int = 0) -> ModelSpec:
 #: loading tests below do not apply, and each says where its own loading is tested.
 OWN_CHECKPOINTS = {
     "aligned_dual": "loads a `vlprobe train` directory; tested in tests/unit/test_train.py",
+    "grid_captioner": "loads a `vlprobe train` directory; tested in "
+                      "tests/unit/test_train_captioner.py",
 }
 
 
@@ -469,6 +471,7 @@ NOT_TRANSFORMERS = {
     "vision_encoder_decoder": "compared per stream in test_captioner_hooks_equal_hf_outputs",
     "open_clip": "open_clip's own modules (no HF hidden_states); its pooling is compared in "
                  "test_open_clip_embeddings_pool_as_the_model_does where the extra imports",
+    "grid_captioner": "tower + GPT-2 decoder: compared in tests/unit/test_grid_captioner.py",
 }
 
 

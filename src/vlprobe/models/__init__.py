@@ -26,6 +26,10 @@ MODELS.add(
     "vision_encoder_decoder", "vlprobe.models.captioner:CaptionerAdapter",
     aliases=("vit_gpt2", "captioner"),
 )
+MODELS.add(
+    "grid_captioner", "vlprobe.models.grid_captioner:GridCaptionerAdapter",
+    aliases=("trained_captioner",),
+)
 MODELS.add("siglip", "vlprobe.models.siglip:SigLIPAdapter")
 MODELS.add("open_clip", "vlprobe.models.open_clip:OpenCLIPAdapter", aliases=("openclip",))
 

@@ -43,9 +43,15 @@ generated sequence; equal to ``generate(output_attentions=True)``'s ``cross_atte
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vlprobe.captioning.decoding import (
+    Generation,
+    cut_at_eos,
+    per_token_attention,
+    start_token_inputs,
+    teacher_forced_inputs,
+)
 from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_tags
 from vlprobe.models._hf import HFAdapter, locate_blocks
@@ -54,25 +60,6 @@ from vlprobe.models.base import Batch, Trace
 from vlprobe.models.hf_preprocess import default_image_processor, processor_identity
 
 _CROSS_FALLBACK = ("crossattention", "encoder_attn")
-
-
-@dataclass
-class Generation:
-    """Generated captions with the cross-attention that produced each token.
-
-    Attributes:
-        texts: one caption per image (special tokens removed, stripped).
-        token_ids: per image, the generated ids after the start token, up to and including
-            the first EOS (if one was generated before ``max_length``).
-        tokens: the same as strings (one per id).
-        cross_attention: per image a float32 ``[L, H, n_tokens, 1+P]`` tensor: decoder layer
-            x head x generated token x image token; row t is the step that produced token t.
-    """
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    tokens: list[list[str]]
-    cross_attention: list[Any]
 
 
 class CaptionerAdapter(HFAdapter):
@@ -171,26 +158,9 @@ class CaptionerAdapter(HFAdapter):
     def _text_inputs(self, texts: Sequence[Any]) -> tuple[dict[str, Any], int, Any]:
         """``decoder_input_ids`` / ``decoder_attention_mask`` ``[B, T]`` (start token first),
         number of captions truncated, ``[B, T, 2]`` character offsets or None."""
-        import numpy as np
-        import torch
-
-        texts = [str(t) for t in texts]
-        max_len = self.max_text_length()
-        n_truncated = sum(1 for n in self.text_lengths(texts) if n > max_len)
-        tok = self.tokenizer
-        want_offsets = bool(getattr(tok, "is_fast", False))
-        enc = tok(
-            texts, add_special_tokens=False, padding="longest", truncation=True,
-            max_length=max_len - 1, return_tensors="pt", return_offsets_mapping=want_offsets,
-        )
-        b = len(texts)
-        start = torch.full((b, 1), self._token_id("decoder_start_token_id"), dtype=torch.long)
-        ids = torch.cat([start, enc["input_ids"].long()], dim=1)
-        mask = torch.cat([torch.ones(b, 1, dtype=torch.long), enc["attention_mask"].long()], 1)
-        offsets = enc.get("offset_mapping")
-        if offsets is not None:
-            offsets = np.concatenate([np.zeros((b, 1, 2), dtype=np.int64),
-                                      offsets.numpy().astype(np.int64)], axis=1)
+        ids, mask, n_truncated, offsets = start_token_inputs(
+            self.tokenizer, texts, self.max_text_length(),
+            self._token_id("decoder_start_token_id"))
         return {"decoder_input_ids": ids, "decoder_attention_mask": mask}, n_truncated, offsets
 
     # -- running -----------------------------------------------------------------------
@@ -315,29 +285,19 @@ class CaptionerAdapter(HFAdapter):
 
         px = self.prepare(list(images), "image").inputs["pixel_values"]
         ids = self._generate_ids(px, max_length, num_beams)
-        eos = self._token_id("eos_token_id")
-        token_ids: list[list[int]] = []
-        for row in ids[:, 1:].tolist():
-            cut = row.index(eos) + 1 if eos in row else len(row)
-            token_ids.append(row[:cut])
-        n_max = max(len(t) for t in token_ids)
-        dec_in = torch.full((len(token_ids), n_max), self._token_id("pad_token_id"))
-        mask = torch.zeros(len(token_ids), n_max, dtype=torch.long)
-        for b, toks in enumerate(token_ids):
-            seq = [int(ids[b, 0]), *toks[:-1]]
-            dec_in[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1
+        token_ids = cut_at_eos(ids, self._token_id("eos_token_id"))
+        dec_in, mask = teacher_forced_inputs(ids[:, 0].tolist(), token_ids,
+                                             self._token_id("pad_token_id"))
         inputs = {"pixel_values": px, "decoder_input_ids": dec_in,
                   "decoder_attention_mask": mask}
         sites = [f"cross.blocks.{i}.t2v.attn" for i in range(self.n_dec)]
         table = self._hook_table()
         with torch.no_grad(), capture(self.model, {s: table[s] for s in sites}) as got:
             self._run("pair", to_device(inputs, self.device), True, [])
-        stacked = torch.stack([got[s] for s in sites], dim=1)  # [B, L, H, n_max, 1+P]
         tok = self.tokenizer
         return Generation(
             texts=[t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)],
             token_ids=token_ids,
             tokens=[tok.convert_ids_to_tokens(t) for t in token_ids],
-            cross_attention=[stacked[b, :, :, : len(t)] for b, t in enumerate(token_ids)],
+            cross_attention=per_token_attention(got, sites, token_ids),
         )

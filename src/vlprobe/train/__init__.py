@@ -1,11 +1,16 @@
-"""``vlprobe train``: small real multimodal models from registered frozen towers (M8).
+"""``vlprobe train``: small real multimodal models from registered frozen towers.
 
-- :mod:`vlprobe.train.config`: the YAML config;
-- :mod:`vlprobe.train.features`: frozen tower features through the activation store;
-- :mod:`vlprobe.train.aligned`: projection heads + temperature + InfoNCE, selection on
+- :mod:`vlprobe.train.config`: the YAML config (``kind: aligned`` or ``kind: captioner``);
+- :mod:`vlprobe.train.features`: frozen tower features through the activation store, and the
+  refusal to train on test images (content digests);
+- :mod:`vlprobe.train.aligned`: M8, projection heads + temperature + InfoNCE, selection on
   validation, test once;
+- :mod:`vlprobe.train.caption_run` / :mod:`~vlprobe.train.captioner` /
+  :mod:`~vlprobe.train.caption_eval`: a caption decoder on frozen grid features
+  (:mod:`vlprobe.captioning`), selection on validation, test decoded once;
 - :mod:`vlprobe.train.checkpoint`: safetensors + config + training record, loaded back by the
-  ``aligned_dual`` adapter (:mod:`vlprobe.models.aligned`).
+  ``aligned_dual`` adapter (:mod:`vlprobe.models.aligned`) or the ``grid_captioner`` adapter
+  (:mod:`vlprobe.models.grid_captioner`).
 """
 
 from vlprobe.train.config import TrainConfig, load_train_config, parse_train_config

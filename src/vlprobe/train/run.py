@@ -1,5 +1,8 @@
 """``vlprobe train CONFIG``: data -> frozen tower features (cached) -> trained heads ->
-a checkpoint directory that loads back as a model (see :mod:`vlprobe.train.checkpoint`)."""
+a checkpoint directory that loads back as a model (see :mod:`vlprobe.train.checkpoint`).
+
+:func:`train` dispatches on ``kind``: ``aligned`` here, ``captioner`` in
+:mod:`vlprobe.train.caption_run`."""
 
 from __future__ import annotations
 
@@ -31,6 +34,15 @@ def _versions() -> dict[str, str]:
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train what ``cfg`` describes and write its checkpoint; returns the directory."""
+    if cfg.kind == "captioner":
+        from vlprobe.train.caption_run import train_captioner
+
+        return train_captioner(cfg, progress=progress)
+    return _train_aligned(cfg, progress)
+
+
+def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
+    """``kind: aligned`` (M8)."""
     from vlprobe.data import DatasetSpec, load_dataset
     from vlprobe.extract import ActivationStore
     from vlprobe.models import ModelSpec, load_model
@@ -89,7 +101,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as recorded in a training record (only the sections of its kind)."""
     d = asdict(cfg)
-    d["image_tower"] = _tower_dict(cfg.image_tower)
-    d["text_tower"] = _tower_dict(cfg.text_tower)
-    return d
+    for key in ("image_tower", "text_tower"):
+        tower = getattr(cfg, key)
+        d[key] = _tower_dict(tower) if tower is not None else None
+    unused = ("decoder", "decode") if cfg.kind == "aligned" else ("text_tower", "head")
+    return {k: v for k, v in d.items() if k not in unused}

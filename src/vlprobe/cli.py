@@ -9,7 +9,7 @@ vlprobe ls [ROOT]                  past runs, one line each
 vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
-vlprobe train CONFIG [--set k=v]   train a multimodal model from frozen towers (M8)
+vlprobe train CONFIG [--set k=v]   train a multimodal model (M8 aligned towers; fusion)
 vlprobe cache ls                   activation store entries (model, data, site, shape, size)
 vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
 vlprobe cache verify [--delete]    rehash every entry; report (and remove) corrupted ones
@@ -169,6 +169,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"checkpoint: {out}")
     print(f"best epoch {record['best_epoch']} (validation); test: "
           + ", ".join(f"{k} {v:.1f}" for k, v in test.items()))
+    if record.get("adapter"):
+        print(f"load it as a model: adapter: {record['adapter']}, checkpoint: {out}")
     return 0
 
 
@@ -278,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("root", nargs="?")
     p.set_defaults(fn=_cmd_query)
-    p = sub.add_parser("train", help="train a multimodal model from frozen towers (M8)")
+    p = sub.add_parser("train", help="train a multimodal model (M8 aligned towers; fusion)")
     p.add_argument("config", help="YAML train config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.epochs=10")

@@ -1,4 +1,8 @@
-"""``vlprobe train`` configs: what to train, on which data, from which frozen towers.
+"""``vlprobe train`` configs: what to train, on which data, from which frozen parts.
+
+``kind`` chooses the trainer: ``aligned`` (M8, below) or ``fusion_single`` / ``fusion_two``
+(a small VisualBERT- / LXMERT-style fusion transformer trained with ITM + MLM on frozen CNN
+grid features; their config is documented in :mod:`vlprobe.train.fusion_config`).
 
 ```yaml
 name: aligned_effnet_minilm
@@ -28,7 +32,7 @@ from typing import Any
 from vlprobe.config import ModelEntry, _check_keys, _expect_mapping, _parse_model, load_yaml
 from vlprobe.errors import ConfigError
 
-KINDS = ("aligned",)
+KINDS = ("aligned", "fusion_single", "fusion_two")
 
 
 @dataclass(frozen=True)
@@ -109,11 +113,25 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     return entry
 
 
-def parse_train_config(data: dict[str, Any]) -> TrainConfig:
-    """Validate a raw config tree; unknown keys and tower names give clear errors."""
+def parse_train_config(data: dict[str, Any]) -> Any:
+    """Validate a raw config tree; unknown keys and tower names give clear errors.
+
+    Returns a :class:`TrainConfig` (``kind: aligned``) or a
+    :class:`~vlprobe.train.fusion_config.FusionTrainConfig` (``fusion_single`` /
+    ``fusion_two``)."""
     from vlprobe.config import _suggest
     from vlprobe.models import MODELS
 
+    if not isinstance(data, dict):
+        raise ConfigError("train config: expected a mapping at the top level")
+    if data.get("kind") in (None, ""):
+        raise ConfigError(f"train config: missing required key 'kind' (one of {KINDS})")
+    if data["kind"] not in KINDS:
+        raise ConfigError(f"train config: kind must be one of {KINDS}, got {data['kind']!r}")
+    if data["kind"] != "aligned":
+        from vlprobe.train.fusion_config import parse_fusion_config
+
+        return parse_fusion_config(data)
     unknown = [k for k in data if k not in _TOP]
     if unknown:
         raise ConfigError(
@@ -123,8 +141,6 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         if data.get(key) in (None, ""):
             raise ConfigError(f"train config: missing required key {key!r}")
     kind = data["kind"]
-    if kind not in KINDS:
-        raise ConfigError(f"train config: kind must be one of {KINDS}, got {kind!r}")
     towers = {k: _tower(data[k], k) for k in ("image_tower", "text_tower")}
     for key, tower in towers.items():
         MODELS.get(tower.model.adapter)  # UnknownNameError with a suggestion
@@ -144,7 +160,7 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
     )
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> Any:
     """Read, override (``dotted.key=value``) and validate a train config file."""
     from vlprobe.config import apply_overrides
 

@@ -72,6 +72,7 @@ def _config(tmp: Path, kind: str, seed: int = 0, leak: bool = False) -> dict:
         "text": {"model": {"adapter": "hf_text", "config": bert.config, "random_init": True},
                  "max_length": 16},
         "model": {**ARCH[kind], "width": 32, "heads": 2, "intermediate": 64},
+        "objectives": {"itc": 0.5 if kind == "fusion_two" else 0.0},
         "optim": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
         "eval": {"batch_size": 16, "mlm_captions_per_image": 5},
     }
@@ -200,6 +201,46 @@ def test_same_seed_same_weights(kind):
     assert log[0].loss > 0 and log[0].steps == 3
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", list(ARCH))
+def test_stem_capture_and_the_input_alignment_loss(kind):
+    from vlprobe.train.fusion import stem_capture, stem_itc_loss
+    from vlprobe.train.fusion_config import ArchEntry
+    from vlprobe.train.fusion_models import base_of
+
+    config = hf_config(kind, ArchEntry(**ARCH[kind], width=16, heads=2, intermediate=32),
+                       vocab_size=20, pad_id=0, visual_dim=8, max_length=16, n_regions=4)
+    model = build_model(kind, config, 0).eval()
+    ids, mask = pad_tokens([np.array([2, 5, 6, 3]), np.array([2, 7, 3])], 0)
+    regions = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(0))
+    text = TextSpec(0, 4, [0, 1, 2, 3, 4], 20, 16 if kind == "fusion_single" else None)
+    inputs = model_inputs(kind, ids, mask, regions, text)
+    base = base_of(model)
+    with torch.no_grad(), stem_capture(model, kind, ids.shape[1]) as stems:
+        out = base(**inputs, output_hidden_states=True)
+    if kind == "fusion_single":  # layer 0 of the fused sequence = [text; regions]
+        want = torch.cat([stems["text"], stems["vision"]], 1)
+        assert torch.equal(want, out.hidden_states[0]) and stems["text"].shape[1] == 4
+    else:
+        with torch.no_grad():
+            assert torch.equal(stems["text"], base.embeddings(ids, inputs["token_type_ids"]))
+            assert torch.equal(stems["vision"], base.encoder.visn_fc(regions,
+                                                                     inputs["visual_pos"]))
+    # planted: text and region means that agree pairwise give a lower loss than crossed ones
+    d = 6
+    t = torch.randn(8, 1, d, generator=torch.Generator().manual_seed(1)).expand(8, 3, d)
+    ids8 = torch.full((8, 3), 7)
+    mask8 = torch.ones(8, 3, dtype=torch.long)
+    matched = torch.ones(8, dtype=torch.bool)
+    aligned = stem_itc_loss({"text": t, "vision": t[:, :2]}, ids8, mask8, [0, 1, 2, 3],
+                            matched, 0.1)
+    crossed = stem_itc_loss({"text": t, "vision": t.flip(0)[:, :2]}, ids8, mask8,
+                            [0, 1, 2, 3], matched, 0.1)
+    assert float(aligned) < 0.1 < float(crossed)
+    none = stem_itc_loss({"text": t, "vision": t[:, :2]}, ids8, mask8, [0, 1, 2, 3],
+                         torch.zeros(8, dtype=torch.bool), 0.1)
+    assert float(none) == 0.0  # no matched pairs: nothing to align
 
 
 def test_itm_negatives_never_equal_the_true_caption():

@@ -5,7 +5,10 @@ Protocol (no number is tuned on test):
 - an epoch visits every training image once in a seeded order, with one of its captions; half
   the pairs get a caption of another image instead (ITM label "mismatch"); BERT masking
   (15%, 80/10/10) is applied to every pair and the MLM loss scored on matched pairs only
-  (LXMERT's recipe), so masking says nothing about the label;
+  (LXMERT's recipe), so masking says nothing about the label; optionally (``objectives.itc``)
+  a contrastive loss aligns the two modalities' mean layer-0 embeddings of the matched pairs
+  (:func:`stem_itc_loss`; ALBEF's "align before fuse" applied to the inputs, with no module
+  beyond the architecture's own);
 - after each epoch, ITM accuracy on the validation ``itm`` pairs selects the kept weights;
   training stops after ``patience`` epochs without improvement;
 - the test split is used once, at the end: ITM accuracy (and AUC) on the test ``itm`` pairs and
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +103,54 @@ def encode(model: Any, kind: str, inputs: dict[str, Any]) -> tuple[Any, Any]:
     if kind == "fusion_single":
         return out.last_hidden_state[:, : inputs["input_ids"].shape[1]], out.pooler_output
     return out.language_output, out.pooled_output
+
+
+@contextmanager
+def stem_capture(model: Any, kind: str, n_text: int) -> Iterator[dict[str, Any]]:
+    """Capture layer 0 of each modality during a forward (the adapters' ``fusion.stem`` split
+    after the ``n_text`` text tokens for VisualBERT; ``text.stem`` / ``vision.stem`` for
+    LXMERT): yields a dict that gets ``"text"`` ``[B, T, D]`` and ``"vision"`` ``[B, R, D]``."""
+    got: dict[str, Any] = {}
+    base = base_of(model)
+    handles = []
+    if kind == "fusion_single":
+        def joint(_m: Any, _args: tuple, output: Any) -> None:
+            got["text"], got["vision"] = output[:, :n_text], output[:, n_text:]
+
+        handles.append(base.embeddings.register_forward_hook(joint))
+    else:
+        handles.append(base.embeddings.register_forward_hook(
+            lambda _m, _a, out: got.__setitem__("text", out)))
+        handles.append(base.encoder.visn_fc.register_forward_hook(
+            lambda _m, _a, out: got.__setitem__("vision", out)))
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stem_itc_loss(stems: dict[str, Any], ids: Any, mask: Any, special_ids: list[int],
+                  matched: Any, temperature: float) -> Any:
+    """Symmetric InfoNCE between the mean text-token and the mean region embedding at layer 0
+    of the matched pairs of a batch (CLIP's loss, fixed temperature): "align before fuse"
+    (ALBEF) at the inputs, so that the fusion layers start from comparable modalities.
+    Text tokens: real, non-special (no [CLS] / [SEP] / [MASK] / padding)."""
+    import math
+
+    import torch
+
+    from vlprobe.train.losses import info_nce
+
+    keep = mask.bool() & ~torch.isin(ids, torch.tensor(sorted(special_ids)))
+    w = keep.float().unsqueeze(-1)
+    text = (stems["text"].float() * w).sum(1) / w.sum(1).clamp(min=1.0)
+    vision = stems["vision"].float().mean(1)
+    rows = matched & keep.any(1)
+    if int(rows.sum()) < 2:
+        return text.new_zeros(())
+    scale = torch.tensor(math.log(1.0 / temperature))
+    return info_nce(vision[rows], text[rows], scale)
 
 
 def _batch(split: RegionSplit, rows: Any, tokens: list[np.ndarray],
@@ -210,7 +263,7 @@ def train_fusion(model: Any, kind: str, train: RegionSplit, val: RegionSplit,
         for epoch in range(1, optim.epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            sums = np.zeros(4)  # loss, itm, mlm, itm correct
+            sums = np.zeros(5)  # loss, itm, mlm, itm correct, itc
             n_pairs = n_steps = 0
             plan = epoch_plan(train, optim.batch_size, gen)
             bar = tqdm(plan, desc=f"{kind} epoch {epoch}/{optim.epochs}", unit="batch",
@@ -223,7 +276,8 @@ def train_fusion(model: Any, kind: str, train: RegionSplit, val: RegionSplit,
                 masked, labels = mask_tokens(ids, mask, text.special_ids, objectives.mask_prob,
                                              gen, text.mask_id, text.vocab_size)
                 labels[~matched] = -100
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), \
+                        stem_capture(model, kind, ids.shape[1]) as stems:
                     states, pooled = encode(model, kind,
                                             model_inputs(kind, masked, mask, regions, text))
                     itm_logits = model.cls.seq_relationship(pooled).float()
@@ -233,7 +287,11 @@ def train_fusion(model: Any, kind: str, train: RegionSplit, val: RegionSplit,
                     mlm_loss = (F.cross_entropy(model.cls.predictions(states[sel]).float(),
                                                 labels[sel])
                                 if objectives.mlm > 0 and sel.any() else itm_loss.new_zeros(()))
-                    loss = objectives.itm * itm_loss + objectives.mlm * mlm_loss
+                    itc_loss = (stem_itc_loss(stems, masked, mask, text.special_ids, matched,
+                                              objectives.itc_temperature)
+                                if objectives.itc > 0 else itm_loss.new_zeros(()))
+                    loss = (objectives.itm * itm_loss + objectives.mlm * mlm_loss
+                            + objectives.itc * itc_loss)
                 opt.zero_grad()
                 loss.backward()
                 if optim.grad_clip > 0:
@@ -243,7 +301,7 @@ def train_fusion(model: Any, kind: str, train: RegionSplit, val: RegionSplit,
                 k = len(b["rows"])
                 correct = int((itm_logits.argmax(-1) == target).sum())
                 sums += np.array([loss.item() * k, itm_loss.item() * k, mlm_loss.item() * k,
-                                  correct])
+                                  correct, itc_loss.item() * k])
                 n_pairs += k
                 n_steps += 1
                 bar.set_postfix(loss=f"{sums[0] / n_pairs:.3f}",
@@ -253,7 +311,7 @@ def train_fusion(model: Any, kind: str, train: RegionSplit, val: RegionSplit,
             log.append(EpochLog(epoch, sums[0] / n_pairs, sums[1] / n_pairs, sums[2] / n_pairs,
                                 100 * sums[3] / n_pairs, val_metrics,
                                 float(sched.get_last_lr()[0]), time.perf_counter() - t0,
-                                n_steps))
+                                n_steps, {"itc_loss": sums[4] / n_pairs}))
             if progress:
                 e = log[-1]
                 tqdm.write(f"{kind} epoch {epoch}: loss {e.loss:.3f} (itm {e.itm_loss:.3f}, "

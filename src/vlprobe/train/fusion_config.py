@@ -12,7 +12,7 @@ data: {loader: flickr8k, name: flickr8k, path: ${reference}/captions/flickr8k}
 regions: {adapter: efficientnet_lite0, site: vision.head}
 text: {model: minilm_l6, max_length: 40, init_embeddings: true}
 model: {layers: 4, width: 256, heads: 4, intermediate: 1024, dropout: 0.1}
-objectives: {itm: 1.0, mlm: 1.0, mask_prob: 0.15}
+objectives: {itm: 1.0, mlm: 1.0, mask_prob: 0.15, itc: 0.0}
 optim: {epochs: 3, batch_size: 64, lr: 0.0003, weight_decay: 0.01, warmup: 0.1,
         patience: 2, grad_clip: 1.0, precision: float32}
 eval: {batch_size: 128, val_captions_per_image: 1, test_captions_per_image: null,
@@ -40,7 +40,9 @@ eval: {batch_size: 128, val_captions_per_image: 1, test_captions_per_image: null
   ``intermediate`` and ``dropout``.
 - ``objectives``: loss weights (``itm``: half the training pairs get a caption of another
   image; ``mlm``: BERT masking of ``mask_prob`` of the text tokens, 80 / 10 / 10, scored on
-  matched pairs only) and the masking rate.
+  matched pairs only) and the masking rate; ``itc`` (default 0): weight of a contrastive loss
+  between the mean text-token and mean region embeddings at layer 0 of the matched pairs
+  (temperature ``itc_temperature``), which aligns the inputs before fusion.
 - ``optim``: AdamW, linear warm-up over ``warmup`` of the steps then linear decay; one epoch
   visits every training image once with one of its captions; the best epoch by validation ITM
   accuracy is kept and training stops after ``patience`` epochs without improvement;
@@ -97,6 +99,8 @@ class ObjectiveEntry:
     itm: float = 1.0
     mlm: float = 1.0
     mask_prob: float = 0.15
+    itc: float = 0.0
+    itc_temperature: float = 0.07
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,8 @@ def parse_fusion_config(data: dict[str, Any]) -> FusionTrainConfig:
     evaluation = _number_section(EvalEntry, data.get("eval"), "eval")
     if objectives.itm <= 0:
         raise ConfigError("objectives.itm: expected > 0 (ITM accuracy selects the epoch)")
+    if objectives.itc_temperature <= 0:
+        raise ConfigError("objectives.itc_temperature: expected > 0")
     if not 0 < objectives.mask_prob < 1:
         raise ConfigError(f"objectives.mask_prob: expected a value in (0, 1), got "
                           f"{objectives.mask_prob}")

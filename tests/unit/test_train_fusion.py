@@ -73,7 +73,8 @@ def _config(tmp: Path, kind: str, seed: int = 0, leak: bool = False) -> dict:
                  "max_length": 16},
         "model": {**ARCH[kind], "width": 32, "heads": 2, "intermediate": 64},
         "objectives": {"itc": 0.5 if kind == "fusion_two" else 0.0},
-        "optim": {"epochs": 2, "batch_size": 4, "lr": 1e-3},
+        "optim": {"epochs": 2, "batch_size": 4, "lr": 1e-3,
+                  "precision": "bfloat16" if kind == "fusion_two" else "float32"},
         "eval": {"batch_size": 16, "mlm_captions_per_image": 5},
     }
 

@@ -159,30 +159,9 @@ def train(cfg: FusionTrainConfig, progress: bool = True) -> Path:
     )
     t_train = time.perf_counter() - t0 - t_data
 
-    # the test split, once
-    test, test_rows = splits["test"], rows["test"]
-    test_pairs = itm_pairs(itm("test", e.test_captions_per_image), test_rows, tok,
-                           cfg.text.max_length)
-    small = itm_pairs(itm("test", e.mlm_captions_per_image), test_rows, tok,
-                      cfg.text.max_length)
-    scores = F.itm_scores(model, cfg.kind, test, test_pairs, text, e.batch_size)
-    majority = F.majority_token(splits["train"], text.special_ids)
-    mlm_seed = cfg.seed + 1
-    results = {**F.itm_metrics(scores, test_pairs.labels),
-               **F.mlm_metrics(model, cfg.kind, test, small, text, e.batch_size,
-                               cfg.objectives.mask_prob, mlm_seed, majority)}
-    untrained = {
-        **F.itm_metrics(F.itm_scores(initial, cfg.kind, test, small, text, e.batch_size),
-                        small.labels),
-        **F.mlm_metrics(initial, cfg.kind, test, small, text, e.batch_size,
-                        cfg.objectives.mask_prob, mlm_seed),
-    }
-    share = float(np.mean(test_pairs.labels))
-    controls = {
-        "chance_itm_acc": 100 * max(share, 1 - share),
-        "untrained_model": untrained,
-        "majority_token_mlm_acc": results.pop("majority_token_acc"),
-    }
+    test_pairs, scores, results, controls = evaluate_on_test(
+        model, initial, cfg, splits, rows["test"], itm("test", e.test_captions_per_image),
+        itm("test", e.mlm_captions_per_image), tok, text)
     t_eval = time.perf_counter() - t0 - t_data - t_train
 
     meta = {
@@ -199,10 +178,9 @@ def train(cfg: FusionTrainConfig, progress: bool = True) -> Path:
             **{s: {"fingerprint": views[s].fingerprint(), "n_images": len(splits[s].image_ids),
                    "n_captions": sum(map(len, splits[s].captions)),
                    "n_truncated": splits[s].n_truncated} for s in SPLITS},
-            "itm_validation": _pairs_record(itm("validation", e.val_captions_per_image),
-                                            val_pairs),
-            "itm_test": _pairs_record(itm("test", e.test_captions_per_image), test_pairs),
-            "itm_test_small": _pairs_record(itm("test", e.mlm_captions_per_image), small),
+            "itm_validation": _pairs_record(itm("validation", e.val_captions_per_image)),
+            "itm_test": _pairs_record(itm("test", e.test_captions_per_image)),
+            "itm_test_small": _pairs_record(itm("test", e.mlm_captions_per_image)),
         },
         "regions": {"model": cnn.identity(), "site": cfg.regions.site, "grid": grid,
                     "channels": splits["train"].channels},
@@ -233,6 +211,40 @@ def train(cfg: FusionTrainConfig, progress: bool = True) -> Path:
     return out
 
 
+def evaluate_on_test(model: Any, initial: Any, cfg: FusionTrainConfig,
+                     splits: dict[str, RegionSplit], rows: dict[str, int], itm_view: Any,
+                     small_view: Any, tok: Any, text: Any) -> tuple[ItmPairs, np.ndarray,
+                                                                     dict[str, Any],
+                                                                     dict[str, Any]]:
+    """The one use of the test split: ITM on ``itm_view`` (P(match) per pair kept), MLM on the
+    matched pairs of ``small_view``; controls (the untrained model on ``small_view``, chance,
+    the majority training token). Returns ``(pairs, P(match), metrics, controls)``."""
+    from vlprobe.train import fusion as F
+
+    e, kind, test = cfg.eval, cfg.kind, splits["test"]
+    pairs = itm_pairs(itm_view, rows, tok, cfg.text.max_length)
+    small = itm_pairs(small_view, rows, tok, cfg.text.max_length)
+    scores = F.itm_scores(model, kind, test, pairs, text, e.batch_size)
+    majority = F.majority_token(splits["train"], text.special_ids)
+    mlm_seed = cfg.seed + 1
+    results = {**F.itm_metrics(scores, pairs.labels),
+               **F.mlm_metrics(model, kind, test, small, text, e.batch_size,
+                               cfg.objectives.mask_prob, mlm_seed, majority)}
+    untrained = {
+        **F.itm_metrics(F.itm_scores(initial, kind, test, small, text, e.batch_size),
+                        small.labels),
+        **F.mlm_metrics(initial, kind, test, small, text, e.batch_size,
+                        cfg.objectives.mask_prob, mlm_seed),
+    }
+    share = float(np.mean(pairs.labels))
+    controls = {
+        "chance_itm_acc": 100 * max(share, 1 - share),
+        "untrained_model": untrained,
+        "majority_token_mlm_acc": results.pop("majority_token_acc"),
+    }
+    return pairs, scores, results, controls
+
+
 @dataclass
 class _ImageList:
     """The images of a split as :func:`~vlprobe.train.features.check_no_test_images` reads
@@ -246,9 +258,10 @@ class _ImageList:
         return cls(list(view.descriptors["image_id"]), list(view.images.digests))
 
 
-def _pairs_record(stimuli: Any, pairs: ItmPairs) -> dict[str, Any]:
-    return {"fingerprint": stimuli.fingerprint(), "n_pairs": len(pairs),
-            "n_match": int(pairs.labels.sum())}
+def _pairs_record(stimuli: Any) -> dict[str, Any]:
+    labels = np.asarray(stimuli.labels)
+    return {"fingerprint": stimuli.fingerprint(), "n_pairs": len(labels),
+            "n_match": int(labels.sum())}
 
 
 def check_through_adapter(directory: Path, meta: dict[str, Any], model: Any, kind: str,

@@ -9,7 +9,7 @@ vlprobe ls [ROOT]                  past runs, one line each
 vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
-vlprobe train CONFIG [--set k=v]   train from frozen towers: M8 dual encoder, or a captioner
+vlprobe train CONFIG [--set k=v]   train a multimodal model: M8 aligned towers, a captioner, fusion
 vlprobe cache ls                   activation store entries (model, data, site, shape, size)
 vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
 vlprobe cache verify [--delete]    rehash every entry; report (and remove) corrupted ones
@@ -174,6 +174,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scale = 100.0 if record.get("kind") == "captioner" else 1.0
         print(f"  {name + ': ' if name else ''}" + ", ".join(
             f"{k} {'n/a' if v is None else f'{scale * v:.1f}'}" for k, v in scores.items()))
+    if record.get("adapter"):
+        print(f"load it as a model: adapter: {record['adapter']}, checkpoint: {out}")
     return 0
 
 
@@ -283,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("root", nargs="?")
     p.set_defaults(fn=_cmd_query)
-    p = sub.add_parser("train", help="train a multimodal model from frozen towers (M8) or a "
-                       "captioner (kind: captioner)")
+    p = sub.add_parser("train", help="train a multimodal model: M8 aligned towers, a "
+                       "captioner (kind: captioner) or a fusion model (kind: fusion_single / "
+                       "fusion_two)")
     p.add_argument("config", help="YAML train config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set optim.epochs=10")

@@ -28,6 +28,13 @@ text + region embeddings after the embedding LayerNorm ``[B, T, D]``), ``fusion.
 stem + blocks; default pooling ``cls``. Checkpoints with ``bypass_transformer`` (text-only
 encoder, then one joint layer) are not supported.
 
+Region positions: VisualBERT gives every region visual position 0, so by default the model
+does not know where a grid cell is. A config with ``region_position_offset: K`` (set by
+``vlprobe train`` for its ``fusion_single`` models) gives region ``r`` the position embedding
+``K + r`` through VisualBERT's ``image_text_alignment`` input (``[B, R, 1]``; rows past the
+``K`` text positions, so ``max_text_length()`` is ``K``); ``K + R`` must not exceed
+``max_position_embeddings``.
+
 Tags: ``[CLS]`` / ``[SEP]`` special, words text, regions image, padding pad;
 ``Trace.attention_mask`` = ``[text mask, region mask]`` ``[B, T]``, the mask VisualBERT
 attends with; ``Trace.extras["boxes"]`` ``[B, T, 4]``: each region's box (normalised image
@@ -95,6 +102,8 @@ class VisualBertAdapter(HFAdapter):
                 "visual_bert: checkpoints with bypass_transformer=true (text-only encoder, then "
                 "one joint layer) are not supported: they have no single stack of fused blocks"
             )
+        offset = getattr(self.config, "region_position_offset", None)
+        self.region_position_offset = None if offset is None else int(offset)
         self.n_layers = int(self.config.num_hidden_layers)
         self.visual_dim = int(self.config.visual_embedding_dim)
         self._sites = transformer_tower_sites("fusion", self.n_layers)
@@ -106,6 +115,8 @@ class VisualBertAdapter(HFAdapter):
         self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
 
     def max_text_length(self) -> int | None:
+        if self.region_position_offset is not None:
+            return self.region_position_offset
         return int(self.config.max_position_embeddings)
 
     # -- preprocessing -----------------------------------------------------------------
@@ -152,12 +163,29 @@ class VisualBertAdapter(HFAdapter):
             visual_attention_mask=mask,
             visual_token_type_ids=torch.ones_like(mask),
         )
+        if self.region_position_offset is not None:
+            inputs["image_text_alignment"] = self._region_positions(*feats.shape[:2])
         t_text = inputs["input_ids"].shape[1]
         boxes = nan_boxes(len(images), t_text + feats.shape[1])
         boxes[:, t_text:] = regions.boxes.masked_fill(mask[..., None] == 0, float("nan"))
         return Batch(
             "pair", inputs, n_truncated=n_truncated, offsets=offsets, extras={"boxes": boxes}
         )
+
+    def _region_positions(self, batch: int, n_regions: int) -> Any:
+        """``[B, R, 1]`` alignment ``offset + r`` (see "Region positions" above)."""
+        import torch
+
+        offset = self.region_position_offset
+        limit = int(self.config.max_position_embeddings)
+        if offset + n_regions > limit:
+            raise ConfigError(
+                f"visual_bert: {n_regions} regions from position {offset} need "
+                f"{offset + n_regions} position embeddings; the model has {limit} "
+                "(max_position_embeddings); use the regions the model was trained with"
+            )
+        return (offset + torch.arange(n_regions)).view(1, n_regions, 1).expand(
+            batch, n_regions, 1).clone()
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:
@@ -179,6 +207,7 @@ class VisualBertAdapter(HFAdapter):
             visual_embeds=inputs["visual_embeds"].to(torch_dtype(self.spec.dtype)),
             visual_attention_mask=inputs["visual_attention_mask"],
             visual_token_type_ids=inputs["visual_token_type_ids"],
+            image_text_alignment=inputs.get("image_text_alignment"),
             output_attentions=want_attn,
         )
         if "fusion.pooled" in computed:

@@ -1,4 +1,9 @@
-"""``vlprobe train`` configs: what to train, on which data, from which frozen towers.
+"""``vlprobe train`` configs: what to train, on which data, from which frozen parts.
+
+``kind`` chooses the trainer: ``aligned`` (M8, below), ``captioner`` (a caption decoder on
+frozen grid features) or ``fusion_single`` / ``fusion_two`` (a small
+VisualBERT- / LXMERT-style fusion transformer trained with ITM + MLM on frozen CNN grid
+features; their config is documented in :mod:`vlprobe.train.fusion_config`).
 
 ```yaml
 name: aligned_effnet_minilm
@@ -61,7 +66,7 @@ from typing import Any
 from vlprobe.config import ModelEntry, _check_keys, _expect_mapping, _parse_model, load_yaml
 from vlprobe.errors import ConfigError
 
-KINDS = ("aligned", "captioner")
+KINDS = ("aligned", "captioner", "fusion_single", "fusion_two")
 SELECT_ON = ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "loss")
 
 
@@ -181,10 +186,24 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     return entry
 
 
-def parse_train_config(data: dict[str, Any]) -> TrainConfig:
-    """Validate a raw config tree; unknown keys and tower names give clear errors."""
+def parse_train_config(data: dict[str, Any]) -> Any:
+    """Validate a raw config tree; unknown keys and tower names give clear errors.
+
+    Returns a :class:`TrainConfig` (``kind: aligned``) or a
+    :class:`~vlprobe.train.fusion_config.FusionTrainConfig` (``fusion_single`` /
+    ``fusion_two``)."""
     from vlprobe.config import _suggest
 
+    if not isinstance(data, dict):
+        raise ConfigError("train config: expected a mapping at the top level")
+    if data.get("kind") in (None, ""):
+        raise ConfigError(f"train config: missing required key 'kind' (one of {KINDS})")
+    if data["kind"] not in KINDS:
+        raise ConfigError(f"train config: kind must be one of {KINDS}, got {data['kind']!r}")
+    if data["kind"] in ("fusion_single", "fusion_two"):
+        from vlprobe.train.fusion_config import parse_fusion_config
+
+        return parse_fusion_config(data)
     unknown = [k for k in data if k not in _TOP]
     if unknown:
         raise ConfigError(
@@ -194,8 +213,6 @@ def parse_train_config(data: dict[str, Any]) -> TrainConfig:
         if data.get(key) in (None, ""):
             raise ConfigError(f"train config: missing required key {key!r}")
     kind = data["kind"]
-    if kind not in KINDS:
-        raise ConfigError(f"train config: kind must be one of {KINDS}, got {kind!r}")
     foreign = [k for other, keys in _KIND_KEYS.items() if other != kind for k in keys
                if k in data]
     if foreign:
@@ -281,7 +298,7 @@ def _parse_captioner(data: dict[str, Any], common: dict[str, Any]) -> TrainConfi
                        **common)
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> Any:
     """Read, override (``dotted.key=value``) and validate a train config file."""
     from vlprobe.config import apply_overrides
 

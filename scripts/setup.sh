@@ -5,7 +5,7 @@
 # are a llama.cpp binding we do not use), and Debian's Fashion-MNIST where we may install it.
 #
 #   bash scripts/setup.sh          # what the demo needs
-#   bash scripts/setup.sh test     # ... plus the test tools
+#   bash scripts/setup.sh test     # ... plus the test tools (and Chromium for the report tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -27,6 +27,20 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>
       || echo "note: could not install Debian's dataset-fashion-mnist; the demo needs it"
   else
     echo "note: the demo needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist"
+  fi
+fi
+if [ "${1:-}" = "test" ]; then
+  # the report tests read reports in a real browser: Playwright drives the system Chromium
+  # (Playwright's own browser download needs the internet and is never used)
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+        || echo "note: could not install Debian's chromium; the browser tests will be skipped"
+    else
+      echo "note: the browser tests need Chromium (sudo apt-get install chromium, or set" \
+        "VLPROBE_CHROMIUM=/path/to/chrome); without it they are skipped"
+    fi
   fi
 fi
 .venv/bin/python -c "import torch, vlprobe; print('vlprobe', vlprobe.__version__, 'torch', torch.__version__)"

@@ -177,15 +177,33 @@ class RunFeatureSource:
             label_names=stimuli.label_names,
             n_truncated=result.n_truncated,
             truncated_items=truncated_items,
+            keys=dict(result.keys),
         )
 
-    def prefetch(self, requests: list[FeatureRequest]) -> list[str]:
-        """Extract every request with one forward pass per (model, stimuli, modality).
+    def feature_keys(self, request: FeatureRequest) -> dict[str, str]:
+        """site -> store key of the features :meth:`get` returns for ``request``, without
+        reading the store or running the model (loads the dataset and the adapter's
+        identity: its tokenizer / processor, not its weights)."""
+        from vlprobe.extract import feature_keys
 
-        Requests that differ only in their sites are merged, so the model runs once and
-        every site is captured in that pass; later :meth:`get` calls are cache hits.
-        A group that fails (bad data, missing weights) does not stop the others; its error
-        is returned (and raised again by the analyses that need it).
+        adapter, stimuli, modality, sites = self.resolve(request)
+        return feature_keys(adapter, stimuli, modality=modality, sites=sites,
+                            pooling=request.pooling or self.cfg.extraction.pooling)
+
+    def stimuli_key(self, request: FeatureRequest) -> str:
+        """Hash of the identity (source, fingerprint, size) of :meth:`stimuli`'s items."""
+        from vlprobe.extract import hash_key, stimuli_identity
+
+        return hash_key(stimuli_identity(self.stimuli(request)))
+
+    def group_requests(
+        self, requests: list[FeatureRequest]
+    ) -> tuple[list[FeatureRequest], list[str]]:
+        """Merge requests into extraction groups: one request per (model, stimuli view,
+        modality, pooling) holding the union of the sites, i.e. one forward pass each.
+
+        Returns the merged requests (explicit sites and modality) and the errors of
+        requests that could not be resolved (unknown split, modality mismatch, ...).
         """
         from vlprobe.errors import VLProbeError
 
@@ -198,38 +216,67 @@ class RunFeatureSource:
             except VLProbeError as exc:
                 errors.append(f"{request.model} on {request.dataset}/{request.split}: {exc}")
                 continue
-            key = (
-                request.model,
-                request.dataset,
-                request.split,
-                request.view,
-                request.templates,
-                modality,
-                request.pooling,
-            )
+            key = (request.model, request.dataset, request.split, request.view,
+                   request.templates, modality, request.pooling)
             merged = groups.setdefault(key, [])
             merged.extend(s for s in sites if s not in merged)
             first.setdefault(key, request)
-        for key, sites in groups.items():
-            base = first[key]
-            merged_request = FeatureRequest(
-                model=base.model,
-                dataset=base.dataset,
-                split=base.split,
-                sites=tuple(sites),
-                pooling=base.pooling,
-                view=base.view,
-                templates=base.templates,
-                modality=key[5],
+        merged_requests = [
+            FeatureRequest(
+                model=first[key].model, dataset=first[key].dataset, split=first[key].split,
+                sites=tuple(sites), pooling=first[key].pooling, view=first[key].view,
+                templates=first[key].templates, modality=key[5],
             )
+            for key, sites in groups.items()
+        ]
+        return merged_requests, errors
+
+    def extract_groups(self, groups: list[FeatureRequest]) -> list[str]:
+        """Extract each group of :meth:`group_requests` (one forward pass per group unless
+        the store has it); later :meth:`get` calls are store hits. A group that fails (bad
+        data, missing weights) does not stop the others; its error is returned (and raised
+        again by the analyses that need it)."""
+        from vlprobe.errors import VLProbeError
+
+        errors: list[str] = []
+        for group in groups:
             self._prefetching = True
             try:
-                self.get(merged_request)
+                self.get(group)
             except VLProbeError as exc:
-                errors.append(f"{base.model} on {base.dataset}/{base.split}: {exc}")
+                errors.append(f"{group.model} on {group.dataset}/{group.split}: {exc}")
             finally:
                 self._prefetching = False
         return errors
+
+    def prefetch(self, requests: list[FeatureRequest]) -> list[str]:
+        """:meth:`group_requests` then :meth:`extract_groups`; all errors returned."""
+        groups, errors = self.group_requests(requests)
+        return errors + self.extract_groups(groups)
+
+    def model_summary(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: adapter, checkpoint (or ``random init``) and the hash of the
+        adapter's identity (what enters every store key), for run.json."""
+        from vlprobe.extract import hash_key
+
+        out: dict[str, dict[str, Any]] = {}
+        for name, adapter in self._models.items():
+            entry = self.cfg.models[name]
+            try:
+                identity = adapter.identity()
+            except Exception as exc:  # a model that failed to load: say why, keep the run
+                out[name] = {"adapter": entry.adapter, "error": f"{type(exc).__name__}: {exc}"}
+                continue
+            checkpoint = (identity.get("checkpoint") or entry.checkpoint or entry.config
+                          or ("random init" if entry.random_init else None))
+            out[name] = {
+                "adapter": entry.adapter,
+                "checkpoint": checkpoint,
+                "random_init": bool(entry.random_init),
+                "identity_hash": hash_key(identity),
+                "identity": identity,
+            }
+        return out
 
     def dataset_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per loaded dataset and split: item count, classes, skipped items, and the items

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vlprobe.extract.cache_admin import EntryInfo
-from vlprobe.extract.extractor import ExtractionResult, extract_features
+from vlprobe.extract.extractor import ExtractionResult, extract_features, feature_keys
 from vlprobe.extract.keys import (
     STORE_FORMAT_VERSION,
     activation_key,
@@ -27,6 +27,7 @@ __all__ = [
     "activation_key",
     "canonical_json",
     "extract_features",
+    "feature_keys",
     "hash_key",
     "make_key_dict",
     "pool",

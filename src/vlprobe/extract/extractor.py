@@ -161,6 +161,38 @@ def resolve_pooling(
     return out
 
 
+def _key_dicts(
+    adapter: Any, stimuli: Any, modality: str, poolings: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """site -> store key dict of one extraction (the sites of ``poolings``, in order)."""
+    ident = adapter.identity()
+    stim_ident = stimuli_identity(stimuli)
+    return {
+        site: make_key_dict(ident, stim_ident, modality=modality, site=site, pooling=method)
+        for site, method in poolings.items()
+    }
+
+
+def feature_keys(
+    adapter: Any,
+    stimuli: Any,
+    *,
+    modality: str | None = None,
+    sites: Sequence[str] | None = None,
+    pooling: str | Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """site -> the store key that :func:`extract_features` with the same arguments reads or
+    writes, computed without touching the store or running the model (a paired set's image
+    side is keyed on its distinct images, as extraction does)."""
+    modality = resolve_modality(adapter, stimuli, modality)
+    shared = stimuli.unique_images() if modality == "image" else None
+    if shared is not None:
+        stimuli = shared[0]
+    site_list = resolve_sites(adapter, modality, sites)
+    poolings = resolve_pooling(adapter, site_list, pooling, modality)
+    return {s: hash_key(kd) for s, kd in _key_dicts(adapter, stimuli, modality, poolings).items()}
+
+
 def _batches(
     adapter: Any, stimuli: Any, modality: str, start: int, stop: int, batch_size: int,
     bucket: bool,
@@ -332,14 +364,8 @@ def _extract_holding(
     span_mode = "span" in poolings.values()
     span_chars = _span_chars(stimuli, modality) if span_mode else None
 
-    ident = adapter.identity()
-    stim_ident = stimuli_identity(stimuli)
-    keys: dict[str, str] = {}
-    key_dicts: dict[str, dict[str, Any]] = {}
-    for site in site_list:
-        kd = make_key_dict(ident, stim_ident, modality=modality, site=site, pooling=poolings[site])
-        keys[site] = hash_key(kd)
-        key_dicts[site] = kd
+    key_dicts = _key_dicts(adapter, stimuli, modality, poolings)
+    keys = {site: hash_key(kd) for site, kd in key_dicts.items()}
     held.enter_context(store.lock(keys.values()))
 
     # -- what is cached? ---------------------------------------------------------------

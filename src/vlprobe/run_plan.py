@@ -98,9 +98,6 @@ def plan_run(
 ) -> RunPlan:
     """Plan a run.
 
-    Raises:
-        ConfigError: an analysis' parameters are invalid (before anything is loaded).
-
     Args:
         cfg: the run config.
         source: the run's feature source (``RunFeatureSource``: loads datasets and adapter
@@ -108,6 +105,9 @@ def plan_run(
         cache: the result cache, or None to compute every analysis (``--force``).
         versions: package versions (part of every result-cache key).
         keep: names of analyses whose existing result files are kept (``--skip-existing``).
+
+    Raises:
+        ConfigError: an analysis' parameters are invalid (before anything is loaded).
     """
     built = [(entry, build_analysis(cfg, entry)) for entry in cfg.analyses]  # bad params raise
     planned: list[PlannedAnalysis] = []

@@ -29,6 +29,7 @@ own: never point it at files from someone you do not trust (pickle).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -191,7 +192,8 @@ class ResultCache:
                 continue
             if not isinstance(result, Result):
                 continue
-            os.utime(entry / "meta.json")  # for `cache gc --older-than`: last use
+            with contextlib.suppress(OSError):  # a read-only cache is used as it is
+                os.utime(entry / "meta.json")  # for `cache gc --older-than`: last use
             return CachedResult(result, key, meta["reads"], float(meta.get("seconds", 0.0)),
                                 str(meta.get("created", "")))
         return None
@@ -215,9 +217,14 @@ class ResultCache:
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             final = plan_dir / key
-            if final.exists():  # an equal result (another process, --force): replace it
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            if final.exists():  # --force, or another process: the newest result wins
+                # rename first (atomic), so a reader never sees a half-deleted entry
+                old = plan_dir / f".old-{key}.{os.getpid()}.{time.monotonic_ns()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

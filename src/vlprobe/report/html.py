@@ -32,6 +32,10 @@ from vlprobe.report.tables import (
 from vlprobe.results.records import atomic_write_text, read_run
 
 
+#: extra tables this small (a best-layer summary) are shown open; larger ones collapsed
+SMALL_ROWS, SMALL_COLUMNS = 20, 12
+
+
 @dataclass
 class ResultView:
     """One analysis of a run as the report reads it back from the run directory."""
@@ -141,8 +145,10 @@ def analysis_html(run_dir: Path, view: ResultView, section_id: str) -> list[str]
                                  open_=pivot is None))
     for table_name, rel in info.get("extra_tables", {}).items():
         if (run_dir / rel).is_file():
-            parts.append(table_block(pd.read_parquet(run_dir / rel), f"Table {table_name}",
-                                     f"{view.name}__{table_name}.csv"))
+            extra = pd.read_parquet(run_dir / rel)
+            small = len(extra) <= SMALL_ROWS and len(extra.columns) <= SMALL_COLUMNS
+            parts.append(table_block(extra, f"Table {table_name}",
+                                     f"{view.name}__{table_name}.csv", open_=small))
     if view.params:
         dumped = e(json.dumps(view.params, indent=1, default=str))
         parts.append(f"<details><summary>Parameters</summary><pre>{dumped}</pre></details>")

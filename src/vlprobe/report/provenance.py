@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from vlprobe.report.style import e, kv_table
-from vlprobe.report.tables import fmt, frame_html
+from vlprobe.report.tables import constants_html, fmt, frame_html, split_constant
 
 
 def models_table(record: dict[str, Any]) -> str:
@@ -75,7 +75,8 @@ def extraction_table(record: dict[str, Any]) -> str:
     keep = [c for c in ("model", "dataset", "split", "view", "modality", "n_items", "n_sites",
                         "n_forward_batches", "n_items_computed", "n_truncated",
                         "seconds_model", "seconds_total") if c in frame.columns]
-    return frame_html(frame[keep])
+    varying, constant = split_constant(frame[keep])
+    return constants_html(constant) + frame_html(varying)
 
 
 def run_facts(record: dict[str, Any]) -> dict[str, Any]:

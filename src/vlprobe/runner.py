@@ -97,8 +97,6 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return root / f"{cfg.name}-{cfg.config_hash()}"
 
 
-
-
 def result_cache_for(cfg: RunConfig) -> ResultCache:
     """The analysis-result cache of a config: ``<cache_dir>/results``."""
     from vlprobe.settings import cache_dir

@@ -83,3 +83,17 @@ def test_alt_text_describes_kind_axes_and_series():
     assert "Heatmap" in alt_text(heat) and "RDM correlation" in alt_text(heat)
     fig.vlprobe_alt = "my own words"
     assert alt_text(fig) == "my own words"
+
+
+def test_mds_points_and_dendrogram_leaves_take_their_models_colours():
+    palette = model_palette(["a", "b", "c"])
+    sim = np.array([[1.0, 0.5, 0.2], [0.5, 1.0, 0.1], [0.2, 0.1, 1.0]])
+    mds = style_figure(plots.plot_mds(sim, ["a", "b", "c"]), palette)
+    ax = mds.get_axes()[0]
+    colours = [to_hex(c) for c in ax.collections[0].get_facecolors()]
+    assert colours == [palette["a"], palette["b"], palette["c"]]
+    tree = style_figure(plots.plot_dendrogram(sim, ["a", "b", "c"]), palette)
+    ax = tree.get_axes()[0]
+    assert {to_hex(t.get_color()) for t in ax.get_xticklabels()} == set(palette.values())
+    links = {to_hex(c) for coll in ax.collections for c in coll.get_colors()}
+    assert not links & set(palette.values())  # links never look like a model

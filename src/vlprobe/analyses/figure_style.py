@@ -5,10 +5,10 @@ defaults; :func:`style_figure` then makes the figures of one run consistent, wha
 drew them:
 
 - **one colour per model** across all figures of a run (:func:`model_palette`, in config
-  order): every line, bar group, scatter, legend entry, annotation and tick label whose text
-  names a model (``"clip"``, ``"clip (linear)"``, ``"clip / prototype"``) gets that model's
-  colour; a model's second and later series in one panel get lighter / darker shades of it
-  (bars also a hatch), so they stay distinguishable;
+  order): every line, bar group, scatter, legend entry, annotation (and the point it
+  annotates) and tick label whose text names a model (``"clip"``, ``"clip (linear)"``,
+  ``"clip / prototype"``) gets that model's colour; a model's second and later series in
+  one panel get lighter / darker shades of it (bars also a hatch), so they stay apart;
 - **integer layer axes**: an automatic axis labelled "layer" (or whose plotted data are all
   integers) only gets integer ticks (``MaxNLocator(integer=True)``), never 2.5.
 
@@ -135,6 +135,8 @@ def _recolour(ax: Any, palette: Mapping[str, str], models: list[str]) -> None:
             style = style_for(coll.get_label())
             if style:
                 coll.set_color(style[0])
+            else:
+                _colour_annotated_points(ax, coll, palette)
     for text in ax.texts:  # annotations that name a model (MDS points, bar labels)
         model = model_of(text.get_text(), models)
         if model and text.get_text() == model:
@@ -145,6 +147,31 @@ def _recolour(ax: Any, palette: Mapping[str, str], models: list[str]) -> None:
     legend = ax.get_legend()
     if legend is not None:
         _recolour_legend(legend, styles, palette, models)
+
+
+def _colour_annotated_points(ax: Any, coll: Any, palette: Mapping[str, str]) -> None:
+    """In a scatter whose points are annotated with model names (an MDS of models), give
+    each such point its model's colour."""
+    from matplotlib.colors import to_rgba
+
+    offsets = np.asarray(coll.get_offsets(), dtype=float)
+    if offsets.ndim != 2 or not len(offsets):
+        return
+    colours = np.asarray(coll.get_facecolors(), dtype=float)
+    colours = np.repeat(colours[:1], len(offsets), axis=0) if len(colours) == 1 else colours
+    changed = False
+    for text in ax.texts:
+        xy = getattr(text, "xy", None)
+        if xy is None or text.get_text() not in palette or len(colours) != len(offsets):
+            continue
+        distance = np.abs(offsets - np.asarray(xy, dtype=float)).sum(axis=1)
+        i = int(np.argmin(distance))
+        if distance[i] < 1e-9:
+            colours[i] = to_rgba(palette[text.get_text()])
+            changed = True
+    if changed:
+        coll.set_facecolors(colours)
+        coll.set_edgecolors(colours)
 
 
 def _recolour_legend(

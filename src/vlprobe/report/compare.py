@@ -18,7 +18,7 @@ import pandas as pd
 from vlprobe.errors import VLProbeError
 from vlprobe.report.html import ResultView, load_results, status_html, table_block, tags_html
 from vlprobe.report.style import anchor, e, figure_html, glyph_line, kv_table, page
-from vlprobe.report.tables import frame_html, main_metric, pivot_html
+from vlprobe.report.tables import frame_html, pivots_html
 from vlprobe.results.records import atomic_write_text, read_run
 
 
@@ -149,7 +149,7 @@ def _analysis(
               if v is not None and v.table is not None and len(v.table)]
     if tables:
         both = pd.concat(tables, ignore_index=True)
-        pivot = pivot_html(both, main_metric(both))
+        pivot = pivots_html(both)
         if pivot:
             parts += ["<h3>Values side by side</h3>", pivot]
         parts.append(table_block(both, "Full tables of all runs", f"{name}__runs.csv",

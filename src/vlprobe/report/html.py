@@ -25,12 +25,10 @@ from vlprobe.report.tables import (
     constants_html,
     csv_link,
     frame_html,
-    main_metric,
-    pivot_html,
+    pivots_html,
     split_constant,
 )
 from vlprobe.results.records import atomic_write_text, read_run
-
 
 #: extra tables this small (a best-layer summary) are shown open; larger ones collapsed
 SMALL_ROWS, SMALL_COLUMNS = 20, 12
@@ -138,7 +136,7 @@ def analysis_html(run_dir: Path, view: ResultView, section_id: str) -> list[str]
             parts.append(figure_html(run_dir / rel, alt, f"{view.name}: {fig_name}"))
         parts.append("</div>")
     if view.table is not None and len(view.table):
-        pivot = pivot_html(view.table, main_metric(view.table))
+        pivot = pivots_html(view.table)
         if pivot:
             parts += ["<h3>Values</h3>", pivot]
         parts.append(table_block(view.table, "Full table", f"{view.name}.csv",

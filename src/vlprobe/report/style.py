@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.82em;white-space:
 overflow-wrap:anywhere}
 code{overflow-wrap:anywhere}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:1em}
-figure{margin:.5em 0} img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:.5em 0} figure.wide{grid-column:1/-1}
+img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em}
 .tag{display:inline-block;background:#e8eefc;border-radius:3px;padding:0 .4em;
 margin-left:.3em;font-size:.75em;font-weight:normal;vertical-align:middle}
@@ -79,12 +81,23 @@ def anchor(name: str, used: set[str] | None = None) -> str:
     return slug
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's header (None if it is not a PNG)."""
+    if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
 def figure_html(path: Path, alt: str, caption: str) -> str:
-    """An embedded PNG (base64) with its alt text and caption."""
+    """An embedded PNG (base64) with its alt text and caption; a wide figure (several
+    panels side by side) spans the whole row of the figure grid."""
     if not path.is_file():
         return glyph_line("error", f"missing figure {path.name}")
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (f'<figure><img alt="{e(alt)}" src="data:image/png;base64,{data}">'
+    raw = path.read_bytes()
+    size = png_size(raw)
+    wide = " class=wide" if size and size[0] > 1.8 * size[1] else ""
+    data = base64.b64encode(raw).decode()
+    return (f'<figure{wide}><img alt="{e(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption class=muted>{e(caption)}</figcaption></figure>")
 
 

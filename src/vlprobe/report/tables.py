@@ -123,7 +123,11 @@ def pivot_dims(frame: pd.DataFrame) -> tuple[str, list[str]] | None:
         return None
     keys = _keys(frame.drop(columns=[c for c in HIDDEN if c in frame.columns]))
     varying = [c for c in keys.columns if c != "value" and keys[c].nunique() > 1]
-    row = next((d for d in ROW_DIMS if d in varying), None)
+
+    def within_models(dim: str) -> bool:  # RSA's layer is one per model: not an axis
+        return "model" not in keys.columns or keys.groupby("model")[dim].nunique().max() > 1
+
+    row = next((d for d in ROW_DIMS if d in varying and within_models(d)), None)
     if row is None:
         row = "model" if "model" in keys.columns else None
     if row is None:
@@ -148,6 +152,16 @@ def pivot_dims(frame: pd.DataFrame) -> tuple[str, list[str]] | None:
         if best is None or best_score[0] >= largest:  # type: ignore[index]
             return None
         cols.append(best)
+
+
+def pivots_html(frame: pd.DataFrame) -> str | None:
+    """One pivot per metric (captioned) where the table has several, else one pivot; None
+    when the values do not pivot."""
+    if "metric" in frame.columns and frame["metric"].nunique() > 1:
+        parts = [pivot_html(frame[frame["metric"] == m], str(m))
+                 for m in dict.fromkeys(frame["metric"])]
+        return None if any(p is None for p in parts) else "".join(parts)  # type: ignore[misc]
+    return pivot_html(frame, main_metric(frame))
 
 
 def pivot_html(frame: pd.DataFrame, metric: str | None = None) -> str | None:

@@ -198,14 +198,15 @@ def _recolour_legend(
 
 def alt_text(fig: Any, fallback: str = "") -> str:
     """A one-paragraph description of ``fig`` for the report's ``alt`` attribute: the
-    figure title, then per panel its kind, title, axes and named series."""
+    figure title, then per panel its kind, title, axes, named series, categories and
+    annotated points. Tick labels are complete once the figure was drawn (saved)."""
     explicit = getattr(fig, "vlprobe_alt", None)
     if explicit:
         return str(explicit)
     parts = []
     suptitle = getattr(fig, "_suptitle", None)
     if suptitle is not None and suptitle.get_text():
-        parts.append(suptitle.get_text() + ".")
+        parts.append(_one_line(suptitle.get_text()) + ".")
     for ax in fig.get_axes():
         if not ax.get_visible() or _is_colorbar(ax):
             continue
@@ -220,28 +221,55 @@ def _is_colorbar(ax: Any) -> bool:
     return ax.get_label() == "<colorbar>" or hasattr(ax, "_colorbar")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def _describe_axes(ax: Any) -> str:
+    from matplotlib.collections import PathCollection
     from matplotlib.container import BarContainer
     from matplotlib.image import AxesImage
 
+    scatter = any(isinstance(c, PathCollection) for c in ax.collections)
     if ax.images and any(isinstance(i, AxesImage) for i in ax.images):
         kind = "Heatmap"
     elif any(isinstance(c, BarContainer) for c in ax.containers):
         kind = "Bar chart"
-    elif ax.collections and not ax.get_lines():
+    elif scatter and not ax.get_lines():
         kind = "Scatter plot"
-    elif ax.get_lines() or ax.collections:
+    elif ax.get_lines():
         kind = "Line chart"
+    elif ax.collections:
+        kind = "Diagram"  # e.g. a dendrogram's link lines
     else:
         return ""
-    title = ax.get_title()
+    title = _one_line(ax.get_title())
     desc = kind + (f" '{title}'" if title else "")
-    ylabel, xlabel = ax.get_ylabel(), ax.get_xlabel()
+    ylabel, xlabel = _one_line(ax.get_ylabel()), _one_line(ax.get_xlabel())
     if ylabel and xlabel:
         desc += f": {ylabel} against {xlabel}"
     elif ylabel or xlabel:
         desc += f": {ylabel or xlabel}"
     labels = [str(t.get_text()) for t in ax.get_legend().get_texts()] if ax.get_legend() else []
     if labels:
-        desc += "; series: " + ", ".join(labels[:12]) + (" ..." if len(labels) > 12 else "")
+        desc += "; series: " + _listing(labels)
+    if kind != "Line chart":
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        if ticks and not all(_is_number(t) for t in ticks):
+            desc += "; categories: " + _listing(ticks)
+    points = [t.get_text() for t in ax.texts if hasattr(t, "xy") and t.get_text()]
+    if scatter and points:
+        desc += "; points: " + _listing(points)
     return desc + "."
+
+
+def _listing(items: list[str], limit: int = 12) -> str:
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace("\u2212", "-"))  # matplotlib's minus sign
+    except ValueError:
+        return False
+    return True

@@ -106,8 +106,8 @@ def write_result(
         path = run_dir / FIGURES_DIR / f"{name}__{fig_name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         style_figure(figure, palette)
-        figure_alt[fig_name] = alt_text(figure, fallback=f"{name}: {fig_name}")
         figure.savefig(path, dpi=120, bbox_inches="tight")
+        figure_alt[fig_name] = alt_text(figure, fallback=f"{name}: {fig_name}")  # drawn now
         figure_files[fig_name] = str(path.relative_to(run_dir))
         import matplotlib.pyplot as plt
 

@@ -81,6 +81,9 @@ def test_alt_text_describes_kind_axes_and_series():
     assert "clip_random (linear)" in text and "chance" in text
     heat = plots.plot_matrix_heatmap(np.eye(2), ["a", "b"], title="RDM correlation")
     assert "Heatmap" in alt_text(heat) and "RDM correlation" in alt_text(heat)
+    assert "categories: a, b" in alt_text(heat)
+    mds = plots.plot_mds(np.eye(3) * 0.5 + 0.5, ["a", "b", "c"], title="MDS\nof models")
+    assert alt_text(mds) == "Scatter plot 'MDS of models'; points: a, b, c."  # one line
     fig.vlprobe_alt = "my own words"
     assert alt_text(fig) == "my own words"
 

@@ -7,7 +7,7 @@
 # (wordnet-base) where we may install them.
 #
 #   bash scripts/setup.sh          # what the demo needs
-#   bash scripts/setup.sh test     # ... plus the test tools
+#   bash scripts/setup.sh test     # ... plus the test tools (and Chromium for the report tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -47,6 +47,20 @@ if [ ! -f /usr/share/wordnet/data.noun ]; then  # WordNet 3.0 for V6's semantic 
       || echo "note: could not install Debian's wordnet-base; V6 skips the WordNet distance"
   else
     echo "note: V6's WordNet distance of errors needs: sudo apt-get install wordnet-base"
+  fi
+fi
+if [ "${1:-}" = "test" ]; then
+  # the report tests read reports in a real browser: Playwright drives the system Chromium
+  # (Playwright's own browser download needs the internet and is never used)
+  if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } \
+        || echo "note: could not install Debian's chromium; the browser tests will be skipped"
+    else
+      echo "note: the browser tests need Chromium (sudo apt-get install chromium, or set" \
+        "VLPROBE_CHROMIUM=/path/to/chrome); without it they are skipped"
+    fi
   fi
 fi
 .venv/bin/python -c "import torch, vlprobe; print('vlprobe', vlprobe.__version__, 'torch', torch.__version__)"

@@ -5,13 +5,17 @@ vlprobe analyses                   registered analyses with their catalogue ids
 vlprobe datasets                   registered dataset loaders
 vlprobe validate CONFIG            check a config without running it
 vlprobe run CONFIG [--set k=v]     models x datasets x analyses -> a run directory
+                                   (cached analysis results are reused; --force recomputes)
 vlprobe ls [ROOT]                  past runs, one line each
 vlprobe report RUN_DIR             (re)build the HTML report
+vlprobe report RUN_A RUN_B ...     one comparison report across runs (same analyses side by side)
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
 vlprobe train CONFIG [--set k=v]   train a multimodal model: M8 aligned towers, a captioner, fusion
 vlprobe cache ls                   activation store entries (model, data, site, shape, size)
+                                   and the number of cached analysis results
 vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
+                                   (activations and analysis results)
 vlprobe cache verify [--delete]    rehash every entry; report (and remove) corrupted ones
 """
 
@@ -86,6 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = run(
         cfg,
         skip_existing=args.skip_existing,
+        force=args.force,
         progress=not args.no_progress,
         config_path=str(Path(args.config).resolve()),
     )
@@ -134,7 +139,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from vlprobe.report.html import write_report
 
-    print(write_report(args.run_dir))
+    if len(args.run_dirs) == 1 and not args.output:
+        print(write_report(args.run_dirs[0]))
+        return 0
+    from vlprobe.report.compare import write_comparison
+
+    print(write_comparison(args.run_dirs, args.output))
     return 0
 
 
@@ -153,7 +163,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vlprobe.demo import run_demo
 
-    run_dir = run_demo(output_dir=args.output_dir, progress=not args.no_progress)
+    run_dir = run_demo(output_dir=args.output_dir, progress=not args.no_progress,
+                       force=args.force)
     return _summarise(run_dir)
 
 
@@ -187,15 +198,25 @@ def _store(args: argparse.Namespace):
     return ActivationStore(root / "activations")
 
 
+def _results_cache(args: argparse.Namespace):
+    from vlprobe.results.cache import ResultCache
+
+    return ResultCache(_store(args).root.parent / "results")
+
+
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
-    from vlprobe.extract.cache_admin import LS_HEADER, ls_rows
+    from vlprobe.extract.cache_admin import LS_HEADER, human_bytes, ls_rows
+    from vlprobe.results.cache import result_cache_summary
 
     store = _store(args)
     rows = ls_rows(store)
     if not rows:
         print(f"no entries under {store.root}")
-        return 0
-    _print_table(LS_HEADER, rows)
+    else:
+        _print_table(LS_HEADER, rows)
+    results = _results_cache(args)
+    n, size = result_cache_summary(results)
+    print(f"{n} cached analysis results ({human_bytes(size)}) under {results.root}")
     return 0
 
 
@@ -214,7 +235,17 @@ def _cmd_cache_gc(args: argparse.Namespace) -> int:
         )
         freed += a.nbytes if verb != "skipped" else 0
         print(f"{verb:12s} {a.path.relative_to(store.root)}  ({a.reason}, {human_bytes(a.nbytes)})")
-    print(f"{'would free' if args.dry_run else 'freed'} {human_bytes(freed)} under {store.root}")
+    from vlprobe.results.cache import collect_result_garbage
+
+    results = _results_cache(args)
+    for a in collect_result_garbage(results, stale=args.stale, older_than_days=args.older_than,
+                                    dry_run=args.dry_run):
+        freed += a.nbytes
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb:12s} results/{a.path.relative_to(results.root)}  "
+              f"({a.reason}, {human_bytes(a.nbytes)})")
+    print(f"{'would free' if args.dry_run else 'freed'} {human_bytes(freed)} under "
+          f"{store.root.parent}")
     return 0
 
 
@@ -271,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="keep results already in the run directory",
             )
+            p.add_argument("--force", action="store_true",
+                           help="recompute every analysis instead of reusing cached results")
             p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.set_defaults(fn=fn)
     p = sub.add_parser("ls", help="list past runs")
@@ -278,8 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
         "root", nargs="?", help="runs directory (default VLPROBE_RUNS or ./vlprobe_runs)"
     )
     p.set_defaults(fn=_cmd_ls)
-    p = sub.add_parser("report", help="(re)build a run's HTML report")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "report", help="(re)build a run's HTML report; several runs: one comparison report"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default=None,
+                   help="where to write the comparison report (default: comparison-<hash>.html "
+                   "beside the first run directory)")
     p.set_defaults(fn=_cmd_report)
     p = sub.add_parser("query", help="SQL over all result tables (view `results`)")
     p.add_argument("sql")
@@ -295,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("demo", help="offline demo on real pretrained models")
     p.add_argument("--output-dir", default=None)
+    p.add_argument("--force", action="store_true",
+                   help="recompute every analysis instead of reusing cached results")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=_cmd_demo)
     cache = sub.add_parser("cache", help="inspect and clean the activation store")
@@ -313,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale", action="store_true",
                    help="also remove entries made by another vlprobe/torch/transformers version")
     p.add_argument("--older-than", type=float, metavar="DAYS",
-                   help="also remove entries finalized more than DAYS days ago")
+                   help="also remove entries finalized (analysis results: last used) more "
+                   "than DAYS days ago")
     p.set_defaults(fn=_cmd_cache_gc)
     p = cache_sub.add_parser("verify", help="rehash every entry, report corrupted ones")
     p.add_argument("--cache-dir", help=cache_dir_help)

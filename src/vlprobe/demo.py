@@ -50,8 +50,8 @@ def check_demo_requirements() -> list[str]:
     return missing
 
 
-def run_demo(output_dir: str | None = None, progress: bool = True) -> Path:
-    """Run the demo and return the run directory."""
+def run_demo(output_dir: str | None = None, progress: bool = True, force: bool = False) -> Path:
+    """Run the demo and return the run directory (``force``: recompute cached results)."""
     from vlprobe.config import parse_config
     from vlprobe.runner import run
 
@@ -65,4 +65,4 @@ def run_demo(output_dir: str | None = None, progress: bool = True) -> Path:
     data = demo_config_dict()
     if output_dir:
         data["output_dir"] = output_dir
-    return run(parse_config(data), progress=progress)
+    return run(parse_config(data), progress=progress, force=force)

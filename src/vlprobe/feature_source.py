@@ -235,57 +235,131 @@ class RunFeatureSource:
             label_names=stimuli.label_names,
             n_truncated=result.n_truncated,
             truncated_items=truncated_items,
+            keys=dict(result.keys),
         )
 
-    def prefetch(self, requests: list[FeatureRequest]) -> list[str]:
-        """Extract every request with one forward pass per (model, stimuli, modality).
+    def feature_keys(self, request: FeatureRequest) -> dict[str, str]:
+        """feature name -> store key of the features :meth:`get` returns for ``request``,
+        without reading the store or running the model (loads the dataset and the adapter's
+        identity: its tokenizer / processor, not its weights)."""
+        from vlprobe.extract import feature_keys
+        from vlprobe.extract.attention import is_attention_site
 
-        Requests that differ only in their sites are merged, so the model runs once and
-        every site is captured in that pass; later :meth:`get` calls are cache hits.
-        Attention sites join that pass with the union of the methods asked of each, whatever
-        the hidden-state pooling; requests asking the same sites with two different
-        hidden-state poolings need one pass per pooling.
-        A group that fails (bad data, missing weights) does not stop the others; its error
-        is returned (and raised again by the analyses that need it).
+        adapter, stimuli, modality, sites = self.resolve(request)
+        attention = {s: list(request.attention) for s in sites if is_attention_site(s)}
+        return feature_keys(adapter, stimuli, modality=modality, sites=sites,
+                            pooling=request.pooling or self.cfg.extraction.pooling,
+                            attention=attention or None)
+
+    def stimuli_key(self, request: FeatureRequest) -> str:
+        """Hash of the identity (source, fingerprint, size) of :meth:`stimuli`'s items."""
+        from vlprobe.extract import hash_key, stimuli_identity
+
+        return hash_key(stimuli_identity(self.stimuli(request)))
+
+    def model_key(self, model: str) -> str:
+        """Hash of ``model``'s adapter identity (what enters every store key of it)."""
+        from vlprobe.extract import hash_key
+
+        return hash_key(self.adapter(model).identity())
+
+    def group_requests(
+        self, requests: list[FeatureRequest]
+    ) -> tuple[list[ExtractionGroup], list[str]]:
+        """Merge requests into extraction groups, one forward pass each.
+
+        Requests of one (model, stimuli view, modality) are merged: their hidden-state sites
+        per pooling (requests asking two poolings need one pass per pooling) and, joining
+        the first of those passes, every attention site with the union of the methods asked
+        of it. Returns the groups and the errors of requests that could not be resolved
+        (unknown split, modality mismatch, ...).
         """
         from vlprobe.errors import VLProbeError
         from vlprobe.extract.attention import is_attention_site
 
         errors: list[str] = []
-        groups: dict[tuple[Any, ...], _Group] = {}
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
         for request in requests:
             try:
-                adapter, stimuli, modality, sites = self.resolve(request)
+                _adapter, _stimuli, modality, sites = self.resolve(request)
             except VLProbeError as exc:
                 errors.append(f"{request.model} on {request.dataset}/{request.split}: {exc}")
                 continue
             key = (request.model, request.dataset, request.split, request.view,
-                   request.templates, modality, request.class_names)
-            group = groups.setdefault(key, _Group(request, adapter, stimuli, modality))
+                   request.templates, request.class_names, modality)
+            entry = merged.setdefault(key, {"hidden": {}, "attention": {}})
             hidden = [s for s in sites if not is_attention_site(s)]
             if hidden:
-                merged = group.hidden.setdefault(request.pooling, [])
-                merged.extend(s for s in hidden if s not in merged)
+                by_pooling = entry["hidden"].setdefault(request.pooling, [])
+                by_pooling.extend(s for s in hidden if s not in by_pooling)
             for site in sites:
                 if is_attention_site(site):
-                    methods = group.attention.setdefault(site, [])
+                    methods = entry["attention"].setdefault(site, [])
                     methods.extend(m for m in request.attention if m not in methods)
-        for group in groups.values():
-            variants = list(group.hidden.items()) or [(None, [])]
+        groups = []
+        for key, entry in merged.items():
+            variants = list(entry["hidden"].items()) or [(None, [])]
             for i, (pooling, hidden) in enumerate(variants):
-                attention = group.attention if i == 0 else {}
-                self._prefetching = True
-                try:
-                    base = group.first
-                    self._features(base.model, group.adapter, group.stimuli, group.modality,
-                                   [*hidden, *attention], pooling, attention,
-                                   (base.dataset, base.split, base.view))
-                except VLProbeError as exc:
-                    base = group.first
-                    errors.append(f"{base.model} on {base.dataset}/{base.split}: {exc}")
-                finally:
-                    self._prefetching = False
+                attention = entry["attention"] if i == 0 else {}
+                groups.append(ExtractionGroup(
+                    model=key[0], dataset=key[1], split=key[2], view=key[3], templates=key[4],
+                    class_names=key[5], modality=key[6], pooling=pooling,
+                    hidden_sites=tuple(hidden),
+                    attention=tuple((site, tuple(m)) for site, m in attention.items()),
+                ))
+        return groups, errors
+
+    def extract_groups(self, groups: list[ExtractionGroup]) -> list[str]:
+        """Extract each group of :meth:`group_requests` (one forward pass per group unless
+        the store has it); later :meth:`get` calls are store hits. A group that fails (bad
+        data, missing weights) does not stop the others; its error is returned (and raised
+        again by the analyses that need it)."""
+        from vlprobe.errors import VLProbeError
+
+        errors: list[str] = []
+        for group in groups:
+            request = group.request()
+            self._prefetching = True
+            try:
+                adapter, stimuli = self.adapter(group.model), self.stimuli(request)
+                attention = {site: list(methods) for site, methods in group.attention}
+                self._features(group.model, adapter, stimuli, group.modality,
+                               [*group.hidden_sites, *attention], group.pooling, attention,
+                               (group.dataset, group.split, group.view))
+            except VLProbeError as exc:
+                errors.append(f"{group.model} on {group.dataset}/{group.split}: {exc}")
+            finally:
+                self._prefetching = False
         return errors
+
+    def prefetch(self, requests: list[FeatureRequest]) -> list[str]:
+        """:meth:`group_requests` then :meth:`extract_groups`; all errors returned."""
+        groups, errors = self.group_requests(requests)
+        return errors + self.extract_groups(groups)
+
+    def model_summary(self) -> dict[str, dict[str, Any]]:
+        """Per loaded model: adapter, checkpoint (or ``random init``) and the hash of the
+        adapter's identity (what enters every store key), for run.json."""
+        from vlprobe.extract import hash_key
+
+        out: dict[str, dict[str, Any]] = {}
+        for name, adapter in self._models.items():
+            entry = self.cfg.models[name]
+            try:
+                identity = adapter.identity()
+            except Exception as exc:  # a model that failed to load: say why, keep the run
+                out[name] = {"adapter": entry.adapter, "error": f"{type(exc).__name__}: {exc}"}
+                continue
+            checkpoint = (identity.get("checkpoint") or entry.checkpoint or entry.config
+                          or ("random init" if entry.random_init else None))
+            out[name] = {
+                "adapter": entry.adapter,
+                "checkpoint": checkpoint,
+                "random_init": bool(entry.random_init),
+                "identity_hash": hash_key(identity),
+                "identity": identity,
+            }
+        return out
 
     def dataset_summary(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Per loaded dataset and split: item count, classes, skipped items, and the items
@@ -318,17 +392,30 @@ class RunFeatureSource:
         return sum(entry.n_forward_batches for entry in self.log)
 
 
-@dataclass
-class _Group:
-    """Requests of one (model, stimuli, modality) merged by :meth:`RunFeatureSource.prefetch`:
-    hidden-state sites per pooling, methods per attention site."""
+@dataclass(frozen=True)
+class ExtractionGroup:
+    """Requests of one (model, stimuli view, modality) merged by
+    :meth:`RunFeatureSource.group_requests`: one forward pass capturing the hidden-state
+    sites (pooled with ``pooling``; None = the run's default) and the attention sites with
+    their methods (``((site, (method, ...)), ...)``). Plain data: it can be shipped to
+    another process."""
 
-    first: FeatureRequest
-    adapter: ModelAdapter
-    stimuli: Stimuli
+    model: str
+    dataset: str
+    split: str
+    view: str
+    templates: tuple[str, ...]
+    class_names: tuple[str, ...] | None
     modality: str
-    hidden: dict[str | None, list[str]] = field(default_factory=dict)
-    attention: dict[str, list[str]] = field(default_factory=dict)
+    pooling: str | None
+    hidden_sites: tuple[str, ...]
+    attention: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def request(self) -> FeatureRequest:
+        """A request for the group's stimuli view (its items; not its sites)."""
+        return FeatureRequest(model=self.model, dataset=self.dataset, split=self.split,
+                              view=self.view, templates=self.templates,
+                              class_names=self.class_names, modality=self.modality)
 
 
 def _check_attention(request: FeatureRequest, sites: list[str]) -> None:

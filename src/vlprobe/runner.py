@@ -1,12 +1,15 @@
 """``run(cfg)``: models x datasets x analyses -> a run directory.
 
 Order of work:
-1. every analysis is built (its parameters validated) before anything heavy happens;
-2. the features all analyses request are extracted with one forward pass per
-   (model, stimuli) through the activation store (cache hits cost no forward pass);
-3. each analysis runs on cached features; one failing analysis is recorded in ``run.json``
-   and does not lose the others' results;
-4. ``run.json``, tables, figures and the HTML report are written.
+1. plan (:func:`vlprobe.run_plan.plan_run`): every analysis is built (its parameters
+   validated) before anything heavy happens; the analysis-result cache
+   (:mod:`vlprobe.results.cache`) is asked for each; the features the others request are
+   merged into extraction groups, one forward pass per (model, stimuli view);
+2. execute (:func:`execute_plan`, in this process): extract the groups through the
+   activation store (store hits cost no forward pass), compute the analyses the result
+   cache does not hold and cache their results; one failing analysis is recorded in
+   ``run.json`` and does not lose the others' results;
+3. ``run.json``, tables, figures and the HTML report are written.
 """
 
 from __future__ import annotations
@@ -23,9 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from vlprobe import __version__
+from vlprobe.analyses.figure_style import model_palette
 from vlprobe.config import RunConfig, dump_yaml
 from vlprobe.errors import VLProbeError
+from vlprobe.results.cache import RecordingSource, ResultCache
 from vlprobe.results.records import atomic_write_text, result_exists, write_result
+from vlprobe.run_plan import (
+    CACHED,
+    FAILED,
+    KEPT,
+    PlannedAnalysis,
+    RunPlan,
+    build_analysis,
+    plan_run,
+)
 
 log = logging.getLogger("vlprobe")
 
@@ -83,25 +97,23 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return root / f"{cfg.name}-{cfg.config_hash()}"
 
 
+def result_cache_for(cfg: RunConfig) -> ResultCache:
+    """The analysis-result cache of a config: ``<cache_dir>/results``."""
+    from vlprobe.settings import cache_dir
+
+    return ResultCache(Path(cfg.cache_dir or cache_dir()).expanduser() / "results")
+
+
 def build_analyses(cfg: RunConfig) -> list[tuple[Any, Any]]:
     """(entry, analysis instance) for every configured analysis."""
-    from vlprobe.analyses import ANALYSES
-
-    return [
-        (
-            entry,
-            ANALYSES.get(entry.analysis)(
-                list(entry.models), entry.dataset, entry.params, seed=cfg.seed
-            ),
-        )
-        for entry in cfg.analyses
-    ]
+    return [(entry, build_analysis(cfg, entry)) for entry in cfg.analyses]
 
 
 def run(
     cfg: RunConfig,
     *,
     skip_existing: bool = False,
+    force: bool = False,
     progress: bool = True,
     report: bool = True,
     config_path: str | None = None,
@@ -111,6 +123,8 @@ def run(
     Args:
         cfg: a validated :class:`RunConfig`.
         skip_existing: keep results already written in this run's directory (resumable sweeps).
+        force: recompute every analysis instead of reusing cached results (the activation
+            store is still used; the recomputed results replace the cached ones).
         progress: show progress bars.
         report: write ``report.html`` at the end.
         config_path: the config file the run came from (recorded for reproduction).
@@ -120,95 +134,212 @@ def run(
     started = time.perf_counter()
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = run_dir.name
     previous = _read_previous(run_dir)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    versions = package_versions()
     record: dict[str, Any] = {
-        "run_id": run_id,
+        "run_id": run_dir.name,
         "name": cfg.name,
         "config_hash": cfg.config_hash(),
         "config": cfg.to_dict(),
         "config_path": config_path,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": package_versions(),
+        "versions": versions,
         "git": git_hash(),
         "host": {"platform": platform.platform(), "machine": platform.machine()},
         "seed": cfg.seed,
         "status": "running",
+        "forced": force,
         "analyses": {},
         "timings": {},
     }
     _write_record(run_dir, record)
 
-    analyses = build_analyses(cfg)
     source = RunFeatureSource(cfg, progress=progress)
-    todo = []
-    for entry, analysis in analyses:
-        if skip_existing and result_exists(run_dir, entry.name):
-            kept = previous.get("analyses", {}).get(entry.name, {})
-            record["analyses"][entry.name] = {**kept, "status": "skipped (exists)"}
-            log.info("skipping %s: result exists", entry.name)
-            continue
-        todo.append((entry, analysis))
-
-    # one forward pass per (model, stimuli): gather every request, then extract
+    cache = result_cache_for(cfg)
+    keep = {e.name for e in cfg.analyses if skip_existing and result_exists(run_dir, e.name)}
     t0 = time.perf_counter()
-    requests = []
-    for entry, analysis in todo:
-        try:
-            requests.extend(analysis.requests(source))
-        except VLProbeError as exc:
-            record["analyses"][entry.name] = {"status": "failed", "error": str(exc)}
-    extraction_errors = source.prefetch(requests)
-    for error in extraction_errors:
+    plan = plan_run(cfg, source, cache=None if force else cache, versions=versions, keep=keep)
+    record["timings"]["plan_s"] = round(time.perf_counter() - t0, 3)
+    execute_plan(plan, source, run_dir=run_dir, record=record, cache=cache,
+                 previous=previous.get("analyses", {}), force=force)
+    finish_record(record, source, plan, started)
+    _write_record(run_dir, record)
+    if report:
+        from vlprobe.report.html import write_report
+
+        write_report(run_dir)
+    return run_dir
+
+
+def execute_plan(
+    plan: RunPlan,
+    source: Any,
+    *,
+    run_dir: Path,
+    record: dict[str, Any],
+    cache: ResultCache | None,
+    previous: dict[str, Any] | None = None,
+    force: bool = False,
+) -> None:
+    """Execute a :class:`RunPlan` in this process: extract its groups (one forward pass per
+    group unless the store has it), compute the ``todo`` analyses (storing their results in
+    ``cache``), write every result into ``run_dir`` and its entry into ``record``.
+
+    One failing analysis is recorded (message; traceback for bugs) and does not lose the
+    others' results. ``previous`` is the ``analyses`` part of the run directory's earlier
+    run.json (kept analyses keep their entries).
+    """
+    t0 = time.perf_counter()
+    record["extraction_errors"] = plan.errors + source.extract_groups(plan.groups)
+    for error in record["extraction_errors"]:
         log.error("extraction failed: %s", error)
     record["timings"]["extraction_s"] = round(time.perf_counter() - t0, 3)
-
-    for entry, analysis in todo:
-        if entry.name in record["analyses"]:  # failed while planning
+    palette = model_palette(list(source.cfg.models))
+    config_hash = record["config_hash"]
+    for item in plan.analyses:
+        name = item.entry.name
+        if item.state == KEPT:
+            kept = (previous or {}).get(name, {})
+            record["analyses"][name] = {**kept, "status": "skipped (exists)"}
+            log.info("skipping %s: result exists", name)
+            continue
+        if item.state == FAILED:
+            record["analyses"][name] = _failure(item.error, item.traceback)
             continue
         t1 = time.perf_counter()
+        earlier = (previous or {}).get(name, {})
+        if _up_to_date(item, earlier, run_dir):
+            # this run directory already holds exactly this result: nothing to write
+            record["analyses"][name] = {**earlier, "cache": "hit",
+                                        "seconds": round(time.perf_counter() - t1, 3)}
+            continue
         try:
-            result = analysis.run(source)
-            index = write_result(
-                run_dir, entry.name, result, run_id=run_id, config_hash=cfg.config_hash()
-            )
-            record["analyses"][entry.name] = {
-                **index,
-                "status": "ok",
+            entry = _compute(item, source, cache, force)
+            result = entry.pop("result")
+            index = write_result(run_dir, name, result, run_id=record["run_id"],
+                                 config_hash=config_hash, palette=palette)
+            record["analyses"][name] = {
+                **index, "status": "ok", **entry,
                 "seconds": round(time.perf_counter() - t1, 3),
             }
         except VLProbeError as exc:
-            record["analyses"][entry.name] = {"status": "failed", "error": str(exc)}
-            log.error("analysis %s failed: %s", entry.name, exc)
+            record["analyses"][name] = _failure(str(exc))
+            log.error("analysis %s failed: %s", name, exc)
         except Exception as exc:  # a bug: keep the traceback, keep the other results
-            record["analyses"][entry.name] = {
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
-            log.error("analysis %s crashed: %s", entry.name, exc)
+            record["analyses"][name] = _failure(f"{type(exc).__name__}: {exc}",
+                                                traceback.format_exc())
+            log.error("analysis %s crashed: %s", name, exc)
         _write_record(run_dir, record)
 
+
+def _up_to_date(item: PlannedAnalysis, earlier: dict[str, Any], run_dir: Path) -> bool:
+    """Whether the run directory's files of this analysis are the cache hit's result
+    (same cache key, written completely by an earlier run of this config)."""
+    if item.state != CACHED or item.cached is None or earlier.get("status") != "ok":
+        return False
+    if earlier.get("cache_key") != item.cached.key:
+        return False
+    files = [earlier.get("table"), earlier.get("json"), *earlier.get("figures", {}).values(),
+             *earlier.get("extra_tables", {}).values()]
+    return all(f and (run_dir / f).is_file() for f in files)
+
+
+def _compute(
+    item: PlannedAnalysis, source: Any, cache: ResultCache | None, force: bool
+) -> dict[str, Any]:
+    """The result of one analysis (from the cache or computed, then cached) and its
+    run.json fields: cache state and key, compute seconds, the features it read."""
+    if item.state == CACHED and item.cached is not None:
+        hit = item.cached
+        return {"result": hit.result, "cache": "hit", "cache_key": hit.key,
+                "compute_seconds": hit.seconds, "inputs": _inputs(hit.reads)}
+    recorder = RecordingSource(source)
+    t0 = time.perf_counter()
+    result = item.analysis.run(recorder)  # type: ignore[union-attr]
+    seconds = time.perf_counter() - t0
+    state, key = ("recomputed (--force)" if force else "computed"), None
+    if cache is not None and recorder.cacheable and item.plan_key is not None:
+        try:
+            key = cache.store(item.plan_key, recorder.reads, result, seconds)
+        except Exception as exc:  # an unwritable cache or an unpicklable figure: keep going
+            state = f"{state}; not cached ({type(exc).__name__}: {exc})"
+            log.warning("%s: result not cached: %s", item.entry.name, exc)
+    return {"result": result, "cache": state, "cache_key": key,
+            "compute_seconds": round(seconds, 3), "inputs": _inputs(recorder.reads)}
+
+
+def _inputs(reads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The features an analysis read, one compact row each (for run.json / the report)."""
+    rows = []
+    for read in reads:
+        if read["kind"] != "features":
+            continue
+        req = read["request"]
+        rows.append({"model": req["model"], "dataset": req["dataset"], "split": req["split"],
+                     "view": req["view"], "n_items": read.get("n_items"),
+                     "n_truncated": read.get("n_truncated", 0), "n_sites": len(read["keys"])})
+    return rows
+
+
+def _failure(error: str | None, trace: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": "failed", "error": error}
+    if trace:
+        out["traceback"] = trace
+    return out
+
+
+def finish_record(
+    record: dict[str, Any], source: Any, plan: RunPlan, started: float
+) -> None:
+    """Fill in what the run found about its inputs: datasets, models, extraction log,
+    cache use, warnings, timings and the overall status."""
     record["datasets"] = source.dataset_summary()
+    record["models"] = source.model_summary()
     record["extractions"] = [entry.__dict__ for entry in source.log]
     record["forward_batches"] = source.forward_batches()
+    analyses = record["analyses"].values()
+    record["cache"] = {
+        "results_reused": sum(1 for a in analyses if a.get("cache") == "hit"),
+        "results_computed": sum(1 for a in analyses if str(a.get("cache", "")).startswith(
+            ("computed", "recomputed"))),
+        "extraction_groups": len(plan.groups),
+        "extraction_groups_from_store": sum(1 for e in source.log if not e.n_forward_batches),
+    }
+    record["truncations"] = truncation_rows(record["analyses"])
     record["timings"]["load_s"] = {k: round(v, 3) for k, v in source.load_seconds.items()}
     record["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    statuses = [a["status"] for a in record["analyses"].values()]
+    statuses = [a["status"] for a in analyses]
     record["status"] = "ok" if all(s != "failed" for s in statuses) else "partial"
-    record["warnings"] = (
-        extraction_errors
+    record["warnings"] = run_warnings(record)
+
+
+def truncation_rows(analyses: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (model, dataset, split, view) any analysis read with truncated texts."""
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for info in analyses.values():
+        for row in info.get("inputs") or []:
+            if row.get("n_truncated"):
+                key = (row["model"], row["dataset"], row["split"], row["view"])
+                rows[key] = {k: row[k] for k in ("model", "dataset", "split", "view",
+                                                 "n_items", "n_truncated")}
+    return list(rows.values())
+
+
+def run_warnings(record: dict[str, Any]) -> list[str]:
+    """The run's warnings: failed extractions, truncated texts, skipped items, duplicates."""
+    datasets = record.get("datasets", {})
+    return (
+        list(record.get("extraction_errors", []))
         + [
-            f"{e.n_truncated} of {e.n_items} texts of {e.dataset}/{e.split} were truncated to "
-            f"the maximum length of model {e.model}"
-            for e in source.log
-            if e.n_truncated
+            f"{t['n_truncated']} of {t['n_items']} texts of {t['dataset']}/{t['split']} were "
+            f"truncated to the maximum length of model {t['model']}"
+            for t in record.get("truncations", [])
         ]
         + [
             f"dataset {name}/{split}: {info['skipped']} unreadable items skipped (on_error: skip)"
-            for name, splits in record["datasets"].items()
+            for name, splits in datasets.items()
             for split, info in splits.items()
             if info.get("skipped")
         ]
@@ -216,17 +347,11 @@ def run(
             f"dataset {name}/{split}: {dup['count']} item(s) have the same content as items of "
             f"split {other!r} (e.g. {', '.join(f'{a} = {b}' for a, b in dup['examples'])}); "
             f"set datasets.{name}.drop_cross_split_duplicates: true to drop them"
-            for name, splits in record["datasets"].items()
+            for name, splits in datasets.items()
             for split, info in splits.items()
             for other, dup in info.get("duplicates_of", {}).items()
         ]
     )
-    _write_record(run_dir, record)
-    if report:
-        from vlprobe.report.html import write_report
-
-        write_report(run_dir)
-    return run_dir
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:

@@ -1,6 +1,15 @@
-"""The demo config end to end on the real packaged models (a smaller Fashion-MNIST subset)."""
+"""The demo config end to end on the real packaged models (a smaller Fashion-MNIST subset).
+
+The report test reads the demo report in Chromium and keeps a screenshot of its first screen
+under the run directory (``report_first_screen.png``; also copied to ``$VLPROBE_ARTIFACTS``
+when set, for CI to collect).
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,7 +57,30 @@ def test_demo_runs_every_analysis(demo_run):
     assert set(text["model"]) == {"minilm", "smollm2"}
 
 
-def test_second_run_performs_no_forward_pass(demo_run):
+def test_second_run_performs_no_forward_pass_and_fits_nothing(demo_run):
     first, second = demo_run
     assert first == second
-    assert read_run(second)["forward_batches"] == 0
+    record = read_run(second)
+    assert record["forward_batches"] == 0
+    assert {a["cache"] for a in record["analyses"].values()} == {"hit"}
+
+
+def test_demo_report_says_what_the_run_found_and_reads_cleanly_in_a_browser(demo_run):
+    from browser import assert_clean, check_report, chromium_or_skip
+
+    run_dir, _ = demo_run
+    page = (run_dir / "report.html").read_text()
+    summary = page[page.index("id=summary"):page.index("<section")]
+    assert "best layer per model: efficientnet: accuracy" in summary
+    assert "N = 10: efficientnet: prototype" in summary
+    assert "spearman: efficientnet vs minilm" in summary
+    with chromium_or_skip() as browser:
+        # the first screen, kept as a CI artefact under the run directory
+        shot = run_dir / "report_first_screen.png"
+        found = check_report(browser, run_dir / "report.html", screenshot=shot)
+    assert_clean(found)
+    assert found["images"] >= 6
+    artefacts = os.environ.get("VLPROBE_ARTIFACTS")
+    if artefacts:  # CI: also copy it where the job collects artefacts
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artefacts) / shot.name)

@@ -17,7 +17,9 @@ one with an entry is held to the contract with no new test written:
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -352,11 +354,16 @@ def test_result_is_tidy_with_figures(name, tmp_path):
     for fig_name, fig in result.figures.items():
         assert isinstance(fig, Figure), f"{name}: figure {fig_name!r} is {type(fig)}"
     json.dumps(result.params, default=str)  # recordable
+    # cacheable: the result cache pickles the Result, figures included
+    again = pickle.loads(pickle.dumps(result))
+    pd.testing.assert_frame_equal(again.table, table)
+    assert set(again.figures) == set(result.figures)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_html_report_renders_the_result(name, tmp_path):
     from vlprobe.report.html import render_report
+    from vlprobe.report.style import anchor
     from vlprobe.results.records import write_result
 
     result, _ = _run(name, tmp_path)
@@ -367,8 +374,10 @@ def test_html_report_renders_the_result(name, tmp_path):
               "analyses": {name: {**index, "status": "ok"}}}
     (run_dir / "run.json").write_text(json.dumps(record))
     page = render_report(run_dir)
-    assert f"id='{name}'" in page and "<p class=failed>" not in page
+    assert f"<section id={anchor(name)}>" in page and "class=error" not in page
     assert page.count("data:image/png;base64,") == len(result.figures)
+    alts = re.findall(r'<img alt="([^"]*)"', page)
+    assert len(alts) == len(result.figures) and all(a.strip() for a in alts)
     assert "<table" in page
 
 

@@ -71,7 +71,8 @@ def test_cache_ls(cache, capsys):
     lines = out.strip().splitlines()
     assert lines[0].split() == ["key", "model", "data", "site", "pooling", "shape", "dtype",
                                 "size", "state"]
-    rows = {line.split()[0]: line for line in lines[1:]}
+    assert lines[-1].startswith("0 cached analysis results")  # the result cache, empty
+    rows = {line.split()[0]: line for line in lines[1:-1]}
     assert len(rows) == 5  # the orphan directory is not an entry
     dense = rows[keys["dense"][:12]]
     assert "org/tiny-bert" in dense and "toy/test" in dense and "text.blocks.0 " in dense

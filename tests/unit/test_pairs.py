@@ -12,7 +12,7 @@ from PIL import Image
 from _helpers import tiny_adapter
 from vlprobe.data.stimuli import ImageSource, Stimuli
 from vlprobe.errors import ConfigError, DataError
-from vlprobe.extract import ActivationStore, extract_features
+from vlprobe.extract import ActivationStore, extract_features, feature_keys
 from vlprobe.modality import (
     TAG_IMAGE,
     TAG_PAD,
@@ -159,6 +159,11 @@ def test_paired_set_forwards_each_image_once(tmp_path):
     calls.clear()
     text = extract_features(adapter, stim, modality="text", store=store, progress=False)
     assert sum(calls) == 15 and text.features["text.proj"].shape[0] == 15
+    # the keys the result cache recomputes without extracting are the keys extraction used
+    calls.clear()
+    assert feature_keys(adapter, stim, modality="image") == res.keys == direct.keys
+    assert feature_keys(adapter, stim, modality="text") == text.keys
+    assert calls == []  # no forward pass
 
 
 # -- pair extraction with a planted fusion model ------------------------------------------

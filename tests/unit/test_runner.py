@@ -176,6 +176,11 @@ def test_truncation_and_skipped_items_are_reported(tmp_path):
     assert "1 of" in warnings and "truncated" in warnings
     assert "1 unreadable items skipped" in warnings
     assert record["datasets"]["colours"]["train"]["skipped"] == 1
+    assert any(t["model"] == "bert" and t["n_truncated"] == 1 for t in record["truncations"])
+    # a rerun takes every result from the cache and extracts nothing: same warnings
+    again = read_run(run(parse_config(data), progress=False, report=True))
+    assert {a["cache"] for a in again["analyses"].values()} == {"hit"}
+    assert again["extractions"] == [] and again["warnings"] == record["warnings"]
 
 
 def test_corrupt_image_without_skip_names_the_file(tmp_path, tiny_config):

@@ -242,7 +242,7 @@ def test_end_to_end_generated_task_through_the_runner(tmp_path):
         assert row["bert"] == pytest.approx(chosen["value"])
         assert row["bert dev"] == pytest.approx(t["val_accuracy"].max())
     html = (run_dir / "report.html").read_text()
-    assert "<h3>best_layer</h3>" in html
+    assert "<details open><summary>Table best_layer (3 rows)</summary>" in html
 
 
 def test_category_means_and_best_layer_use_each_tasks_main_probe():

@@ -89,6 +89,8 @@ class LayerFeatures:
         truncated_items: ``[N]`` bool, True where the model's maximum length cut the item
             (``span`` pooling: its span, fully or partly), or None when the source does not
             say (it is computed for ``span`` pooling only).
+        keys: site -> activation-store key of the entry the features were read from (empty
+            when they did not come from the store); the analysis-result cache keys on them.
     """
 
     features: dict[str, Any]
@@ -98,6 +100,7 @@ class LayerFeatures:
     label_names: list[str] | None = None
     n_truncated: int = 0
     truncated_items: np.ndarray | None = None
+    keys: dict[str, str] = field(default_factory=dict)
 
     def layer_sites(self) -> list[str]:
         """Hidden-state sites that are layers, in layer order (attention features excluded)."""
@@ -215,12 +218,23 @@ class Analysis(ABC):
         catalogue: catalogue ids, e.g. ``("V1",)``.
         summary: one line for ``vlprobe analyses``.
         defaults: parameter name -> default value. Unknown parameter names are an error.
+        version: the analysis' own version (default ``"1"``), part of the analysis-result
+            cache key (:mod:`vlprobe.results.cache`). **Bump it whenever a change to the
+            analysis changes its numbers, tables or figures** (a new default, a fixed bug, a
+            different solver): results cached by the old code are then recomputed. The
+            vlprobe version is in the key too, so a release invalidates every cached result.
+
+    An analysis must read everything it depends on through the :class:`FeatureSource`
+    (features, stimuli) or its ``params``: the result cache keys on exactly these (and the
+    seed, versions and device). Inputs found by name in ``params`` (a packaged corpus, a
+    reference-kit file) are keyed by that name, not their content.
     """
 
     name: ClassVar[str] = ""
     catalogue: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    version: ClassVar[str] = "1"
 
     def __init__(
         self, models: list[str], dataset: str, params: dict[str, Any] | None = None, seed: int = 0

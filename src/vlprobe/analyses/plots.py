@@ -100,7 +100,9 @@ def plot_dendrogram(similarity: np.ndarray, labels: Sequence[str], title: str = 
     fig, axes = _figure()
     ax = axes[0, 0]
     z = linkage(squareform(dist, checks=False), method="average")
-    dendrogram(z, labels=list(labels), ax=ax, leaf_rotation=45)
+    # one link colour: scipy's cluster colours would look like the run's model colours
+    dendrogram(z, labels=list(labels), ax=ax, leaf_rotation=45, color_threshold=0,
+               above_threshold_color="#444444")
     ax.set_ylabel("1 - r")
     ax.set_title(title or "Average-linkage clustering of RDMs")
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlprobe.extract.attention import attention_output, parse_output, split_raw_tags
 from vlprobe.extract.cache_admin import EntryInfo
-from vlprobe.extract.extractor import ExtractionResult, extract_features
+from vlprobe.extract.extractor import ExtractionResult, extract_features, feature_keys
 from vlprobe.extract.keys import (
     STORE_FORMAT_VERSION,
     activation_key,
@@ -29,6 +29,7 @@ __all__ = [
     "attention_output",
     "canonical_json",
     "extract_features",
+    "feature_keys",
     "hash_key",
     "make_key_dict",
     "parse_output",

@@ -75,19 +75,26 @@ from vlprobe.extract.attention import (
     raw_shard_size,
 )
 from vlprobe.extract.batching import _batches, _prefetched, _span_batches, _span_chars
-from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
-from vlprobe.extract.plan import Output, resolve_outputs, resolve_pooling, resolve_sites
+from vlprobe.extract.keys import hash_key
+from vlprobe.extract.plan import (
+    Output,
+    _key_dicts,
+    feature_keys,
+    resolve_modality,
+    resolve_outputs,
+    resolve_pooling,
+    resolve_sites,
+)
 from vlprobe.extract.ragged import RaggedArray
 from vlprobe.extract.store import ActivationStore, n_shards_for, shard_bounds
-from vlprobe.modality import resolve_modality as modality_rule
 from vlprobe.modality import tags_for_site
 from vlprobe.pooling import pool_numpy
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ExtractionResult", "extract_features", "resolve_modality", "resolve_pooling",
-    "resolve_sites",
+    "ExtractionResult", "extract_features", "feature_keys", "resolve_modality",
+    "resolve_pooling", "resolve_sites",
 ]
 
 
@@ -124,14 +131,6 @@ class ExtractionResult:
     store_events: list[str] = field(default_factory=list)
     sites: dict[str, str] = field(default_factory=dict)
     raw_bytes_estimate: int = 0
-
-
-def resolve_modality(adapter: Any, stimuli: Any, modality: str | None) -> str:
-    """The modality to run (:func:`vlprobe.modality.resolve_modality` on this model and data)."""
-    return modality_rule(
-        adapter.modalities, stimuli.modalities, modality,
-        model=getattr(adapter, "family", type(adapter).__name__), dataset=stimuli.dataset,
-    )
 
 
 def extract_features(
@@ -319,15 +318,8 @@ def _extract_holding(
     span_chars = _span_chars(stimuli, modality) if span_mode else None
     vision_cls = bool(getattr(adapter, "vision_class_token", True))
 
-    ident = adapter.identity()
-    stim_ident = stimuli_identity(stimuli)
-    keys: dict[str, str] = {}
-    key_dicts: dict[str, dict[str, Any]] = {}
-    for out in outputs:
-        kd = make_key_dict(ident, stim_ident, modality=modality, site=out.site,
-                           pooling=out.method)
-        keys[out.name] = hash_key(kd)
-        key_dicts[out.name] = kd
+    key_dicts = _key_dicts(adapter, stimuli, modality, outputs)
+    keys = {name: hash_key(kd) for name, kd in key_dicts.items()}
     held.enter_context(store.lock(keys.values()))  # every key of the call, taken at once
 
     # -- what is cached? ---------------------------------------------------------------

@@ -21,8 +21,10 @@ from vlprobe.extract.attention import (
     is_attention_site,
     resolve_attention,
 )
+from vlprobe.extract.keys import hash_key, make_key_dict, stimuli_identity
 from vlprobe.extract.reducers import reducer_of
 from vlprobe.modality import check_sites_for
+from vlprobe.modality import resolve_modality as modality_rule
 from vlprobe.pooling import check_pooling, grid_size, is_pooled_site
 
 
@@ -156,3 +158,45 @@ def resolve_outputs(
             else:
                 outputs.append(Output(attention_output(site, method), site, method))
     return outputs
+
+
+def resolve_modality(adapter: Any, stimuli: Any, modality: str | None) -> str:
+    """The modality to run (:func:`vlprobe.modality.resolve_modality` on this model and data)."""
+    return modality_rule(
+        adapter.modalities, stimuli.modalities, modality,
+        model=getattr(adapter, "family", type(adapter).__name__), dataset=stimuli.dataset,
+    )
+
+
+def _key_dicts(
+    adapter: Any, stimuli: Any, modality: str, outputs: Sequence[Output]
+) -> dict[str, dict[str, Any]]:
+    """output name -> store key dict of one extraction (the outputs in order)."""
+    ident = adapter.identity()
+    stim_ident = stimuli_identity(stimuli)
+    return {
+        out.name: make_key_dict(ident, stim_ident, modality=modality, site=out.site,
+                                pooling=out.method)
+        for out in outputs
+    }
+
+
+def feature_keys(
+    adapter: Any,
+    stimuli: Any,
+    *,
+    modality: str | None = None,
+    sites: Sequence[str] | None = None,
+    pooling: str | Mapping[str, str] | None = None,
+    attention: Any = None,
+) -> dict[str, str]:
+    """output name -> the store key that :func:`extract_features` with the same arguments
+    reads or writes, computed without touching the store or running the model (a paired
+    set's image side is keyed on its distinct images, as extraction does)."""
+    modality = resolve_modality(adapter, stimuli, modality)
+    shared = stimuli.unique_images() if modality == "image" else None
+    if shared is not None:
+        stimuli = shared[0]
+    outputs = resolve_outputs(adapter, modality, sites, pooling, attention)
+    return {name: hash_key(kd) for name, kd in _key_dicts(adapter, stimuli, modality,
+                                                          outputs).items()}

@@ -1,189 +1,188 @@
-"""One self-contained HTML page per run: provenance, each analysis' figures and table,
-and how to reproduce it. Figures are embedded as base64 PNG; every user-provided string
-(run name, config values, notes, error messages, table cells) is HTML-escaped.
+"""One self-contained HTML page per run (works offline: figures are base64 PNGs, CSVs are
+``data:`` links, no script, no web font).
+
+Top to bottom: a summary (one line per analysis with its key numbers, linking to its
+section) and the run's warnings; a section per analysis (key numbers, notes, figures, a
+compact pivot, the full table collapsed with a CSV download, parameters); provenance
+(models, datasets, versions, seeds, timings, cache hits, forward passes) and how to
+reproduce the run. Every user-provided string (run name, config values, notes, errors,
+table cells) is HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from vlprobe.report.headlines import headline
+from vlprobe.report.provenance import provenance_html
+from vlprobe.report.style import anchor, e, figure_html, glyph_line, page
+from vlprobe.report.tables import (
+    constants_html,
+    csv_link,
+    frame_html,
+    pivots_html,
+    split_constant,
+)
 from vlprobe.results.records import atomic_write_text, read_run
 
-MAX_TABLE_ROWS = 300
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-.muted{color:#666} .ok{color:#17803d} .failed{color:#b3261e} .skipped{color:#8a6d00}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right}
-th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
-pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em}
-figure{margin:1em 0} img{max-width:100%;border:1px solid #eee}
-.tag{display:inline-block;background:#eef;border-radius:3px;padding:0 .4em;margin-left:.3em;
-font-size:.8em}
-details{margin:.5em 0}
-"""
+#: extra tables this small (a best-layer summary) are shown open; larger ones collapsed
+SMALL_ROWS, SMALL_COLUMNS = 20, 12
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+@dataclass
+class ResultView:
+    """One analysis of a run as the report reads it back from the run directory."""
+
+    name: str
+    info: dict[str, Any]
+    table: pd.DataFrame | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    figure_alt: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "?"))
+
+    @property
+    def analysis(self) -> str:
+        return str(self.info.get("analysis") or "")
+
+    def key_result(self) -> str:
+        if self.status == "failed":
+            return "failed: " + str(self.info.get("error", ""))
+        return headline(self.analysis, self.table)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    shown = frame.head(MAX_TABLE_ROWS)
-    note = ""
-    if len(frame) > MAX_TABLE_ROWS:
-        note = (
-            f"<p class=muted>first {MAX_TABLE_ROWS} of {len(frame)} rows "
-            "(full table in the parquet file)</p>"
-        )
-    drop = [c for c in ("run_id", "config_hash", "result") if c in shown.columns]
-    body = shown.drop(columns=drop).to_html(
-        index=False, escape=True, float_format=lambda v: f"{v:.4g}", na_rep=""
+def load_results(run_dir: Path, record: dict[str, Any]) -> list[ResultView]:
+    """Every analysis of ``record`` with its table, params and figure descriptions."""
+    views = []
+    for name, info in (record.get("analyses") or {}).items():
+        view = ResultView(name, info)
+        table_path = run_dir / str(info.get("table", ""))
+        if info.get("status") != "failed" and info.get("table") and table_path.is_file():
+            view.table = pd.read_parquet(table_path)
+        saved = run_dir / "results" / f"{name}.json"
+        if info.get("status") != "failed" and saved.is_file():
+            data = json.loads(saved.read_text())
+            view.params = data.get("params") or {}
+            view.figure_alt = data.get("figure_alt") or {}
+        views.append(view)
+    return views
+
+
+def status_html(status: str) -> str:
+    css = "ok" if status == "ok" else "failed" if status == "failed" else "skipped"
+    return f"<span class={css}>{e(status)}</span>"
+
+
+def tags_html(info: dict[str, Any]) -> str:
+    return "".join(f"<span class=tag>{e(c)}</span>" for c in info.get("catalogue", []))
+
+
+def summary_html(views: list[ResultView], anchors: dict[str, str]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='#{anchors[v.name]}'>{e(v.name)}</a>{tags_html(v.info)}</td>"
+        f"<td>{status_html(v.status)}</td><td>{e(v.key_result())}</td></tr>"
+        for v in views
     )
-    return note + body
+    return ("<div class=scroll><table class=summary><thead><tr><th scope=col>analysis</th>"
+            "<th scope=col>status</th><th scope=col>key result</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
 
 
-def _figure_html(path: Path, caption: str) -> str:
-    if not path.is_file():
-        return f"<p class=failed>missing figure {_e(path.name)}</p>"
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (
-        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
-        f"<figcaption class=muted>{_e(caption)}</figcaption></figure>"
-    )
+def table_block(frame: pd.DataFrame, title: str, filename: str, *, open_: bool = False) -> str:
+    """A collapsed full table: constant columns said once, the rest shown, CSV link."""
+    varying, constant = split_constant(frame)
+    attr = " open" if open_ else ""
+    return (f"<details{attr}><summary>{e(title)} ({len(frame)} rows)</summary>"
+            f"{constants_html(constant)}{frame_html(varying)}</details>"
+            f"<p class=small>{csv_link(frame, filename)}</p>")
 
 
-def _kv_table(rows: dict[str, Any]) -> str:
-    cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
-    return f"<table>{cells}</table>"
+def analysis_html(run_dir: Path, view: ResultView, section_id: str) -> list[str]:
+    """The section of one analysis."""
+    info = view.info
+    parts = [f"<section id={section_id}>",
+             f"<h2>{e(view.name)}{tags_html(info)} <small>{status_html(view.status)}</small></h2>"]
+    if view.status == "failed":
+        parts.append(glyph_line("error", f"failed: {info.get('error')}"))
+        if info.get("traceback"):
+            parts.append(f"<details><summary>traceback</summary><pre>{e(info['traceback'])}"
+                         "</pre></details>")
+        return [*parts, "</section>"]
+    facts = [f"analysis <code>{e(view.analysis)}</code>"]
+    cache = info.get("cache")
+    if cache == "hit":
+        facts.append(f"result from the cache (computing it took {info.get('compute_seconds')} s)")
+    elif cache:
+        facts.append(f"{e(cache)} in {info.get('compute_seconds', info.get('seconds'))} s")
+    if view.status.startswith("skipped"):
+        facts.append("kept from an earlier run (--skip-existing)")
+    parts.append(f"<p class='muted small'>{' &middot; '.join(facts)}</p>")
+    key = view.key_result()
+    if key:
+        parts.append(f"<p><b>Key result:</b> {e(key)}</p>")
+    parts.extend(glyph_line("note", note) for note in info.get("notes", []))
+    figures = info.get("figures", {})
+    if figures:
+        parts.append("<div class=figs>")
+        for fig_name, rel in figures.items():
+            alt = view.figure_alt.get(fig_name) or f"{view.name}: {fig_name}"
+            parts.append(figure_html(run_dir / rel, alt, f"{view.name}: {fig_name}"))
+        parts.append("</div>")
+    if view.table is not None and len(view.table):
+        pivot = pivots_html(view.table)
+        if pivot:
+            parts += ["<h3>Values</h3>", pivot]
+        parts.append(table_block(view.table, "Full table", f"{view.name}.csv",
+                                 open_=pivot is None))
+    for table_name, rel in info.get("extra_tables", {}).items():
+        if (run_dir / rel).is_file():
+            extra = pd.read_parquet(run_dir / rel)
+            small = len(extra) <= SMALL_ROWS and len(extra.columns) <= SMALL_COLUMNS
+            parts.append(table_block(extra, f"Table {table_name}",
+                                     f"{view.name}__{table_name}.csv", open_=small))
+    if view.params:
+        dumped = e(json.dumps(view.params, indent=1, default=str))
+        parts.append(f"<details><summary>Parameters</summary><pre>{dumped}</pre></details>")
+    return [*parts, "</section>"]
+
+
+def header_html(record: dict[str, Any], views: list[ResultView]) -> list[str]:
+    n_ok = sum(v.status == "ok" for v in views)
+    n_failed = sum(v.status == "failed" for v in views)
+    total = (record.get("timings") or {}).get("total_s")
+    facts = [f"run {e(record.get('run_id'))}", f"started {e(record.get('started'))}",
+             f"status {status_html(str(record.get('status')))}",
+             f"{len(views)} analyses: {n_ok} ok" + (f", {n_failed} failed" if n_failed else "")]
+    if total is not None:
+        facts.append(f"{e(total)} s")
+    facts.append(f"{e(record.get('forward_batches'))} model forward batches")
+    return [f"<h1>vlprobe run <code>{e(record.get('name'))}</code></h1>",
+            f"<p class=muted>{' &middot; '.join(facts)}</p>"]
 
 
 def render_report(run_dir: str | Path) -> str:
     """The HTML text of a run's report."""
     run_dir = Path(run_dir)
     record = read_run(run_dir)
-    status = _e(record.get("status"))
-    parts = [
-        "<!doctype html><html><head><meta charset=utf-8>",
-        f"<title>vlprobe: {_e(record.get('name'))}</title><style>{_CSS}</style></head><body>",
-        f"<h1>vlprobe run <code>{_e(record.get('name'))}</code></h1>",
-        f"<p class=muted>run {_e(record.get('run_id'))} &middot; "
-        f"started {_e(record.get('started'))} &middot; "
-        f"status <span class={status}>{status}</span></p>",
-    ]
-    for warning in dict.fromkeys(record.get("warnings") or []):
-        parts.append(f"<p class=skipped>&#9888; {_e(warning)}</p>")
-    analyses = record.get("analyses", {})
-    parts.append("<h2>Analyses</h2><ul>")
-    for name, info in analyses.items():
-        status = str(info.get("status", "?"))
-        css = "ok" if status == "ok" else "failed" if status == "failed" else "skipped"
-        tags = "".join(f"<span class=tag>{_e(c)}</span>" for c in info.get("catalogue", []))
-        parts.append(
-            f"<li><a href='#{_e(name)}'>{_e(name)}</a>{tags} "
-            f"<span class={css}>{_e(status)}</span></li>"
-        )
-    parts.append("</ul>")
-
-    for name, info in analyses.items():
-        parts.append(f"<h2 id='{_e(name)}'>{_e(name)}")
-        parts.extend(f"<span class=tag>{_e(c)}</span>" for c in info.get("catalogue", []))
-        parts.append("</h2>")
-        if info.get("status") == "failed":
-            parts.append(f"<p class=failed>failed: {_e(info.get('error'))}</p>")
-            if info.get("traceback"):
-                parts.append(
-                    f"<details><summary>traceback</summary><pre>{_e(info['traceback'])}</pre></details>"
-                )
-            continue
-        result_json = run_dir / "results" / f"{name}.json"
-        params = {}
-        if result_json.is_file():
-            params = json.loads(result_json.read_text()).get("params", {})
-        parts.append(f"<p class=muted>analysis <code>{_e(info.get('analysis'))}</code></p>")
-        if params:
-            dumped = _e(json.dumps(params, indent=1, default=str))
-            parts.append(f"<details><summary>parameters</summary><pre>{dumped}</pre></details>")
-        for note in info.get("notes", []):
-            parts.append(f"<p>&#9432; {_e(note)}</p>")
-        for fig_name, rel in info.get("figures", {}).items():
-            parts.append(_figure_html(run_dir / rel, f"{name}: {fig_name}"))
-        for table_name, rel in info.get("extra_tables", {}).items():
-            if (run_dir / rel).is_file():
-                parts.append(f"<h3>{_e(table_name)}</h3>")
-                parts.append(_table_html(pd.read_parquet(run_dir / rel)))
-        table_path = run_dir / str(info.get("table", ""))
-        if table_path.is_file():
-            parts.append(_table_html(pd.read_parquet(table_path)))
-
-    parts.append("<h2>Provenance</h2>")
-    parts.append(
-        _kv_table(
-            {
-                "config hash": record.get("config_hash"),
-                "seed": record.get("seed"),
-                "git": record.get("git") or "not a git checkout",
-                "platform": record.get("host", {}).get("platform"),
-                "model forward batches in this run": record.get("forward_batches"),
-                **{f"version {k}": v for k, v in record.get("versions", {}).items()},
-            }
-        )
-    )
-    extractions = record.get("extractions") or []
-    if extractions:
-        parts.append("<h3>Extractions</h3>")
-        parts.append(
-            pd.DataFrame(extractions).to_html(
-                index=False, escape=True, float_format=lambda v: f"{v:.3g}"
-            )
-        )
-    timings = record.get("timings", {})
-    if timings:
-        parts.append("<h3>Timings (seconds)</h3>")
-        parts.append(_kv_table({k: v for k, v in _flatten(timings).items()}))
-    config_yaml = run_dir / "config.yaml"
-    if config_yaml.is_file():
-        parts.append("<h3>Resolved configuration</h3>")
-        parts.append(f"<pre>{_e(config_yaml.read_text())}</pre>")
-    parts.append("<h2>How to reproduce</h2>")
-    versions = record.get("versions", {})
-    parts.append(
-        "<pre>"
-        + _e(
-            "\n".join(
-                [
-                    "# same library versions as this run:",
-                    f"pip install torch=={versions.get('torch', '2.13.0').split('+')[0]} "
-                    f"transformers=={versions.get('transformers', '')}",
-                    f"pip install 'vlprobe=={versions.get('vlprobe', '')}'"
-                    + (f"   # source commit {record['git']}" if record.get("git") else ""),
-                    f"vlprobe run {run_dir / 'config.yaml'}",
-                ]
-            )
-        )
-        + "</pre>"
-    )
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    views = load_results(run_dir, record)
+    used = {"summary", "provenance", "reproduce"}
+    anchors = {v.name: anchor(v.name, used) for v in views}
+    body = header_html(record, views)
+    body += ["<h2 id=summary>Summary</h2>", summary_html(views, anchors)]
+    body += [glyph_line("warn", w) for w in dict.fromkeys(record.get("warnings") or [])]
+    body.append("<p class=small><a href='#provenance'>Provenance</a> &middot; "
+                "<a href='#reproduce'>How to reproduce</a></p>")
+    for view in views:
+        body += analysis_html(run_dir, view, anchors[view.name])
+    body += provenance_html(record, run_dir)
+    return page(f"vlprobe: {record.get('name')}", body)
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,21 @@ def _stringify_objects(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_result(
-    run_dir: Path, name: str, result: Result, *, run_id: str, config_hash: str
+    run_dir: Path, name: str, result: Result, *, run_id: str, config_hash: str,
+    palette: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write one analysis' tables and figures; return an index entry for ``run.json``."""
+    """Write one analysis' tables and figures; return an index entry for ``run.json``.
+
+    Figures are styled first (:func:`~vlprobe.analyses.figure_style.style_figure`: one colour
+    per model from ``palette`` -- the run's, in config order; by default the models of this
+    result's table -- and integer layer ticks) and described for the report (``figure_alt``).
+    """
+    from vlprobe.analyses.figure_style import alt_text, model_palette, style_figure
+
+    if palette is None:
+        models = list(result.table["model"].dropna().astype(str)) if (
+            "model" in getattr(result.table, "columns", ())) else []
+        palette = model_palette(models)
     results_dir = run_dir / RESULTS_DIR
     table = result.table.copy()
     table.insert(0, "result", name)
@@ -88,11 +101,13 @@ def write_result(
         path = results_dir / f"{name}__{table_name}.parquet"
         _atomic_parquet(_stringify_objects(extra), path)
         extra_files[table_name] = str(path.relative_to(run_dir))
-    figure_files = {}
+    figure_files, figure_alt = {}, {}
     for fig_name, figure in result.figures.items():
         path = run_dir / FIGURES_DIR / f"{name}__{fig_name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
+        style_figure(figure, palette)
         figure.savefig(path, dpi=120, bbox_inches="tight")
+        figure_alt[fig_name] = alt_text(figure, fallback=f"{name}: {fig_name}")  # drawn now
         figure_files[fig_name] = str(path.relative_to(run_dir))
         import matplotlib.pyplot as plt
 
@@ -106,6 +121,7 @@ def write_result(
         "rows": json.loads(table.to_json(orient="records")),
         "extra_tables": extra_files,
         "figures": figure_files,
+        "figure_alt": figure_alt,
     }
     atomic_write_text(
         results_dir / f"{name}.json", json.dumps(record, indent=1, default=_json_default)
@@ -116,6 +132,7 @@ def write_result(
         "table": f"{RESULTS_DIR}/{name}.parquet",
         "json": f"{RESULTS_DIR}/{name}.json",
         "figures": figure_files,
+        "figure_alt": figure_alt,
         "extra_tables": extra_files,
         "notes": result.notes,
         "n_rows": len(table),

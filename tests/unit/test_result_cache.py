@@ -170,6 +170,45 @@ class _Source:
     def stimuli_key(self, request):
         return "stim"
 
+    def extract(self, model, stimuli, modality, sites, pooling=None):
+        return LayerFeatures({"s": np.ones((2, 3), np.float32)}, {"s": 0}, None, ["a", "b"],
+                             keys={"s": "derived-" + self.model})
+
+    def model_key(self, model):
+        return self.model
+
+    model = "weights-1"
+
+
+class _Derived(_Toy):
+    """Reads features of stimuli it built itself (rendered images, prompts)."""
+
+    name = "derived"
+
+    def run(self, source):
+        feats = source.extract("m", None, "image", ("s",))
+        table = pd.DataFrame({"model": ["m"], "value": [float(feats.features["s"].sum())]})
+        return Result("derived", ("X",), table)
+
+
+def test_derived_features_record_the_model_identity(tmp_path):
+    """An analysis that reads only features of stimuli it built (FeatureSource.extract)
+    misses the cache once the model changes (its identity is recorded with the result)."""
+    cache, source = ResultCache(tmp_path), _Source()
+    analysis = _Derived(["m"], "d", {"k": 2})
+    plan = plan_key_dict(analysis, "cpu", {"vlprobe": "0.1.0"})
+    recorder = RecordingSource(source)
+    result = analysis.run(recorder)
+    assert recorder.reads == [{"kind": "model", "model": "m", "identity": "weights-1"}]
+    cache.store(plan, recorder.reads, result, 1.0)
+
+    def current(read):
+        return current_read(source, read)
+
+    assert cache.lookup(plan, current) is not None
+    source.model = "weights-2"
+    assert cache.lookup(plan, current) is None
+
 
 def test_lookup_rechecks_the_recorded_reads(tmp_path, caplog):
     cache, source = ResultCache(tmp_path), _Source()
@@ -217,3 +256,14 @@ def test_gc_removes_stale_and_unused_results(tmp_path):
     assert len(done) == 1 and not done[0].path.exists()
     assert len(collect_result_garbage(cache, older_than_days=-1)) == 1
     assert not any(cache.root.iterdir())
+
+
+def test_request_round_trip_keeps_tuples():
+    """Recorded requests come back equal (and hashable) with attention and class names."""
+    from vlprobe.results.cache import request_dict, request_from_dict
+
+    request = FeatureRequest("m", "d", "test", sites=("fusion.blocks.0.attn",),
+                             attention=("reduce:mass", "raw"), view="class_prompts",
+                             class_names=("cat", "dog"))
+    back = request_from_dict(request_dict(request))
+    assert back == request and hash(back) == hash(request)

@@ -81,7 +81,7 @@ def request_dict(request: FeatureRequest) -> dict[str, Any]:
 def request_from_dict(data: dict[str, Any]) -> FeatureRequest:
     """Inverse of :func:`request_dict`."""
     data = dict(data)
-    for name in ("sites", "templates"):
+    for name in ("sites", "templates", "attention", "class_names"):
         if data.get(name) is not None:
             data[name] = tuple(data[name])
     return FeatureRequest(**data)
@@ -126,6 +126,17 @@ class RecordingSource:
                    "n_truncated": int(feats.n_truncated)})
         return feats
 
+    def extract(self, model: str, stimuli: Any, modality: str, sites: tuple[str, ...],
+                pooling: str | None = None) -> LayerFeatures:
+        """Features of stimuli the analysis built; they are a function of the analysis'
+        params (in the plan key), of what it read (recorded) and of the model, whose identity
+        is recorded here."""
+        feats = self.inner.extract(model, stimuli, modality, sites, pooling)
+        if not feats.keys:
+            self.cacheable = False
+        self._add({"kind": "model", "model": model, "identity": self.inner.model_key(model)})
+        return feats
+
     def stimuli(self, request: FeatureRequest) -> Any:
         stimuli = self.inner.stimuli(request)
         self._add({"kind": "stimuli", "request": request_dict(request),
@@ -135,6 +146,8 @@ class RecordingSource:
 
 def current_read(source: Any, read: dict[str, Any]) -> dict[str, Any]:
     """``read`` with its keys recomputed from the run's source as it is now."""
+    if read["kind"] == "model":
+        return {**read, "identity": source.model_key(read["model"])}
     request = request_from_dict(read["request"])
     if read["kind"] == "features":
         return {**read, "keys": source.feature_keys(request)}

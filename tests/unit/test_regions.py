@@ -74,6 +74,40 @@ def test_grid_cells_in_raster_order_with_centre_crop_boxes(tiny_dir):
                               "site": "vision.head"}
 
 
+def test_window_frame_boxes_are_the_cells_of_the_crop(tiny_dir):
+    """``boxes: window`` (what `vlprobe train`'s fusion models are trained with) gives each
+    cell's box in the crop's own [0, 1] frame, whatever the image's size; an unknown frame is
+    an error naming the key."""
+    options = {**_grid_options(tiny_spec("efficientnet_lite0", tiny_dir), "vision.head"),
+               "boxes": "window"}
+    src = region_source(options, "cpu", OWNER)
+    out = src([_image(40, 48, 0), _image(24, 60, 1)])
+    want = torch.tensor([[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]])
+    assert torch.allclose(out.boxes[0], want) and torch.allclose(out.boxes[1], want)
+    assert src.identity()["boxes"] == "window"
+    with pytest.raises(ConfigError, match=r"options.regions.boxes: 'crop' is not one of"):
+        region_source({**options, "boxes": "crop"}, "cpu", OWNER)
+
+
+def test_lxmert_reads_the_box_frame_of_its_config(tiny_dir, tmp_path):
+    """A checkpoint whose config says ``region_boxes: window`` gets window-frame cell boxes
+    without any option (the frame it was trained with); an explicit option still wins."""
+    import json
+    import shutil
+
+    spec = tiny_spec("lxmert", tiny_dir)
+    local = tmp_path / "lxmert_window"
+    shutil.copytree(spec.config, local)
+    cfg = json.loads((local / "config.json").read_text())
+    (local / "config.json").write_text(json.dumps({**cfg, "region_boxes": "window"}))
+    trained = load_model(replace(spec, config=str(local)))
+    assert trained.regions.frame == "window"
+    assert load_model(spec).regions.frame == "image"
+    explicit = load_model(replace(spec, config=str(local), options={
+        "regions": {**spec.options["regions"], "boxes": "image"}}))
+    assert explicit.regions.frame == "image"
+
+
 def test_grid_of_a_resizing_processor_covers_the_whole_image(tiny_dir):
     src = region_source(_grid_options(tiny_spec("hf_resnet", tiny_dir), "vision.stages.1"),
                         "cpu", OWNER)

@@ -120,7 +120,13 @@ class LXMERTAdapter(HFAdapter):
         }
         self._layer_sites = {"pair": self._streams["text"]}
         #: the region source (:mod:`vlprobe.models.regions`)
-        self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
+        regions = self.spec.options.get("regions")
+        frame = getattr(c, "region_boxes", None)  # set by `vlprobe train` (kind fusion_two)
+        if frame is not None and (regions is None or (
+                isinstance(regions, dict) and regions.get("source", "grid") == "grid"
+                and "boxes" not in regions)):
+            regions = {**(regions or {}), "boxes": frame}
+        self.regions = region_source(regions, self.device, self.name)
 
     def stream_layer_sites(self, stream: str) -> list[str]:
         """Hidden-state sites of one stream in layer order (``"text"`` = ``layer_sites

@@ -14,6 +14,10 @@ every region-based adapter):
   transformers processor's centre crop, or the whole image), in coordinates of the original
   image. ``model`` is an adapter name or a mapping with :class:`~vlprobe.models.base.ModelSpec`'s
   fields (``adapter``, ``checkpoint``, ``config``, ``random_init``, ``seed``, ``options``, ...).
+  ``boxes: window`` instead normalises the boxes to that input window (cell ``(r, c)`` of an
+  ``h x w`` map is ``(c/w, r/h, (c+1)/w, (r+1)/h)``), the frame the fusion models of
+  ``vlprobe train`` are trained with (their config sets ``region_boxes: window``, which the
+  ``lxmert`` adapter reads); the default ``boxes: image`` is the whole image's frame.
 - ``{source: file, path: <file>}``: precomputed regions (e.g. bottom-up-attention Faster R-CNN
   features) from a regions file.
 
@@ -53,7 +57,11 @@ from vlprobe.settings import expand_path
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_SITE = "vision.head"
 _SUFFIXES = ("features", "boxes")
-_GRID_KEYS = ("source", "model", "site")
+_GRID_KEYS = ("source", "model", "site", "boxes")
+#: the frames grid-cell boxes are normalised to: the whole image (LXMERT's convention for
+#: detector boxes) or the image adapter's input window (the crop it sees; the frame of the
+#: fusion models ``vlprobe train`` trains, whose configs say so with ``region_boxes``)
+BOX_FRAMES = ("image", "window")
 _FILE_KEYS = ("source", "path")
 _BOX_TOL = 1e-6
 
@@ -137,11 +145,16 @@ class GridRegions:
     without images, without ``input_window`` or without ``site`` is an error at load time.
     """
 
-    def __init__(self, spec: ModelSpec, site: str, device: str, owner: str) -> None:
+    def __init__(self, spec: ModelSpec, site: str, device: str, owner: str,
+                 frame: str = "image") -> None:
         from vlprobe.models import load_model
 
+        if frame not in BOX_FRAMES:
+            raise ConfigError(f"model {owner!r} options.regions.boxes: {frame!r} is not one of "
+                              f"{', '.join(BOX_FRAMES)}")
         self.owner = owner
         self.site = site
+        self.frame = frame
         self.cnn = load_model(spec, device=device)
         if "image" not in self.cnn.modalities:
             raise ConfigError(f"{owner}: regions.model {spec.adapter!r} takes no images")
@@ -157,7 +170,10 @@ class GridRegions:
         return f"{self.cnn.family} {self.site} grid cells"
 
     def identity(self) -> dict[str, Any]:
-        return {"source": "grid", "model": self.cnn.identity(), "site": self.site}
+        ident = {"source": "grid", "model": self.cnn.identity(), "site": self.site}
+        if self.frame != "image":
+            ident["boxes"] = self.frame
+        return ident
 
     def feature_maps(self, images: Sequence[Any]) -> Any:
         """``[B, C, h, w]`` float32 maps of ``images`` at the region site."""
@@ -179,6 +195,10 @@ class GridRegions:
         rows, cols = np.divmod(np.arange(h * w), w)
         items = []
         for i, image in enumerate(images):
+            if self.frame == "window":  # cells of the crop the image adapter sees, in [0, 1]
+                boxes = np.stack([cols / w, rows / h, (cols + 1) / w, (rows + 1) / h], axis=1)
+                items.append((feats[i].numpy(), boxes))
+                continue
             width, height = image.size
             left, top, right, bottom = self.cnn.input_window(width, height)
             cw, ch = (right - left) / w, (bottom - top) / h
@@ -437,4 +457,5 @@ def region_source(options: Any, device: str, owner: str) -> GridRegions | FileRe
             f"{', '.join(_GRID_KEYS)} (a file source: source: file, path)"
         )
     spec = _model_spec(raw.get("model", DEFAULT_MODEL), where)
-    return GridRegions(spec, str(raw.get("site", DEFAULT_SITE)), device, owner)
+    return GridRegions(spec, str(raw.get("site", DEFAULT_SITE)), device, owner,
+                       frame=str(raw.get("boxes", "image")))

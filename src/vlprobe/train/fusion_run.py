@@ -36,14 +36,7 @@ def adapter_options(kind: str, regions: RegionEntry) -> dict[str, Any]:
             and not (k == "dtype" and v == "float32")}
     if spec == {"adapter": DEFAULT_REGIONS["adapter"]} and regions.site == "vision.head":
         return {}
-    if kind == "fusion_single":
-        return {"region_model": spec, "region_site": regions.site}
-    unsupported = sorted(set(spec) - {"adapter", "checkpoint", "config", "random_init", "seed",
-                                      "options"})
-    if unsupported:
-        raise ConfigError(f"regions: the lxmert adapter's grid regions take no "
-                          f"{', '.join(unsupported)}")
-    return {"regions": {"source": "grid", **spec, "site": regions.site}}
+    return {"regions": {"source": "grid", "model": spec, "site": regions.site}}
 
 
 def _load(cfg: FusionTrainConfig, options: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@
   constant features (std = 0) are left centred at 0 instead of dividing by zero.
 - :func:`stratified_split`: seeded, stratified carve of a validation split out of train.
 - :func:`resolve_modality` / :func:`select_layer_sites`: which tower and which sites to use.
+- :func:`check_solver_params` / :func:`solver_options`: the logistic solver's parameters.
 """
 
 from __future__ import annotations
@@ -160,6 +161,23 @@ def check_solver_params(analysis: str, params: dict[str, Any], cs_key: str = "Cs
         raise ConfigError(
             f"{analysis}: dtype must be float32 or float64, got {params['dtype']!r}"
         )
+    gb = params.get("solver_memory_gb", 1.0)
+    if isinstance(gb, bool) or not isinstance(gb, int | float) or not 0 < gb < float("inf"):
+        raise ConfigError(f"{analysis}: solver_memory_gb must be a positive number (GiB), "
+                          f"got {gb!r}")
+
+
+def solver_options(params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`~vlprobe.analyses.probe_solver.fit_logistic_path` from an
+    analysis' validated parameters (``dtype``, ``max_iter``, ``tol``; ``standardize`` and
+    ``solver_memory_gb`` where the analysis has them)."""
+    out: dict[str, Any] = {"dtype": params["dtype"], "max_iter": int(params["max_iter"]),
+                           "tol": float(params["tol"])}
+    if "standardize" in params:
+        out["standardize"] = bool(params["standardize"])
+    if "solver_memory_gb" in params:
+        out["memory_budget"] = int(float(params["solver_memory_gb"]) * 2**30)
+    return out
 
 
 def readable_models(

@@ -187,7 +187,6 @@ class ReconstructionProbe(Analysis):
         n_val = round(float(self.params["val_fraction"]) * len(order))
         n_val = min(len(order) - 1, max(1, n_val))
         va, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
-        assert not set(tr.tolist()) & set(va.tolist()), "train/val carve is not disjoint"
         return tr, va
 
     def run(self, source: FeatureSource) -> Result:
@@ -205,6 +204,8 @@ class ReconstructionProbe(Analysis):
         ids_te, yte = targets[p["test_split"]]
         tr, va = self._carve(ids_all)
         ids_tr, ids_va = [ids_all[i] for i in tr], [ids_all[i] for i in va]
+        assert_disjoint_ids(ids_tr, ids_va, f"the training part of split {p['train_split']!r}",
+                            "the validation split carved from it (duplicate item ids?)")
         assert_disjoint_ids(ids_va, ids_te, "validation split", f"split {p['test_split']!r}")
         assert_disjoint_ids(ids_tr, ids_te, f"split {p['train_split']!r}",
                             f"split {p['test_split']!r}")

@@ -62,6 +62,7 @@ from vlprobe.analyses.probe_solver.select import (
     convergence_note,
     memory_note,
     select_and_evaluate,
+    stop_diagnostics,
 )
 
 __all__ = [
@@ -70,5 +71,5 @@ __all__ = [
     "ProbeSelection", "SolvePlan", "_SolveOut", "_batched_lbfgs", "_encode_labels", "_gmax",
     "_loss_grad", "_loss_grad_masked", "_pdot", "_preconditioner", "convergence_note",
     "fit_logistic_path", "memory_note", "plan_solves", "result_bytes", "select_and_evaluate",
-    "solve_bytes",
+    "solve_bytes", "stop_diagnostics",
 ]

@@ -20,13 +20,17 @@ _REASON_TEXT = {
 }
 
 
-def convergence_note(what: str, paths: Sequence[ProbePath], tol: float,
+def convergence_note(what: str, converged: Any, stop_reason: Any, tol: float,
                      max_iter: int) -> str | None:
-    """``None`` if every probe of ``paths`` met ``max |grad| <= tol``; else one line giving
-    how many did not, by stop reason, e.g. ``"layer_probe: model 'm': 3 of 112 logistic
-    probes did not reach max |grad| <= tol=0.0001: 2 stopped at max_iter (1000), 1 ..."``."""
-    conv = np.concatenate([np.asarray(p.converged).ravel() for p in paths])
-    reasons = np.concatenate([np.asarray(p.stop_reason).ravel() for p in paths])
+    """``None`` if every probe met ``max |grad| <= tol``; else one line giving how many did
+    not, by stop reason, e.g. ``"layer_probe: model 'm': 3 of 112 logistic probes did not
+    reach max |grad| <= tol=0.0001: 2 stopped at max_iter (1000); 1 ..."``.
+
+    ``converged`` / ``stop_reason``: same-shaped arrays (e.g. :attr:`ProbePath.converged` and
+    :attr:`ProbePath.stop_reason`, or their concatenation over several fits).
+    """
+    conv = np.asarray(converged, dtype=bool).ravel()
+    reasons = np.asarray(stop_reason, dtype=object).ravel()
     bad = ~conv
     if not bad.any():
         return None
@@ -38,6 +42,12 @@ def convergence_note(what: str, paths: Sequence[ProbePath], tol: float,
                          + (f" ({max_iter})" if r == "max_iter" else ""))
     return (f"{what}: {int(bad.sum())} of {conv.size} logistic probes did not reach max |grad| "
             f"<= tol={tol:g}: " + "; ".join(parts))
+
+
+def stop_diagnostics(paths: Sequence[ProbePath]) -> tuple[np.ndarray, np.ndarray]:
+    """``(converged, stop_reason)`` of every probe of ``paths``, flattened and concatenated."""
+    return (np.concatenate([np.asarray(p.converged).ravel() for p in paths]),
+            np.concatenate([np.asarray(p.stop_reason, dtype=object).ravel() for p in paths]))
 
 
 def memory_note(what: str, paths: Sequence[ProbePath]) -> str | None:
@@ -74,7 +84,7 @@ class ProbeSelection:
 
     def convergence_note(self, what: str, tol: float, max_iter: int) -> str | None:
         """:func:`convergence_note` over the path and the refit."""
-        return convergence_note(what, [self.path, self.refit], tol, max_iter)
+        return convergence_note(what, *stop_diagnostics([self.path, self.refit]), tol, max_iter)
 
     def memory_note(self, what: str) -> str | None:
         """:func:`memory_note` over the path and the refit."""

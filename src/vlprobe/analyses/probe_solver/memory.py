@@ -121,11 +121,11 @@ class SolvePlan:
 
     def describe(self) -> str:
         """One line for a result's notes."""
-        text = (f"logistic solver peak memory estimate {self.peak_bytes / _GIB:.2f} GiB "
+        text = (f"logistic solver peak memory estimate {_fmt(self.peak_bytes)} "
                 f"(budget {self.budget / _GIB:.2f} GiB)")
         if self.chunked:
             text += (f", chunked into {self.n_solves} batched solves (unchunked: "
-                     f"{self.unchunked_bytes / _GIB:.2f} GiB)")
+                     f"{_fmt(self.unchunked_bytes)})")
         if self.peak_bytes > self.budget:
             text += "; over budget even with one probe per solve"
         return text
@@ -133,6 +133,11 @@ class SolvePlan:
     def as_dict(self) -> dict[str, int | bool]:
         return {"peak_bytes": self.peak_bytes, "unchunked_bytes": self.unchunked_bytes,
                 "budget_bytes": self.budget, "n_solves": self.n_solves, "chunked": self.chunked}
+
+
+def _fmt(n_bytes: int) -> str:
+    return (f"{n_bytes / _GIB:.2f} GiB" if n_bytes >= _GIB / 2
+            else f"{n_bytes / 2**20:.1f} MiB")
 
 
 def _largest(fits, upper: int) -> int:

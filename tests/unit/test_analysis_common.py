@@ -220,9 +220,17 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
     LayerProbe(["m"], "toy", {**mlp, "probe": "mlp"}).run(src)
     assert seen == ["cuda:3"]
 
-    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_probes")
     HumanCentric(["m"], "toy", {**mlp, "probe": "mlp", "feature_sets": ["image"],
                                 "layer": "last"}).run(src)
+    assert seen == ["cuda:3"]
+
+    from test_human_centric import _dual_source
+
+    dual = _dual_source()
+    dual.device = "cuda:3"
+    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_multilabel_probes")
+    HumanCentric(["clip"], "toy", {**mlp, "probe": "mlp", "multi_label": "genres"}).run(dual)
     assert seen == ["cuda:3"]
 
     text = FakeSource(dataset="boolq", data_modalities=("text",),

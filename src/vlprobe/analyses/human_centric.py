@@ -85,7 +85,6 @@ images (the thesis' EAST masking) is a data-preparation step, not part of this a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -98,7 +97,6 @@ from vlprobe.analyses._common import (
     check_solver_params,
     run_device,
     select_layer_sites,
-    solver_options,
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
@@ -106,26 +104,19 @@ from vlprobe.analyses.human_centric_parts import (
     FEATURE_SETS,
     MULTI_METRICS,
     SINGLE_METRICS,
+    align_rows,
+    check_same_labels,
     fit_ovr_logistic,
     label_matrix,
     multi_label_scores,
     parse_label_sets,
     plot_human_centric,
+    probe_multi_label,
+    probe_single_label,
     single_label_scores,
 )
-from vlprobe.analyses.mlp_probe import (
-    MLP_PARAM_DEFAULTS,
-    fit_mlp_multilabel_probes,
-    fit_mlp_probes,
-    mlp_options,
-)
-from vlprobe.analyses.probe_solver import (
-    DEFAULT_CS,
-    convergence_note,
-    memory_note,
-    select_and_evaluate,
-    stop_diagnostics,
-)
+from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, mlp_options
+from vlprobe.analyses.probe_solver import DEFAULT_CS
 from vlprobe.errors import AnalysisError, ConfigError
 
 _NEEDS = {"image": ("image",), "text": ("text",), "image+text": ("image", "text")}
@@ -365,12 +356,12 @@ class HumanCentric(Analysis):
                 if ref_ids is None:
                     ref_ids, ref_labels, ref_what = list(f.ids), f.labels, what
                 elif list(f.ids) != ref_ids:
-                    order = self._align(f.ids, ref_ids, what, ref_what)
+                    order = align_rows(f.ids, ref_ids, what, ref_what)
                     x = x[order]
                     labels = None if f.labels is None else np.asarray(f.labels)[order]
-                    self._check_labels(labels, ref_labels, what, ref_what)
+                    check_same_labels(labels, ref_labels, what, ref_what)
                 else:
-                    self._check_labels(f.labels, ref_labels, what, ref_what)
+                    check_same_labels(f.labels, ref_labels, what, ref_what)
                 xs.append(x)
                 sites.append(site)
                 layers.append(layer)
@@ -386,37 +377,6 @@ class HumanCentric(Analysis):
         mod0 = _NEEDS[first["set"]][0]
         out["ref"] = (first[f"{mod0}_model"], mod0)
         return out
-
-    @staticmethod
-    def _align(ids: Sequence[str], ref_ids: list[str], what: str, ref_what: str) -> np.ndarray:
-        """Row order that puts ``ids`` in the order of ``ref_ids`` (same items required)."""
-        from collections import Counter
-
-        for who, lst in ((what, ids), (ref_what, ref_ids)):
-            if len(set(lst)) != len(lst):
-                dup = sorted(i for i, n in Counter(lst).items() if n > 1)[:3]
-                raise AnalysisError(
-                    f"human_centric: cannot concatenate: {who} has duplicate item ids (e.g. "
-                    f"{dup}), so its rows cannot be aligned with the other tower by id")
-        if len(ids) != len(ref_ids) or set(ids) != set(ref_ids):
-            only_a = sorted(set(ids) - set(ref_ids))[:3]
-            only_b = sorted(set(ref_ids) - set(ids))[:3]
-            raise AnalysisError(
-                f"human_centric: cannot concatenate {what} ({len(ids)} items) with {ref_what} "
-                f"({len(ref_ids)} items): the item ids differ (only in the first: {only_a}, "
-                f"only in the second: {only_b}); both towers must see the same items (all "
-                "feature sets of an encoder pair are fitted and tested on the same items)")
-        pos = {i: k for k, i in enumerate(ids)}
-        return np.array([pos[i] for i in ref_ids], dtype=np.int64)
-
-    @staticmethod
-    def _check_labels(labels, ref_labels, what: str, ref_what: str) -> None:
-        if labels is None or ref_labels is None:
-            return
-        a, b = np.asarray(labels), np.asarray(ref_labels)
-        if a.shape != b.shape or not np.array_equal(a, b):
-            raise AnalysisError(f"human_centric: {what} and {ref_what} carry different labels "
-                                "for the same item ids")
 
     # ---------------------------------------------------------------------------------------
     def _fit_group(self, source, members, data, multi: bool, notes) -> list[dict[str, Any]]:
@@ -459,66 +419,29 @@ class HumanCentric(Analysis):
         Xtr = [tr["sets"][s]["X"][tr_idx] for s in names]
         Xva = [tr["sets"][s]["X"][va_idx] for s in names]
         Xte = [te["sets"][s]["X"] for s in names]
-        fit_kw = solver_options(p)
         what = "human_centric: pair " + "+".join(dict.fromkeys(
             str(m) for m in members[0]["pair"] if m))
         mlp_kw = mlp_options(p, self.seed, run_device(source))
         probes = ["linear", "mlp"] if p["probe"] == "both" else [p["probe"]]
-        results: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
+        X = (Xtr, Xva, Xte)
         if multi:
-            Ytr, Yva = Ytr_all[tr_idx], Ytr_all[va_idx]
-            prevalence = Ytr_all.mean(0)
-            base = (prevalence >= 0.5).astype(np.int64)
-            if not base.any():
-                base[int(prevalence.argmax())] = 1
-            baseline = multi_label_scores(Yte, np.broadcast_to(base, Yte.shape))
+            results, baseline, constant = probe_multi_label(
+                X, (Ytr_all[tr_idx], Ytr_all[va_idx], Yte), probes, p, what, notes, mlp_kw)
+            if constant:
+                notes.append(f"human_centric: label(s) {[vocab[k] for k in constant]} have a "
+                             f"single value in the training part of {p['train_split']!r}; "
+                             "predicted constant")
             n_classes = len(vocab)
-            if "linear" in probes:
-                preds, best_C, constant, fits = fit_ovr_logistic((Xtr, Ytr), (Xva, Yva), Xte,
-                                                                 p["Cs"], **fit_kw)
-                note = convergence_note(what, *stop_diagnostics(fits), float(p["tol"]),
-                                        int(p["max_iter"])) if fits else None
-                notes.extend(n for n in (note, memory_note(what, fits)) if n)
-                if constant:
-                    notes.append(f"human_centric: label(s) {[vocab[k] for k in constant]} have a "
-                                 f"single value in the training part of {p['train_split']!r}; "
-                                 "predicted constant")
-                for s, pred in enumerate(preds):
-                    c = best_C[s][np.isfinite(best_C[s])]
-                    results.append(("linear", s, multi_label_scores(Yte, pred),
-                                    {"C": float(np.exp(np.log(c).mean())) if len(c) else None}))
-            if "mlp" in probes:
-                mlps = fit_mlp_multilabel_probes((Xtr, Ytr), (Xva, Yva), Xte, **mlp_kw)
-                for s, (pred, info) in enumerate(mlps):
-                    results.append(("mlp", s, multi_label_scores(Yte, pred),
-                                    {"hidden": info["hidden"],
-                                     "weight_decay": info["weight_decay"]}))
         else:
-            ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
+            ytr = ytr_all[tr_idx]
             if len(np.unique(ytr)) < 2:
                 raise AnalysisError(f"human_centric: {tr['what']} of dataset "
                                     f"{self.dataset!r}: the training part of split "
                                     f"{p['train_split']!r} (after the validation carve) has a "
                                     "single class")
-            counts = np.bincount(ytr_all)
-            baseline = single_label_scores(yte, np.full(len(yte), int(counts.argmax())))
+            results, baseline = probe_single_label(
+                X, (ytr, ytr_all[va_idx], yte), probes, p, what, notes, mlp_kw)
             n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
-            if "linear" in probes:
-                sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], **fit_kw)
-                pred = sel.refit.predict(Xte)[:, 0, :]
-                notes.extend(n for n in (sel.convergence_note(what, float(p["tol"]),
-                                                              int(p["max_iter"])),
-                                         sel.memory_note(what)) if n)
-                for s in range(len(names)):
-                    results.append(("linear", s, single_label_scores(yte, pred[s]),
-                                    {"C": float(sel.best_C[s]),
-                                     "val_accuracy": float(sel.val_accuracy[s].max())}))
-            if "mlp" in probes:
-                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_kw)
-                for s, r in enumerate(mlps):
-                    results.append(("mlp", s, single_label_scores(yte, r.test_predictions),
-                                    {"hidden": r.hidden, "weight_decay": r.weight_decay,
-                                     "val_accuracy": r.val_accuracy}))
         rows = []
         for probe, s, scores, extra in results:
             fset = names[s]

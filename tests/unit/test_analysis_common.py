@@ -242,6 +242,17 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
     Downstream(["m"], "boolq", {**mlp, "head": "mlp"}).run(text)
     assert seen == ["cuda:3"]
 
+    from vlprobe.analyses.sentence_probing import SentenceProbing
+
+    senteval = FakeSource(dataset="ptb_sentlen", data_modalities=("text",),
+                          split_names=("train", "validation", "test"), device="cuda:3")
+    for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        senteval.add("m", split, planted_layers(balanced_labels(8, 2, seed), 2, 4, [1, 1],
+                                                seed=seed, split=split), modalities=("text",))
+    seen = _spy(monkeypatch, "vlprobe.analyses.sentence_probing:fit_mlp_probes")
+    SentenceProbing(["m"], "ptb_sentlen", {**mlp, "probe": "mlp"}).run(senteval)
+    assert seen == ["cuda:3"]
+
 
 def test_reconstruction_trains_on_the_run_device(monkeypatch):
     from test_analysis_conformance import _reconstruction

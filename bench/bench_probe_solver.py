@@ -11,14 +11,19 @@ linearly separable, as with real features).
     .venv/bin/python bench/bench_probe_solver.py --quick    # smoke size
     .venv/bin/python bench/bench_probe_solver.py --append bench/RESULTS.md
     .venv/bin/python bench/bench_probe_solver.py --wide     # wide layers (N < D) only
+    .venv/bin/python bench/bench_probe_solver.py --memory   # peak-memory estimate vs measured
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 import warnings
 
@@ -149,6 +154,70 @@ def wide_check(Cs):
     return "\n".join(["### Wide layers (N < D): 4 layers, 400 train x 1280 dims", "", *rows])
 
 
+# (layers, C values, rows, width, classes, solve mode, budget GiB or None = default, max_iter)
+MEMORY_CASES = [
+    (3, 8, 4000, 256, 200, "plain", 64, 14),
+    (4, 8, 1300, 100, 300, "plain", 64, 14),
+    (2, 4, 3000, 256, 50, "eigen", 64, 14),
+    (2, 8, 500, 1500, 20, "row_space", 64, 14),
+    # SentEval WordContent size: 10k items, 1,000 classes, width 768, the default 8 C values
+    (1, 8, 10_000, 768, 1000, "plain", 64, 3),  # one batched solve
+    (2, 8, 10_000, 768, 1000, "plain", None, 3),  # chunked to the default 2 GiB budget
+]
+
+
+def memory_case(spec):
+    """One fit in this (fresh) process: its peak resident memory above the starting point
+    and the solver's estimate, as JSON."""
+    L, P, N, D, K, mode, budget_gb, max_iter = json.loads(spec)
+    import torch
+
+    from vlprobe.analyses.probe_solver import DEFAULT_MEMORY_BUDGET, fit_logistic_path
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, N)
+    y[:K] = np.arange(K)
+    xs = [(rng.normal(size=(N, D)) + 0.5 * rng.normal(size=(K, D))[y]).astype(np.float32)
+          for _ in range(L)]
+    fit_logistic_path([x[:50, :4] for x in xs[:1]], y[:50] % 3, [1.0])  # warm-up (imports)
+    with open("/proc/self/statm") as fh:
+        start = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    precondition = {"plain": False, "eigen": True, "row_space": "auto"}[mode]
+    budget = DEFAULT_MEMORY_BUDGET if budget_gb is None else int(budget_gb * 2**30)
+    t0 = time.perf_counter()
+    path = fit_logistic_path(xs, y, list(np.logspace(-3, 4, P)), max_iter=max_iter, tol=1e-12,
+                             precondition=precondition, memory_budget=budget)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"measured": peak - start, "estimate": path.plan.peak_bytes,
+                      "unchunked": path.plan.unchunked_bytes, "solves": path.plan.n_solves,
+                      "budget": budget, "seconds": time.perf_counter() - t0}))
+
+
+def memory_check():
+    """Peak resident memory of fits (each in a fresh process) vs the solver's estimate."""
+    rows = ["| layers x Cs | rows x width | classes | mode | solves | estimate (GiB) | "
+            "measured peak RSS (GiB) | measured / estimate | seconds |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for case in MEMORY_CASES:
+        out = subprocess.run([sys.executable, __file__, "--memory-case", json.dumps(case)],
+                             check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        L, P, N, D, K, mode = case[:6]
+        rows.append(f"| {L} x {P} | {N} x {D} | {K} | {mode} | {r['solves']} | "
+                    f"{r['estimate'] / 2**30:.3f} | {r['measured'] / 2**30:.3f} | "
+                    f"{r['measured'] / r['estimate']:.2f} | {r['seconds']:.0f} |")
+        print(rows[-1], flush=True)
+    return "\n".join(["### Solver memory: estimate vs measured", "",
+                      f"- date: {dt.date.today().isoformat()}; machine: nproc={os.cpu_count()}, "
+                      f"CPU: {cpu_model()}; one torch thread; machine shared with other jobs",
+                      "- each fit in a fresh process; measured = peak RSS (ru_maxrss) minus the "
+                      "RSS before the fit; float32, tol 1e-12 so every probe runs max_iter "
+                      "iterations: 14 (the L-BFGS history is full) on the small problems, 3 on "
+                      "the WordContent-sized ones (10k x 768, 1,000 classes: there the logits "
+                      "dominate and the estimate's full history is an upper bound)", "", *rows])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -164,7 +233,20 @@ def main():
                          "exact optima put C and test accuracy (slow: ~6 min at 1e-7)")
     ap.add_argument("--wide", action="store_true",
                     help="only the wide-layer (N < D) comparison, about 1 min")
+    ap.add_argument("--memory", action="store_true",
+                    help="only the peak-memory estimate vs measured RSS, a few minutes")
+    ap.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.memory_case:
+        memory_case(a.memory_case)
+        return
+    if a.memory:
+        text = memory_check()
+        print(text)
+        if a.append:
+            with open(a.append, "a") as fh:
+                fh.write("\n" + text + "\n")
+        return
     if a.quick:
         a.layers, a.n_train, a.dim = 3, 1000, 128
     Cs = [float(c) for c in np.logspace(-3, 4, 8)]
@@ -242,6 +324,9 @@ def main():
         f"{100 * sel.test_accuracy.mean():.2f}%, sklearn {100 * s_acc.mean():.2f}%; "
         f"max |gap| over layers {gap.max():.2f} points (mean {gap.mean():.2f})",
         f"- same C selected in {int((sel.best_C == s_best).sum())}/{a.layers} layers",
+        "- stop reasons of the C path's probes (converged = gradient tol met): "
+        + ", ".join(f"{r} {int((o_fit.stop_reason == r).sum())}"
+                    for r in dict.fromkeys(o_fit.stop_reason.ravel())),
         "",
         "| layer | C (ours) | C (sklearn) | test acc ours | test acc sklearn |",
         "|---|---|---|---|---|",

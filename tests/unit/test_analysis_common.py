@@ -220,9 +220,17 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
     LayerProbe(["m"], "toy", {**mlp, "probe": "mlp"}).run(src)
     assert seen == ["cuda:3"]
 
-    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_probes")
     HumanCentric(["m"], "toy", {**mlp, "probe": "mlp", "feature_sets": ["image"],
                                 "layer": "last"}).run(src)
+    assert seen == ["cuda:3"]
+
+    from test_human_centric import _dual_source
+
+    dual = _dual_source()
+    dual.device = "cuda:3"
+    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_multilabel_probes")
+    HumanCentric(["clip"], "toy", {**mlp, "probe": "mlp", "multi_label": "genres"}).run(dual)
     assert seen == ["cuda:3"]
 
     text = FakeSource(dataset="boolq", data_modalities=("text",),
@@ -232,6 +240,17 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
                                             seed=seed, split=split), modalities=("text",))
     seen = _spy(monkeypatch, "vlprobe.analyses.downstream:fit_mlp_probes")
     Downstream(["m"], "boolq", {**mlp, "head": "mlp"}).run(text)
+    assert seen == ["cuda:3"]
+
+    from vlprobe.analyses.sentence_probing import SentenceProbing
+
+    senteval = FakeSource(dataset="ptb_sentlen", data_modalities=("text",),
+                          split_names=("train", "validation", "test"), device="cuda:3")
+    for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
+        senteval.add("m", split, planted_layers(balanced_labels(8, 2, seed), 2, 4, [1, 1],
+                                                seed=seed, split=split), modalities=("text",))
+    seen = _spy(monkeypatch, "vlprobe.analyses.sentence_probing:fit_mlp_probes")
+    SentenceProbing(["m"], "ptb_sentlen", {**mlp, "probe": "mlp"}).run(senteval)
     assert seen == ["cuda:3"]
 
 

@@ -272,12 +272,6 @@ FIXTURES = {
     "feature_vis": _feature_vis,
 }
 
-# analyses that still change process-wide state on this branch (fixed on other branches;
-# strict: once fixed, the XPASS fails and the entry must go)
-GLOBAL_STATE_PENDING = {
-    "reconstruction_probe": "torch.manual_seed in reconstruction_decoder._fit (solver branch)",
-}
-
 NAMES = ANALYSES.names()
 
 
@@ -397,10 +391,7 @@ def _global_state():
     }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=GLOBAL_STATE_PENDING[n]))
-    if n in GLOBAL_STATE_PENDING else n for n in NAMES
-])
+@pytest.mark.parametrize("name", NAMES)
 def test_leaves_process_wide_state_alone(name, tmp_path):
     import torch
 

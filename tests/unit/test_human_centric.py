@@ -12,6 +12,7 @@ from test_analysis_fakes import FakeSource
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import FeatureRequest, LayerFeatures
 from vlprobe.analyses.human_centric import (
+    SINGLE_METRICS,
     HumanCentric,
     label_matrix,
     multi_label_scores,
@@ -247,15 +248,35 @@ def test_multi_label_one_vs_rest_and_mlp():
     assert t["baseline"].min() > 0 and t["baseline"].max() <= 1
 
 
-def test_single_label_mlp_reports_accuracy():
+def test_single_label_mlp_reports_every_metric():
+    """The MLP's test predictions give the same four metrics as the linear probe's (it used
+    to report accuracy only)."""
     src = _dual_source()
     res = HumanCentric(["clip"], "toy", {**FAST, "probe": "mlp", "mlp_max_epochs": 20,
                                          "mlp_weight_decay": [0.0],
                                          "feature_sets": ["text+image"]}).run(src)
     t = res.table
-    assert set(t["feature_set"]) == {"image+text"} and set(t["metric"]) == {"accuracy"}
-    assert t["value"].item() > 0.85
-    assert any("accuracy only" in n for n in res.notes)
+    assert set(t["feature_set"]) == {"image+text"} and set(t["metric"]) == set(SINGLE_METRICS)
+    v = t.set_index("metric")["value"]
+    assert v["accuracy"] > 0.85 and v["f1_macro"] > 0.8
+    assert not any("accuracy only" in n for n in res.notes)
+
+
+def test_mlp_probes_leave_the_global_torch_rng_alone():
+    """Seeded with local generators: the global RNG is neither reset nor advanced (the
+    multi-label MLP used to call ``torch.manual_seed``)."""
+    import torch
+
+    src = _dual_source()
+    params = {**FAST, "multi_label": "genres", "probe": "mlp", "mlp_max_epochs": 3,
+              "mlp_weight_decay": [0.0], "feature_sets": ["image"]}
+    torch.manual_seed(1234)
+    torch.rand(3)  # a state that a reset to any seed would lose
+    before = torch.get_rng_state()
+    a = HumanCentric(["clip"], "toy", params, seed=0).run(src).table
+    assert torch.equal(torch.get_rng_state(), before)
+    b = HumanCentric(["clip"], "toy", params, seed=0).run(src).table
+    assert a["value"].tolist() == b["value"].tolist()
 
 
 def test_bad_params():

@@ -8,6 +8,7 @@ import pytest
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
+from vlprobe.analyses.base import FeatureRequest
 from vlprobe.analyses.probe import LayerProbe
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -148,3 +149,26 @@ def test_relative_depth_axis():
     res = LayerProbe(["m"], "toy", {**FAST, "x_axis": "relative"}).run(src)
     xs = res.figures["accuracy_vs_layer"].axes[0].lines[0].get_xdata()
     assert xs[0] == 0 and xs[-1] == 1
+
+
+def test_duplicate_train_ids_are_an_analysis_error():
+    """Train items sharing ids end up on both sides of the validation carve: a real error
+    (it used to be an ``assert``, which ``python -O`` strips)."""
+    src = _source([1.0])
+    ftr = src.data[("m", "train", "items")]
+    # the items themselves (content, ids) stay distinct; only the features' ids repeat
+    stimuli = {s: src.stimuli(FeatureRequest("m", "toy", s)) for s in ("train", "test")}
+    src.stimuli = lambda request: stimuli[request.split]
+    ftr.ids = ["same"] * len(ftr.ids)
+    with pytest.raises(AnalysisError, match="validation split carved from it"):
+        LayerProbe(["m"], "toy", FAST).run(src)
+
+
+def test_notes_count_unconverged_probes_by_reason_and_give_the_memory_estimate():
+    src = _source([1.0, 2.0])
+    res = LayerProbe(["m"], "toy", {**FAST, "max_iter": 2, "solver_memory_gb": 0.5}).run(src)
+    note = next(n for n in res.notes if "did not reach" in n)
+    assert note.startswith("layer_probe: model 'm': ") and "stopped at max_iter (2)" in note
+    assert any("peak memory estimate" in n and "budget 0.50 GiB" in n for n in res.notes)
+    with pytest.raises(ConfigError, match="solver_memory_gb"):
+        LayerProbe(["m"], "toy", {"solver_memory_gb": 0})

@@ -12,7 +12,7 @@ from test_analysis_fakes import FakeSource
 
 from vlprobe.analyses.base import FeatureRequest, LayerFeatures
 from vlprobe.analyses.reconstruction import ReconstructionProbe, default_layer_indices
-from vlprobe.analyses.reconstruction_decoder import fit_decoder, load_targets
+from vlprobe.analyses.reconstruction_decoder import build_decoder, fit_decoder, load_targets
 from vlprobe.data.stimuli import ImageSource, Stimuli
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -63,6 +63,34 @@ def test_same_seed_same_numbers():
     assert a.test_mse == b.test_mse and a.val_mse == b.val_mse
     np.testing.assert_array_equal(a.examples, b.examples)
     assert c.test_mse != a.test_mse
+
+
+def test_training_leaves_the_global_torch_rng_alone():
+    """The decoder's initial weights are seeded locally (it used to reset the global RNG with
+    ``torch.manual_seed(seed)``); same seed, same weights, as before."""
+    imgs = smooth_images(40, seed=2)
+    feats = copy_features(imgs)
+    data = ((feats[:24], imgs[:24]), (feats[24:32], imgs[24:32]), (feats[32:], imgs[32:]))
+    torch.manual_seed(99)
+    torch.rand(2)
+    before = torch.get_rng_state()
+    a = fit_decoder(*data, epochs=1, batch_size=8, width=16, seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(3)  # the former global seeding gives the same initial decoder
+    old = build_decoder(3, GRID, SIZE, 3, 16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        new = build_decoder(3, GRID, SIZE, 3, 16)
+    for p, q in zip(old.parameters(), new.parameters()):
+        assert torch.equal(p, q)
+    assert a.test_mse == fit_decoder(*data, epochs=1, batch_size=8, width=16, seed=3).test_mse
+
+
+def test_duplicate_train_ids_are_an_analysis_error():
+    src = planted_source()
+    src.items["train"].ids = ["same"] * len(src.items["train"].ids)
+    with pytest.raises(AnalysisError, match="validation split carved from it"):
+        ReconstructionProbe(["m"], "toy", {**FAST, "epochs": 1, "layers": [1]}).run(src)
 
 
 def test_default_layers():

@@ -281,3 +281,42 @@ def test_category_means_and_best_layer_use_each_tasks_main_probe():
         best_layer_table(table.drop(columns="val_accuracy"))
     fig = plot_category_accuracy(table)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["surface", "syntactic"]
+
+
+def test_logistic_notes_count_stop_reasons_and_give_the_memory_estimate():
+    """T1 uses the solver's options and notes like V1/V2: ``max_iter`` reaches the solver,
+    unconverged probes are counted by stop reason, the memory estimate names the budget."""
+    src = _sentlen_source([0.0, 3.0])
+    res = SentenceProbing(["m"], "ptb_sentlen", {**FAST_LIN, "probe": "linear", "max_iter": 2,
+                                                  "solver_memory_gb": 0.5}).run(src)
+    note = next(n for n in res.notes if "did not reach" in n)
+    assert note.startswith("sentence_probing: ptb_sentlen: model 'm': ")
+    assert "stopped at max_iter (2)" in note
+    assert any("peak memory estimate" in n and "budget 0.50 GiB" in n for n in res.notes)
+    with pytest.raises(ConfigError, match="solver_memory_gb"):
+        SentenceProbing(["m"], "ptb_sentlen", {"solver_memory_gb": 0})
+    with pytest.raises(ConfigError, match="standardize"):
+        SentenceProbing(["m"], "ptb_sentlen", {"standardize": "yes"})
+
+
+def test_standardize_reaches_the_solver_and_is_recorded():
+    """``standardize: false`` fits the raw features (the solver's own answer on them), and
+    the ``standardized`` column says which was used."""
+    from vlprobe.analyses.probe_solver import select_and_evaluate
+
+    src = _sentlen_source([0.0, 3.0])
+    for split in ("train", "validation", "test"):  # layer 1 on a scale z-scoring undoes
+        f = src.data[("m", split, "items")]
+        f.features["text.blocks.1"] = f.features["text.blocks.1"] * np.float32(50.0)
+    params = {**FAST_LIN, "probe": "linear", "Cs": [1e-4, 1e-2, 1.0], "layers": [1]}
+    raw = SentenceProbing(["m"], "ptb_sentlen", {**params, "standardize": False}).run(src)
+    std = SentenceProbing(["m"], "ptb_sentlen", params).run(src)
+    assert raw.table["standardized"].tolist() == [False]
+    assert std.table["standardized"].tolist() == [True]
+    data = [src.data[("m", s, "items")] for s in ("train", "validation", "test")]
+    for standardize, res in ((False, raw), (True, std)):
+        sel = select_and_evaluate(*[([f.features["text.blocks.1"]], f.labels) for f in data],
+                                  params["Cs"], max_iter=300, standardize=standardize)
+        assert res.table["C"].iloc[0] == sel.best_C[0]
+        assert res.table["value"].iloc[0] == pytest.approx(sel.test_accuracy[0])
+    assert raw.table["C"].iloc[0] != std.table["C"].iloc[0]

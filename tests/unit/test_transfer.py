@@ -11,6 +11,7 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses._common import fit_standardizer
+from vlprobe.analyses.base import FeatureRequest
 from vlprobe.analyses.transfer import COARSE_CS, Transfer, clip_linear_probe, topk_scores
 from vlprobe.errors import AnalysisError, ConfigError
 
@@ -103,16 +104,23 @@ def test_coarse_to_fine_sweep_structure():
     assert out.predictions.shape == (2, len(yte))
 
 
-@pytest.mark.parametrize("k", [2, 6])
-def test_same_C_gives_the_same_predictions_as_sklearn_lbfgs(k):
-    xtr, ytr = _blobs(25, k, 8, 0.6, seed=4)
-    xva, yva = _blobs(10, k, 8, 0.6, seed=5)
-    xte, yte = _blobs(30, k, 8, 0.6, seed=6)
+@pytest.mark.parametrize(("k", "standardize"), [(2, False), (6, False), (6, True)])
+def test_same_C_gives_the_same_predictions_as_sklearn_lbfgs(k, standardize):
+    """By default the CLIP protocol fits the RAW features, as CLIP's sklearn probe does;
+    ``standardize=True`` equals sklearn on z-scored features. The columns' scales span a
+    decade, so the two problems differ (their coefficients by > 50%)."""
+    col_scale = np.logspace(-0.5, 0.5, 8)
+    (xtr, ytr), (xva, yva), (xte, yte) = (
+        (x * col_scale, y)
+        for x, y in (_blobs(25, k, 8, 0.6, seed=4), _blobs(10, k, 8, 0.6, seed=5),
+                     _blobs(30, k, 8, 0.6, seed=6)))
+    kw = {} if not standardize else {"standardize": True}
     out = clip_linear_probe(([xtr], ytr), ([xva], yva), ([xte], yte), refine_rounds=1,
-                            dtype="float64", tol=1e-8, max_iter=3000)
+                            dtype="float64", tol=1e-6, max_iter=3000, **kw)
+    assert out.refit.standardized is standardize
     C = float(out.best_C[0])
     x_all, y_all = np.concatenate([xtr, xva]), np.concatenate([ytr, yva])
-    mean, scale = fit_standardizer(x_all)
+    mean, scale = fit_standardizer(x_all) if standardize else (0.0, 1.0)
     ref = LogisticRegression(C=C, solver="lbfgs", tol=1e-10, max_iter=10000)
     ref.fit((x_all - mean) / scale, y_all)
     pred = ref.predict((xte - mean) / scale)
@@ -200,3 +208,33 @@ def test_bad_input():
                 {"val_fraction": 1.0}, {"train_split": "test"}):
         with pytest.raises(ConfigError):
             Transfer(["m"], "toy", bad)
+
+
+def test_raw_features_by_default_and_recorded():
+    """V2 fits the raw features (CLIP's protocol) unless asked; the table and notes say so."""
+    src = _source()
+    res = Transfer(["m"], "toy", FAST).run(src)
+    assert res.params["standardize"] is False
+    assert (~res.table["standardized"]).all()
+    assert any("raw features" in n for n in res.notes)
+    assert any("transfer: model 'm': logistic solver peak memory estimate" in n
+               for n in res.notes)
+    std = Transfer(["m"], "toy", {**FAST, "standardize": True}).run(src)
+    assert std.table["standardized"].all() and any("z-scored" in n for n in std.notes)
+
+
+def test_unconverged_fits_are_counted_by_stop_reason():
+    res = Transfer(["m"], "toy", {**FAST, "max_iter": 2, "refine_rounds": 0}).run(_source())
+    note = next(n for n in res.notes if "did not reach" in n)
+    assert "of 8 logistic probes" in note and "stopped at max_iter (2)" in note  # 7 + refit
+
+
+def test_duplicate_train_ids_are_an_analysis_error():
+    src = _source()
+    f = src.data[("m", "train", "items")]
+    # the items themselves (content, ids) stay distinct; only the features' ids repeat
+    stimuli = {s: src.stimuli(FeatureRequest("m", "toy", s)) for s in ("train", "test")}
+    src.stimuli = lambda request: stimuli[request.split]
+    f.ids = ["same"] * len(f.ids)
+    with pytest.raises(AnalysisError, match="validation split carved from it"):
+        Transfer(["m"], "toy", FAST).run(src)

@@ -188,6 +188,20 @@ def test_linear_probe_gap_on_the_same_features():
     assert names == ["class0", "class1", "class2", "class3"]
 
 
+def test_linear_probe_takes_the_v2_solver_options_and_notes():
+    """M1's probe is V2's: raw features by default (recorded), ``standardize`` and
+    ``solver_memory_gb`` reach the solver, unconverged fits are counted by stop reason."""
+    src, _ = planted_zero_shot(n_per_class=10, n_classes=4, noise=0.3)
+    res = _run(src, probe={**FAST_PROBE, "max_iter": 2, "solver_memory_gb": 0.25})
+    lp = res.table[res.table["classifier"] == "linear_probe"]
+    assert len(lp) and not lp["standardized"].any()
+    note = next(n for n in res.notes if "did not reach" in n)
+    assert note.startswith("zero_shot: model 'm': linear probe: ") and "max_iter (2)" in note
+    assert any("peak memory estimate" in n and "budget 0.25 GiB" in n for n in res.notes)
+    std = _run(src, probe={**FAST_PROBE, "standardize": True})
+    assert std.table[std.table["classifier"] == "linear_probe"]["standardized"].all()
+
+
 def test_linear_probe_auto_skips_without_a_train_split():
     src, _ = planted_zero_shot(splits=("test",))
     res = _run(src)

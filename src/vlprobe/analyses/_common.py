@@ -11,6 +11,7 @@
 - :func:`resolve_modality` / :func:`select_layer_sites` / :func:`check_layer_spec`: which
   tower and which sites to use.
 - :func:`run_device`: the torch device of the run (analyses put their tensors there).
+- :func:`check_solver_params` / :func:`solver_options`: the logistic solver's parameters.
 """
 
 from __future__ import annotations
@@ -156,6 +157,23 @@ def check_solver_params(analysis: str, params: dict[str, Any], cs_key: str = "Cs
         raise ConfigError(
             f"{analysis}: dtype must be float32 or float64, got {params['dtype']!r}"
         )
+    gb = params.get("solver_memory_gb", 1.0)
+    if isinstance(gb, bool) or not isinstance(gb, int | float) or not 0 < gb < float("inf"):
+        raise ConfigError(f"{analysis}: solver_memory_gb must be a positive number (GiB), "
+                          f"got {gb!r}")
+
+
+def solver_options(params: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`~vlprobe.analyses.probe_solver.fit_logistic_path` from an
+    analysis' validated parameters (``dtype``, ``max_iter``, ``tol``; ``standardize`` and
+    ``solver_memory_gb`` where the analysis has them)."""
+    out: dict[str, Any] = {"dtype": params["dtype"], "max_iter": int(params["max_iter"]),
+                           "tol": float(params["tol"])}
+    if "standardize" in params:
+        out["standardize"] = bool(params["standardize"])
+    if "solver_memory_gb" in params:
+        out["memory_budget"] = int(float(params["solver_memory_gb"]) * 2**30)
+    return out
 
 
 def readable_models(

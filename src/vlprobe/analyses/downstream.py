@@ -186,9 +186,10 @@ class Downstream(SplitPairPlan, Analysis):
                 sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xev, yev), p["Cs"],
                                           dtype=p["dtype"], max_iter=int(p["max_iter"]),
                                           tol=float(p["tol"]))
-                if not sel.converged:
-                    notes.append(f"downstream: model {model!r}: some logistic heads stopped "
-                                 f"before convergence (max_iter={p['max_iter']})")
+                note = sel.convergence_note(f"downstream: model {model!r}", float(p["tol"]),
+                                            int(p["max_iter"]))
+                if note:
+                    notes.append(note)
                 rows.extend(
                     {**base, "layer": ftr.layers[site], "site": site, "head": "linear",
                      **sel.layer_summary(li)}

@@ -44,15 +44,16 @@ scale):
   from ``Cs`` and refitted on train + val (:func:`~vlprobe.analyses.probe_solver.
   select_and_evaluate`; all feature sets of a pair in one batched solve).
 - single-label, MLP: :func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes` (Linear-ReLU-
-  Linear, 256 hidden units by default as in the thesis, cross-entropy). That function returns
-  the test accuracy only (no predictions), so the MLP rows report ``accuracy`` only.
+  Linear, 256 hidden units by default as in the thesis, cross-entropy).
 - multi-label, linear: one-vs-rest: one binary L2 logistic probe per label, C chosen per
   label on validation accuracy and refitted on train + val; a label is predicted when its
   probability is > 0.5 (the thesis "rounds" the sigmoid outputs). A label with a single value
   in train (never / always present) is predicted constant (noted).
 - multi-label, MLP: Linear-ReLU-Linear with one sigmoid output per label and binary
   cross-entropy (the thesis' head), AdamW, early stopping on validation loss; hidden size /
-  weight decay chosen on validation sample-F1; outputs rounded at 0.5.
+  weight decay chosen on validation sample-F1; outputs rounded at 0.5
+  (:func:`~vlprobe.analyses.mlp_probe.fit_mlp_multilabel_probes`: the same training loop as
+  the single-label MLP, seeded with local generators).
 
 Metrics (on test):
 
@@ -84,7 +85,6 @@ images (the thesis' EAST masking) is a data-preparation step, not part of this a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -100,206 +100,27 @@ from vlprobe.analyses._common import (
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
-from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
+from vlprobe.analyses.human_centric_parts import (
+    FEATURE_SETS,
+    MULTI_METRICS,
+    SINGLE_METRICS,
+    align_rows,
+    check_same_labels,
+    fit_ovr_logistic,
+    label_matrix,
+    multi_label_scores,
+    parse_label_sets,
+    plot_human_centric,
+    probe_multi_label,
+    probe_single_label,
+    single_label_scores,
+)
+from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, mlp_options
+from vlprobe.analyses.probe_solver import DEFAULT_CS
 from vlprobe.errors import AnalysisError, ConfigError
 
-FEATURE_SETS = ("image", "text", "image+text")
 _NEEDS = {"image": ("image",), "text": ("text",), "image+text": ("image", "text")}
 _PROBES = ("linear", "mlp", "both")
-SINGLE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
-MULTI_METRICS = ("f1_samples", "f1_micro", "f1_macro", "subset_accuracy", "label_accuracy")
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-
-
-def single_label_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """accuracy, balanced accuracy (mean recall over test classes), macro / weighted F1."""
-    from sklearn.metrics import f1_score
-
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if len(y_true) == 0:
-        raise AnalysisError("human_centric: no test items to score")
-    hit = y_pred == y_true
-    classes = np.unique(y_true)
-    return {
-        "accuracy": float(hit.mean()),
-        "balanced_accuracy": float(np.mean([hit[y_true == c].mean() for c in classes])),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "f1_weighted": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-    }
-
-
-def multi_label_scores(Y_true: np.ndarray, Y_pred: np.ndarray) -> dict[str, float]:
-    """Sample-averaged F1 (thesis), micro / macro F1, subset and per-label accuracy.
-
-    ``Y_true``, ``Y_pred``: ``[N, K]`` 0/1 indicator matrices.
-    """
-    from sklearn.metrics import f1_score
-
-    Y_true = np.asarray(Y_true, dtype=np.int64)
-    Y_pred = np.asarray(Y_pred, dtype=np.int64)
-    if Y_true.shape != Y_pred.shape or Y_true.ndim != 2 or len(Y_true) == 0:
-        raise AnalysisError(f"human_centric: label matrices of shapes {Y_true.shape} and "
-                            f"{Y_pred.shape}; expected the same non-empty [N, K]")
-    return {
-        "f1_samples": float(f1_score(Y_true, Y_pred, average="samples", zero_division=0)),
-        "f1_micro": float(f1_score(Y_true, Y_pred, average="micro", zero_division=0)),
-        "f1_macro": float(f1_score(Y_true, Y_pred, average="macro", zero_division=0)),
-        "subset_accuracy": float((Y_true == Y_pred).all(1).mean()),
-        "label_accuracy": float((Y_true == Y_pred).mean()),
-    }
-
-
-def parse_label_sets(values: Sequence[Any], separator: str = "|") -> list[tuple[str, ...]]:
-    """Per-item label sets from a descriptor column (lists, or ``separator``-joined strings)."""
-    out = []
-    for i, v in enumerate(values):
-        if v is None:
-            out.append(())
-        elif isinstance(v, str):
-            out.append(tuple(sorted({s.strip() for s in v.split(separator) if s.strip()})))
-        elif isinstance(v, list | tuple | set | frozenset | np.ndarray):
-            out.append(tuple(sorted({str(s) for s in v})))
-        else:
-            raise AnalysisError(f"human_centric: item {i}: multi-label value {v!r} is neither a "
-                                f"list of labels nor a {separator!r}-joined string")
-    return out
-
-
-def label_matrix(sets: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
-    """``[N, K]`` 0/1 indicators of ``sets`` over ``vocabulary``."""
-    index = {name: k for k, name in enumerate(vocabulary)}
-    Y = np.zeros((len(sets), len(vocabulary)), dtype=np.int64)
-    for i, labels in enumerate(sets):
-        for name in labels:
-            Y[i, index[name]] = 1
-    return Y
-
-
-# --------------------------------------------------------------------------------------------
-# multi-label probes
-# --------------------------------------------------------------------------------------------
-
-
-def fit_ovr_logistic(
-    train: tuple[Sequence[np.ndarray], np.ndarray],
-    val: tuple[Sequence[np.ndarray], np.ndarray],
-    test_X: Sequence[np.ndarray],
-    Cs: Sequence[float] = DEFAULT_CS,
-    **fit_kwargs: Any,
-) -> tuple[list[np.ndarray], np.ndarray, list[int]]:
-    """One-vs-rest binary logistic probes, every feature set at once per label.
-
-    ``train`` / ``val``: ``(X_sets, Y [N, K])``. Returns (per set ``[N_test, K]`` 0/1
-    predictions, ``[n_sets, K]`` chosen C (NaN for constant labels), indices of the labels
-    predicted constant because train has a single value for them).
-    """
-    Xtr, Ytr = train
-    Xva, Yva = val
-    n_sets, K = len(Xtr), Ytr.shape[1]
-    n_test = len(test_X[0])
-    preds = [np.zeros((n_test, K), dtype=np.int64) for _ in range(n_sets)]
-    best_C = np.full((n_sets, K), np.nan)
-    constant = []
-    for k in range(K):
-        ytr, yva = Ytr[:, k], Yva[:, k]
-        if len(np.unique(ytr)) < 2:
-            constant.append(k)
-            for s in range(n_sets):
-                preds[s][:, k] = int(ytr[0])
-            continue
-        sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (test_X, np.zeros(n_test, np.int64)),
-                                  Cs, **fit_kwargs)
-        p = sel.refit.predict(test_X)[:, 0, :]  # [n_sets, N_test] in {0, 1}
-        for s in range(n_sets):
-            preds[s][:, k] = p[s]
-        best_C[:, k] = sel.best_C
-    return preds, best_C, constant
-
-
-def fit_mlp_multilabel(
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    test_x: np.ndarray,
-    *,
-    hidden_sizes: Sequence[int] = (256,),
-    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
-    lr: float = 1e-3,
-    max_epochs: int = 100,
-    patience: int = 10,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: str = "cpu",
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Linear-ReLU-Linear with K sigmoid outputs and binary cross-entropy (seed 004 §5.3).
-
-    Standardised with train statistics; early stopping on validation BCE (best epoch kept);
-    the (hidden, weight decay) config with the highest validation sample-F1 predicts test.
-    Trained on the torch ``device``. Returns (``[N_test, K]`` 0/1 predictions, info on the
-    chosen config).
-    """
-    import torch
-    from sklearn.metrics import f1_score
-
-    from vlprobe.analyses._common import fit_standardizer
-
-    (xtr, Ytr), (xva, Yva) = train, val
-    m, s = fit_standardizer(xtr)
-    t = [torch.as_tensor((np.asarray(x, np.float64) - m) / s, dtype=torch.float32,
-                         device=device) for x in (xtr, xva, test_x)]
-    ytr_t = torch.as_tensor(np.asarray(Ytr), dtype=torch.float32, device=device)
-    yva_t = torch.as_tensor(np.asarray(Yva), dtype=torch.float32, device=device)
-    D, K = t[0].shape[1], ytr_t.shape[1]
-    batch_size = int(min(batch_size, max(16, len(ytr_t) // 8)))
-    best: tuple[float, Any, dict[str, Any]] | None = None
-    sweep = []
-    for h in hidden_sizes:
-        for wd in weight_decays:
-            gen = torch.Generator().manual_seed(int(seed))
-            torch.manual_seed(int(seed))
-            net = torch.nn.Sequential(torch.nn.Linear(D, int(h)), torch.nn.ReLU(),
-                                      torch.nn.Linear(int(h), K))
-            opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=float(wd))
-            net.to(device)  # in place: the optimizer keeps the same parameter objects
-            best_loss, best_state, best_ep, bad = np.inf, None, 0, 0
-            for ep in range(int(max_epochs)):
-                net.train()
-                perm = torch.randperm(len(ytr_t), generator=gen).to(device)
-                for start in range(0, len(perm), batch_size):
-                    bi = perm[start:start + batch_size]
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(t[0][bi]),
-                                                                                ytr_t[bi])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                net.eval()
-                with torch.no_grad():
-                    vloss = float(torch.nn.functional.binary_cross_entropy_with_logits(
-                        net(t[1]), yva_t))
-                if vloss < best_loss - 1e-4:
-                    best_loss, best_ep, bad = vloss, ep + 1, 0
-                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
-            net.load_state_dict(best_state)  # type: ignore[arg-type]
-            with torch.no_grad():
-                pva = (net(t[1]) > 0).cpu().numpy().astype(np.int64)
-            vf1 = float(f1_score(np.asarray(Yva), pva, average="samples", zero_division=0))
-            info = {"hidden": int(h), "weight_decay": float(wd), "val_f1_samples": vf1,
-                    "epochs": best_ep}
-            sweep.append(info)
-            if best is None or vf1 > best[0]:
-                with torch.no_grad():
-                    pte = (net(t[2]) > 0).cpu().numpy().astype(np.int64)
-                best = (vf1, pte, info)
-    assert best is not None
-    return best[1], {**best[2], "sweep": sweep}
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +155,9 @@ class HumanCentric(Analysis):
         multi_label: descriptor holding each item's label set; ``None`` = single-label
             (the items' ``label``).
         label_separator: separator of string-valued label sets (``"|"``).
-        standardize, dtype, max_iter, tol: logistic solver options (sklearn semantics).
+        standardize, dtype, max_iter, tol: logistic solver options (sklearn semantics); a
+            fit counts as converged only when ``max |grad| <= tol``.
+        solver_memory_gb: memory the logistic solver may use (larger fits are chunked).
         pooling: pooling of both towers (``None``: adapter defaults).
         mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
     """
@@ -361,6 +184,7 @@ class HumanCentric(Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
+        "solver_memory_gb": 2.0,
         "pooling": None,
         **MLP_PARAM_DEFAULTS,
     }
@@ -494,7 +318,7 @@ class HumanCentric(Analysis):
                     for split_key in ("train_split", "test_split")}
             rows.extend(self._fit_group(source, members, data, multi, notes))
         table = pd.DataFrame(rows)
-        figures = {"human_centric": _plot(table, self.dataset)} if len(table) else {}
+        figures = {"human_centric": plot_human_centric(table, self.dataset)} if len(table) else {}
         return Result(analysis=self.name, catalogue=self.catalogue, table=table,
                       figures=figures, params=dict(p), notes=list(dict.fromkeys(notes)))
 
@@ -532,12 +356,12 @@ class HumanCentric(Analysis):
                 if ref_ids is None:
                     ref_ids, ref_labels, ref_what = list(f.ids), f.labels, what
                 elif list(f.ids) != ref_ids:
-                    order = self._align(f.ids, ref_ids, what, ref_what)
+                    order = align_rows(f.ids, ref_ids, what, ref_what)
                     x = x[order]
                     labels = None if f.labels is None else np.asarray(f.labels)[order]
-                    self._check_labels(labels, ref_labels, what, ref_what)
+                    check_same_labels(labels, ref_labels, what, ref_what)
                 else:
-                    self._check_labels(f.labels, ref_labels, what, ref_what)
+                    check_same_labels(f.labels, ref_labels, what, ref_what)
                 xs.append(x)
                 sites.append(site)
                 layers.append(layer)
@@ -553,37 +377,6 @@ class HumanCentric(Analysis):
         mod0 = _NEEDS[first["set"]][0]
         out["ref"] = (first[f"{mod0}_model"], mod0)
         return out
-
-    @staticmethod
-    def _align(ids: Sequence[str], ref_ids: list[str], what: str, ref_what: str) -> np.ndarray:
-        """Row order that puts ``ids`` in the order of ``ref_ids`` (same items required)."""
-        from collections import Counter
-
-        for who, lst in ((what, ids), (ref_what, ref_ids)):
-            if len(set(lst)) != len(lst):
-                dup = sorted(i for i, n in Counter(lst).items() if n > 1)[:3]
-                raise AnalysisError(
-                    f"human_centric: cannot concatenate: {who} has duplicate item ids (e.g. "
-                    f"{dup}), so its rows cannot be aligned with the other tower by id")
-        if len(ids) != len(ref_ids) or set(ids) != set(ref_ids):
-            only_a = sorted(set(ids) - set(ref_ids))[:3]
-            only_b = sorted(set(ref_ids) - set(ids))[:3]
-            raise AnalysisError(
-                f"human_centric: cannot concatenate {what} ({len(ids)} items) with {ref_what} "
-                f"({len(ref_ids)} items): the item ids differ (only in the first: {only_a}, "
-                f"only in the second: {only_b}); both towers must see the same items (all "
-                "feature sets of an encoder pair are fitted and tested on the same items)")
-        pos = {i: k for k, i in enumerate(ids)}
-        return np.array([pos[i] for i in ref_ids], dtype=np.int64)
-
-    @staticmethod
-    def _check_labels(labels, ref_labels, what: str, ref_what: str) -> None:
-        if labels is None or ref_labels is None:
-            return
-        a, b = np.asarray(labels), np.asarray(ref_labels)
-        if a.shape != b.shape or not np.array_equal(a, b):
-            raise AnalysisError(f"human_centric: {what} and {ref_what} carry different labels "
-                                "for the same item ids")
 
     # ---------------------------------------------------------------------------------------
     def _fit_group(self, source, members, data, multi: bool, notes) -> list[dict[str, Any]]:
@@ -619,71 +412,36 @@ class HumanCentric(Analysis):
             f"({n_tr} items)")
         ids_tr = [tr["ids"][i] for i in tr_idx]
         ids_va = [tr["ids"][i] for i in va_idx]
-        assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
+        assert_disjoint_ids(ids_tr, ids_va, f"the training part of split {p['train_split']!r}",
+                            "the validation split carved from it (duplicate item ids?)")
         assert_disjoint_ids(ids_va, te["ids"], "validation split", f"split {p['test_split']!r}")
         names = [m["set"] for m in members]
         Xtr = [tr["sets"][s]["X"][tr_idx] for s in names]
         Xva = [tr["sets"][s]["X"][va_idx] for s in names]
         Xte = [te["sets"][s]["X"] for s in names]
-        fit_kw = {"standardize": bool(p["standardize"]), "dtype": p["dtype"],
-                  "max_iter": int(p["max_iter"]), "tol": float(p["tol"])}
+        what = "human_centric: pair " + "+".join(dict.fromkeys(
+            str(m) for m in members[0]["pair"] if m))
         mlp_kw = mlp_options(p, self.seed, run_device(source))
         probes = ["linear", "mlp"] if p["probe"] == "both" else [p["probe"]]
-        results: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
+        X = (Xtr, Xva, Xte)
         if multi:
-            Ytr, Yva = Ytr_all[tr_idx], Ytr_all[va_idx]
-            prevalence = Ytr_all.mean(0)
-            base = (prevalence >= 0.5).astype(np.int64)
-            if not base.any():
-                base[int(prevalence.argmax())] = 1
-            baseline = multi_label_scores(Yte, np.broadcast_to(base, Yte.shape))
+            results, baseline, constant = probe_multi_label(
+                X, (Ytr_all[tr_idx], Ytr_all[va_idx], Yte), probes, p, what, notes, mlp_kw)
+            if constant:
+                notes.append(f"human_centric: label(s) {[vocab[k] for k in constant]} have a "
+                             f"single value in the training part of {p['train_split']!r}; "
+                             "predicted constant")
             n_classes = len(vocab)
-            if "linear" in probes:
-                preds, best_C, constant = fit_ovr_logistic((Xtr, Ytr), (Xva, Yva), Xte,
-                                                           p["Cs"], **fit_kw)
-                if constant:
-                    notes.append(f"human_centric: label(s) {[vocab[k] for k in constant]} have a "
-                                 f"single value in the training part of {p['train_split']!r}; "
-                                 "predicted constant")
-                for s, pred in enumerate(preds):
-                    c = best_C[s][np.isfinite(best_C[s])]
-                    results.append(("linear", s, multi_label_scores(Yte, pred),
-                                    {"C": float(np.exp(np.log(c).mean())) if len(c) else None}))
-            if "mlp" in probes:
-                for s in range(len(names)):
-                    pred, info = fit_mlp_multilabel((Xtr[s], Ytr), (Xva[s], Yva), Xte[s],
-                                                    **mlp_kw)
-                    results.append(("mlp", s, multi_label_scores(Yte, pred),
-                                    {"hidden": info["hidden"],
-                                     "weight_decay": info["weight_decay"]}))
         else:
-            ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
+            ytr = ytr_all[tr_idx]
             if len(np.unique(ytr)) < 2:
                 raise AnalysisError(f"human_centric: {tr['what']} of dataset "
                                     f"{self.dataset!r}: the training part of split "
                                     f"{p['train_split']!r} (after the validation carve) has a "
                                     "single class")
-            counts = np.bincount(ytr_all)
-            baseline = single_label_scores(yte, np.full(len(yte), int(counts.argmax())))
+            results, baseline = probe_single_label(
+                X, (ytr, ytr_all[va_idx], yte), probes, p, what, notes, mlp_kw)
             n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
-            if "linear" in probes:
-                sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], **fit_kw)
-                pred = sel.refit.predict(Xte)[:, 0, :]
-                if not sel.converged:
-                    notes.append(f"human_centric: some logistic fits stopped before max |grad| "
-                                 f"<= tol={p['tol']} (max_iter={p['max_iter']})")
-                for s in range(len(names)):
-                    results.append(("linear", s, single_label_scores(yte, pred[s]),
-                                    {"C": float(sel.best_C[s]),
-                                     "val_accuracy": float(sel.val_accuracy[s].max())}))
-            if "mlp" in probes:
-                notes.append("human_centric: MLP rows (single-label) report accuracy only: "
-                             "fit_mlp_probes returns no predictions")
-                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_kw)
-                for s, r in enumerate(mlps):
-                    results.append(("mlp", s, {"accuracy": r.test_accuracy},
-                                    {"hidden": r.hidden, "weight_decay": r.weight_decay,
-                                     "val_accuracy": r.val_accuracy}))
         rows = []
         for probe, s, scores, extra in results:
             fset = names[s]
@@ -704,26 +462,8 @@ class HumanCentric(Analysis):
         return rows
 
 
-def _plot(table, dataset: str):
-    """Grouped bars: main metric per feature set, one bar per model (and probe)."""
-    from matplotlib.figure import Figure
-
-    metric = "f1_samples" if (table["metric"] == "f1_samples").any() else "accuracy"
-    sub = table[table["metric"] == metric]
-    sets = [s for s in FEATURE_SETS if s in set(sub["feature_set"])]
-    pairs = list(dict.fromkeys(zip(sub["pair"], sub["probe"])))
-    fig = Figure(figsize=(max(4.0, 1.6 * len(sets) + 1), 3.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(pairs))
-    for k, (pair, probe) in enumerate(pairs):
-        vals = []
-        for fset in sets:
-            r = sub[(sub["feature_set"] == fset) & (sub["probe"] == probe) & (sub["pair"] == pair)]
-            vals.append(float(r["value"].iloc[0]) if len(r) else np.nan)
-        ax.bar(np.arange(len(sets)) + k * width, vals, width, label=f"{pair} ({probe})")
-    ax.set_xticks(np.arange(len(sets)) + width * (len(pairs) - 1) / 2, sets)
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Human-centric probes ({dataset})")
-    ax.legend(fontsize=7)
-    return fig
+# (the metrics and label-set helpers live in human_centric_parts; re-exported here)
+__all__ = [
+    "FEATURE_SETS", "MULTI_METRICS", "SINGLE_METRICS", "HumanCentric", "fit_ovr_logistic",
+    "label_matrix", "multi_label_scores", "parse_label_sets", "single_label_scores",
+]

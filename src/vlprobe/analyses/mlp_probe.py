@@ -1,5 +1,10 @@
 """MLP probes (1 hidden layer) for every layer and every sweep value, trained together.
 
+The one MLP training loop of vlprobe's probes: single-label (softmax + cross-entropy,
+:func:`fit_mlp_probes`, V1 / T1 / T3 / M7) and multi-label (one sigmoid per label + binary
+cross-entropy, :func:`fit_mlp_multilabel_probes`, M7) differ only in the loss and in the
+validation score that picks the configuration.
+
 SentEval's probe (Conneau et al. 2018) is a Linear-nonlinearity-Linear classifier whose hidden
 size and regularisation are swept on the dev split, with early stopping. Training one small
 network per (layer, hidden size, weight decay) one after another is dominated by per-call
@@ -22,8 +27,10 @@ many independent small networks as one batched model (``torch.func.vmap`` over
 
 Protocol per layer (same as before batching): features standardised with train statistics;
 each (hidden, weight decay) config trained on train with early stopping on the dev loss; the
-config with the highest dev accuracy (first in sweep order on ties) is evaluated once on test.
-Mini-batch order comes from one seeded generator shared by all groups.
+config with the highest dev accuracy (multi-label: dev sample-F1; first in sweep order on
+ties) is evaluated once on test. Initial weights and mini-batch order come from local seeded
+generators (:func:`group_init`; one shared by all groups for the batch order): the global
+torch RNG is neither read nor reset.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class MLPProbeResult:
     test_accuracy: float
     epochs: int
     sweep: list[dict[str, Any]]
+    test_predictions: np.ndarray | None = None  # [N_test] labels (class values)
 
     def summary(self) -> dict[str, float]:
         """Table columns of this layer's MLP row (``C`` is NaN: no logistic C)."""
@@ -101,23 +109,40 @@ def group_init(seed: int, layer: int, hidden: int, r: int, D: int, K: int) -> tu
     return u((hidden, D), D), u((hidden,), D), u((K, hidden), hidden), u((K,), hidden)
 
 
-def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float], n_classes: int,
-                 *, lr: float, max_epochs: int, patience: int, batch_size: int,
+def _group_loss(z, target, loss: str):
+    """Per-group mean loss of logits ``z [G, B, K]``. ``"ce"``: ``target [B]`` class indices
+    (rows with -1, a class unseen in train, are ignored); ``"bce"``: ``target [B, K]`` 0/1."""
+    import torch
+
+    if loss == "bce":
+        t = target.expand(z.shape[0], -1, -1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            z, t, reduction="none").mean((1, 2))
+    seen = target >= 0
+    zz = z[:, seen]
+    t = target[seen].expand(zz.shape[0], -1)
+    return torch.nn.functional.cross_entropy(zz.transpose(1, 2), t, reduction="none").mean(1)
+
+
+def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float], n_out: int,
+                 *, loss: str, lr: float, max_epochs: int, patience: int, batch_size: int,
                  seed: int) -> dict[str, Any]:
     """Train the L x R stacked networks of one hidden size.
 
     X: ``(Xtr [L, Ntr, D], Xva [L, Nva, D], Xte [L, Nte, D])`` float32 tensors;
-    y: ``(ytr [Ntr], yva [Nva], yte [Nte])`` int64 tensors (-1 = class unseen in train);
-    all on one device, where the networks are trained (initialised on the CPU, seeded);
-    layers: the L layers' indexes (they seed the initialisation).
-    Returns ``val_acc``, ``test_acc``, ``epochs`` as ``[L, R]`` numpy arrays.
+    y: ``(ytr, yva)``: ``[N]`` int64 (``loss="ce"``, -1 = class unseen in train) or ``[N, K]``
+    float 0/1 (``loss="bce"``); all on one device, where the networks are trained
+    (initialised on the CPU, seeded); layers: the L layers' indexes (they seed the
+    initialisation). Returns ``val_logits [L, R, Nva, K]`` and ``test_logits [L, R, Nte, K]``
+    of each group's best state (lowest val loss) and ``epochs [L, R]`` (its epoch) as numpy
+    arrays on the CPU.
     """
     import torch
 
     Xtr, Xva, Xte = X
-    ytr, yva, yte = y
+    ytr, yva = y
     L, _, D = Xtr.shape
-    R, H, K = len(wds), int(hidden), int(n_classes)
+    R, H, K = len(wds), int(hidden), int(n_out)
     dev = Xtr.device
     inits = [[group_init(seed, layer, H, r, D, K) for r in range(R)] for layer in layers]
     W1 = torch.stack([torch.cat([g[0].T for g in row], 1) for row in inits]).to(dev)
@@ -139,14 +164,7 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
         h = h.view(L, B, R, H).permute(0, 2, 1, 3).reshape(L * R, B, H)
         return torch.baddbmm(b2, h, W2)
 
-    def group_ce(z, target):  # z [G, B, K] -> per-group mean CE over rows with target >= 0
-        seen = target >= 0
-        zz = z[:, seen]
-        t = target[seen].expand(zz.shape[0], -1)
-        return torch.nn.functional.cross_entropy(zz.transpose(1, 2), t, reduction="none").mean(1)
-
     best_loss = torch.full((L * R,), float("inf"), device=dev)
-    best_acc = torch.zeros(L * R, device=dev)
     best_ep = torch.zeros(L * R, dtype=torch.int64, device=dev)
     bad = torch.zeros(L * R, dtype=torch.int64, device=dev)
     best_state = [p.detach().clone() for p in params]
@@ -155,9 +173,9 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
         perm = torch.randperm(n, generator=gen).to(dev)
         for start in range(0, n, batch_size):
             bi = perm[start:start + batch_size]
-            loss = group_ce(logits(Xtr[:, bi]), ytr[bi]).sum()
+            batch_loss = _group_loss(logits(Xtr[:, bi]), ytr[bi], loss).sum()
             opt.zero_grad()
-            loss.backward()
+            batch_loss.backward()
             with torch.no_grad():  # AdamW: decoupled, per-group weight decay first
                 W1.mul_(decay1)
                 b1.mul_(decay1)
@@ -165,15 +183,12 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
                 b2.mul_(decay2)
             opt.step()
         with torch.no_grad():
-            zva = logits(Xva)
-            vloss = group_ce(zva, yva)
-            vacc = (zva.argmax(-1) == yva).float().mean(1)
+            vloss = _group_loss(logits(Xva), yva, loss)
         active = bad < patience
         improved = active & (vloss < best_loss - 1e-4)
         bad = torch.where(improved, torch.zeros_like(bad), bad + active.long())
         if bool(improved.any()):
             best_loss = torch.where(improved, vloss, best_loss)
-            best_acc = torch.where(improved, vacc, best_acc)
             best_ep = torch.where(improved, torch.full_like(best_ep, ep + 1), best_ep)
             g = improved.view(L, R)
             m1 = g.repeat_interleave(H, dim=1).view(L, 1, R * H)
@@ -185,10 +200,45 @@ def _train_stack(X, y, layers: Sequence[int], hidden: int, wds: Sequence[float],
     with torch.no_grad():
         for p, keep in zip(params, best_state):
             p.copy_(keep)
-        test_acc = (logits(Xte).argmax(-1) == yte).float().mean(1)
-    return {"val_acc": best_acc.view(L, R).cpu().numpy().astype(np.float64),
-            "test_acc": test_acc.view(L, R).cpu().numpy().astype(np.float64),
+        zva, zte = logits(Xva), logits(Xte)
+    return {"val_logits": zva.view(L, R, *zva.shape[1:]).cpu().numpy(),
+            "test_logits": zte.view(L, R, *zte.shape[1:]).cpu().numpy(),
             "epochs": best_ep.view(L, R).cpu().numpy()}
+
+
+def _check_layers(Xtr, Xva, Xte) -> None:
+    if not len(Xtr) or not (len(Xtr) == len(Xva) == len(Xte)):
+        raise ValueError(f"need the same (>= 1) number of layers in train/val/test, got "
+                         f"{len(Xtr)}/{len(Xva)}/{len(Xte)}")
+
+
+def _stacks(Xtr, Xva, Xte, ys, n_out: int, *, loss: str, hidden_sizes, weight_decays,
+            lr, max_epochs, patience, batch_size, seed, device="cpu"):
+    """Every layer x hidden size x weight decay trained (stacks of equal width) on the torch
+    ``device`` (``ys``: ``(ytr, yva)`` tensors already there) -> per layer a list over the
+    sweep (hidden-major) of ``(hidden, wd, val_logits, test_logits, epochs)`` (numpy, CPU).
+    """
+    import torch
+
+    # small training sets still get several updates per epoch
+    batch_size = int(min(batch_size, max(16, len(ys[0]) // 8)))
+    by_width: dict[int, list[int]] = {}
+    for i, x in enumerate(Xtr):
+        by_width.setdefault(int(np.asarray(x).shape[1]), []).append(i)
+    wds = [float(w) for w in weight_decays]
+    out: list[list[tuple[Any, ...]]] = [[] for _ in Xtr]
+    for idx in by_width.values():
+        # z-scored with each layer's train statistics -> [L, N, D] float32 per split
+        z = [standardize(Xtr[i], Xva[i], Xte[i]) for i in idx]
+        X = tuple(torch.stack([torch.as_tensor(zi[s]) for zi in z]).to(device) for s in range(3))
+        for h in hidden_sizes:
+            res = _train_stack(X, ys, idx, h, wds, n_out, loss=loss, lr=lr,
+                               max_epochs=max_epochs, patience=patience,
+                               batch_size=batch_size, seed=seed)
+            for a, layer in enumerate(idx):
+                out[layer].extend((int(h), wd, res["val_logits"][a, r], res["test_logits"][a, r],
+                                   int(res["epochs"][a, r])) for r, wd in enumerate(wds))
+    return out
 
 
 def fit_mlp_probes(
@@ -214,38 +264,69 @@ def fit_mlp_probes(
     import torch
 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = train, val, test
-    if not len(Xtr) or not (len(Xtr) == len(Xva) == len(Xte)):
-        raise ValueError(f"need the same (>= 1) number of layers in train/val/test, got "
-                         f"{len(Xtr)}/{len(Xva)}/{len(Xte)}")
+    _check_layers(Xtr, Xva, Xte)
     classes, enc = _encode(ytr, yva, yte)
-    ys = [torch.as_tensor(e, device=device) for e in enc]
-    # small training sets still get several updates per epoch
-    batch_size = int(min(batch_size, max(16, len(ytr) // 8)))
-    by_width: dict[int, list[int]] = {}
-    for i, x in enumerate(Xtr):
-        by_width.setdefault(int(np.asarray(x).shape[1]), []).append(i)
-    wds = [float(w) for w in weight_decays]
-    results: list[MLPProbeResult | None] = [None] * len(Xtr)
-    for idx in by_width.values():
-        # z-scored with each layer's train statistics -> [L, N, D] float32 per split
-        z = [standardize(Xtr[i], Xva[i], Xte[i]) for i in idx]
-        X = tuple(torch.stack([torch.as_tensor(zi[s]) for zi in z]).to(device) for s in range(3))
-        per_h = [_train_stack(X, ys, idx, h, wds, len(classes), lr=lr, max_epochs=max_epochs,
-                              patience=patience, batch_size=batch_size, seed=seed)
-                 for h in hidden_sizes]
-        for a, layer in enumerate(idx):
-            sweep, best = [], None
-            for h, out in zip(hidden_sizes, per_h):
-                for r, wd in enumerate(wds):
-                    va = float(out["val_acc"][a, r])
-                    sweep.append({"hidden": int(h), "weight_decay": wd, "val_accuracy": va,
-                                  "epochs": int(out["epochs"][a, r])})
-                    if best is None or va > best[0]:
-                        best = (va, int(h), wd, float(out["test_acc"][a, r]),
-                                int(out["epochs"][a, r]))
-            assert best is not None
-            results[layer] = MLPProbeResult(best[1], best[2], best[0], best[3], best[4], sweep)
-    return [r for r in results if r is not None]
+    ys = [torch.as_tensor(e, device=device) for e in enc[:2]]
+    runs = _stacks(Xtr, Xva, Xte, ys, len(classes), loss="ce", hidden_sizes=hidden_sizes,
+                   weight_decays=weight_decays, lr=lr, max_epochs=max_epochs,
+                   patience=patience, batch_size=batch_size, seed=seed, device=device)
+    results = []
+    for sweep_runs in runs:
+        sweep = [{"hidden": h, "weight_decay": wd, "epochs": ep,
+                  "val_accuracy": float((zva.argmax(-1) == enc[1]).mean())}
+                 for h, wd, zva, _zte, ep in sweep_runs]
+        best = int(np.argmax([r["val_accuracy"] for r in sweep]))  # first on ties
+        pred_idx = sweep_runs[best][3].argmax(-1)
+        results.append(MLPProbeResult(
+            hidden=sweep[best]["hidden"], weight_decay=sweep[best]["weight_decay"],
+            val_accuracy=sweep[best]["val_accuracy"],
+            test_accuracy=float((pred_idx == enc[2]).mean()), epochs=sweep[best]["epochs"],
+            sweep=sweep, test_predictions=classes[pred_idx]))
+    return results
+
+
+def fit_mlp_multilabel_probes(
+    train: tuple[Sequence[np.ndarray], np.ndarray],
+    val: tuple[Sequence[np.ndarray], np.ndarray],
+    test_X: Sequence[np.ndarray],
+    *,
+    hidden_sizes: Sequence[int] = (256,),
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2),
+    lr: float = 1e-3,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """Multi-label MLP probes: Linear-ReLU-Linear with K sigmoid outputs and binary
+    cross-entropy (seed 004 §5.3), trained like :func:`fit_mlp_probes` (early stopping on the
+    validation BCE, on the torch ``device``). ``train`` / ``val``: ``(X_layers, Y [N, K] 0/1)``.
+
+    Per layer: (``[N_test, K]`` 0/1 predictions (logit > 0) of the configuration with the
+    highest validation sample-F1 (first in sweep order on ties), info: ``hidden``,
+    ``weight_decay``, ``val_f1_samples``, ``epochs``, ``sweep``).
+    """
+    import torch
+    from sklearn.metrics import f1_score
+
+    (Xtr, Ytr), (Xva, Yva) = train, val
+    _check_layers(Xtr, Xva, test_X)
+    ys = [torch.as_tensor(np.asarray(Y), dtype=torch.float32, device=device) for Y in (Ytr, Yva)]
+    runs = _stacks(Xtr, Xva, test_X, ys, ys[0].shape[1], loss="bce",
+                   hidden_sizes=hidden_sizes, weight_decays=weight_decays, lr=lr,
+                   max_epochs=max_epochs, patience=patience, batch_size=batch_size, seed=seed,
+                   device=device)
+    out = []
+    for sweep_runs in runs:
+        sweep = [{"hidden": h, "weight_decay": wd, "epochs": ep,
+                  "val_f1_samples": float(f1_score(np.asarray(Yva), (zva > 0).astype(np.int64),
+                                                   average="samples", zero_division=0))}
+                 for h, wd, zva, _zte, ep in sweep_runs]
+        best = int(np.argmax([r["val_f1_samples"] for r in sweep]))  # first on ties
+        pred = (sweep_runs[best][3] > 0).astype(np.int64)
+        out.append((pred, {**sweep[best], "sweep": sweep}))
+    return out
 
 
 def fit_mlp_probe(
@@ -260,5 +341,6 @@ def fit_mlp_probe(
 
 
 __all__ = [
-    "MLP_PARAM_DEFAULTS", "MLPProbeResult", "fit_mlp_probe", "fit_mlp_probes", "mlp_options",
+    "MLP_PARAM_DEFAULTS", "MLPProbeResult", "fit_mlp_multilabel_probes", "fit_mlp_probe",
+    "fit_mlp_probes", "mlp_options",
 ]

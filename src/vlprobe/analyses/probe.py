@@ -40,6 +40,7 @@ from vlprobe.analyses._common import (
     is_constant,
     run_device,
     select_layer_sites,
+    solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
 from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
@@ -62,7 +63,10 @@ class LayerProbe(SplitPairPlan, Analysis):
         modality: tower to probe when both could read the data (``None``: image first).
         x_axis: figure x axis, ``"layer"`` (index) or ``"relative"`` (index / depth).
         dtype: solver precision, ``"float32"`` (default) or ``"float64"``.
-        max_iter, tol: L-BFGS limits (sklearn semantics).
+        max_iter, tol: L-BFGS limits (sklearn semantics); a probe counts as converged only
+            when ``max |grad| <= tol`` (the notes count the others by stop reason).
+        solver_memory_gb: memory the logistic solver may use; larger fits are split into
+            several batched solves (same answer). The estimate is written to the notes.
         mlp_hidden, mlp_weight_decay, mlp_max_epochs, mlp_patience: the MLP sweep.
     """
 
@@ -82,6 +86,7 @@ class LayerProbe(SplitPairPlan, Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
+        "solver_memory_gb": 2.0,
         **MLP_PARAM_DEFAULTS,
     }
 
@@ -129,7 +134,8 @@ class LayerProbe(SplitPairPlan, Analysis):
                 f"{self.dataset!r}")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
-            assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
+            assert_disjoint_ids(ids_tr, ids_va, f"the training part of split {p['train_split']!r}",
+                                "the validation split carved from it (duplicate item ids?)")
             assert_disjoint_ids(ids_va, fte.ids, "validation split", f"split {p['test_split']!r}")
             assert_disjoint_ids(ids_tr, fte.ids, f"split {p['train_split']!r}",
                                 f"split {p['test_split']!r}")
@@ -162,15 +168,12 @@ class LayerProbe(SplitPairPlan, Analysis):
             }
             if p["probe"] in ("linear", "both"):
                 sel = select_and_evaluate(
-                    (Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], dtype=p["dtype"],
-                    max_iter=int(p["max_iter"]), tol=float(p["tol"]),
+                    (Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"], **solver_options(p),
                 )
-                if not sel.converged:
-                    notes.append(
-                        f"layer_probe: model {model!r}: some logistic probes stopped before "
-                        f"max |grad| <= tol={p['tol']} (max_iter={p['max_iter']} reached or "
-                        "line search failed)"
-                    )
+                what = f"layer_probe: model {model!r}"
+                notes.extend(n for n in (sel.convergence_note(what, float(p["tol"]),
+                                                              int(p["max_iter"])),
+                                         sel.memory_note(what)) if n)
                 rows.extend(
                     {**base, "layer": ftr.layers[site], "site": site, "probe": "linear",
                      **sel.layer_summary(li)}

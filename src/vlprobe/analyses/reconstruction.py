@@ -199,6 +199,8 @@ class ReconstructionProbe(Analysis):
         ids_te, yte = targets[p["test_split"]]
         tr, va = self._carve(ids_all)
         ids_tr, ids_va = [ids_all[i] for i in tr], [ids_all[i] for i in va]
+        assert_disjoint_ids(ids_tr, ids_va, f"the training part of split {p['train_split']!r}",
+                            "the validation split carved from it (duplicate item ids?)")
         assert_disjoint_ids(ids_va, ids_te, "validation split", f"split {p['test_split']!r}")
         assert_disjoint_ids(ids_tr, ids_te, f"split {p['train_split']!r}",
                             f"split {p['test_split']!r}")

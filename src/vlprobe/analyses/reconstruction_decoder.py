@@ -2,7 +2,8 @@
 
 - :func:`load_targets`: images of a split -> ``[N, 3 or 1, S, S]`` float32 in [0, 1].
 - :func:`build_decoder`: ``[B, C, g, g]`` -> ``[B, 3 or 1, S, S]`` conv decoder.
-- :func:`fit_decoder`: seeded Adam / MSE training with early stopping on a validation split.
+- :func:`fit_decoder`: seeded Adam / MSE training with early stopping on a validation split
+  (local seeding: the global torch RNG is left as the caller had it).
 - :func:`plot_mse_vs_layer`, :func:`plot_examples`: the figures (matplotlib ``Figure``).
 """
 
@@ -130,9 +131,12 @@ def _fit(train, val, test, epochs, patience, batch_size, lr, weight_decay, width
     if xtr.ndim != 4 or xtr.shape[2] != xtr.shape[3] or ytr.ndim != 4:
         raise ValueError(f"expected x [N, C, g, g] and y [N, out, S, S], got {tuple(xtr.shape)} "
                          f"and {tuple(ytr.shape)}")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_decoder(xtr.shape[1], xtr.shape[2], ytr.shape[2], ytr.shape[1], width)
+    # nn.Conv2d draws its initial weights from the global RNG: seed it inside fork_rng, which
+    # restores the caller's state afterwards (same weights as seeding globally, no side effect)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_decoder(xtr.shape[1], xtr.shape[2], ytr.shape[2], ytr.shape[1], width)
+    gen = torch.Generator().manual_seed(seed)  # mini-batch order
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.to(device)  # in place: the optimizer keeps the same parameter objects
     best, best_state, best_epoch, epoch = np.inf, None, 0, 0

@@ -13,8 +13,11 @@ Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
    uses ReLU and AdamW where SentEval uses a sigmoid and also sweeps dropout) for
    every task except WC, which uses logistic regression only (as SentEval does): L2 logistic
    probes for a C sweep, C chosen on dev, refitted on train + dev
-   (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`). ``probe: linear`` / ``both``
-   adds / uses the logistic probe for the other tasks too.
+   (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`; features z-scored with the
+   fitting rows' statistics unless ``standardize: false``, recorded in the ``standardized``
+   column). ``probe: linear`` / ``both`` adds / uses the logistic probe for the other tasks
+   too. The notes count the logistic probes that did not reach the gradient tolerance, by
+   stop reason, and give the solver's peak-memory estimate (``solver_memory_gb``).
 4. Test accuracy per layer; columns ``task`` and ``category`` (surface / syntactic /
    semantic) are added. The task comes from ``params.task`` or is recognised in the dataset
    key (``sentlen``, ``bigram_shift``, ...).
@@ -35,12 +38,15 @@ import numpy as np
 
 from vlprobe.analyses._common import (
     assert_disjoint_ids,
+    carve_validation,
     check_finite,
     check_labels,
+    check_layer_spec,
     check_solver_params,
     readable_models,
+    run_device,
     select_layer_sites,
-    stratified_split,
+    solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
 from vlprobe.analyses.mlp_probe import fit_mlp_probes, mlp_options
@@ -102,7 +108,13 @@ class SentenceProbing(Analysis):
         Cs: C sweep of the logistic probe.
         mlp_hidden, mlp_weight_decay: MLP sweep (SentEval sweeps nhid 50/100/200 and L2).
         mlp_max_epochs, mlp_patience: MLP training limits.
-        layers, modality, x_axis, dtype, max_iter, tol: as in ``layer_probe``.
+        layers, modality, x_axis, dtype, max_iter, tol, solver_memory_gb: as in
+            ``layer_probe`` (a logistic probe counts as converged only when
+            ``max |grad| <= tol``; the notes count the others by stop reason and give the
+            solver's memory estimate).
+        standardize: z-score the logistic probe's features with the fitting rows' statistics
+            (default true); false fits the raw features. Recorded in the ``standardized``
+            column of the linear rows. (The MLP probe always z-scores.)
         datasets: further dataset keys, one task each (recognised in the key), probed in the
             same analysis so that one report section shows every task, the mean accuracy per
             category (surface / syntactic / semantic) vs layer and the best-layer table
@@ -132,6 +144,8 @@ class SentenceProbing(Analysis):
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
+        "solver_memory_gb": 2.0,
+        "standardize": True,
         "datasets": [],
     }
 
@@ -167,6 +181,10 @@ class SentenceProbing(Analysis):
             raise ConfigError(f"sentence_probing: val_fraction must be in (0, 1), "
                               f"got {p['val_fraction']}")
         check_solver_params(self.name, p)
+        if not isinstance(p["standardize"], bool):
+            raise ConfigError(f"sentence_probing: standardize must be true or false, "
+                              f"got {p['standardize']!r}")
+        check_layer_spec(self.name, "layers", p["layers"], ("all", "last"))
         if p["x_axis"] not in ("layer", "relative"):
             raise ConfigError("sentence_probing: x_axis must be 'layer' or 'relative'")
         if len({p["train_split"], p["validation_split"], p["test_split"]}) != 3:
@@ -265,7 +283,10 @@ class SentenceProbing(Analysis):
                 dev_source = p["validation_split"]
             else:
                 fva = ftr
-                tr_idx, va_idx = stratified_split(ytr_all, float(p["val_fraction"]), self.seed)
+                tr_idx, va_idx = carve_validation(
+                    ytr_all, float(p["val_fraction"]), self.seed,
+                    f"sentence_probing: {dataset}: model {model!r}: split "
+                    f"{p['train_split']!r}")
                 yva = ytr_all[va_idx]
                 ids_va = [ftr.ids[i] for i in va_idx]
                 dev_source = f"carved {p['val_fraction']:.0%} of {p['train_split']!r}"
@@ -301,21 +322,19 @@ class SentenceProbing(Analysis):
             }
             if "linear" in self.probes(task_name):
                 sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (Xte, yte), p["Cs"],
-                                          dtype=p["dtype"], max_iter=int(p["max_iter"]),
-                                          tol=float(p["tol"]))
-                if not sel.converged:
-                    notes.append(f"sentence_probing: {dataset}: model {model!r}: some "
-                                 "logistic probes stopped before convergence "
-                                 f"(max_iter={p['max_iter']})")
+                                          **solver_options(p))
+                what = f"sentence_probing: {dataset}: model {model!r}"
+                notes.extend(n for n in (sel.convergence_note(what, float(p["tol"]),
+                                                              int(p["max_iter"])),
+                                         sel.memory_note(what)) if n)
                 rows.extend(
                     {**base, "layer": ftr.layers[site], "site": site, "probe": "linear",
-                     **sel.layer_summary(li)}
+                     "standardized": bool(p["standardize"]), **sel.layer_summary(li)}
                     for li, site in enumerate(sites)
                 )
             if "mlp" in self.probes(task_name):
-                mlps = fit_mlp_probes(
-                    (Xtr, ytr), (Xva, yva), (Xte, yte), **mlp_options(p, self.seed)
-                )
+                mlps = fit_mlp_probes((Xtr, ytr), (Xva, yva), (Xte, yte),
+                                      **mlp_options(p, self.seed, run_device(source)))
                 for site, res in zip(sites, mlps):
                     rows.append({**base, "layer": ftr.layers[site], "site": site,
                                  "probe": "mlp", **res.summary()})

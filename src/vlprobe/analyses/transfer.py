@@ -9,8 +9,10 @@ Protocol (SCIENCE.md V2; Radford et al. 2021, appendix A.3; seed 004 fig 4.4):
    items are counted in the notes (dataset option ``drop_cross_split_duplicates`` drops
    them).
 3. L2-regularised multinomial logistic regression (the sklearn ``lbfgs`` objective, solved by
-   the batched solver of :mod:`vlprobe.analyses.probe_solver`, features z-scored with the
-   fitting rows' statistics unless ``standardize: false``). The inverse strength ``C`` is
+   the batched solver of :mod:`vlprobe.analyses.probe_solver`) on the RAW features, as CLIP's
+   own linear probe (sklearn ``LogisticRegression`` on unstandardised features);
+   ``standardize: true`` z-scores them with the fitting rows' statistics instead. The table's
+   ``standardized`` column and a note say which was used. The inverse strength ``C`` is
    chosen on validation accuracy by a coarse-to-fine log sweep:
 
    - coarse: ``coarse_Cs`` (default 1e-6, 1e-4, ..., 1e6: every 2 decades);
@@ -38,7 +40,7 @@ notes; a wholly constant layer gives a prior-only probe (noted).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,9 +55,16 @@ from vlprobe.analyses._common import (
     check_solver_params,
     embedding_site,
     select_layer_sites,
+    solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
-from vlprobe.analyses.probe_solver import ProbePath, fit_logistic_path
+from vlprobe.analyses.probe_solver import (
+    ProbePath,
+    SolvePlan,
+    convergence_note,
+    fit_logistic_path,
+    stop_diagnostics,
+)
 from vlprobe.errors import AnalysisError, ConfigError
 
 COARSE_CS = tuple(float(c) for c in np.logspace(-6, 6, 7))
@@ -77,6 +86,10 @@ class TransferOutcome:
         refit: the train + val probes at ``best_C``.
         scores: metric -> ``[L]`` test scores. predictions: ``[L, N_test]`` top-1 labels.
         converged: every solve reached ``max |grad| <= tol``.
+        probe_converged / stop_reason: per probe of every solve (all stages and the refit,
+            flattened): gradient tolerance met / why it stopped (see
+            :func:`~vlprobe.analyses.probe_solver.convergence_note`).
+        memory: the solve plan with the largest peak-memory estimate.
     """
 
     best_C: np.ndarray
@@ -86,6 +99,9 @@ class TransferOutcome:
     scores: dict[str, np.ndarray]
     predictions: np.ndarray
     converged: bool = True
+    probe_converged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    stop_reason: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    memory: SolvePlan | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +120,8 @@ def _val_log_loss(path: ProbePath, X: Sequence[np.ndarray], y: np.ndarray) -> np
     idx = np.array([lookup.get(c, -1) for c in np.asarray(y).tolist()], dtype=np.int64)
     seen = idx >= 0
     out = []
-    for prob in path.predict_proba(X):  # [P, N, K]
+    for layer, x in enumerate(X):
+        prob = path.layer_proba(layer, x)  # [P, N, K], one layer at a time
         p = prob[:, seen, :][:, np.arange(int(seen.sum())), idx[seen]]
         out.append(-np.log(np.maximum(p, 1e-300)).mean(1) if seen.any() else np.zeros(len(p)))
     return np.stack(out)
@@ -144,25 +161,31 @@ def clip_linear_probe(
     fine_points: int = 5,
     refine_rounds: int = 4,
     top_k: int = 5,
+    *,
+    standardize: bool = False,
     **fit_kwargs: Any,
 ) -> TransferOutcome:
     """CLIP linear-probe protocol for every layer at once (see the module docstring).
 
-    Each of ``train``, ``val``, ``test`` is ``(X_layers, y)``; ``fit_kwargs`` go to
+    Each of ``train``, ``val``, ``test`` is ``(X_layers, y)``. ``standardize``: False (CLIP's
+    protocol) fits the raw features. ``fit_kwargs`` go to
     :func:`~vlprobe.analyses.probe_solver.fit_logistic_path` (``dtype``, ``max_iter``, ``tol``,
-    ``standardize``).
+    ``memory_budget``).
     """
+    fit_kwargs = {**fit_kwargs, "standardize": bool(standardize)}
     (Xtr, ytr), (Xva, yva), (Xte, yte) = train, val, test
     L = len(Xtr)
     coarse = np.sort(np.asarray(coarse_Cs, dtype=np.float64))
     evaluated: list[dict[float, tuple[float, float]]] = [{} for _ in range(L)]
     sweep: list[dict[str, Any]] = []
-    converged = True
+    fits: list[ProbePath] = []  # (coefficients dropped: only the diagnostics are kept)
+
+    def diagnose(path: ProbePath) -> None:
+        fits.append(replace(path, coef=[], intercept=[], means=[], scales=[]))
 
     def evaluate(grid: np.ndarray, stage: int) -> None:
-        nonlocal converged
         path = fit_logistic_path(Xtr, ytr, layer_Cs=grid, **fit_kwargs)
-        converged = converged and bool(path.converged.all())
+        diagnose(path)
         acc = path.score(Xva, yva)  # [L, P]
         loss = _val_log_loss(path, Xva, yva)
         for li in range(L):
@@ -192,19 +215,21 @@ def clip_linear_probe(
     X_all = [(a, b) for a, b in zip(Xtr, Xva)]  # row blocks: no concatenated copy
     y_all = np.concatenate([np.asarray(ytr), np.asarray(yva)])
     refit = fit_logistic_path(X_all, y_all, layer_Cs=best_C[:, None], **fit_kwargs)
-    converged = converged and bool(refit.converged.all())
-    logits = refit.decision_function(Xte)
+    diagnose(refit)
+    conv, reasons = stop_diagnostics(fits)
     scores: dict[str, list[float]] = {}
     preds = []
     for li in range(L):
-        s = topk_scores(logits[li][0], refit.classes, np.asarray(yte), int(top_k))
+        logits = refit.layer_logits(li, Xte[li])[0]  # [N_test, K], one layer at a time
+        s = topk_scores(logits, refit.classes, np.asarray(yte), int(top_k))
         preds.append(s.pop("predictions"))
         for k, v in s.items():
             scores.setdefault(k, []).append(v)
     return TransferOutcome(
         best_C=best_C, val_accuracy=best_acc, sweep=sweep, refit=refit,
         scores={k: np.asarray(v) for k, v in scores.items()}, predictions=np.stack(preds),
-        converged=converged,
+        converged=bool(conv.all()), probe_converged=conv, stop_reason=reasons,
+        memory=max((f.plan for f in fits if f.plan is not None), key=lambda pl: pl.peak_bytes),
     )
 
 
@@ -226,8 +251,11 @@ class Transfer(SplitPairPlan, Analysis):
         fine_points: C values per refinement round (5, odd so the centre is re-used).
         refine_rounds: number of refinement rounds (4; 0 = coarse sweep only).
         top_k: k of the top-k accuracy (5).
-        standardize: z-score features with the fitting rows' statistics (true).
-        dtype, max_iter, tol: solver precision and L-BFGS limits (sklearn semantics).
+        standardize: false (default, CLIP's protocol): fit the raw features; true: z-score
+            them with the fitting rows' statistics. Recorded in the ``standardized`` column.
+        dtype, max_iter, tol: solver precision and L-BFGS limits (sklearn semantics); a fit
+            counts as converged only when ``max |grad| <= tol``.
+        solver_memory_gb: memory the logistic solver may use (larger fits are chunked).
         pooling, modality: as for ``layer_probe``.
     """
 
@@ -243,10 +271,11 @@ class Transfer(SplitPairPlan, Analysis):
         "fine_points": 5,
         "refine_rounds": 4,
         "top_k": 5,
-        "standardize": True,
+        "standardize": False,
         "dtype": "float32",
         "max_iter": 1000,
         "tol": 1e-4,
+        "solver_memory_gb": 2.0,
         "pooling": None,
         "modality": None,
     }
@@ -290,7 +319,8 @@ class Transfer(SplitPairPlan, Analysis):
                 f"{self.dataset!r}")
             ids_tr = [ftr.ids[i] for i in tr_idx]
             ids_va = [ftr.ids[i] for i in va_idx]
-            assert not set(ids_tr) & set(ids_va), "train/val carve is not disjoint"
+            assert_disjoint_ids(ids_tr, ids_va, f"the training part of split {p['train_split']!r}",
+                                "the validation split carved from it (duplicate item ids?)")
             assert_disjoint_ids(ids_va, fte.ids, "validation split", f"split {p['test_split']!r}")
             assert_disjoint_ids(ids_tr, fte.ids, f"split {p['train_split']!r}",
                                 f"split {p['test_split']!r}")
@@ -319,13 +349,15 @@ class Transfer(SplitPairPlan, Analysis):
             ytr, yva = ytr_all[tr_idx], ytr_all[va_idx]
             out = clip_linear_probe(
                 (Xtr, ytr), (Xva, yva), (Xte, yte), p["coarse_Cs"], int(p["fine_points"]),
-                int(p["refine_rounds"]), int(p["top_k"]), standardize=bool(p["standardize"]),
-                dtype=p["dtype"], max_iter=int(p["max_iter"]), tol=float(p["tol"]),
+                int(p["refine_rounds"]), int(p["top_k"]), **solver_options(p),
             )
-            if not out.converged:
-                notes.append(f"transfer: model {model!r}: some logistic fits stopped before "
-                             f"max |grad| <= tol={p['tol']} (max_iter={p['max_iter']} reached or "
-                             "line search failed; typical for the weakest regularisation)")
+            what = f"transfer: model {model!r}"
+            note = convergence_note(what, out.probe_converged, out.stop_reason,
+                                    float(p["tol"]), int(p["max_iter"]))
+            if note:
+                notes.append(note + " (typical for the weakest regularisation)")
+            if out.memory is not None:
+                notes.append(f"{what}: {out.memory.describe()}")
             n_classes = len(np.unique(np.concatenate([ytr_all, yte])))
             if f"top{p['top_k']}_accuracy" not in out.scores:
                 notes.append(f"transfer: top-{p['top_k']} accuracy skipped: {n_classes} classes "
@@ -344,7 +376,8 @@ class Transfer(SplitPairPlan, Analysis):
                         "value": float(vals[li]), "C": float(out.best_C[li]),
                         "val_accuracy": float(out.val_accuracy[li]), "n_train": len(tr_idx),
                         "n_val": len(va_idx), "n_test": len(yte), "n_classes": n_classes,
-                        "chance": chance[metric], "modality": modality, "seed": self.seed,
+                        "chance": chance[metric], "standardized": bool(p["standardize"]),
+                        "modality": modality, "seed": self.seed,
                     })
             for rec in out.sweep:
                 site = sites[rec["layer_index"]]
@@ -352,6 +385,11 @@ class Transfer(SplitPairPlan, Analysis):
                                    "stage": rec["stage"], "C": rec["C"],
                                    "val_accuracy": rec["val_accuracy"],
                                    "val_log_loss": rec["val_log_loss"], "chosen": rec["chosen"]})
+        notes.append(
+            "transfer: features z-scored with the fitting rows' statistics (standardize: true; "
+            "CLIP's protocol fits them raw)" if p["standardize"] else
+            "transfer: probes fitted on the raw features, as CLIP's linear probe (sklearn "
+            "LogisticRegression on unstandardised features); standardize: true z-scores them")
         table = pd.DataFrame(rows)
         sweep = pd.DataFrame(sweep_rows)
         figures = {

@@ -41,6 +41,7 @@ from vlprobe.analyses._common import (
     carve_validation,
     check_finite,
     check_labels,
+    solver_options,
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
@@ -56,12 +57,13 @@ from vlprobe.analyses.multimodal._common import (
     template_ranks,
     unit_rows,
 )
+from vlprobe.analyses.probe_solver import convergence_note
 from vlprobe.data.prompts.params import resolve_class_names, resolve_template_param
 from vlprobe.errors import AnalysisError, ConfigError
 
 #: the V2 parameters ``probe`` may set (the rest is fixed by M1: embedding site, splits).
 PROBE_KEYS = ("val_fraction", "coarse_Cs", "fine_points", "refine_rounds", "standardize",
-              "dtype", "max_iter", "tol")
+              "dtype", "max_iter", "tol", "solver_memory_gb")
 
 
 class ZeroShot(Analysis):
@@ -79,7 +81,9 @@ class ZeroShot(Analysis):
             V2 linear probe on the same image embeddings, and the gap.
         train_split: the split the linear probe is fitted on (``"train"``).
         probe: V2 parameters for the probe (``coarse_Cs``, ``refine_rounds``, ``max_iter``,
-            ...; see ``transfer``).
+            ``standardize``, ``solver_memory_gb``, ...; see ``transfer``: raw features by
+            default, as CLIP's probe). The probe's rows record ``standardized``; the notes
+            count unconverged fits by stop reason and give the solver's memory estimate.
     """
 
     name: ClassVar[str] = "zero_shot"
@@ -279,16 +283,17 @@ class ZeroShot(Analysis):
         out = clip_linear_probe(
             ([x_tr[fit]], y_tr[fit]), ([x_tr[val]], y_tr[val]), ([x_te], y_test),
             q["coarse_Cs"], int(q["fine_points"]), int(q["refine_rounds"]),
-            int(self.params["top_k"]), standardize=bool(q["standardize"]), dtype=q["dtype"],
-            max_iter=int(q["max_iter"]), tol=float(q["tol"]))
-        if not out.converged:
-            notes.append(f"zero_shot: model {model!r}: some linear-probe fits stopped before "
-                         f"max |grad| <= tol={q['tol']}")
+            int(self.params["top_k"]), **solver_options(q))
+        what = f"zero_shot: model {model!r}: linear probe"
+        note = convergence_note(what, out.probe_converged, out.stop_reason, float(q["tol"]),
+                                int(q["max_iter"]))
+        notes.extend(n for n in (note, out.memory and f"{what}: {out.memory.describe()}") if n)
         notes.append("zero_shot: linear_probe_minus_zero_shot_<metric> = the V2 linear probe's "
                      "score - the zero-shot score, both on the same test items and the same "
                      f"image embedding ({site}); > 0: labelled training images add what the "
                      "prompts lack")
         lp_base = {**base, "classifier": "linear_probe", "C": float(out.best_C[0]),
+                   "standardized": bool(q["standardize"]),
                    "n_train": len(fit), "n_val": len(val)}
         rows = []
         for metric, values in out.scores.items():

@@ -185,3 +185,12 @@ def test_forward_attached_keeps_attention_in_the_graph(tmp_path):
     torch.testing.assert_close(live.attentions[site].detach().float().cpu(), plain)
     grad, = torch.autograd.grad(live.hidden["vision.blocks.1"].sum(), [live.attentions[site]])
     assert grad.shape == plain.shape and grad.abs().sum() > 0
+
+
+def test_auto_layers_of_the_head_figure():
+    from vlprobe.analyses.fusion.attention_maps import shown_layers
+
+    assert shown_layers("auto", 4) == [0, 1, 2, 3]
+    assert shown_layers("auto", 12) == [0, 2, 4, 7, 9, 11]
+    assert shown_layers("all", 3) == [0, 1, 2]
+    assert shown_layers([1, 7], 4) == [1]

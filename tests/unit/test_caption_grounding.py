@@ -66,7 +66,7 @@ def test_a_box_outside_the_image_is_a_data_error():
         check_box([3, 3, 0, 5], 40, 40, "item x")
     stim = image_stimuli(1, size=(32, 32), boxes=[[[40, 0, 10, 10, "dog"]]], split="validation")
     model = PlantedCaptioner(["a", "dog"], word_index=1, cell=0)
-    with pytest.raises(DataError, match="validation/0.*outside"):
+    with pytest.raises(DataError, match=r"validation/0.*outside"):
         CaptionGrounding(["m"], "toy", {}).run(source_with({"m": model}, stim))
 
 
@@ -106,7 +106,7 @@ def test_a_word_without_a_box_is_counted_not_scored():
 def test_bad_input():
     stim = image_stimuli(1, size=(32, 32), boxes=[[[0, 0, 16, 16, "dog"]]], split="validation")
     vit = PlantedViT(cls_attention(2, 1, 1, 0))  # no cross-attention site
-    with pytest.raises(AnalysisError, match="no cross.blocks"):
+    with pytest.raises(AnalysisError, match=r"no cross\.blocks"):
         CaptionGrounding(["m"], "toy", {}).run(source_with({"m": vit}, stim))
     no_boxes = image_stimuli(1, size=(32, 32), split="validation")
     model = PlantedCaptioner(["a", "dog"], word_index=1, cell=0)

@@ -58,6 +58,16 @@ def pick_images(stimuli: Any, n_images: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(pool, size=n_images, replace=False))
 
 
+def shown_layers(choice: Any, n: int, most: int = 6) -> list[int]:
+    """Block indices of the per-head figure: ``auto`` (at most ``most`` evenly spaced, first
+    and last included), ``all``, or the listed ones that exist."""
+    if choice == "all":
+        return list(range(n))
+    if choice == "auto":
+        return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, most))})
+    return [i for i in choice if i < n]
+
+
 class AttentionMaps(Analysis):
     """V7 attention maps, rollout and relevance; see the module docstring.
 
@@ -66,8 +76,9 @@ class AttentionMaps(Analysis):
         batch_size: images per forward.
         relevance: ``auto`` (where the model has a target), ``true`` (an error for a model
             without one), ``false``.
-        layers: map sites shown in the per-head figure: ``all`` or a list of 0-based block
-            indices (the table always has every layer).
+        layers: map sites shown in the per-head figure: ``auto`` (at most 6, evenly spaced,
+            first and last included), ``all`` or a list of 0-based block indices (the table
+            always has every layer).
         thumb_size: longest side of the image panels in pixels.
     """
 
@@ -80,8 +91,8 @@ class AttentionMaps(Analysis):
         "n_images": 4,
         "batch_size": 4,
         "relevance": "auto",
-        "layers": "all",
-        "thumb_size": 96,
+        "layers": "auto",
+        "thumb_size": 64,
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
@@ -95,9 +106,9 @@ class AttentionMaps(Analysis):
             raise ConfigError(f"attention_maps: relevance must be auto, true or false, got "
                               f"{p['relevance']!r}")
         layers = p["layers"]
-        if layers != "all" and not (isinstance(layers, list | tuple) and all(
+        if layers not in ("auto", "all") and not (isinstance(layers, list | tuple) and all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
-            raise ConfigError(f"attention_maps: layers must be 'all' or a list of block indices "
+            raise ConfigError(f"attention_maps: layers must be 'auto', 'all' or a list of block indices "
                               f">= 0, got {layers!r}")
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
@@ -172,8 +183,7 @@ class AttentionMaps(Analysis):
                               "rollout": m.rollout.round(5).tolist(),
                               "relevance": None if m.relevance is None
                               else m.relevance.round(5).tolist()})
-            show = list(range(len(plan.map_sites))) if p["layers"] == "all" else [
-                i for i in p["layers"] if i < len(plan.map_sites)]
+            show = shown_layers(p["layers"], len(plan.map_sites))
             if show:
                 figures[f"heads_{model}"] = plot_heads(
                     maps[0].raw[show], maps[0].boxes, thumbs[0], [layers[i] for i in show],

@@ -30,7 +30,8 @@ Table: per (model, layer, head or ``mean``) ``pointing_accuracy`` and ``iou`` (m
 mentions, ``se``, ``n``, ``baseline_random``, ``baseline_uniform`` columns); per model
 ``n_mentions``, ``mentions_without_box`` (a category the image has no box of: hallucinated
 or unannotated), ``mentions_cropped`` and ``n_images``. Items table ``mentions``: one row per
-mention (image, caption, word, category, head-mean hit / IoU per layer).
+mention (image, caption, word, category, the head-mean map's hit and IoU per decoder
+layer in columns ``hit_layer{l}`` / ``iou_layer{l}``, its random-map baseline).
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ class CaptionGrounding(Analysis):
                         "model": model, "item": stimuli.ids[i], "caption": gen.texts[b],
                         "word": phrase, "category": cat, "token": int(t),
                         "box_cells": int(mask.sum()), "n_cells": len(cells),
-                        "hit_by_layer": hits[:, -1].tolist(),
-                        "iou_by_layer": np.round(ious[:, -1], 4).tolist(),
+                        **{f"hit_layer{li + 1}": float(v) for li, v in enumerate(hits[:, -1])},
+                        **{f"iou_layer{li + 1}": float(v) for li, v in enumerate(ious[:, -1])},
                         "random_hit": float(np.mean([pointing_hit(r, mask) for r in rand])),
                         "random_iou": float(np.mean([threshold_iou(r, mask, p["iou_threshold"])
                                                      for r in rand])),

@@ -69,7 +69,7 @@ def plot_model_comparison(examples: dict[str, list[dict[str, Any]]], thumbs: lis
         if any(e["relevance"] is not None for e in examples[m]):
             cols.append((m, "relevance"))
     n = len(thumbs)
-    fig, axes = _figure(n, 1 + len(cols), (1.25 * (1 + len(cols)), 1.3 * n + 0.4))
+    fig, axes = _figure(n, 1 + len(cols), (1.0 * (1 + len(cols)), 1.05 * n + 0.4))
     names = {"last": "last layer", "rollout": "rollout", "relevance": "relevance"}
     for i in range(n):
         _overlay(axes[i][0], thumbs[i], None, np.zeros((0, 4)), "image" if i == 0 else "")
@@ -88,8 +88,8 @@ def plot_heads(raw: np.ndarray, boxes: np.ndarray, thumb: np.ndarray, layers: Se
     """One image: rows = layers, columns = heads and their mean; each panel the query's
     attention over the image tokens (``raw`` ``[L, H, n]``) overlaid on the image."""
     n_layers, n_heads = raw.shape[:2]
-    fig, axes = _figure(n_layers, n_heads + 1, (0.62 * (n_heads + 1) + 0.4,
-                                                0.62 * n_layers + 0.5))
+    fig, axes = _figure(n_layers, n_heads + 1, (0.55 * (n_heads + 1) + 0.4,
+                                                0.55 * n_layers + 0.5))
     for li in range(n_layers):
         for h in range(n_heads + 1):
             values = raw[li].mean(axis=0) if h == n_heads else raw[li, h]

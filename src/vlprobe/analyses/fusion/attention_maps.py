@@ -64,7 +64,7 @@ def shown_layers(choice: Any, n: int, most: int = 6) -> list[int]:
     if choice == "all":
         return list(range(n))
     if choice == "auto":
-        return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, most))})
+        return sorted({round(float(x)) for x in np.linspace(0, n - 1, min(n, most))})
     return [i for i in choice if i < n]
 
 
@@ -108,8 +108,8 @@ class AttentionMaps(Analysis):
         layers = p["layers"]
         if layers not in ("auto", "all") and not (isinstance(layers, list | tuple) and all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)):
-            raise ConfigError(f"attention_maps: layers must be 'auto', 'all' or a list of block indices "
-                              f">= 0, got {layers!r}")
+            raise ConfigError(f"attention_maps: layers must be 'auto', 'all' or a list of block "
+                              f"indices >= 0, got {layers!r}")
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         return []  # the models run inside run() on a few images (see the module docstring)

@@ -248,6 +248,22 @@ def _feature_vis(tmp_path):
     return ["m"], "toy", params, src
 
 
+def _attention_maps(tmp_path):
+    from attention_fakes import PlantedViT, cls_attention, image_stimuli, source_with
+
+    src = source_with({"m": PlantedViT(cls_attention(2, 2, 2, 1))}, image_stimuli(3))
+    return ["m"], "toy", {"n_images": 2}, src
+
+
+def _caption_grounding(tmp_path):
+    from attention_fakes import PlantedCaptioner, image_stimuli, source_with
+
+    stim = image_stimuli(2, size=(32, 32), boxes=[[[0, 0, 16, 16, "dog"]]] * 2,
+                         split="validation")
+    return ["m"], "toy", {"n_random": 5}, source_with(
+        {"m": PlantedCaptioner(["a", "dog"], word_index=1, cell=0)}, stim)
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -270,6 +286,8 @@ FIXTURES = {
     "modality_gap": _modality_gap,
     "adversarial": _adversarial,
     "feature_vis": _feature_vis,
+    "attention_maps": _attention_maps,
+    "caption_grounding": _caption_grounding,
 }
 
 NAMES = ANALYSES.names()

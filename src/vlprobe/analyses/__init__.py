@@ -39,6 +39,10 @@ ANALYSES.add("multimodal_neurons", "vlprobe.analyses.multimodal.neurons:Multimod
              aliases=("M5",))
 ANALYSES.add("adversarial", "vlprobe.analyses.vision.adversarial:Adversarial", aliases=("V6",))
 ANALYSES.add("feature_vis", "vlprobe.analyses.vision.feature_vis:FeatureVis", aliases=("V8",))
+ANALYSES.add("attention_maps", "vlprobe.analyses.fusion.attention_maps:AttentionMaps",
+             aliases=("V7",))
+ANALYSES.add("caption_grounding", "vlprobe.analyses.fusion.grounding:CaptionGrounding",
+             aliases=("F6g",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -325,6 +325,17 @@ class HFAdapter(ModelAdapter):
 
         Returned tensors are ``float32`` on the CPU (whatever ``device`` / ``dtype``).
         """
+        return self._forward(batch, sites, attached=False)
+
+    def forward_attached(self, batch: Batch, sites: Sequence[str]) -> Trace:
+        """:meth:`forward` WITH gradients, for any modality: the trace's ``hidden`` and
+        ``attentions`` tensors stay in the autograd graph (on the model's device, in its
+        dtype), so that gradients of a target w.r.t. attention weights can be taken
+        (gradient-weighted attention relevance, V7). Tags, masks and extras as in
+        :meth:`forward`. The model stays in eval mode; inputs are not differentiated."""
+        return self._forward(batch, sites, attached=True)
+
+    def _forward(self, batch: Batch, sites: Sequence[str], attached: bool) -> Trace:
         import torch
 
         sites = list(dict.fromkeys(sites))
@@ -337,14 +348,15 @@ class HFAdapter(ModelAdapter):
         computed = [s for s in sites if s not in table]
         want_attn = any(s.endswith(".attn") for s in sites)
         inputs = to_device(batch.inputs, self.device)
-        with torch.no_grad(), capture(model, targets) as got:
+        grad = torch.enable_grad() if attached else torch.no_grad()
+        with grad, capture(model, targets, detach=not attached) as got:
             extra = self._run(batch.modality, inputs, want_attn, computed)
         trace = Trace()
         for site in sites:
             value = got.get(site) if site in targets else extra.get(site)
             if value is None:
                 raise RuntimeError(f"{self.family}: site {site} was not produced by the forward")
-            if site not in targets:  # hooked values are already float32 on the CPU
+            if site not in targets and not attached:  # hooked values: already float32, CPU
                 value = value.detach().float().cpu()
             (trace.attentions if site.endswith(".attn") else trace.hidden)[site] = value
         if "attention_mask" in batch.inputs:

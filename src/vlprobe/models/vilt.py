@@ -57,7 +57,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vlprobe.errors import ConfigError
 from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL
 from vlprobe.models._fusion import (
     load_bert_tokenizer,
@@ -66,12 +65,11 @@ from vlprobe.models._fusion import (
     text_identity,
     text_tags,
 )
-from vlprobe.models._hf import HFAdapter, _split_pairs, transformer_tower_sites
+from vlprobe.models._hf import HFAdapter, _split_pairs
 from vlprobe.models._hooks import HookTarget
+from vlprobe.models._towers import block_hooks, tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.hf_preprocess import processor_identity, to_rgb
-
-_OPTIONS = ("tokenizer",)
 
 
 @dataclass(frozen=True)
@@ -146,34 +144,19 @@ class ViltAdapter(HFAdapter):
         "ViLT single-stream fusion (transformers ViltModel): text tokens + image patches"
     )
     default_pooling: ClassVar[str] = "cls"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import ViltConfig
-
-        return ViltConfig
-
-    def _model_class(self) -> Any:
-        from transformers import ViltModel
-
-        return ViltModel
+    hf_config: ClassVar[str] = "ViltConfig"
+    hf_model: ClassVar[str] = "ViltModel"
+    known_options: ClassVar[tuple[str, ...]] = ("tokenizer",)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return ("pair",)
 
     def _setup(self) -> None:
-        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"vilt: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-            )
         self.n_layers = int(self.config.num_hidden_layers)
         self.patch = int(self.config.patch_size)
         self._sites = transformer_tower_sites("fusion", self.n_layers)
-        self._layer_sites = {
-            "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
-        }
+        self._layer_sites = {"pair": tower_layer_sites("fusion", self.n_layers)}
         self._tokenizer_source: dict[str, Any] = {}
 
     def max_text_length(self) -> int | None:
@@ -260,13 +243,7 @@ class ViltAdapter(HFAdapter):
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:
-        table = {"fusion.stem": HookTarget("encoder.layer.0", "input")}
-        for i in range(self.n_layers):
-            table[f"fusion.blocks.{i}"] = HookTarget(f"encoder.layer.{i}")
-            table[f"fusion.blocks.{i}.attn"] = HookTarget(
-                f"encoder.layer.{i}.attention.attention", "attn"
-            )
-        return table
+        return block_hooks("fusion", "encoder.layer", self.n_layers, "attention.attention")
 
     def image_embeds(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
         """(``[B, 1 + N, D]`` image embeddings before the modality-type embedding, ``[B, 1 + N]``

@@ -56,12 +56,11 @@ from vlprobe.models._fusion import (
     text_identity,
     text_tags,
 )
-from vlprobe.models._hf import HFAdapter, _split_pairs, transformer_tower_sites
+from vlprobe.models._hf import HFAdapter, _split_pairs
 from vlprobe.models._hooks import HookTarget, torch_dtype
+from vlprobe.models._towers import block_hooks, tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source
-
-_OPTIONS = ("tokenizer", "regions")
 
 
 class VisualBertAdapter(HFAdapter):
@@ -74,29 +73,15 @@ class VisualBertAdapter(HFAdapter):
         "regions (CNN grid cells or a regions file)"
     )
     default_pooling: ClassVar[str] = "cls"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import VisualBertConfig
-
-        return VisualBertConfig
-
-    def _model_class(self) -> Any:
-        from transformers import VisualBertModel
-
-        return VisualBertModel
+    hf_config: ClassVar[str] = "VisualBertConfig"
+    hf_model: ClassVar[str] = "VisualBertModel"
+    known_options: ClassVar[tuple[str, ...]] = ("tokenizer", "regions")
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return ("pair",)
 
     def _setup(self) -> None:
-        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"visual_bert: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(_OPTIONS)}"
-            )
         if getattr(self.config, "bypass_transformer", False):
             raise ModelLoadError(
                 "visual_bert: checkpoints with bypass_transformer=true (text-only encoder, then "
@@ -107,9 +92,7 @@ class VisualBertAdapter(HFAdapter):
         self.n_layers = int(self.config.num_hidden_layers)
         self.visual_dim = int(self.config.visual_embedding_dim)
         self._sites = transformer_tower_sites("fusion", self.n_layers)
-        self._layer_sites = {
-            "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
-        }
+        self._layer_sites = {"pair": tower_layer_sites("fusion", self.n_layers)}
         self._tokenizer_source: dict[str, Any] = {}
         #: the region source (:mod:`vlprobe.models.regions`)
         self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
@@ -189,13 +172,7 @@ class VisualBertAdapter(HFAdapter):
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:
-        table = {"fusion.stem": HookTarget("encoder.layer.0", "input")}
-        for i in range(self.n_layers):
-            table[f"fusion.blocks.{i}"] = HookTarget(f"encoder.layer.{i}")
-            table[f"fusion.blocks.{i}.attn"] = HookTarget(
-                f"encoder.layer.{i}.attention.self", "attn"
-            )
-        return table
+        return block_hooks("fusion", "encoder.layer", self.n_layers, "attention.self")
 
     def _run(
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]

@@ -26,6 +26,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
+from vlprobe.models._towers import tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import (
     _jsonable,
@@ -141,6 +142,14 @@ class HFAdapter(ModelAdapter):
     def _setup(self) -> None:
         """Compute site lists from ``self.config`` (no weights)."""
         raise NotImplementedError
+
+    def _one_stack(self, prefix: str, modality: str) -> None:
+        """``_setup`` of a model that is one stack of ``config.num_hidden_layers`` blocks
+        (:attr:`n_layers`): :func:`~vlprobe.models._towers.transformer_tower_sites` under
+        ``prefix``, and its layer sites for ``modality``."""
+        self.n_layers = int(self.config.num_hidden_layers)
+        self._sites = transformer_tower_sites(prefix, self.n_layers)
+        self._layer_sites = {modality: tower_layer_sites(prefix, self.n_layers)}
 
     def _model_class(self) -> Any:
         """The model class named by :attr:`hf_model`."""
@@ -346,6 +355,22 @@ class HFAdapter(ModelAdapter):
         """Fill ``trace.modality_tags`` (fused sequences) / ``trace.tags_by_stream``
         (two-stream models) for a pair batch. Single-tower adapters have none."""
 
+    def _plan(
+        self, sites: Sequence[str], modality: str
+    ) -> tuple[list[str], dict[str, HookTarget], list[str], bool]:
+        """Check ``sites`` (deduplicated, in order) for ``modality`` and split them:
+        (sites, hooked site -> :class:`HookTarget`, sites :meth:`_run` computes, whether any
+        attention is wanted). Puts the model in eval mode."""
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        check_sites_for(modality, sites, self.family)
+        self.model.eval()
+        table = self._hook_table()
+        targets = {s: table[s] for s in sites if s in table}
+        computed = [s for s in sites if s not in table]
+        want_attn = any(s.endswith(".attn") for s in sites)
+        return sites, targets, computed, want_attn
+
     def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
         """Run once under ``torch.no_grad`` in eval mode; hooks only on requested sites.
 
@@ -353,15 +378,8 @@ class HFAdapter(ModelAdapter):
         """
         import torch
 
-        sites = list(dict.fromkeys(sites))
-        self.check_sites(sites)
-        check_sites_for(batch.modality, sites, self.family)
+        sites, targets, computed, want_attn = self._plan(sites, batch.modality)
         model = self.model
-        model.eval()
-        table = self._hook_table()
-        targets = {s: table[s] for s in sites if s in table}
-        computed = [s for s in sites if s not in table]
-        want_attn = any(s.endswith(".attn") for s in sites)
         inputs = to_device(batch.inputs, self.device)
         with torch.no_grad(), capture(model, targets) as got:
             extra = self._run(batch.modality, inputs, want_attn, computed)
@@ -409,16 +427,9 @@ class HFAdapter(ModelAdapter):
             raise self._no_gradient_path()
         import torch
 
-        sites = list(dict.fromkeys(sites))
-        self.check_sites(sites)
-        check_sites_for("image", sites, self.family)
+        sites, targets, computed, want_attn = self._plan(sites, "image")
         check_unit_pixels(pixels, self.family)
         model = self.model
-        model.eval()
-        table = self._hook_table()
-        targets = {s: table[s] for s in sites if s in table}
-        computed = [s for s in sites if s not in table]
-        want_attn = any(s.endswith(".attn") for s in sites)
         px = self.normalize_pixels(pixels.to(self.device)).to(torch_dtype(self.spec.dtype))
         with torch.enable_grad(), capture(model, targets, detach=False) as got:
             extra = self._run("image", {"pixel_values": px}, want_attn, computed)

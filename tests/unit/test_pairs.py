@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import pytest
+from fusion_fakes import PlantedFusion
 from PIL import Image
 
 from _helpers import tiny_adapter
@@ -15,7 +13,6 @@ from vlprobe.errors import ConfigError, DataError
 from vlprobe.extract import ActivationStore, extract_features, feature_keys
 from vlprobe.modality import (
     TAG_IMAGE,
-    TAG_PAD,
     TAG_SPECIAL,
     TAG_TEXT,
     check_sites_for,
@@ -23,7 +20,6 @@ from vlprobe.modality import (
     resolve_modality,
     sequence_stream,
 )
-from vlprobe.models.base import Batch, ModelAdapter, Trace
 from vlprobe.pooling import pool_numpy
 
 
@@ -167,61 +163,6 @@ def test_paired_set_forwards_each_image_once(tmp_path):
 
 
 # -- pair extraction with a planted fusion model ------------------------------------------
-class PlantedFusion(ModelAdapter):
-    """A fusion "model" whose fused sequence is ``[CLS] words [SEP] patches pad...``: token
-    vectors are constant per tag (special 0, text 1, image 2; pads NaN so that a leak shows)."""
-
-    family = "planted_fusion"
-    default_pooling = "cls"
-
-    @classmethod
-    def load(cls, spec, device="cpu"):  # pragma: no cover - built directly
-        return cls(spec)
-
-    @property
-    def modalities(self):
-        return ("pair",)
-
-    def sites(self):
-        return ["fusion.stem", "fusion.blocks.0", "fusion.pooled"]
-
-    def layer_sites(self, modality):
-        return ["fusion.stem", "fusion.blocks.0"]
-
-    def identity(self):
-        return {"adapter": "planted_fusion"}
-
-    def embedding_site(self, modality):
-        return "fusion.pooled"
-
-    def text_lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) + 2 for t in texts]
-
-    def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
-        assert modality == "pair"
-        n_words = [len(text.split()) for _, text in payloads]
-        return Batch("pair", {"n_words": n_words})
-
-    def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
-        import torch
-
-        n_words = batch.inputs["n_words"]
-        n_patches = 4
-        t = 2 + max(n_words) + n_patches
-        tags = torch.full((len(n_words), t), TAG_PAD, dtype=torch.int8)
-        for b, n in enumerate(n_words):
-            tags[b, 0] = TAG_SPECIAL
-            tags[b, 1 : 1 + n] = TAG_TEXT
-            tags[b, 1 + n] = TAG_SPECIAL
-            tags[b, 2 + n : 2 + n + n_patches] = TAG_IMAGE
-        x = tags.float().unsqueeze(-1).expand(-1, -1, 3).clone()
-        x[tags == TAG_PAD] = float("nan")
-        trace = Trace(modality_tags=tags, attention_mask=(tags != TAG_PAD).long())
-        for site in sites:
-            trace.hidden[site] = x[:, 0] if site == "fusion.pooled" else x
-        return trace
-
-
 def test_pair_extraction_pools_by_tag_never_by_offset(tmp_path):
     from vlprobe.models.base import ModelSpec
 

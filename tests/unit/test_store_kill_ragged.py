@@ -12,15 +12,13 @@ rest is written again, and the result equals an uninterrupted write.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kill_helpers import child_process, sigkill, wait_for
 from vlprobe.extract import ActivationStore
 from vlprobe.extract.cache_admin import collect_garbage
 from vlprobe.extract.store import shard_bounds, shard_name, sidecar_name
@@ -99,31 +97,15 @@ if __name__ == "__main__":
 def test_sigkill_during_ragged_write_loses_only_the_shard_in_flight(tmp_path, where):
     script, root, marker = tmp_path / "child.py", tmp_path / "acts", tmp_path / "hanging"
     script.write_text(CHILD)
-    env = {**os.environ, "N_ITEMS": str(N_ITEMS), "SHARD": str(SHARD), "KEY": KEY,
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(marker), where],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "N_ITEMS": str(N_ITEMS), "SHARD": str(SHARD), "KEY": KEY}
     store = ActivationStore(root)
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                pytest.fail(f"child exited early ({proc.returncode}): {err.decode()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("child did not reach shard 2 in time")
-            time.sleep(0.02)
+    with child_process([script, root, marker, where], env) as proc:
+        wait_for(proc, marker.exists, 120, "reach shard 2")
         # the writer is alive and holds the lock: garbage collection must not touch it
         assert store.is_locked(KEY)
         actions = collect_garbage(store, incomplete=True)
         assert [(a.path.name, a.removed) for a in actions] == [(KEY, False)]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        sigkill(proc)
     assert not store.is_locked(KEY)  # the OS released the dead writer's lock
 
     entry = store.entry_dir(KEY)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from vlprobe.models._hf import HFAdapter, transformer_tower_sites
+from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
+from vlprobe.models._towers import tower_layer_sites, transformer_tower_sites
 
 _TOWER = {"image": "vision", "text": "text"}
 
@@ -26,8 +27,8 @@ _TOWER = {"image": "vision", "text": "text"}
 class DualEncoderAdapter(HFAdapter):
     """An image tower and a text tower with one projected embedding each.
 
-    Subclasses set :attr:`poolings`, :attr:`stems`, :meth:`_model_class`,
-    :meth:`_config_class`, :meth:`_default_processor`, :meth:`_project` and where needed
+    Subclasses set :attr:`poolings`, :attr:`stems`, :attr:`hf_model`, :attr:`hf_config`,
+    :meth:`_default_processor`, :meth:`_project` and where needed
     :meth:`_text_model_inputs` / :meth:`_eos_index`.
     """
 
@@ -56,8 +57,8 @@ class DualEncoderAdapter(HFAdapter):
             "vision", self.n_vision, final="proj"
         ) + transformer_tower_sites("text", self.n_text, final="proj")
         self._layer_sites = {
-            "image": ["vision.stem"] + [f"vision.blocks.{i}" for i in range(self.n_vision)],
-            "text": ["text.stem"] + [f"text.blocks.{i}" for i in range(self.n_text)],
+            "image": tower_layer_sites("vision", self.n_vision),
+            "text": tower_layer_sites("text", self.n_text),
         }
 
     def max_text_length(self) -> int | None:

@@ -1,17 +1,20 @@
 """Helpers shared by the single-stream fusion adapters (``vilt``, ``visual_bert``).
 
 Both read ``[CLS] text [SEP] [PAD]...`` followed by image tokens in one sequence. This module
-holds what they have in common: the BERT tokenizer of a fusion checkpoint (with a documented
-default), the modality tags of the text part, and the fused-sequence boxes.
+holds what they have in common: their base class :class:`SingleStreamFusion` (sites, hooks,
+tokenizer), the BERT tokenizer of a fusion checkpoint (with a documented default), the
+modality tags of the text part, and the fused-sequence boxes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from vlprobe.errors import ModelLoadError
 from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
-from vlprobe.models._hooks import dir_fingerprint
+from vlprobe.models._hf import HFAdapter
+from vlprobe.models._hooks import HookTarget, dir_fingerprint
+from vlprobe.models._towers import block_hooks
 from vlprobe.models.hf_source import Source, hub_errors, looks_like_path
 from vlprobe.models.hf_tokenizer import tokenizer_problem
 from vlprobe.settings import expand_path
@@ -19,6 +22,49 @@ from vlprobe.settings import expand_path
 #: the tokenizer ViLT and VisualBERT were trained with; used when the checkpoint (or the
 #: random_init config directory) ships no tokenizer files and ``options.tokenizer`` is unset.
 DEFAULT_BERT_TOKENIZER = "google-bert/bert-base-uncased"
+
+
+class SingleStreamFusion(HFAdapter):
+    """Base of the single-stream fusion adapters (``vilt``, ``visual_bert``).
+
+    Pairs only; one stack of fused blocks ``encoder.layer.{i}`` (``config.num_hidden_layers``)
+    with the sites ``fusion.stem``, ``fusion.blocks.{i}`` (+ ``.attn``: the module
+    :attr:`attn_module` inside a block) and ``fusion.pooled``; default pooling ``cls``; the
+    BERT tokenizer of :func:`load_bert_tokenizer` (``options.tokenizer``).
+    """
+
+    default_pooling: ClassVar[str] = "cls"
+    #: path of the self-attention module inside ``encoder.layer.{i}``.
+    attn_module: ClassVar[str] = ""
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("pair",)
+
+    def _setup(self) -> None:
+        self._one_stack("fusion", "pair")
+        self._tokenizer_source: dict[str, Any] = {}
+
+    def _load_tokenizer(self) -> Any:
+        revision = self.spec.revision if self.source.kind != "local" else None
+        tok, ref = load_bert_tokenizer(
+            self.name, self.source, revision, self.spec.options.get("tokenizer"),
+            int(self.config.vocab_size),
+        )
+        self._tokenizer_source = ref
+        return tok
+
+    def _text_identity(self) -> dict[str, Any]:
+        """The text part of :meth:`_preprocess_identity` (:func:`text_identity`)."""
+        return text_identity(self.tokenizer, self._tokenizer_source, self.max_text_length())
+
+    def _hook_table(self) -> dict[str, HookTarget]:
+        return block_hooks("fusion", "encoder.layer", self.n_layers, self.attn_module)
+
+    @staticmethod
+    def _pooled(out: Any, computed: list[str]) -> dict[str, Any]:
+        """``{"fusion.pooled": pooler output [B, D]}`` where it is asked for, else ``{}``."""
+        return {"fusion.pooled": out.pooler_output} if "fusion.pooled" in computed else {}
 
 
 def load_bert_tokenizer(

@@ -26,6 +26,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
+from vlprobe.models._towers import tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import (
     _jsonable,
@@ -49,13 +50,21 @@ from vlprobe.models.hf_tokenizer import config_vocab_size, load_checked_tokenize
 class HFAdapter(ModelAdapter):
     """Common machinery of the transformers-based adapters.
 
-    Subclasses set :attr:`name`, implement :meth:`_model_class`, :meth:`_setup` (sites from
-    the config), :meth:`_hook_table` (site -> :class:`HookTarget`, may use the loaded model)
-    and :meth:`_run` (call the model; return the sites that are computed rather than hooked).
+    Subclasses set :attr:`name`, :attr:`hf_model` (and :attr:`hf_config`, or override
+    :meth:`_model_class` / :meth:`_config_class`), implement :meth:`_setup` (sites from the
+    config), :meth:`_hook_table` (site -> :class:`HookTarget`, may use the loaded model) and
+    :meth:`_run` (call the model; return the sites that are computed rather than hooked).
     """
 
     #: canonical registry name (used in identity()).
     name: ClassVar[str] = ""
+    #: the ``transformers`` config class (a name in the package), e.g. ``"ViltConfig"``.
+    hf_config: ClassVar[str] = "AutoConfig"
+    #: the ``transformers`` model class (a name in the package), e.g. ``"ViltModel"``.
+    hf_model: ClassVar[str] = ""
+    #: the ``spec.options`` keys the adapter knows; any other is a ConfigError at load time.
+    #: None: options are not checked.
+    known_options: ClassVar[tuple[str, ...] | None] = None
     #: allow ``.gguf`` checkpoints.
     allow_gguf: ClassVar[bool] = False
     #: tokenizer padding: ``"longest"`` (pad to the longest text of the batch) or
@@ -97,14 +106,27 @@ class HFAdapter(ModelAdapter):
         )
         config = cls._load_config(source, spec)
         adapter = cls(spec, source, config, device)
+        adapter._check_options()
         adapter._setup()
         return adapter
 
+    def _check_options(self) -> None:
+        """Refuse ``spec.options`` keys outside :attr:`known_options` (where it is set)."""
+        if self.known_options is None:
+            return
+        unknown = sorted(set(self.spec.options) - set(self.known_options))
+        if unknown:
+            raise ConfigError(
+                f"{self.name}: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(self.known_options)}"
+            )
+
     @classmethod
     def _config_class(cls) -> Any:
-        from transformers import AutoConfig
+        """The config class named by :attr:`hf_config`."""
+        import transformers
 
-        return AutoConfig
+        return getattr(transformers, cls.hf_config)
 
     @classmethod
     def _load_config(cls, source: Source, spec: ModelSpec) -> Any:
@@ -121,8 +143,21 @@ class HFAdapter(ModelAdapter):
         """Compute site lists from ``self.config`` (no weights)."""
         raise NotImplementedError
 
+    def _one_stack(self, prefix: str, modality: str) -> None:
+        """``_setup`` of a model that is one stack of ``config.num_hidden_layers`` blocks
+        (:attr:`n_layers`): :func:`~vlprobe.models._towers.transformer_tower_sites` under
+        ``prefix``, and its layer sites for ``modality``."""
+        self.n_layers = int(self.config.num_hidden_layers)
+        self._sites = transformer_tower_sites(prefix, self.n_layers)
+        self._layer_sites = {modality: tower_layer_sites(prefix, self.n_layers)}
+
     def _model_class(self) -> Any:
-        raise NotImplementedError
+        """The model class named by :attr:`hf_model`."""
+        if not self.hf_model:
+            raise NotImplementedError(f"{type(self).__name__} sets no hf_model")
+        import transformers
+
+        return getattr(transformers, self.hf_model)
 
     def _model_kwargs(self) -> dict[str, Any]:
         return {}
@@ -320,6 +355,22 @@ class HFAdapter(ModelAdapter):
         """Fill ``trace.modality_tags`` (fused sequences) / ``trace.tags_by_stream``
         (two-stream models) for a pair batch. Single-tower adapters have none."""
 
+    def _plan(
+        self, sites: Sequence[str], modality: str
+    ) -> tuple[list[str], dict[str, HookTarget], list[str], bool]:
+        """Check ``sites`` (deduplicated, in order) for ``modality`` and split them:
+        (sites, hooked site -> :class:`HookTarget`, sites :meth:`_run` computes, whether any
+        attention is wanted). Puts the model in eval mode."""
+        sites = list(dict.fromkeys(sites))
+        self.check_sites(sites)
+        check_sites_for(modality, sites, self.family)
+        self.model.eval()
+        table = self._hook_table()
+        targets = {s: table[s] for s in sites if s in table}
+        computed = [s for s in sites if s not in table]
+        want_attn = any(s.endswith(".attn") for s in sites)
+        return sites, targets, computed, want_attn
+
     def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
         """Run once under ``torch.no_grad`` in eval mode; hooks only on requested sites.
 
@@ -338,15 +389,8 @@ class HFAdapter(ModelAdapter):
     def _forward(self, batch: Batch, sites: Sequence[str], attached: bool) -> Trace:
         import torch
 
-        sites = list(dict.fromkeys(sites))
-        self.check_sites(sites)
-        check_sites_for(batch.modality, sites, self.family)
+        sites, targets, computed, want_attn = self._plan(sites, batch.modality)
         model = self.model
-        model.eval()
-        table = self._hook_table()
-        targets = {s: table[s] for s in sites if s in table}
-        computed = [s for s in sites if s not in table]
-        want_attn = any(s.endswith(".attn") for s in sites)
         inputs = to_device(batch.inputs, self.device)
         grad = torch.enable_grad() if attached else torch.no_grad()
         with grad, capture(model, targets, detach=not attached) as got:
@@ -395,16 +439,9 @@ class HFAdapter(ModelAdapter):
             raise self._no_gradient_path()
         import torch
 
-        sites = list(dict.fromkeys(sites))
-        self.check_sites(sites)
-        check_sites_for("image", sites, self.family)
+        sites, targets, computed, want_attn = self._plan(sites, "image")
         check_unit_pixels(pixels, self.family)
         model = self.model
-        model.eval()
-        table = self._hook_table()
-        targets = {s: table[s] for s in sites if s in table}
-        computed = [s for s in sites if s not in table]
-        want_attn = any(s.endswith(".attn") for s in sites)
         px = self.normalize_pixels(pixels.to(self.device)).to(torch_dtype(self.spec.dtype))
         with torch.enable_grad(), capture(model, targets, detach=False) as got:
             extra = self._run("image", {"pixel_values": px}, want_attn, computed)
@@ -445,66 +482,3 @@ def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[
         images.append(item[0])
         texts.append(item[1])
     return images, texts
-
-
-def transformer_tower_sites(
-    prefix: str, n_layers: int, attn: bool = True, final: str = "pooled"
-) -> list[str]:
-    """``prefix.stem``, then per block ``prefix.blocks.i.attn``, ``prefix.blocks.i``,
-    then ``prefix.<final>`` (forward order; ``final`` is ``pooled`` or ``proj``)."""
-    out = [f"{prefix}.stem"]
-    for i in range(n_layers):
-        if attn:
-            out.append(f"{prefix}.blocks.{i}.attn")
-        out.append(f"{prefix}.blocks.{i}")
-    out.append(f"{prefix}.{final}")
-    return out
-
-
-_LAYER_LIST_FALLBACK = ("encoder.layer", "layers", "h", "transformer.h", "encoder.layers")
-_ATTN_FALLBACK = ("attention.self", "attention", "attn", "self_attn")
-
-
-def locate_blocks(model: Any, n_layers: int, name: str = "model") -> tuple[str, str | None]:
-    """(dotted path of the ``ModuleList`` of transformer blocks, path of the attention module
-    inside a block) found generically from transformers' ``_can_record_outputs`` (the classes
-    whose outputs HF records as hidden states / attentions), with name fallbacks."""
-    import torch.nn as nn
-
-    rec = getattr(model, "_can_record_outputs", None) or {}
-
-    def target(entry: Any) -> tuple[Any, str | None]:
-        if entry is None:
-            return None, None
-        cls = getattr(entry, "target_class", entry)
-        return (cls if isinstance(cls, type) else None), getattr(entry, "layer_name", None)
-
-    block_cls, _ = target(rec.get("hidden_states"))
-    layers = None
-    for path, module in model.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) == n_layers
-            and (block_cls is None or isinstance(module[0], block_cls))
-        ):
-            layers = path
-            break
-    if layers is None:
-        names = dict(model.named_modules())
-        layers = next((n for n in _LAYER_LIST_FALLBACK if n in names), None)
-    if layers is None:
-        raise ModelLoadError(f"{name}: cannot find the transformer blocks of {type(model)}")
-    block = model.get_submodule(f"{layers}.0")
-    attn_cls, layer_name = target(rec.get("attentions"))
-    attn = None
-    if attn_cls is not None:
-        for path, module in block.named_modules():
-            if path and isinstance(module, attn_cls) and (
-                layer_name is None or f".{path}".endswith(layer_name)
-            ):
-                attn = path
-                break
-    if attn is None:
-        sub = dict(block.named_modules())
-        attn = next((n for n in _ATTN_FALLBACK if n in sub), None)
-    return layers, attn

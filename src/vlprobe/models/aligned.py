@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.models._trained import load_tower, open_checkpoint
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
 
 _PROJ = {"image": "vision.proj", "text": "text.proj"}
@@ -46,34 +47,11 @@ class AlignedDualAdapter(ModelAdapter):
 
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "cpu") -> AlignedDualAdapter:
-        from vlprobe.models import load_model
-        from vlprobe.settings import expand_path
-        from vlprobe.train.checkpoint import read_config
-
-        if not spec.checkpoint:
-            raise ModelLoadError("aligned_dual: set checkpoint to a `vlprobe train` directory")
-        if spec.random_init:
-            raise ModelLoadError("aligned_dual: random_init is not supported (train one)")
-        directory = expand_path(spec.checkpoint)
-        if not directory.is_dir():
-            raise ModelLoadError(f"aligned_dual: checkpoint directory {str(directory)!r} "
-                                 "does not exist")
-        config = read_config(directory)
-        if config.get("adapter") != "aligned_dual":
-            raise ModelLoadError(
-                f"aligned_dual: {directory} holds a {config.get('adapter')!r} checkpoint"
-            )
-        towers = {}
-        for modality, key in (("image", "image_tower"), ("text", "text_tower")):
-            entry = dict(config[key])
-            entry.pop("sites")
-            entry.pop("pooling")
-            tower = load_model(ModelSpec(**entry), device=device)
-            if modality not in tower.modalities:
-                raise ModelLoadError(
-                    f"aligned_dual: the {key} ({entry['adapter']}) has no {modality} input"
-                )
-            towers[modality] = tower
+        directory, config = open_checkpoint(spec, "aligned_dual")
+        towers = {
+            modality: load_tower(config, key, modality, device, "aligned_dual")
+            for modality, key in (("image", "image_tower"), ("text", "text_tower"))
+        }
         return cls(spec, directory, config, towers, device)
 
     # -- the trained part --------------------------------------------------------------

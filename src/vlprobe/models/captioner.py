@@ -54,8 +54,9 @@ from vlprobe.captioning.decoding import (
 )
 from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_tags
-from vlprobe.models._hf import HFAdapter, locate_blocks
+from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget, capture, to_device
+from vlprobe.models._towers import block_hooks, locate_blocks, tower_layer_sites
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.hf_preprocess import default_image_processor, processor_identity
 
@@ -72,17 +73,8 @@ class CaptionerAdapter(HFAdapter):
     )
     default_pooling: ClassVar[str] = "mean"
     poolings: ClassVar[dict[str, str]] = {"image": "cls", "pair": "mean"}
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import VisionEncoderDecoderConfig
-
-        return VisionEncoderDecoderConfig
-
-    def _model_class(self) -> Any:
-        from transformers import VisionEncoderDecoderModel
-
-        return VisionEncoderDecoderModel
+    hf_config: ClassVar[str] = "VisionEncoderDecoderConfig"
+    hf_model: ClassVar[str] = "VisionEncoderDecoderModel"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -112,8 +104,8 @@ class CaptionerAdapter(HFAdapter):
             text += [f"text.blocks.{i}.attn", f"cross.blocks.{i}.t2v.attn", f"text.blocks.{i}"]
         self._sites = [*vision, "vision.pooled", *text, "text.pooled"]
         self._layer_sites = {
-            "image": ["vision.stem"] + [f"vision.blocks.{i}" for i in range(self.n_enc)],
-            "pair": ["text.stem"] + [f"text.blocks.{i}" for i in range(self.n_dec)],
+            "image": tower_layer_sites("vision", self.n_enc),
+            "pair": tower_layer_sites("text", self.n_dec),
         }
         self._located: dict[str, Any] | None = None
 
@@ -187,14 +179,9 @@ class CaptionerAdapter(HFAdapter):
     def _hook_table(self) -> dict[str, HookTarget]:
         loc = self._locate()
         enc, dec = loc["enc"], loc["dec"]
-        table = {"vision.stem": HookTarget(f"{enc}.0", "input"),
-                 "text.stem": HookTarget(f"{dec}.0", "input")}
-        for i in range(self.n_enc):
-            table[f"vision.blocks.{i}"] = HookTarget(f"{enc}.{i}")
-            table[f"vision.blocks.{i}.attn"] = HookTarget(f"{enc}.{i}.{loc['enc_attn']}", "attn")
+        table = block_hooks("vision", enc, self.n_enc, loc["enc_attn"])
+        table.update(block_hooks("text", dec, self.n_dec, loc["dec_attn"]))
         for i in range(self.n_dec):
-            table[f"text.blocks.{i}"] = HookTarget(f"{dec}.{i}")
-            table[f"text.blocks.{i}.attn"] = HookTarget(f"{dec}.{i}.{loc['dec_attn']}", "attn")
             table[f"cross.blocks.{i}.t2v.attn"] = HookTarget(f"{dec}.{i}.{loc['cross']}", "attn")
         return table
 

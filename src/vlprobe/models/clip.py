@@ -41,17 +41,8 @@ class CLIPAdapter(DualEncoderAdapter):
     stems: ClassVar[dict[str, str]] = {
         "vision": "vision_model.pre_layrnorm", "text": "text_model.embeddings",
     }
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import CLIPConfig
-
-        return CLIPConfig
-
-    def _model_class(self) -> Any:
-        from transformers import CLIPModel
-
-        return CLIPModel
+    hf_config: ClassVar[str] = "CLIPConfig"
+    hf_model: ClassVar[str] = "CLIPModel"
 
     def _default_processor(self) -> Any:
         try:

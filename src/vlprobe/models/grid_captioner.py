@@ -37,8 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vlprobe.errors import ConfigError, ModelLoadError
+from vlprobe.errors import ConfigError
 from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, check_sites_for, set_two_stream_tags
+from vlprobe.models._trained import load_tower, open_checkpoint
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
 
 MEMORY = "vision.memory"
@@ -73,29 +74,9 @@ class GridCaptionerAdapter(ModelAdapter):
     @classmethod
     def load(cls, spec: ModelSpec, device: str = "cpu") -> GridCaptionerAdapter:
         from vlprobe.captioning.vocab import load_tokenizer
-        from vlprobe.models import load_model
-        from vlprobe.settings import expand_path
-        from vlprobe.train.checkpoint import read_config
 
-        if not spec.checkpoint:
-            raise ModelLoadError("grid_captioner: set checkpoint to a `vlprobe train` directory")
-        if spec.random_init:
-            raise ModelLoadError("grid_captioner: random_init is not supported (train one)")
-        directory = expand_path(spec.checkpoint)
-        if not directory.is_dir():
-            raise ModelLoadError(f"grid_captioner: checkpoint directory {str(directory)!r} "
-                                 "does not exist")
-        config = read_config(directory)
-        if config.get("adapter") != "grid_captioner":
-            raise ModelLoadError(
-                f"grid_captioner: {directory} holds a {config.get('adapter')!r} checkpoint")
-        entry = dict(config["image_tower"])
-        entry.pop("sites")
-        entry.pop("pooling")
-        tower = load_model(ModelSpec(**entry), device=device)
-        if "image" not in tower.modalities:
-            raise ModelLoadError(f"grid_captioner: the image tower ({entry['adapter']}) has "
-                                 "no image input")
+        directory, config = open_checkpoint(spec, "grid_captioner")
+        tower = load_tower(config, "image_tower", "image", device, "grid_captioner")
         return cls(spec, directory, config, tower, load_tokenizer(directory), device)
 
     # -- the trained part --------------------------------------------------------------------

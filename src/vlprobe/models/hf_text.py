@@ -35,8 +35,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, ModelLoadError
-from vlprobe.models._hf import HFAdapter, locate_blocks, transformer_tower_sites
+from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget, cached_sha256, package_dir
+from vlprobe.models._towers import (
+    block_hooks,
+    locate_blocks,
+)
 from vlprobe.models.base import ModelSpec
 from vlprobe.models.hf_source import Source, hub_errors
 from vlprobe.pooling import pool
@@ -167,6 +171,7 @@ class HFTextAdapter(HFAdapter):
     summary: ClassVar[str] = "text transformers (BERT, GPT-2, Llama, GGUF) via transformers"
     default_pooling: ClassVar[str] = "mean"
     allow_gguf: ClassVar[bool] = True
+    hf_model: ClassVar[str] = "AutoModel"
 
     def __init__(self, spec: ModelSpec, source: Source, config: Any, device: str = "cpu"):
         super().__init__(spec, source, config, device)
@@ -203,11 +208,7 @@ class HFTextAdapter(HFAdapter):
         return ("text",)
 
     def _setup(self) -> None:
-        self.n_layers = int(self.config.num_hidden_layers)
-        self._sites = transformer_tower_sites("text", self.n_layers)
-        self._layer_sites = {
-            "text": ["text.stem"] + [f"text.blocks.{i}" for i in range(self.n_layers)]
-        }
+        self._one_stack("text", "text")
 
     def max_text_length(self) -> int | None:
         """min(position embeddings, tokenizer.model_max_length, sentence-transformers'
@@ -259,11 +260,6 @@ class HFTextAdapter(HFAdapter):
             self._converted_dir()  # need a real config for the architecture
         return super()._build_model()
 
-    def _model_class(self) -> Any:
-        from transformers import AutoModel
-
-        return AutoModel
-
     # -- sites -------------------------------------------------------------------------
     def _locate(self) -> None:
         self._layers_path, self._attn_rel = locate_blocks(self.model, self.n_layers, self.name)
@@ -271,13 +267,7 @@ class HFTextAdapter(HFAdapter):
     def _hook_table(self) -> dict[str, HookTarget]:
         if self._layers_path is None:
             self._locate()
-        lp = self._layers_path
-        table = {"text.stem": HookTarget(f"{lp}.0", "input")}
-        for i in range(self.n_layers):
-            table[f"text.blocks.{i}"] = HookTarget(f"{lp}.{i}")
-            if self._attn_rel:
-                table[f"text.blocks.{i}.attn"] = HookTarget(f"{lp}.{i}.{self._attn_rel}", "attn")
-        return table
+        return block_hooks("text", self._layers_path, self.n_layers, self._attn_rel)
 
     def _run(
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from vlprobe.models._hf import HFAdapter, locate_blocks, transformer_tower_sites
+from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
+from vlprobe.models._towers import (
+    block_hooks,
+    locate_blocks,
+)
 from vlprobe.models.hf_preprocess import default_image_processor
 
 
@@ -37,17 +41,8 @@ class HFViTAdapter(HFAdapter):
     name: ClassVar[str] = "hf_vit"
     summary: ClassVar[str] = "ViT / DINO image encoder (transformers ViTModel)"
     default_pooling: ClassVar[str] = "cls"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import ViTConfig
-
-        return ViTConfig
-
-    def _model_class(self) -> Any:
-        from transformers import ViTModel
-
-        return ViTModel
+    hf_config: ClassVar[str] = "ViTConfig"
+    hf_model: ClassVar[str] = "ViTModel"
 
     def _model_kwargs(self) -> dict[str, Any]:
         return {"add_pooling_layer": False}
@@ -57,11 +52,7 @@ class HFViTAdapter(HFAdapter):
         return ("image",)
 
     def _setup(self) -> None:
-        self.n_layers = int(self.config.num_hidden_layers)
-        self._sites = transformer_tower_sites("vision", self.n_layers)
-        self._layer_sites = {
-            "image": ["vision.stem"] + [f"vision.blocks.{i}" for i in range(self.n_layers)]
-        }
+        self._one_stack("vision", "image")
         self._located: tuple[str, str | None] | None = None
 
     def _default_processor(self) -> Any:
@@ -71,12 +62,7 @@ class HFViTAdapter(HFAdapter):
         if self._located is None:
             self._located = locate_blocks(self.model, self.n_layers, self.name)
         layers, attn = self._located
-        table = {"vision.stem": HookTarget(f"{layers}.0", "input")}
-        for i in range(self.n_layers):
-            table[f"vision.blocks.{i}"] = HookTarget(f"{layers}.{i}")
-            if attn:
-                table[f"vision.blocks.{i}.attn"] = HookTarget(f"{layers}.{i}.{attn}", "attn")
-        return table
+        return block_hooks("vision", layers, self.n_layers, attn)
 
     def _run(
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
@@ -87,6 +73,7 @@ class HFViTAdapter(HFAdapter):
             return {"vision.pooled": out.last_hidden_state[:, 0]}
         return {}
 
+
 class HFResNetAdapter(HFAdapter):
     """ResNet image encoders (transformers ``ResNetModel``)."""
 
@@ -94,17 +81,8 @@ class HFResNetAdapter(HFAdapter):
     name: ClassVar[str] = "hf_resnet"
     summary: ClassVar[str] = "ResNet image encoder (transformers ResNetModel)"
     default_pooling: ClassVar[str] = "mean"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import ResNetConfig
-
-        return ResNetConfig
-
-    def _model_class(self) -> Any:
-        from transformers import ResNetModel
-
-        return ResNetModel
+    hf_config: ClassVar[str] = "ResNetConfig"
+    hf_model: ClassVar[str] = "ResNetModel"
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -63,8 +63,6 @@ from vlprobe.models._hooks import HookTarget
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source
 
-_OPTIONS = ("regions",)
-
 
 class LXMERTAdapter(HFAdapter):
     """LXMERT (language, object-relationship and cross-modality encoders)."""
@@ -75,17 +73,9 @@ class LXMERTAdapter(HFAdapter):
         "LXMERT two-stream fusion (transformers LxmertModel): regions + text pairs"
     )
     default_pooling: ClassVar[str] = "mean"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import LxmertConfig
-
-        return LxmertConfig
-
-    def _model_class(self) -> Any:
-        from transformers import LxmertModel
-
-        return LxmertModel
+    hf_config: ClassVar[str] = "LxmertConfig"
+    hf_model: ClassVar[str] = "LxmertModel"
+    known_options: ClassVar[tuple[str, ...]] = ("regions",)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -93,11 +83,6 @@ class LXMERTAdapter(HFAdapter):
 
     # -- sites -------------------------------------------------------------------------
     def _setup(self) -> None:
-        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"lxmert: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-            )
         c = self.config
         self.n_text, self.n_vision, self.n_cross = int(c.l_layers), int(c.r_layers), int(
             c.x_layers)

@@ -49,7 +49,6 @@ from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.modality import check_sites_for
-from vlprobe.models._hf import transformer_tower_sites
 from vlprobe.models._hooks import (
     HookTarget,
     capture,
@@ -59,6 +58,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
+from vlprobe.models._towers import tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import to_rgb
 from vlprobe.models.hf_source import Source, describe_load_error, looks_like_path
@@ -138,8 +138,8 @@ class OpenCLIPAdapter(ModelAdapter):
             "vision", self.n_vision, attn=False, final="proj"
         ) + transformer_tower_sites("text", self.n_text, attn=False, final="proj")
         self._layer_sites = {
-            "image": ["vision.stem"] + [f"vision.blocks.{i}" for i in range(self.n_vision)],
-            "text": ["text.stem"] + [f"text.blocks.{i}" for i in range(self.n_text)],
+            "image": tower_layer_sites("vision", self.n_vision),
+            "text": tower_layer_sites("text", self.n_text),
         }
         self._model: Any = None
         self._preprocess: Any = None

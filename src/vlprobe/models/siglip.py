@@ -66,17 +66,8 @@ class SigLIPAdapter(DualEncoderAdapter):
     text_padding: ClassVar[str] = "max_length"
     masks_padding: ClassVar[bool] = False
     vision_class_token: ClassVar[bool] = False  # patches only (a MAP head pools them)
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import SiglipConfig
-
-        return SiglipConfig
-
-    def _model_class(self) -> Any:
-        from transformers import SiglipModel
-
-        return SiglipModel
+    hf_config: ClassVar[str] = "SiglipConfig"
+    hf_model: ClassVar[str] = "SiglipModel"
 
     def _setup(self) -> None:
         if not getattr(self.config.vision_config, "vision_use_head", True):

@@ -57,21 +57,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vlprobe.errors import ConfigError
 from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL
 from vlprobe.models._fusion import (
-    load_bert_tokenizer,
+    SingleStreamFusion,
     nan_boxes,
     special_ids,
-    text_identity,
     text_tags,
 )
-from vlprobe.models._hf import HFAdapter, _split_pairs, transformer_tower_sites
-from vlprobe.models._hooks import HookTarget
+from vlprobe.models._hf import _split_pairs
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.hf_preprocess import processor_identity, to_rgb
-
-_OPTIONS = ("tokenizer",)
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,7 @@ def patch_layout(pixel_mask: Any, patch: int, max_image_length: int) -> PatchLay
     )
 
 
-class ViltAdapter(HFAdapter):
+class ViltAdapter(SingleStreamFusion):
     """ViLT single-stream fusion model (transformers ``ViltModel``)."""
 
     family: ClassVar[str] = "vilt"
@@ -145,36 +140,14 @@ class ViltAdapter(HFAdapter):
     summary: ClassVar[str] = (
         "ViLT single-stream fusion (transformers ViltModel): text tokens + image patches"
     )
-    default_pooling: ClassVar[str] = "cls"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import ViltConfig
-
-        return ViltConfig
-
-    def _model_class(self) -> Any:
-        from transformers import ViltModel
-
-        return ViltModel
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return ("pair",)
+    hf_config: ClassVar[str] = "ViltConfig"
+    hf_model: ClassVar[str] = "ViltModel"
+    known_options: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    attn_module: ClassVar[str] = "attention.attention"
 
     def _setup(self) -> None:
-        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"vilt: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-            )
-        self.n_layers = int(self.config.num_hidden_layers)
+        super()._setup()
         self.patch = int(self.config.patch_size)
-        self._sites = transformer_tower_sites("fusion", self.n_layers)
-        self._layer_sites = {
-            "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
-        }
-        self._tokenizer_source: dict[str, Any] = {}
 
     def max_text_length(self) -> int | None:
         return int(self.config.max_position_embeddings)
@@ -184,15 +157,6 @@ class ViltAdapter(HFAdapter):
         return int(value) if isinstance(value, int) else -1
 
     # -- preprocessing -----------------------------------------------------------------
-    def _load_tokenizer(self) -> Any:
-        revision = self.spec.revision if self.source.kind != "local" else None
-        tok, ref = load_bert_tokenizer(
-            self.name, self.source, revision, self.spec.options.get("tokenizer"),
-            int(self.config.vocab_size),
-        )
-        self._tokenizer_source = ref
-        return tok
-
     def _default_processor(self) -> Any:
         try:
             from transformers import ViltImageProcessorPil as Proc
@@ -207,9 +171,8 @@ class ViltAdapter(HFAdapter):
         image = processor_identity(self.processor)
         for key in ("size_divisor", "do_pad"):
             image[key] = getattr(self.processor, key, None)
-        tok = self.tokenizer
         return {
-            "text": text_identity(tok, self._tokenizer_source, self.max_text_length()),
+            "text": self._text_identity(),
             "image": image,
             "image_tokens": {"order": "raster", "max_image_length": self._max_image_length()},
         }
@@ -259,15 +222,6 @@ class ViltAdapter(HFAdapter):
         return boxes
 
     # -- running -----------------------------------------------------------------------
-    def _hook_table(self) -> dict[str, HookTarget]:
-        table = {"fusion.stem": HookTarget("encoder.layer.0", "input")}
-        for i in range(self.n_layers):
-            table[f"fusion.blocks.{i}"] = HookTarget(f"encoder.layer.{i}")
-            table[f"fusion.blocks.{i}.attn"] = HookTarget(
-                f"encoder.layer.{i}.attention.attention", "attn"
-            )
-        return table
-
     def image_embeds(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
         """(``[B, 1 + N, D]`` image embeddings before the modality-type embedding, ``[B, 1 + N]``
         mask): ``ViltEmbeddings.visual_embed`` with the tokens of :func:`patch_layout`."""
@@ -308,9 +262,7 @@ class ViltAdapter(HFAdapter):
             pixel_mask=mask,
             output_attentions=want_attn,
         )
-        if "fusion.pooled" in computed:
-            return {"fusion.pooled": out.pooler_output}
-        return {}
+        return self._pooled(out, computed)
 
     def _modality_tags(self, batch: Batch, trace: Trace) -> None:
         """Tags and the fused mask of ``[text; image CLS; patches]``."""

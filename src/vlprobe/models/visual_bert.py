@@ -50,21 +50,18 @@ from typing import Any, ClassVar
 from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.modality import TAG_IMAGE, TAG_PAD
 from vlprobe.models._fusion import (
-    load_bert_tokenizer,
+    SingleStreamFusion,
     nan_boxes,
     special_ids,
-    text_identity,
     text_tags,
 )
-from vlprobe.models._hf import HFAdapter, _split_pairs, transformer_tower_sites
-from vlprobe.models._hooks import HookTarget, torch_dtype
+from vlprobe.models._hf import _split_pairs
+from vlprobe.models._hooks import torch_dtype
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source
 
-_OPTIONS = ("tokenizer", "regions")
 
-
-class VisualBertAdapter(HFAdapter):
+class VisualBertAdapter(SingleStreamFusion):
     """VisualBERT single-stream fusion model (transformers ``VisualBertModel``)."""
 
     family: ClassVar[str] = "visual_bert"
@@ -73,44 +70,21 @@ class VisualBertAdapter(HFAdapter):
         "VisualBERT single-stream fusion (transformers VisualBertModel): text tokens + image "
         "regions (CNN grid cells or a regions file)"
     )
-    default_pooling: ClassVar[str] = "cls"
-
-    @classmethod
-    def _config_class(cls) -> Any:
-        from transformers import VisualBertConfig
-
-        return VisualBertConfig
-
-    def _model_class(self) -> Any:
-        from transformers import VisualBertModel
-
-        return VisualBertModel
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return ("pair",)
+    hf_config: ClassVar[str] = "VisualBertConfig"
+    hf_model: ClassVar[str] = "VisualBertModel"
+    known_options: ClassVar[tuple[str, ...]] = ("tokenizer", "regions")
+    attn_module: ClassVar[str] = "attention.self"
 
     def _setup(self) -> None:
-        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"visual_bert: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(_OPTIONS)}"
-            )
         if getattr(self.config, "bypass_transformer", False):
             raise ModelLoadError(
                 "visual_bert: checkpoints with bypass_transformer=true (text-only encoder, then "
                 "one joint layer) are not supported: they have no single stack of fused blocks"
             )
         offset = getattr(self.config, "region_position_offset", None)
+        super()._setup()
         self.region_position_offset = None if offset is None else int(offset)
-        self.n_layers = int(self.config.num_hidden_layers)
         self.visual_dim = int(self.config.visual_embedding_dim)
-        self._sites = transformer_tower_sites("fusion", self.n_layers)
-        self._layer_sites = {
-            "pair": ["fusion.stem"] + [f"fusion.blocks.{i}" for i in range(self.n_layers)]
-        }
-        self._tokenizer_source: dict[str, Any] = {}
         #: the region source (:mod:`vlprobe.models.regions`)
         self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
 
@@ -120,19 +94,9 @@ class VisualBertAdapter(HFAdapter):
         return int(self.config.max_position_embeddings)
 
     # -- preprocessing -----------------------------------------------------------------
-    def _load_tokenizer(self) -> Any:
-        revision = self.spec.revision if self.source.kind != "local" else None
-        tok, ref = load_bert_tokenizer(
-            self.name, self.source, revision, self.spec.options.get("tokenizer"),
-            int(self.config.vocab_size),
-        )
-        self._tokenizer_source = ref
-        return tok
-
     def _preprocess_identity(self) -> dict[str, Any]:
-        tok = self.tokenizer
         return {
-            "text": text_identity(tok, self._tokenizer_source, self.max_text_length()),
+            "text": self._text_identity(),
             "regions": self.regions.identity(),
         }
 
@@ -188,15 +152,6 @@ class VisualBertAdapter(HFAdapter):
             batch, n_regions, 1).clone()
 
     # -- running -----------------------------------------------------------------------
-    def _hook_table(self) -> dict[str, HookTarget]:
-        table = {"fusion.stem": HookTarget("encoder.layer.0", "input")}
-        for i in range(self.n_layers):
-            table[f"fusion.blocks.{i}"] = HookTarget(f"encoder.layer.{i}")
-            table[f"fusion.blocks.{i}.attn"] = HookTarget(
-                f"encoder.layer.{i}.attention.self", "attn"
-            )
-        return table
-
     def _run(
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
     ) -> dict[str, Any]:
@@ -210,9 +165,7 @@ class VisualBertAdapter(HFAdapter):
             image_text_alignment=inputs.get("image_text_alignment"),
             output_attentions=want_attn,
         )
-        if "fusion.pooled" in computed:
-            return {"fusion.pooled": out.pooler_output}
-        return {}
+        return self._pooled(out, computed)
 
     def _modality_tags(self, batch: Batch, trace: Trace) -> None:
         """Tags and the fused mask of ``[text; regions]``."""

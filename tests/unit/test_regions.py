@@ -336,3 +336,48 @@ def test_regions_file_through_extract_features(family, tiny_dir, tmp_path):
     by_item = {f"img_{k}#{c}": regions[f"img_{k}"] for k in "ab" for c in (0, 1)}
     got_items, _ = run(by_item, _paired_stimuli(with_image_ids=False), "by_item_id")
     np.testing.assert_allclose(got_items, got, atol=1e-5)
+
+
+def test_window_boxes_are_the_cells_of_the_cnn_input(tiny_dir):
+    """``boxes: window``: every cell's box is normalised to the CNN's window (the boxes
+    ``vlprobe train`` fed LXMERT), whatever the crop; the default frame is the image's."""
+    from vlprobe.train.fusion_data import cell_boxes
+
+    options = _grid_options(tiny_spec("efficientnet_lite0", tiny_dir), "vision.head")
+    image = _image(40, 48, 0)  # the centre crop cuts the sides
+    window = region_source({**options, "boxes": "window"}, "cpu", OWNER)
+    plain = region_source(options, "cpu", OWNER)
+    got = window([image]).boxes[0]
+    assert torch.allclose(got, torch.from_numpy(cell_boxes(2)))
+    assert not torch.allclose(plain([image]).boxes[0], got)
+    assert window.identity()["boxes"] == "window" and "boxes" not in plain.identity()
+    with pytest.raises(ConfigError, match=r"regions\.boxes 'pixels'"):
+        region_source({**options, "boxes": "pixels"}, "cpu", OWNER)
+
+
+def test_a_trained_checkpoint_gets_the_boxes_it_was_trained_with(tmp_path, tiny_dir):
+    """A ``vlprobe train`` checkpoint (fusion.json with a grid) is read with window boxes by
+    the lxmert adapter; without fusion.json (or with explicit options) nothing changes."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from vlprobe.models.regions import trained_regions
+
+    spec = tiny_spec("lxmert", tiny_dir)
+    cnn = tiny_spec("efficientnet_lite0", tiny_dir)
+    model = {"adapter": cnn.adapter, "config": cnn.config, "random_init": True, "seed": 0}
+    ckpt = tmp_path / "trained"
+    shutil.copytree(spec.config, ckpt)
+    load_model(spec).model.save_pretrained(ckpt)  # weights: a checkpoint, not random init
+    assert trained_regions(ckpt) is None
+    (ckpt / "fusion.json").write_text(json.dumps(
+        {"kind": "fusion_two", "regions": {"model": model, "site": "vision.head"}}))
+    assert trained_regions(ckpt) == {"source": "grid", "model": model, "site": "vision.head",
+                                     "boxes": "window"}
+    trained = load_model(replace(spec, config=None, checkpoint=str(ckpt), random_init=False,
+                                 options={}))
+    assert trained.regions.boxes == "window"
+    explicit = load_model(replace(spec, config=None, checkpoint=str(ckpt), random_init=False,
+                                  options={"regions": _grid_options(cnn, "vision.head")}))
+    assert explicit.regions.boxes == "image"

@@ -13,9 +13,12 @@ Regions: ``options.regions`` (:mod:`vlprobe.models.regions`, the same keys as Vi
 ``efficientnet_lite0``'s ``vision.head`` map, boxes = each cell's footprint in the original
 image) or ``{source: file, path: <file.npz | file.safetensors>}`` (per-image detector
 features and boxes keyed by image id: ``image.info["image_id"]``, which ``Stimuli.payloads``
-sets from the ``image_id`` descriptor, else the item id). The feature width must equal
-``config.visual_feat_dim`` (2048 for the published ``unc-nlp/lxmert-base-uncased``, trained on
-Faster R-CNN features: grid features of another CNN run, but are out of its distribution).
+sets from the ``image_id`` descriptor, else the item id). A ``vlprobe train`` checkpoint
+(``fusion.json``) without ``options.regions`` gets the grid it was trained on, with boxes
+normalised to the CNN's window (:func:`vlprobe.models.regions.trained_regions`). The
+feature width must equal ``config.visual_feat_dim`` (2048 for the published
+``unc-nlp/lxmert-base-uncased``, trained on Faster R-CNN features: grid features of another
+CNN run, but are out of its distribution).
 Boxes (``visual_pos``) are zero at padded regions (masked).
 
 Sites (T = text tokens, R = regions, H = heads):
@@ -61,7 +64,7 @@ from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_ta
 from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
 from vlprobe.models.base import Batch, Trace
-from vlprobe.models.regions import region_source
+from vlprobe.models.regions import region_source, trained_regions
 
 _OPTIONS = ("regions",)
 
@@ -120,7 +123,10 @@ class LXMERTAdapter(HFAdapter):
         }
         self._layer_sites = {"pair": self._streams["text"]}
         #: the region source (:mod:`vlprobe.models.regions`)
-        self.regions = region_source(self.spec.options.get("regions"), self.device, self.name)
+        options = self.spec.options.get("regions")
+        if options is None:  # a `vlprobe train` checkpoint: the boxes it was trained with
+            options = trained_regions(self.spec.checkpoint)
+        self.regions = region_source(options, self.device, self.name)
 
     def stream_layer_sites(self, stream: str) -> list[str]:
         """Hidden-state sites of one stream in layer order (``"text"`` = ``layer_sites

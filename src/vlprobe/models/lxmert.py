@@ -31,7 +31,9 @@ Sites (T = text tokens, R = regions, H = heads):
   ``[B, H, T, R]``), ``cross.blocks.{k}.v2t.attn`` (regions over text, ``[B, H, R, T]``),
   ``cross.blocks.{k}.text.attn`` / ``cross.blocks.{k}.vision.attn`` (the layer's
   self-attentions), ``cross.blocks.{k}.text`` ``[B, T, D]`` / ``cross.blocks.{k}.vision``
-  ``[B, R, D]`` (the layer's outputs);
+  ``[B, R, D]`` (the layer's outputs) and ``cross.blocks.{k}`` ``[B, T + R, D]``: both outputs
+  concatenated ``[text; vision]``, the sequence ``trace.modality_tags`` describes (fusion
+  degree, catalogue F1, clusters all of a pair's tokens of one cross layer);
 - ``fusion.pooled``: the pooler output (tanh dense of the final language [CLS]) ``[B, D]``.
 
 Layers. ``layer_sites("pair")`` is the LANGUAGE path: ``text.stem``, ``text.blocks.0..L-1``,
@@ -113,6 +115,7 @@ class LXMERTAdapter(HFAdapter):
         for k in range(self.n_cross):
             sites += [f"cross.blocks.{k}.{s}" for s in (
                 "t2v.attn", "v2t.attn", "text.attn", "vision.attn", "text", "vision")]
+            sites.append(f"cross.blocks.{k}")
         sites.append("fusion.pooled")
         self._sites = sites
         self._streams = {
@@ -219,6 +222,7 @@ class LXMERTAdapter(HFAdapter):
         dtype = next(model.parameters()).dtype
         attn_sites = {s: t for s, t in self._attention_targets().items() if s in computed}
         vision_out = [s for s in computed if s.startswith("cross.") and s.endswith(".vision")]
+        vision_out += [s for s in computed if s.startswith("cross.") and s.count(".") == 2]
         with _capture_calls(model, attn_sites, vision_out) as (got, shapes):
             out = model(
                 input_ids=inputs["input_ids"],
@@ -265,7 +269,8 @@ def _capture_calls(
     ``attn_sites``: site -> (attention module, call index): a pre-hook forces
     ``output_attentions=True`` on that ``LxmertAttention`` (callers read only element 0 unless
     they asked for weights, so outputs are unchanged) and a post-hook keeps element 1 of the
-    wanted call. ``vision_out``: ``cross.blocks.{k}.vision`` = element 1 of cross layer k.
+    wanted call. ``vision_out``: ``cross.blocks.{k}.vision`` = element 1 of cross layer k,
+    ``cross.blocks.{k}`` = elements 0 and 1 concatenated over tokens ``[text; vision]``.
     Yields (site -> live tensor, attention site -> (query length, key length)).
     """
     got: dict[str, Any] = {}
@@ -301,7 +306,12 @@ def _capture_calls(
 
     def vision_hook(site: str):
         def hook(_m: Any, _args: Any, output: Any) -> None:
-            got[site] = output[1]
+            if site.endswith(".vision"):
+                got[site] = output[1]
+            else:  # the joint sequence [text; vision] of the layer
+                import torch
+
+                got[site] = torch.cat([output[0], output[1]], dim=1)
 
         return hook
 

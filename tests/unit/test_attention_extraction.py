@@ -28,8 +28,16 @@ from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace  # noqa: E
 
 ATTN = "fusion.blocks.0.attn"
 N_PATCHES = 4
-ALL_REDUCERS = [f"reduce:{r}" for r in ("mass", "cls_mass", "max_image_to_text", "entropy",
-                                        "distance")]
+# the reducers that read attention and tags only (``similarity`` also reads token vectors:
+# planted in test_fusion_analyses.py); every other registered reducer must be listed here
+TAG_REDUCERS = ("mass", "cls_mass", "max_image_to_text", "entropy", "distance")
+ALL_REDUCERS = [f"reduce:{r}" for r in TAG_REDUCERS]
+
+
+def test_every_tag_only_reducer_is_planted_here():
+    from vlprobe.extract.reducers import needs_features
+
+    assert sorted(TAG_REDUCERS) == [r for r in reducer_names() if not needs_features(r)]
 
 
 def _w(n_words: int) -> float:
@@ -177,7 +185,7 @@ def test_planted_attention_end_to_end_gives_the_hand_computed_values(tmp_path):
     res = extract_features(adapter, pairs(WORDS), sites=[ATTN], attention=ALL_REDUCERS,
                            **_kw(ActivationStore(tmp_path / "s")))
     assert list(res.features) == [attention_output(ATTN, m) for m in ALL_REDUCERS]
-    for name in reducer_names():
+    for name in TAG_REDUCERS:
         got = res.features[f"{ATTN}@{name}"]
         want = np.stack([by_hand(n)[name] for n in WORDS])
         assert got.dtype == np.float32 and got.shape == want.shape, name
@@ -190,7 +198,7 @@ def test_padding_never_leaks_into_reducers_or_raw(tmp_path, pad_fill):
     adapter = PlantedAttention(ModelSpec(adapter="planted_attention"), pad_fill=pad_fill)
     res = extract_features(adapter, pairs(WORDS), sites=[ATTN], attention=[*ALL_REDUCERS, "raw"],
                            **_kw(ActivationStore(tmp_path / "s")))
-    for name in reducer_names():
+    for name in TAG_REDUCERS:
         want = np.stack([by_hand(n)[name] for n in WORDS])
         np.testing.assert_allclose(res.features[f"{ATTN}@{name}"], want, atol=1e-6)
     for i, n in enumerate(WORDS):

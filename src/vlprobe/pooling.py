@@ -19,6 +19,10 @@ Methods:
   indexes from :mod:`vlprobe.extract.alignment`). A row whose span is ``(-1, -1)`` (cut away by
   truncation) gets an all-zero vector (the "not available" marker; a real span vector is never
   all zero in practice).
+- ``fusion_nmi`` / ``fusion_nmi_s<seed>`` (catalogue F1): not a vector but the item's fusion
+  degree ``[B, 1]``: the NMI between the k-means (k = 2) clusters of the item's text and
+  image tokens and their modality (:mod:`vlprobe.extract.token_nmi`; seed 0, or ``<seed>``,
+  of the k-means++ starts). Needs ``modality_tags``; NaN for an item without both modalities.
 - ``grid<g>`` (e.g. ``grid7``; catalogue V5): a coarse spatial map. A CNN map ``[B, C, h, w]``
   is adaptive-average-pooled to ``[B, C, g, g]`` (torch's ``adaptive_avg_pool2d`` bins:
   ``[floor(i h / g), ceil((i + 1) h / g))``; a map smaller than ``g`` is replicated up to
@@ -43,11 +47,19 @@ import numpy as np
 from vlprobe.errors import ConfigError
 
 POOLING_METHODS = (
-    "cls", "eos", "mean", "last", "max", "none", "span", "mean_text", "mean_image", "grid<g>",
+    "cls", "eos", "mean", "last", "max", "none", "span", "mean_text", "mean_image",
+    "fusion_nmi", "grid<g>",
 )
 _TAG_POOLINGS = {"mean_text": "text", "mean_image": "image"}
 
 _GRID = re.compile(r"grid([1-9][0-9]*)")
+_NMI = re.compile(r"fusion_nmi(?:_s([0-9]+))?")
+
+
+def nmi_seed(method: str) -> int | None:
+    """The k-means seed of a ``fusion_nmi`` / ``fusion_nmi_s<seed>`` pooling, else None."""
+    m = _NMI.fullmatch(method) if isinstance(method, str) else None
+    return None if m is None else int(m.group(1) or 0)
 
 
 def grid_size(method: str) -> int | None:
@@ -59,7 +71,8 @@ def grid_size(method: str) -> int | None:
 def check_pooling(method: Any) -> str:
     """``method`` if it is a known pooling name (``grid<g>`` with g >= 1 included), else
     :class:`ConfigError`."""
-    if isinstance(method, str) and (method in POOLING_METHODS[:-1] or grid_size(method)):
+    if isinstance(method, str) and (method in POOLING_METHODS[:-1] or grid_size(method)
+                                    or nmi_seed(method) is not None):
         return method
     hint = " (grid pooling needs its size, e.g. 'grid7')" if method == "grid" else ""
     raise ConfigError(
@@ -224,6 +237,16 @@ def pool_numpy(
         out = x[rows, idx]
     elif method == "span":
         out = _span_pool(x, spans, not_applicable)
+    elif nmi_seed(method) is not None:
+        if modality_tags is None:
+            raise not_applicable("fusion degree needs the modality tags of a fused sequence")
+        from vlprobe.extract.token_nmi import fusion_nmi
+
+        tags = _as_numpy(modality_tags)
+        if tags.shape != x.shape[:2]:
+            raise not_applicable(f"modality tags {tags.shape} do not cover the sequence "
+                                 f"{x.shape[:2]}")
+        out = fusion_nmi(x, tags, seed=nmi_seed(method) or 0)
     elif method in _TAG_POOLINGS:
         out = _tag_mean(x, modality_tags, _TAG_POOLINGS[method], not_applicable)
     elif method == "mean":

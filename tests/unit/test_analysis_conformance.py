@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dual_fakes import planted_pairs, planted_zero_shot
+from fusion_fakes import fusion_source
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
@@ -262,9 +263,15 @@ def _caption_grounding(tmp_path):
                          split="validation")
     return ["m"], "toy", {"n_random": 5}, source_with(
         {"m": PlantedCaptioner(["a", "dog"], word_index=1, cell=0)}, stim)
+def _fusion(tmp_path):
+    return ["m"], "toy", {}, fusion_source()
 
 
 FIXTURES = {
+    "fusion_degree": _fusion,
+    "modality_importance": _fusion,
+    "image_to_text_heads": _fusion,
+    "attention_statistics": _fusion,
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
     "rsa": _rsa,

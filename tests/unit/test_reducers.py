@@ -47,8 +47,12 @@ def planted() -> torch.Tensor:
     return a
 
 
+#: token vectors of the 9 positions (reducers that read them: ``similarity``)
+FEATURES = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 9, 4))).float()
+
+
 def ctx() -> AttentionContext:
-    return AttentionContext(TAGS, TAGS)
+    return AttentionContext(TAGS, TAGS, query_features=FEATURES, key_features=FEATURES)
 
 
 def test_cls_mass_by_hand():

@@ -74,40 +74,6 @@ def test_grid_cells_in_raster_order_with_centre_crop_boxes(tiny_dir):
                               "site": "vision.head"}
 
 
-def test_window_frame_boxes_are_the_cells_of_the_crop(tiny_dir):
-    """``boxes: window`` (what `vlprobe train`'s fusion models are trained with) gives each
-    cell's box in the crop's own [0, 1] frame, whatever the image's size; an unknown frame is
-    an error naming the key."""
-    options = {**_grid_options(tiny_spec("efficientnet_lite0", tiny_dir), "vision.head"),
-               "boxes": "window"}
-    src = region_source(options, "cpu", OWNER)
-    out = src([_image(40, 48, 0), _image(24, 60, 1)])
-    want = torch.tensor([[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]])
-    assert torch.allclose(out.boxes[0], want) and torch.allclose(out.boxes[1], want)
-    assert src.identity()["boxes"] == "window"
-    with pytest.raises(ConfigError, match=r"options.regions.boxes: 'crop' is not one of"):
-        region_source({**options, "boxes": "crop"}, "cpu", OWNER)
-
-
-def test_lxmert_reads_the_box_frame_of_its_config(tiny_dir, tmp_path):
-    """A checkpoint whose config says ``region_boxes: window`` gets window-frame cell boxes
-    without any option (the frame it was trained with); an explicit option still wins."""
-    import json
-    import shutil
-
-    spec = tiny_spec("lxmert", tiny_dir)
-    local = tmp_path / "lxmert_window"
-    shutil.copytree(spec.config, local)
-    cfg = json.loads((local / "config.json").read_text())
-    (local / "config.json").write_text(json.dumps({**cfg, "region_boxes": "window"}))
-    trained = load_model(replace(spec, config=str(local)))
-    assert trained.regions.frame == "window"
-    assert load_model(spec).regions.frame == "image"
-    explicit = load_model(replace(spec, config=str(local), options={
-        "regions": {**spec.options["regions"], "boxes": "image"}}))
-    assert explicit.regions.frame == "image"
-
-
 def test_grid_of_a_resizing_processor_covers_the_whole_image(tiny_dir):
     src = region_source(_grid_options(tiny_spec("hf_resnet", tiny_dir), "vision.stages.1"),
                         "cpu", OWNER)
@@ -370,3 +336,48 @@ def test_regions_file_through_extract_features(family, tiny_dir, tmp_path):
     by_item = {f"img_{k}#{c}": regions[f"img_{k}"] for k in "ab" for c in (0, 1)}
     got_items, _ = run(by_item, _paired_stimuli(with_image_ids=False), "by_item_id")
     np.testing.assert_allclose(got_items, got, atol=1e-5)
+
+
+def test_window_boxes_are_the_cells_of_the_cnn_input(tiny_dir):
+    """``boxes: window``: every cell's box is normalised to the CNN's window (the boxes
+    ``vlprobe train`` fed LXMERT), whatever the crop; the default frame is the image's."""
+    from vlprobe.train.fusion_data import cell_boxes
+
+    options = _grid_options(tiny_spec("efficientnet_lite0", tiny_dir), "vision.head")
+    image = _image(40, 48, 0)  # the centre crop cuts the sides
+    window = region_source({**options, "boxes": "window"}, "cpu", OWNER)
+    plain = region_source(options, "cpu", OWNER)
+    got = window([image]).boxes[0]
+    assert torch.allclose(got, torch.from_numpy(cell_boxes(2)))
+    assert not torch.allclose(plain([image]).boxes[0], got)
+    assert window.identity()["boxes"] == "window" and "boxes" not in plain.identity()
+    with pytest.raises(ConfigError, match=r"regions\.boxes 'pixels'"):
+        region_source({**options, "boxes": "pixels"}, "cpu", OWNER)
+
+
+def test_a_trained_checkpoint_gets_the_boxes_it_was_trained_with(tmp_path, tiny_dir):
+    """A ``vlprobe train`` checkpoint (fusion.json with a grid) is read with window boxes by
+    the lxmert adapter; without fusion.json (or with explicit options) nothing changes."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from vlprobe.models.regions import trained_regions
+
+    spec = tiny_spec("lxmert", tiny_dir)
+    cnn = tiny_spec("efficientnet_lite0", tiny_dir)
+    model = {"adapter": cnn.adapter, "config": cnn.config, "random_init": True, "seed": 0}
+    ckpt = tmp_path / "trained"
+    shutil.copytree(spec.config, ckpt)
+    load_model(spec).model.save_pretrained(ckpt)  # weights: a checkpoint, not random init
+    assert trained_regions(ckpt) is None
+    (ckpt / "fusion.json").write_text(json.dumps(
+        {"kind": "fusion_two", "regions": {"model": model, "site": "vision.head"}}))
+    assert trained_regions(ckpt) == {"source": "grid", "model": model, "site": "vision.head",
+                                     "boxes": "window"}
+    trained = load_model(replace(spec, config=None, checkpoint=str(ckpt), random_init=False,
+                                 options={}))
+    assert trained.regions.boxes == "window"
+    explicit = load_model(replace(spec, config=None, checkpoint=str(ckpt), random_init=False,
+                                  options={"regions": _grid_options(cnn, "vision.head")}))
+    assert explicit.regions.boxes == "image"

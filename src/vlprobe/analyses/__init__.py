@@ -37,6 +37,15 @@ ANALYSES.add("typographic_attack", "vlprobe.analyses.multimodal.typographic:Typo
 ANALYSES.add("bias_audit", "vlprobe.analyses.multimodal.bias_audit:BiasAudit", aliases=("M4",))
 ANALYSES.add("multimodal_neurons", "vlprobe.analyses.multimodal.neurons:MultimodalNeurons",
              aliases=("M5",))
+# fusion family (analyses/fusion/)
+ANALYSES.add("fusion_degree", "vlprobe.analyses.fusion.fusion_degree:FusionDegree",
+             aliases=("F1",))
+ANALYSES.add("modality_importance", "vlprobe.analyses.fusion.attention_heads:ModalityImportance",
+             aliases=("F2",))
+ANALYSES.add("image_to_text_heads", "vlprobe.analyses.fusion.attention_heads:ImageToTextHeads",
+             aliases=("F3",))
+ANALYSES.add("attention_statistics",
+             "vlprobe.analyses.fusion.attention_stats:AttentionStatistics", aliases=("F6",))
 ANALYSES.add("adversarial", "vlprobe.analyses.vision.adversarial:Adversarial", aliases=("V6",))
 ANALYSES.add("feature_vis", "vlprobe.analyses.vision.feature_vis:FeatureVis", aliases=("V8",))
 ANALYSES.add("attention_maps", "vlprobe.analyses.fusion.attention_maps:AttentionMaps",

@@ -35,6 +35,8 @@ from vlprobe.extract.reducers import (
     REDUCE_PREFIX,
     attention_context,
     check_reducer,
+    feature_sites,
+    needs_features,
     reduce_many,
     reducer_names,
     reducer_of,
@@ -163,6 +165,14 @@ def batch_values(
         raise ConfigError(f"site {site!r} is not in the trace's attentions")
     ctx = attention_context(trace, site, tuple(attn.shape), vision_class_token)
     reducers = [reducer_of(m) for m in methods if reducer_of(m) is not None]
+    if any(needs_features(r) for r in reducers):
+        q_site, k_site = feature_sites(site)
+        missing = [s for s in (q_site, k_site) if s not in trace.hidden]
+        if missing:
+            raise ConfigError(f"attention site {site!r}: the trace holds no {missing[0]!r}, "
+                              "the token vectors its reducer needs")
+        ctx.query_features = trace.hidden[q_site]
+        ctx.key_features = trace.hidden[k_site]
     out: dict[str, Any] = {}
     if reducers:
         for name, value in reduce_many(reducers, attn, ctx).items():
@@ -174,6 +184,14 @@ def batch_values(
         if RAW_TAGS in methods:
             out[RAW_TAGS] = tags
     return out
+
+
+def companion_sites(site: str, methods: Sequence[str]) -> list[str]:
+    """Hidden-state sites a forward must also capture for ``methods`` of attention ``site``:
+    the stem sites of reducers that read token vectors (:func:`feature_sites`), else none."""
+    if not any(needs_features(reducer_of(m) or "") for m in methods):
+        return []
+    return list(dict.fromkeys(feature_sites(site)))
 
 
 def _real_tokens(attn: Any, ctx: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -69,6 +69,7 @@ from vlprobe.extract.attention import (
     DEFAULT_RAW_LIMIT_BYTES,
     RAW,
     batch_values,
+    companion_sites,
     estimate_raw_bytes,
     is_attention_site,
     over_limit_error,
@@ -409,6 +410,10 @@ def _extract_holding(
                 stop = shard_bounds(index, n_items, eff_shard)[1]
                 shard_outputs = [o for o in outputs if index in todo.get(o.name, ())]
                 shard_sites = list(dict.fromkeys(o.site for o in shard_outputs))
+                for out in shard_outputs:  # token vectors some attention reducers read
+                    if is_attention_site(out.site):
+                        shard_sites += [s for s in companion_sites(out.site, [out.method])
+                                        if s not in shard_sites]
                 tok_spans = None
                 if span_mode:
                     if getattr(batch, "offsets", None) is None:

@@ -18,6 +18,7 @@ from vlprobe.extract.attention import (
     RAW,
     RAW_TAGS,
     attention_output,
+    companion_sites,
     is_attention_site,
     resolve_attention,
 )
@@ -144,6 +145,15 @@ def resolve_outputs(
         )
     poolings = resolve_pooling(adapter, hidden, hidden_pooling, modality) if hidden else {}
     methods = resolve_attention(attn_sites, from_pooling, attention)
+    for site, ms in methods.items():  # reducers reading token vectors: the model has them?
+        extra = companion_sites(site, ms)
+        absent = [s for s in extra if s not in adapter.sites()]
+        if absent:
+            raise ConfigError(
+                f"attention site {site!r}: {', '.join(ms)} needs the token vectors at "
+                f"{', '.join(absent)}, which model {getattr(adapter, 'family', '?')!r} does "
+                "not have"
+            )
     outputs: list[Output] = []
     for site in site_list:
         if site in poolings:

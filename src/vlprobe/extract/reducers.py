@@ -24,6 +24,14 @@ Built-in reducers (``Q`` = query tokens of a class, ``K`` = key tokens of a clas
 - ``distance``: ``[B, H]``: mean attention distance between image patches (ViT's "attention
   distance", Dosovitskiy et al. 2021), in patch units: image queries, image keys renormalised,
   patches laid out row-major on the square grid of the item's image tokens.
+- ``similarity``: ``[B, H, 2]``: attention vs semantic similarity of image tokens (seed 003):
+  ``[..., 0]`` = mean over image queries of the attention-weighted cosine similarity between
+  the query's and each image key's layer-0 vector (the model's own embedding of each region /
+  patch, the stream's ``*.stem``), keys renormalised over the image keys other than the query
+  itself; ``[..., 1]`` = the same with uniform weights (the baseline a head that ignores
+  similarity gets). NaN where an item has fewer than two image tokens. It reads token vectors,
+  so the extractor captures the stem sites of its attention site in the same forward
+  (:func:`feature_sites`); ``ctx.query_features`` / ``ctx.key_features`` carry them.
 
 Self-attention of a single-modality sequence (a ViT block, a text block) has no tags: every
 real token then counts as image (vision stream) or text (text stream) except position 0 when
@@ -43,6 +51,7 @@ from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT
 
 Reducer = Callable[[Any, "AttentionContext"], Any]
 _REDUCERS: dict[str, tuple[Reducer, str]] = {}
+_NEEDS_FEATURES: set[str] = set()
 REDUCE_PREFIX = "reduce:"
 
 
@@ -59,18 +68,53 @@ class AttentionContext:
     query_tags: Any
     key_tags: Any
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: ``[B, T_query, D]`` / ``[B, T_key, D]`` layer-0 vectors of the query / key tokens, for
+    #: reducers registered with ``needs_features`` (None otherwise).
+    query_features: Any = None
+    key_features: Any = None
 
 
-def register_reducer(name: str, doc: str = "") -> Callable[[Reducer], Reducer]:
-    """Decorator: register ``fn(attn [B, H, Tq, Tk] torch, ctx) -> [B, H, ...]`` as ``name``."""
+def register_reducer(
+    name: str, doc: str = "", needs_features: bool = False
+) -> Callable[[Reducer], Reducer]:
+    """Decorator: register ``fn(attn [B, H, Tq, Tk] torch, ctx) -> [B, H, ...]`` as ``name``.
+    ``needs_features``: the reducer reads ``ctx.query_features`` / ``ctx.key_features`` (the
+    extractor then captures the stem sites of :func:`feature_sites` in the same forward)."""
 
     def wrap(fn: Reducer) -> Reducer:
         if name in _REDUCERS:
             raise ValueError(f"attention reducer {name!r} is registered twice")
         _REDUCERS[name] = (fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
+        if needs_features:
+            _NEEDS_FEATURES.add(name)
         return fn
 
     return wrap
+
+
+def needs_features(name: str) -> bool:
+    """Whether reducer ``name`` reads token vectors (``ctx.query_features``)."""
+    return name in _NEEDS_FEATURES
+
+
+def feature_sites(site: str) -> tuple[str, str]:
+    """``(query site, key site)``: the layer-0 sites holding the token vectors of attention
+    ``site``'s queries and keys: ``fusion.blocks.3.attn`` -> ``fusion.stem`` twice;
+    ``vision.blocks.1.attn`` / ``cross.blocks.1.vision.attn`` -> ``vision.stem``;
+    ``cross.blocks.1.v2t.attn`` -> (``vision.stem``, ``text.stem``), ``t2v`` the reverse."""
+    from vlprobe.modality import site_stream
+
+    stream = site_stream(site)
+    parts = site.split(".")
+    if stream == "cross" and len(parts) >= 5:
+        kind = parts[3]
+        pairs = {"t2v": ("text", "vision"), "v2t": ("vision", "text"),
+                 "text": ("text", "text"), "vision": ("vision", "vision")}
+        if kind not in pairs:
+            raise ConfigError(f"attention site {site!r}: no token vectors are known for it")
+        q, k = pairs[kind]
+        return f"{q}.stem", f"{k}.stem"
+    return f"{stream}.stem", f"{stream}.stem"
 
 
 def reducer_names() -> list[str]:
@@ -124,7 +168,13 @@ def reduce_many(names: Any, attn: Any, ctx: AttentionContext) -> dict[str, np.nd
     # padded keys and queries never count: zero them (NaN / Inf there must not spread)
     real = (qt != TAG_PAD)[:, None, :, None] & (kt != TAG_PAD)[:, None, None, :]
     a = torch.where(real, a, torch.zeros((), dtype=a.dtype, device=a.device))
-    shared = AttentionContext(qt, kt)
+    shared = AttentionContext(qt, kt, query_features=ctx.query_features,
+                              key_features=ctx.key_features)
+    missing = [n for n in fns if needs_features(n) and ctx.key_features is None]
+    if missing:
+        raise ConfigError(f"attention reducer(s) {', '.join(missing)} need the token vectors "
+                          "of the attention's queries and keys (ctx.query_features / "
+                          "key_features), which were not given")
     out = {}
     for name, fn in fns.items():
         value = fn(a, shared)
@@ -216,6 +266,29 @@ def _distance(a: Any, ctx: AttentionContext) -> Any:
     row = (a * dist[:, None]).sum(-1) / on_image.clamp(min=1e-12)
     out = _mean_over(row, qi)
     return torch.where(ok[:, None], out, torch.nan)
+
+
+@register_reducer("similarity", "[B, H, 2] attention-weighted vs uniform cosine similarity "
+                  "of image tokens' layer-0 vectors", needs_features=True)
+def _similarity(a: Any, ctx: AttentionContext) -> Any:
+    import torch
+
+    qf = torch.nn.functional.normalize(torch.as_tensor(ctx.query_features).to(a).float(), dim=-1)
+    kf = torch.nn.functional.normalize(torch.as_tensor(ctx.key_features).to(a).float(), dim=-1)
+    sim = qf @ kf.transpose(1, 2)  # [B, Tq, Tk] cosine similarity
+    qi = ctx.query_tags == TAG_IMAGE
+    ki = ctx.key_tags == TAG_IMAGE
+    pairs = qi[:, :, None] & ki[:, None, :]
+    if a.shape[2] == a.shape[3] and ctx.query_features is ctx.key_features:
+        pairs &= ~torch.eye(a.shape[2], dtype=torch.bool, device=a.device)  # not itself
+    w = pairs.to(a.dtype)  # [B, Tq, Tk]
+    on = (a * w[:, None]).sum(-1)  # attention on the other image keys [B, H, Tq]
+    weighted = (a * (sim * w)[:, None]).sum(-1) / on.clamp(min=1e-12)
+    uniform = (sim * w).sum(-1) / w.sum(-1).clamp(min=1)  # [B, Tq]
+    has = w.sum(-1) > 0  # queries with another image key
+    att = _mean_over(weighted, has)
+    base = _mean_over(uniform[:, None, :].expand_as(weighted), has)
+    return torch.stack([att, base], dim=-1)
 
 
 def single_stream_tags(mask: Any, stream: str, has_cls: bool) -> Any:

@@ -13,9 +13,12 @@ Regions: ``options.regions`` (:mod:`vlprobe.models.regions`, the same keys as Vi
 ``efficientnet_lite0``'s ``vision.head`` map, boxes = each cell's footprint in the original
 image) or ``{source: file, path: <file.npz | file.safetensors>}`` (per-image detector
 features and boxes keyed by image id: ``image.info["image_id"]``, which ``Stimuli.payloads``
-sets from the ``image_id`` descriptor, else the item id). The feature width must equal
-``config.visual_feat_dim`` (2048 for the published ``unc-nlp/lxmert-base-uncased``, trained on
-Faster R-CNN features: grid features of another CNN run, but are out of its distribution).
+sets from the ``image_id`` descriptor, else the item id). A ``vlprobe train`` checkpoint
+(``fusion.json``) without ``options.regions`` gets the grid it was trained on, with boxes
+normalised to the CNN's window (:func:`vlprobe.models.regions.trained_regions`). The
+feature width must equal ``config.visual_feat_dim`` (2048 for the published
+``unc-nlp/lxmert-base-uncased``, trained on Faster R-CNN features: grid features of another
+CNN run, but are out of its distribution).
 Boxes (``visual_pos``) are zero at padded regions (masked).
 
 Sites (T = text tokens, R = regions, H = heads):
@@ -28,7 +31,9 @@ Sites (T = text tokens, R = regions, H = heads):
   ``[B, H, T, R]``), ``cross.blocks.{k}.v2t.attn`` (regions over text, ``[B, H, R, T]``),
   ``cross.blocks.{k}.text.attn`` / ``cross.blocks.{k}.vision.attn`` (the layer's
   self-attentions), ``cross.blocks.{k}.text`` ``[B, T, D]`` / ``cross.blocks.{k}.vision``
-  ``[B, R, D]`` (the layer's outputs);
+  ``[B, R, D]`` (the layer's outputs) and ``cross.blocks.{k}`` ``[B, T + R, D]``: both outputs
+  concatenated ``[text; vision]``, the sequence ``trace.modality_tags`` describes (fusion
+  degree, catalogue F1, clusters all of a pair's tokens of one cross layer);
 - ``fusion.pooled``: the pooler output (tanh dense of the final language [CLS]) ``[B, D]``.
 
 Layers. ``layer_sites("pair")`` is the LANGUAGE path: ``text.stem``, ``text.blocks.0..L-1``,
@@ -61,7 +66,9 @@ from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_ta
 from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
 from vlprobe.models.base import Batch, Trace
-from vlprobe.models.regions import region_source
+from vlprobe.models.regions import region_source, trained_regions
+
+_OPTIONS = ("regions",)
 
 
 class LXMERTAdapter(HFAdapter):
@@ -73,9 +80,17 @@ class LXMERTAdapter(HFAdapter):
         "LXMERT two-stream fusion (transformers LxmertModel): regions + text pairs"
     )
     default_pooling: ClassVar[str] = "mean"
-    hf_config: ClassVar[str] = "LxmertConfig"
-    hf_model: ClassVar[str] = "LxmertModel"
-    known_options: ClassVar[tuple[str, ...]] = ("regions",)
+
+    @classmethod
+    def _config_class(cls) -> Any:
+        from transformers import LxmertConfig
+
+        return LxmertConfig
+
+    def _model_class(self) -> Any:
+        from transformers import LxmertModel
+
+        return LxmertModel
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -83,6 +98,11 @@ class LXMERTAdapter(HFAdapter):
 
     # -- sites -------------------------------------------------------------------------
     def _setup(self) -> None:
+        unknown = sorted(set(self.spec.options) - set(_OPTIONS))
+        if unknown:
+            raise ConfigError(
+                f"lxmert: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
+            )
         c = self.config
         self.n_text, self.n_vision, self.n_cross = int(c.l_layers), int(c.r_layers), int(
             c.x_layers)
@@ -95,6 +115,7 @@ class LXMERTAdapter(HFAdapter):
         for k in range(self.n_cross):
             sites += [f"cross.blocks.{k}.{s}" for s in (
                 "t2v.attn", "v2t.attn", "text.attn", "vision.attn", "text", "vision")]
+            sites.append(f"cross.blocks.{k}")
         sites.append("fusion.pooled")
         self._sites = sites
         self._streams = {
@@ -105,13 +126,10 @@ class LXMERTAdapter(HFAdapter):
         }
         self._layer_sites = {"pair": self._streams["text"]}
         #: the region source (:mod:`vlprobe.models.regions`)
-        regions = self.spec.options.get("regions")
-        frame = getattr(c, "region_boxes", None)  # set by `vlprobe train` (kind fusion_two)
-        if frame is not None and (regions is None or (
-                isinstance(regions, dict) and regions.get("source", "grid") == "grid"
-                and "boxes" not in regions)):
-            regions = {**(regions or {}), "boxes": frame}
-        self.regions = region_source(regions, self.device, self.name)
+        options = self.spec.options.get("regions")
+        if options is None:  # a `vlprobe train` checkpoint: the boxes it was trained with
+            options = trained_regions(self.spec.checkpoint)
+        self.regions = region_source(options, self.device, self.name)
 
     def stream_layer_sites(self, stream: str) -> list[str]:
         """Hidden-state sites of one stream in layer order (``"text"`` = ``layer_sites
@@ -204,6 +222,7 @@ class LXMERTAdapter(HFAdapter):
         dtype = next(model.parameters()).dtype
         attn_sites = {s: t for s, t in self._attention_targets().items() if s in computed}
         vision_out = [s for s in computed if s.startswith("cross.") and s.endswith(".vision")]
+        vision_out += [s for s in computed if s.startswith("cross.") and s.count(".") == 2]
         with _capture_calls(model, attn_sites, vision_out) as (got, shapes):
             out = model(
                 input_ids=inputs["input_ids"],
@@ -250,7 +269,8 @@ def _capture_calls(
     ``attn_sites``: site -> (attention module, call index): a pre-hook forces
     ``output_attentions=True`` on that ``LxmertAttention`` (callers read only element 0 unless
     they asked for weights, so outputs are unchanged) and a post-hook keeps element 1 of the
-    wanted call. ``vision_out``: ``cross.blocks.{k}.vision`` = element 1 of cross layer k.
+    wanted call. ``vision_out``: ``cross.blocks.{k}.vision`` = element 1 of cross layer k,
+    ``cross.blocks.{k}`` = elements 0 and 1 concatenated over tokens ``[text; vision]``.
     Yields (site -> live tensor, attention site -> (query length, key length)).
     """
     got: dict[str, Any] = {}
@@ -286,7 +306,12 @@ def _capture_calls(
 
     def vision_hook(site: str):
         def hook(_m: Any, _args: Any, output: Any) -> None:
-            got[site] = output[1]
+            if site.endswith(".vision"):
+                got[site] = output[1]
+            else:  # the joint sequence [text; vision] of the layer
+                import torch
+
+                got[site] = torch.cat([output[0], output[1]], dim=1)
 
         return hook
 

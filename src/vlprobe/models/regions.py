@@ -12,12 +12,12 @@ every region-based adapter):
   ``r * w + c``), feature = the cell's ``C`` channels, box = the cell's footprint in the part
   of the image the adapter sees (its ``input_window``: EfficientNet's centre crop, a
   transformers processor's centre crop, or the whole image), in coordinates of the original
-  image. ``model`` is an adapter name or a mapping with :class:`~vlprobe.models.base.ModelSpec`'s
-  fields (``adapter``, ``checkpoint``, ``config``, ``random_init``, ``seed``, ``options``, ...).
-  ``boxes: window`` instead normalises the boxes to that input window (cell ``(r, c)`` of an
-  ``h x w`` map is ``(c/w, r/h, (c+1)/w, (r+1)/h)``), the frame the fusion models of
-  ``vlprobe train`` are trained with (their config sets ``region_boxes: window``, which the
-  ``lxmert`` adapter reads); the default ``boxes: image`` is the whole image's frame.
+  image (``boxes: image``, the default) or, with ``boxes: window``, normalised to that window
+  itself (cell ``(r, c)`` of an ``h x w`` map is ``(c/w, r/h, (c+1)/w, (r+1)/h)`` whatever
+  the crop: the boxes ``vlprobe train`` fused models were trained with, see
+  :func:`trained_regions`). ``model`` is an adapter name or a mapping with
+  :class:`~vlprobe.models.base.ModelSpec`'s fields
+  (``adapter``, ``checkpoint``, ``config``, ``random_init``, ``seed``, ``options``, ...).
 - ``{source: file, path: <file>}``: precomputed regions (e.g. bottom-up-attention Faster R-CNN
   features) from a regions file.
 
@@ -58,10 +58,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_SITE = "vision.head"
 _SUFFIXES = ("features", "boxes")
 _GRID_KEYS = ("source", "model", "site", "boxes")
-#: the frames grid-cell boxes are normalised to: the whole image (LXMERT's convention for
-#: detector boxes) or the image adapter's input window (the crop it sees; the frame of the
-#: fusion models ``vlprobe train`` trains, whose configs say so with ``region_boxes``)
-BOX_FRAMES = ("image", "window")
+_BOX_FRAMES = ("image", "window")
 _FILE_KEYS = ("source", "path")
 _BOX_TOL = 1e-6
 
@@ -145,16 +142,18 @@ class GridRegions:
     without images, without ``input_window`` or without ``site`` is an error at load time.
     """
 
-    def __init__(self, spec: ModelSpec, site: str, device: str, owner: str,
-                 frame: str = "image") -> None:
+    def __init__(
+        self, spec: ModelSpec, site: str, device: str, owner: str, boxes: str = "image"
+    ) -> None:
         from vlprobe.models import load_model
 
-        if frame not in BOX_FRAMES:
-            raise ConfigError(f"model {owner!r} options.regions.boxes: {frame!r} is not one of "
-                              f"{', '.join(BOX_FRAMES)}")
+        if boxes not in _BOX_FRAMES:
+            raise ConfigError(
+                f"{owner}: regions.boxes {boxes!r} is not one of {', '.join(_BOX_FRAMES)}"
+            )
         self.owner = owner
         self.site = site
-        self.frame = frame
+        self.boxes = boxes
         self.cnn = load_model(spec, device=device)
         if "image" not in self.cnn.modalities:
             raise ConfigError(f"{owner}: regions.model {spec.adapter!r} takes no images")
@@ -170,10 +169,10 @@ class GridRegions:
         return f"{self.cnn.family} {self.site} grid cells"
 
     def identity(self) -> dict[str, Any]:
-        ident = {"source": "grid", "model": self.cnn.identity(), "site": self.site}
-        if self.frame != "image":
-            ident["boxes"] = self.frame
-        return ident
+        out = {"source": "grid", "model": self.cnn.identity(), "site": self.site}
+        if self.boxes != "image":  # the default keeps the identity (store keys) it had
+            out["boxes"] = self.boxes
+        return out
 
     def feature_maps(self, images: Sequence[Any]) -> Any:
         """``[B, C, h, w]`` float32 maps of ``images`` at the region site."""
@@ -195,12 +194,10 @@ class GridRegions:
         rows, cols = np.divmod(np.arange(h * w), w)
         items = []
         for i, image in enumerate(images):
-            if self.frame == "window":  # cells of the crop the image adapter sees, in [0, 1]
-                boxes = np.stack([cols / w, rows / h, (cols + 1) / w, (rows + 1) / h], axis=1)
-                items.append((feats[i].numpy(), boxes))
-                continue
             width, height = image.size
             left, top, right, bottom = self.cnn.input_window(width, height)
+            if self.boxes == "window":  # normalised to the window the CNN sees
+                left, top, right, bottom, width, height = 0, 0, 1, 1, 1, 1
             cw, ch = (right - left) / w, (bottom - top) / h
             boxes = np.stack([
                 (left + cols * cw) / width, (top + rows * ch) / height,
@@ -458,4 +455,32 @@ def region_source(options: Any, device: str, owner: str) -> GridRegions | FileRe
         )
     spec = _model_spec(raw.get("model", DEFAULT_MODEL), where)
     return GridRegions(spec, str(raw.get("site", DEFAULT_SITE)), device, owner,
-                       frame=str(raw.get("boxes", "image")))
+                       boxes=str(raw.get("boxes", "image")))
+
+
+def trained_regions(checkpoint: Any) -> dict[str, Any] | None:
+    """The ``options.regions`` a ``vlprobe train`` fused checkpoint was trained with, or None
+    for any other checkpoint.
+
+    The trainer (:mod:`vlprobe.train.fusion`) feeds the grid cells of its region CNN with the
+    boxes of :func:`vlprobe.train.fusion_data.cell_boxes`, normalised to the CNN's input
+    window (``boxes: window``), so a checkpoint whose ``fusion.json`` records a grid region
+    source must be read with the same boxes; the default frame (the original image) moves
+    every box by the centre crop and changes a two-stream model's outputs.
+    """
+    import json
+
+    if not checkpoint:
+        return None
+    meta_file = Path(expand_path(str(checkpoint))) / "fusion.json"
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{meta_file}: not readable JSON ({exc})") from None
+    regions = meta.get("regions")
+    if not isinstance(regions, Mapping) or "site" not in regions:
+        return None
+    model = regions.get("model", DEFAULT_MODEL)
+    return {"source": "grid", "model": model, "site": regions["site"], "boxes": "window"}

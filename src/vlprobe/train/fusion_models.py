@@ -71,7 +71,6 @@ def hf_config(kind: str, arch: Any, *, vocab_size: int, pad_id: int, visual_dim:
             max_position_embeddings=max_length, task_mask_lm=True, task_matched=True,
             task_obj_predict=False, task_qa=False, visual_obj_loss=False,
             visual_attr_loss=False, visual_feat_loss=False,
-            region_boxes="window",  # cell boxes in the crop's frame (train/fusion_data.py)
         )
     raise ConfigError(f"unknown fusion kind {kind!r}")
 

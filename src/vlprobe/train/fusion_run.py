@@ -30,13 +30,18 @@ CHECK_TOLERANCE = 1e-3
 
 def adapter_options(kind: str, regions: RegionEntry) -> dict[str, Any]:
     """The adapter options that make ``visual_bert`` / ``lxmert`` read the same regions as
-    training did: ``{}`` for the adapters' default (EfficientNet-Lite0 ``vision.head``)."""
+    training did (:mod:`vlprobe.models.regions` vocabulary): the grid of ``regions`` with
+    boxes normalised to the CNN's window (:func:`~vlprobe.train.fusion_data.cell_boxes`, what
+    training feeds LXMERT); ``{}`` for a single-stream model on the adapters' default grid
+    (VisualBERT reads no boxes)."""
     spec = {k: v for k, v in asdict(regions.model).items()
             if v not in (None, False, {}) and not (k == "seed" and v == 0)
             and not (k == "dtype" and v == "float32")}
-    if spec == {"adapter": DEFAULT_REGIONS["adapter"]} and regions.site == "vision.head":
+    default = spec == {"adapter": DEFAULT_REGIONS["adapter"]} and regions.site == "vision.head"
+    if kind == "fusion_single" and default:
         return {}
-    return {"regions": {"source": "grid", "model": spec, "site": regions.site}}
+    return {"regions": {"source": "grid", "model": spec, "site": regions.site,
+                        "boxes": "window"}}
 
 
 def _load(cfg: FusionTrainConfig, options: dict[str, Any]) -> dict[str, Any]:

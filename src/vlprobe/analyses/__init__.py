@@ -39,6 +39,10 @@ ANALYSES.add("multimodal_neurons", "vlprobe.analyses.multimodal.neurons:Multimod
              aliases=("M5",))
 ANALYSES.add("adversarial", "vlprobe.analyses.vision.adversarial:Adversarial", aliases=("V6",))
 ANALYSES.add("feature_vis", "vlprobe.analyses.vision.feature_vis:FeatureVis", aliases=("V8",))
+ANALYSES.add("visual_coreference", "vlprobe.analyses.fusion.coreference:VisualCoreference",
+             aliases=("F4",))
+ANALYSES.add("coreference_prober", "vlprobe.analyses.fusion.coref_prober:CoreferenceProber",
+             aliases=("F5",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -248,6 +248,19 @@ def _feature_vis(tmp_path):
     return ["m"], "toy", params, src
 
 
+def _visual_coreference(tmp_path):
+    from coref_fakes import planted_source
+
+    return ["m"], "coref", {"min_links": 5}, planted_source()
+
+
+def _coreference_prober(tmp_path):
+    from coref_fakes import planted_source
+
+    params = {"max_items": 16, "n_folds": 2, "Cs": [1.0], "bilinear_dim": 3, "min_links": 5}
+    return ["m"], "coref", params, planted_source()
+
+
 FIXTURES = {
     "layer_probe": _layer_probe,
     "few_shot": _few_shot,
@@ -270,6 +283,8 @@ FIXTURES = {
     "modality_gap": _modality_gap,
     "adversarial": _adversarial,
     "feature_vis": _feature_vis,
+    "visual_coreference": _visual_coreference,
+    "coreference_prober": _coreference_prober,
 }
 
 # analyses that still change process-wide state on this branch (fixed on other branches;

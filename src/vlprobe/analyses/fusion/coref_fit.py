@@ -18,10 +18,15 @@ def bilinear_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _prober(cs: Sequence[float], max_iter: int, seed: int):
-    from sklearn.linear_model import LogisticRegressionCV
+    """Standardisation + logistic regression; ``C`` chosen among ``cs`` by 3 inner folds
+    (one value: no inner search)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if len(cs) == 1:
+        return make_pipeline(StandardScaler(), LogisticRegression(
+            C=float(cs[0]), max_iter=int(max_iter), random_state=seed))
     return make_pipeline(StandardScaler(), LogisticRegressionCV(
         Cs=[float(c) for c in cs], cv=3, max_iter=int(max_iter), random_state=seed))
 

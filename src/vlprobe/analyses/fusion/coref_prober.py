@@ -199,15 +199,16 @@ class CoreferenceProber(Analysis):
         links, _ = resolve_links(adapter, stim, items, n_text, n_reg, self.seed, where)
         row_of = {i: k for k, i in enumerate(items)}
         att: dict[str, list] = {}
-        heads: list[tuple[str, str, Any, int]] = []
+        by_dir: dict[str, list[tuple[str, str, Any, int]]] = {d: [] for d in DIRECTIONS}
         for s in sites:
             for n, link in enumerate(links):
                 k = row_of[link.item]
                 q, kt = split_raw_tags(np.asarray(tags[s][k]), raws[s][k])
                 dirs = site_directions(q, kt)
                 if n == 0:
-                    heads += [(d, s, adapter_layer(adapter, s), h) for d in dirs
-                              for h in range(raws[s][k].shape[0])]
+                    for d in dirs:
+                        by_dir[d] += [(d, s, adapter_layer(adapter, s), h)
+                                      for h in range(raws[s][k].shape[0])]
                 for d in dirs:
                     rp = link.rand_phrase if link.rand_phrase is not None else link.phrase
                     rr = link.rand_region if link.rand_phrase is None else link.region
@@ -217,6 +218,8 @@ class CoreferenceProber(Analysis):
                         att.setdefault(key, [[] for _ in links])[n].append(
                             link_attention(raws[s][k], q, kt, d, ph, rg))
         att_mat = {key: np.stack([np.concatenate(v) for v in vals]) for key, vals in att.items()}
+        # the order of the prober's columns: every v2t head (sites in order), then every t2v
+        heads = [h for d in DIRECTIONS for h in by_dir[d]]
         emb = {}
         for layer, ts, vs in layers:
             cols = []

@@ -128,3 +128,11 @@ def test_phrase_tokens_by_character_overlap():
     off = np.array([[0, 1], [2, 5], [6, 11], [12, 18]])  # "a big brown dog..."
     assert phrase_tokens(off, 2, 11).tolist() == [1, 2]
     assert phrase_tokens(off, 30, 35).tolist() == []
+
+
+def test_bilinear_features_are_the_affine_outer_product():
+    from vlprobe.analyses.fusion.coref_fit import bilinear_features
+
+    u, v = np.array([[2.0, 3.0]]), np.array([[5.0]])
+    # [2, 3, 1] x [5, 1] -> 10 2 15 3 5 1: the product terms, u alone, v alone, the constant
+    assert bilinear_features(u, v).tolist() == [[10.0, 2.0, 15.0, 3.0, 5.0, 1.0]]

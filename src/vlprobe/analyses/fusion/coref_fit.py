@@ -12,9 +12,14 @@ from vlprobe.errors import AnalysisError
 
 
 def bilinear_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``[N, d_u * d_v]`` outer products ``vec(u_i v_i^T)``: a linear model on them is the
-    bilinear form ``u^T M v`` (one ``M`` per class)."""
-    return np.einsum("ni,nj->nij", u, v).reshape(len(u), -1)
+    """``[N, (d_u + 1) * (d_v + 1)]`` outer products ``vec([u_i; 1] [v_i; 1]^T)``: a linear
+    model on them is the bilinear form ``[u; 1]^T M [v; 1]`` (one ``M`` per class). The
+    constant 1 keeps the terms that are linear in ``u`` or ``v`` alone, which eq. 4's product
+    of projections of UNcentred embeddings has too (PCA centres them); without it a phrase
+    that names its category could not be read unless the region's embedding helped."""
+    ones = np.ones((len(u), 1))
+    u1, v1 = np.hstack([u, ones]), np.hstack([v, ones])
+    return np.einsum("ni,nj->nij", u1, v1).reshape(len(u), -1)
 
 
 def _prober(cs: Sequence[float], max_iter: int, seed: int):

@@ -18,10 +18,11 @@ Inputs (:mod:`vlprobe.analyses.fusion.coref_links` maps links to tokens):
 - **embedding prober** (eq. 4, ``w^T (W_w e_i ⊙ W_μ e_j)``), per layer: the region embedding
   (mean over the region's tokens) and the phrase embedding (mean over its tokens, as the seed
   does). Eq. 4 with square ``W_w, W_μ`` is a bilinear form ``e_i^T M_c e_j`` per class; it is
-  fit here as a logistic regression on the outer product ``vec(u v^T)`` of the two embeddings
-  reduced to ``bilinear_dim`` principal components each (PCA fit on the training fold), i.e.
-  an unconstrained ``M_c`` in that subspace, with scikit-learn's solver instead of a new
-  training loop.
+  fit here as a logistic regression on the outer product ``vec([u; 1] [v; 1]^T)`` of the two
+  embeddings reduced to ``bilinear_dim`` principal components each (PCA fit on the training
+  fold; the constant keeps the terms linear in one embedding, as eq. 4 on uncentred
+  embeddings has them), i.e. an unconstrained ``M_c`` in that subspace, with scikit-learn's
+  solver instead of a new training loop.
 
 Every prober: standardised features, ``LogisticRegressionCV`` (``Cs``, 3 inner folds) inside
 ``n_folds`` outer folds grouped by image (no image in both train and test); mean accuracy and
@@ -104,6 +105,7 @@ class CoreferenceProber(Analysis):
         "F5: attention prober (all heads, both directions) and bilinear embedding prober for "
         "visual coreference detection / classification, with the mismatched-caption baseline"
     )
+    version: ClassVar[str] = "2"  # 2: affine bilinear features (the constant term)
     defaults: ClassVar[dict[str, Any]] = {
         "splits": None,  # dataset splits to pool (None = all)
         "max_items": 400,  # captions (seeded subset)

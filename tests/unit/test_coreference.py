@@ -30,6 +30,7 @@ def test_f4_ranks_the_planted_v2t_head_first():
         assert row["v2t_head"] == PLANTED
         assert row["v2t"] > 0.25  # 0.9 spread over a phrase of two or three tokens
         assert row["v2t"] > 3 * row["v2t_rand_at_best"]  # ablation: a random phrase
+        assert row["v2t_win"] == 1.0 and row["v2t_minus_rand"] > 10 * row["v2t_minus_rand_se"]
     # the planted head is a v->t head only: its t->v value is no higher than other heads'
     t = res.table
     t2v = t[(t["metric"] == "t2v") & (t["link_type"] == "all")]

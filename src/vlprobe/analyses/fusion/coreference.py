@@ -13,7 +13,10 @@ Seed 001 §3.3.2, table 2. For every (region, noun phrase) link of a dataset wit
 
 Per link type (COCO supercategory, plus ``all``) the mean over links per head; the best head
 per type and column (table 2: the max over heads of each column, with its head) and the
-random value AT the linked column's best head (a fairer ablation than each column's own max).
+random value AT the linked column's best head (a fairer ablation than each column's own max),
+with the paired difference over links (mean, its standard error, and the fraction of links
+where the linked value is higher: ``<dir>_minus_rand``, ``_minus_rand_se``, ``<dir>_win``).
+The best head is chosen on the same links, which favours the linked column slightly.
 
 Raw attention of the coreference sites (``FeatureRequest(..., attention=("raw",))``) comes
 from the one extraction pass; size the dataset accordingly (a few hundred captions).
@@ -60,6 +63,7 @@ class VisualCoreference(Analysis):
         "F4: per-head attention between linked image regions and noun phrases (v->t, t->v), "
         "best head per link type, random phrase / region ablations (seed 001 table 2)"
     )
+    version: ClassVar[str] = "2"  # 2: paired linked - random differences in best_heads
     defaults: ClassVar[dict[str, Any]] = {
         "splits": None,  # dataset splits to pool (None = all)
         "min_links": 5,  # link types with fewer links are reported under "all" only
@@ -207,6 +211,14 @@ class VisualCoreference(Analysis):
                 rand = f"{direction}_rand"
                 if column in DIRECTIONS and rand in means:
                     entry[f"{rand}_at_best"] = float(means[rand][h])
+                    diff = values[column][mask, h] - values[rand][mask, h]
+                    diff = diff[~np.isnan(diff)]
+                    if diff.size:
+                        entry[f"{column}_minus_rand"] = float(diff.mean())
+                        entry[f"{column}_minus_rand_se"] = (
+                            float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1
+                            else float("nan"))
+                        entry[f"{column}_win"] = float(np.mean(diff > 0))
             best.append(entry)
         return rows, best
 

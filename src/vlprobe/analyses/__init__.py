@@ -52,6 +52,10 @@ ANALYSES.add("attention_maps", "vlprobe.analyses.fusion.attention_maps:Attention
              aliases=("V7",))
 ANALYSES.add("caption_grounding", "vlprobe.analyses.fusion.grounding:CaptionGrounding",
              aliases=("F6g",))
+ANALYSES.add("visual_coreference", "vlprobe.analyses.fusion.coreference:VisualCoreference",
+             aliases=("F4",))
+ANALYSES.add("coreference_prober", "vlprobe.analyses.fusion.coref_prober:CoreferenceProber",
+             aliases=("F5",))
 
 
 __all__ = ["ANALYSES", "Analysis", "FeatureRequest", "LayerFeatures", "Result"]

@@ -160,3 +160,33 @@ def test_storage_the_workers_do_not_share_is_refused(ray_cluster, inputs, tmp_pa
     assert not (tmp_path / "runs").exists()  # refused before any run directory was made
     # the workers' probe file was cleaned up where they wrote it
     assert not list((tmp_path / "worker-cache" / "activations" / ".probes").glob("*"))
+
+
+def test_resource_requests(ray_cluster, inputs, tmp_path):
+    from vlprobe.executors.resources import (
+        FLOOR_BYTES,
+        estimate_extraction_bytes,
+        wants_gpu,
+        weight_bytes,
+    )
+    from vlprobe.feature_source import ExtractionGroup
+
+    cfg = parse_config(config(inputs, tmp_path, "res", [V1]))
+    assert not wants_gpu(ray, cfg)  # cpu
+    with pytest.raises(Exception, match="the Ray cluster has no GPU"):
+        wants_gpu(ray, parse_config(config(inputs, tmp_path, "res", [V1], device="cuda")))
+    assert weight_bytes(None) == 0  # random init: nothing on disk
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"0" * 1000)
+    (ckpt / "README.md").write_text("not weights")
+    assert weight_bytes(str(ckpt)) == 1000
+    cfg = parse_config(config(inputs, tmp_path, "res", [V1]) | {"models": {
+        "vit": {"adapter": "hf_vit", "checkpoint": str(ckpt)}}})
+    weights = 1000
+    group = ExtractionGroup(model="vit", dataset="colours", split="train", view="items",
+                            templates=(), class_names=None, modality="image", pooling=None,
+                            hidden_sites=tuple(f"s{i}" for i in range(300)))
+    # weights twice plus one 16-row shard of 300 outputs at 4 KiB a row
+    assert estimate_extraction_bytes(cfg, group, n_items=100) == max(
+        2 * weights + 16 * 300 * 4096, FLOOR_BYTES)

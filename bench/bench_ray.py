@@ -1,11 +1,11 @@
 """Benchmark: a sweep of 4 model x dataset runs, local executor vs Ray with 2 workers, and
 Ray's overhead per task.
 
-The sweep (``sweep: {models: [efficientnet, vit_small], datasets: [fashion_mnist, mnist]}``):
+The sweep (``sweep: {models: [efficientnet, vit_small], datasets: [fashion_mnist, cifar10]}``):
 EfficientNet-Lite0 (the packaged ImageNet weights) and a small random-init ViT (6 layers,
 width 192, 64 px, patch 8; its config is written here) on Fashion-MNIST (Debian's
-dataset-fashion-mnist) and MNIST (the reference kit's test set, subsampled, then the test
-split carved out), each with ``--train`` / ``--test`` items; one V1 layer probe per run. Each
+dataset-fashion-mnist) and CIFAR-10 (the reference kit's parquet files), each subsampled to
+``--train`` / ``--test`` items (stratified); one V1 layer probe per run. Each
 executor starts from an empty activation store and result cache (both in a temporary
 directory), so both extract and fit everything. Ray runs a local cluster of 2 CPUs (2
 worker processes; Ray gives each task one thread), started before the clock starts (its
@@ -42,20 +42,18 @@ def sweep_config(tmp: Path, n_train: int, n_test: int) -> dict:
         "name": "bench_ray",
         "seed": 0,
         "sweep": {"models": ["efficientnet", "vit_small"],
-                  "datasets": ["fashion_mnist", "mnist"]},
+                  "datasets": ["fashion_mnist", "cifar10"]},
         "models": {"efficientnet": {"adapter": "efficientnet_lite0"},
                    "vit_small": {"adapter": "hf_vit", "config": str(vit_dir),
                                  "random_init": True}},
         "datasets": {
             "fashion_mnist": {"loader": "fashion_mnist", "subsample": subsample},
-            # the kit's MNIST has one split (test): subsample it, then carve the test split
-            "mnist": {"loader": "mnist", "path": "${reference}/images/mnist_test",
-                      "subsample": {"test": n_train + n_test},
-                      "test_fraction": n_test / (n_train + n_test)},
+            "cifar10": {"loader": "hf_parquet", "path": "${reference}/images/cifar10",
+                        "subsample": subsample},
         },
         "analyses": [{"analysis": "V1", "models": ["efficientnet", "vit_small"],
                       "dataset": d, "params": {"Cs": [0.1, 1.0, 10.0]}}
-                     for d in ("fashion_mnist", "mnist")],
+                     for d in ("fashion_mnist", "cifar10")],
         "extraction": {"batch_size": 32, "shard_size": 512},
     }
 

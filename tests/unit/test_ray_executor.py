@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import yaml
 
 ray = pytest.importorskip(
     "ray", reason="Ray is not installed (pip install 'vlprobe[ray]'; scripts/setup.sh test does)"
@@ -104,14 +105,18 @@ def test_a_sweep_on_ray_gives_the_local_numbers_and_reruns_from_the_caches(
             assert np.array_equal(read_result_table(a, name)["value"].to_numpy(),
                                   read_result_table(b, name)["value"].to_numpy()), name
 
-    # the same sweep again on Ray: no forward pass, every result from the result cache
-    again = [read_run(p) for p in RayExecutor().run(runs, progress=False, report=False)]
-    for record in again:
-        assert record["forward_batches"] == 0
-        assert record["cache"]["results_reused"] == 2, record["analyses"]
-
+    # the same sweep again, through the CLI: no forward pass, every result from the cache
     from vlprobe.cli import main
 
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--executor", "ray", "--no-progress"]) == 0
+    for record in (read_run(p) for p in on_ray):
+        assert record["forward_batches"] == 0 and record["executor"] == "ray"
+        assert record["cache"]["results_reused"] == 2, record["analyses"]
+        assert Path(record["config_path"]) == path.resolve()
+
+    capsys.readouterr()
     assert main(["ls", str(tmp_path / "ray" / "runs")]) == 0
     out = capsys.readouterr().out
     assert f"sweep {records[0]['sweep']['id']} (2 of 2 runs)" in out

@@ -103,17 +103,24 @@ class RayExecutor:
         config_path: str | None = None,
     ) -> list[Path]:
         """Execute the runs (one config, or the points of a sweep) together; return their
-        directories in order. Raises :class:`StoreError` when the activation store is not
-        shared by every node (before anything is written)."""
+        directories in order. Raises (before anything is written) :class:`StoreError` when
+        the activation store is not shared by every node, :class:`ConfigError` for device
+        ``cuda`` on a cluster without GPUs."""
         ray = import_ray()
         started_here = False
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, **self.init_kwargs}
             if self.address:
                 kwargs["address"] = self.address
-            ray.init(**kwargs)
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as exc:
+                raise ConfigError(f"--address {self.address}: no Ray cluster to connect to "
+                                  f"({exc}); start one with `ray start --head`") from None
             started_here = True
         try:
+            for cfg, _ in runs:  # refuse device: cuda on a cluster without GPUs up front
+                wants_gpu(ray, cfg)
             check_shared_storage(ray, [cfg for cfg, _ in runs], runtime_env=self.runtime_env,
                                  timeout_s=self.storage_timeout_s)
             states = [start_run(cfg, skip_existing=skip_existing, force=force,
@@ -127,9 +134,9 @@ class RayExecutor:
                 ray.shutdown()
 
     # -- submission ------------------------------------------------------------------------
-    def _options(self, ray: Any, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
+    def _options(self, gpu: bool, **extra: Any) -> dict[str, Any]:
         opts: dict[str, Any] = {"max_retries": self.max_retries, "retry_exceptions": False,
-                                "num_gpus": 1 if wants_gpu(ray, cfg) else 0, **extra}
+                                "num_gpus": 1 if gpu else 0, **extra}
         if self.runtime_env:
             opts["runtime_env"] = self.runtime_env
         return opts
@@ -145,6 +152,7 @@ class RayExecutor:
         out = []
         for state in states:
             cfg, plan = state.cfg, state.plan
+            gpu = wants_gpu(ray, cfg)
             t_submit = time.perf_counter()
             extractions, by_view = [], {}
             for group in plan.groups:
@@ -153,7 +161,7 @@ class RayExecutor:
                 if owned:
                     memory = extraction_memory(ray, cfg, group, state.source)
                     shared[key] = extract.options(**self._options(
-                        ray, cfg, memory=memory, name=f"extract {group.model}/{group.dataset}"
+                        gpu, memory=memory, name=f"extract {group.model}/{group.dataset}"
                     )).remote(cfg, group)
                 extractions.append((shared[key], owned))
                 by_view.setdefault(_view(group), []).append(shared[key])
@@ -161,7 +169,7 @@ class RayExecutor:
             for item in plan.by_state(TODO):
                 deps = {id(ref): ref for r in item.requests for ref in by_view.get(_view(r), [])}
                 analyses[item.entry.name] = compute.options(**self._options(
-                    ray, cfg, name=f"analysis {item.entry.name}"
+                    gpu, name=f"analysis {item.entry.name}"
                 )).remote(cfg, item, *deps.values())
             out.append((extractions, analyses, t_submit))
         return out

@@ -7,12 +7,13 @@
 # (wordnet-base) where we may install them.
 #
 #   bash scripts/setup.sh          # what the demo needs
-#   bash scripts/setup.sh test     # ... plus the test tools (and Chromium for the report tests)
+#   bash scripts/setup.sh test     # ... plus the test tools, Ray (the Ray executor's tests) and
+#                                  # Chromium (the report tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 extras="all"
-[ "${1:-}" = "test" ] && extras="all,test"
+[ "${1:-}" = "test" ] && extras="all,test,ray"  # CI runs the Ray executor's tests
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -5,8 +5,10 @@ vlprobe analyses                   registered analyses with their catalogue ids
 vlprobe datasets                   registered dataset loaders
 vlprobe validate CONFIG            check a config without running it
 vlprobe run CONFIG [--set k=v]     models x datasets x analyses -> a run directory
-                                   (cached analysis results are reused; --force recomputes)
-vlprobe ls [ROOT]                  past runs, one line each
+                                   (cached analysis results are reused; --force recomputes;
+                                   a config with a `sweep:` block runs every point;
+                                   --executor ray [--address auto|HOST:PORT]: on Ray)
+vlprobe ls [ROOT]                  past runs, one line each (a sweep's runs together)
 vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe report RUN_A RUN_B ...     one comparison report across runs (same analyses side by side)
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
@@ -66,35 +68,42 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from vlprobe.config import load_config, missing_local_paths
+    from vlprobe.config import missing_local_paths
     from vlprobe.runner import run_dir_for
+    from vlprobe.sweep import load_runs
 
-    cfg = load_config(args.config, args.set)
-    missing = missing_local_paths(cfg)
+    runs = load_runs(args.config, args.set)
+    missing = sorted({p for cfg, _ in runs for p in missing_local_paths(cfg)})
     for problem in missing:
         print(f"{args.config}: {problem}", file=sys.stderr)
     if missing:
         return 2
-    print(
-        f"{args.config}: ok ({len(cfg.models)} models, {len(cfg.datasets)} datasets, "
-        f"{len(cfg.analyses)} analyses) -> {run_dir_for(cfg)}"
-    )
+    if runs[0][1] is not None:
+        print(f"{args.config}: ok, a sweep of {len(runs)} runs ({runs[0][1]['id']})")
+    for cfg, _ in runs:
+        print(
+            f"{args.config if runs[0][1] is None else '  ' + cfg.name}: ok ({len(cfg.models)} "
+            f"models, {len(cfg.datasets)} datasets, {len(cfg.analyses)} analyses) -> "
+            f"{run_dir_for(cfg)}"
+        )
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vlprobe.config import load_config
-    from vlprobe.runner import run
+    from vlprobe.executors import run_all
+    from vlprobe.sweep import load_runs
 
-    cfg = load_config(args.config, args.set)
-    run_dir = run(
-        cfg,
+    runs = load_runs(args.config, args.set)
+    run_dirs = run_all(
+        runs,
+        executor=args.executor,
+        address=args.address,
         skip_existing=args.skip_existing,
         force=args.force,
         progress=not args.no_progress,
         config_path=str(Path(args.config).resolve()),
     )
-    return _summarise(run_dir)
+    return max(_summarise(run_dir) for run_dir in run_dirs)
 
 
 def _summarise(run_dir: Path) -> int:
@@ -120,20 +129,37 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print(f"no runs under {root}")
         return 0
     rows = []
+    shown: set[str] = set()
     for r in runs:
-        analyses = r.get("analyses", {})
-        ok = sum(1 for a in analyses.values() if a.get("status") == "ok")
-        rows.append(
-            (
-                Path(r["dir"]).name,
-                r.get("started", ""),
-                r.get("status", ""),
-                f"{ok}/{len(analyses)}",
-                f"{r.get('timings', {}).get('total_s', '')}",
-            )
-        )
+        sweep = r.get("sweep") or {}
+        if not sweep:
+            rows.append(_ls_row(Path(r["dir"]).name, [r]))
+            continue
+        if sweep["id"] in shown:
+            continue
+        shown.add(sweep["id"])
+        members = sorted((m for m in runs if (m.get("sweep") or {}).get("id") == sweep["id"]),
+                         key=lambda m: m["sweep"]["index"])
+        rows.append(_ls_row(f"sweep {sweep['id']} ({len(members)} of {sweep['size']} runs)",
+                            members))
+        rows.extend(_ls_row(f"  {Path(m['dir']).name}", [m]) for m in members)
     _print_table(("run", "started", "status", "analyses ok", "seconds"), rows)
     return 0
+
+
+def _ls_row(label: str, runs: list[dict]) -> tuple:
+    """One `vlprobe ls` row for a run, or for a sweep (its runs summed)."""
+    analyses = [a for r in runs for a in r.get("analyses", {}).values()]
+    ok = sum(1 for a in analyses if a.get("status") == "ok")
+    statuses = {r.get("status", "") for r in runs}
+    seconds = [r.get("timings", {}).get("total_s") for r in runs]
+    return (
+        label,
+        min(r.get("started", "") for r in runs),
+        statuses.pop() if len(statuses) == 1 else "partial",
+        f"{ok}/{len(analyses)}",
+        "" if None in seconds else f"{round(sum(seconds), 3)}",
+    )
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -305,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true",
                            help="recompute every analysis instead of reusing cached results")
             p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+            p.add_argument("--executor", choices=("local", "ray"), default="local",
+                           help="where the work runs: this process (default) or Ray tasks "
+                           "(needs vlprobe[ray])")
+            p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                           help="the Ray cluster (--executor ray): auto = the one this "
+                           "machine joined with `ray start`; default: RAY_ADDRESS or a new "
+                           "local cluster")
         p.set_defaults(fn=fn)
     p = sub.add_parser("ls", help="list past runs")
     p.add_argument(

@@ -19,27 +19,18 @@ import logging
 import platform
 import subprocess
 import time
-import traceback
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from vlprobe import __version__
-from vlprobe.analyses.figure_style import model_palette
 from vlprobe.config import RunConfig, dump_yaml
-from vlprobe.errors import VLProbeError
-from vlprobe.results.cache import RecordingSource, ResultCache
-from vlprobe.results.records import atomic_write_text, result_exists, write_result
-from vlprobe.run_plan import (
-    CACHED,
-    FAILED,
-    KEPT,
-    PlannedAnalysis,
-    RunPlan,
-    build_analysis,
-    plan_run,
-)
+from vlprobe.results.cache import ResultCache
+from vlprobe.results.records import atomic_write_text, result_exists
+from vlprobe.run_plan import RunPlan, build_analysis, plan_run
+from vlprobe.run_results import compute_analysis, settle_analyses, write_record
 
 log = logging.getLogger("vlprobe")
 
@@ -109,26 +100,36 @@ def build_analyses(cfg: RunConfig) -> list[tuple[Any, Any]]:
     return [(entry, build_analysis(cfg, entry)) for entry in cfg.analyses]
 
 
-def run(
+@dataclass
+class RunState:
+    """A planned run on the driver: its directory, ``run.json`` record (filled as the run
+    goes), feature source, plan and result cache. Executors fill ``record`` through
+    :func:`settle_analyses`; :func:`finish_run` closes it."""
+
+    cfg: RunConfig
+    run_dir: Path
+    record: dict[str, Any]
+    source: Any
+    plan: RunPlan
+    cache: ResultCache
+    previous: dict[str, Any]
+    force: bool
+    started: float
+
+
+def start_run(
     cfg: RunConfig,
     *,
     skip_existing: bool = False,
     force: bool = False,
     progress: bool = True,
-    report: bool = True,
     config_path: str | None = None,
-) -> Path:
-    """Execute a run and return its directory.
-
-    Args:
-        cfg: a validated :class:`RunConfig`.
-        skip_existing: keep results already written in this run's directory (resumable sweeps).
-        force: recompute every analysis instead of reusing cached results (the activation
-            store is still used; the recomputed results replace the cached ones).
-        progress: show progress bars.
-        report: write ``report.html`` at the end.
-        config_path: the config file the run came from (recorded for reproduction).
-    """
+    sweep: dict[str, Any] | None = None,
+    executor: str = "local",
+) -> RunState:
+    """Create the run directory, write the first ``run.json`` and plan the run (cheap: no
+    model forward pass). ``sweep`` is the run's place in a sweep
+    (:func:`vlprobe.sweep.expand_sweep`), recorded in ``run.json``."""
     from vlprobe.feature_source import RunFeatureSource
 
     started = time.perf_counter()
@@ -150,10 +151,13 @@ def run(
         "seed": cfg.seed,
         "status": "running",
         "forced": force,
+        "executor": executor,
         "analyses": {},
         "timings": {},
     }
-    _write_record(run_dir, record)
+    if sweep is not None:
+        record["sweep"] = sweep
+    write_record(run_dir, record)
 
     source = RunFeatureSource(cfg, progress=progress)
     cache = result_cache_for(cfg)
@@ -161,15 +165,48 @@ def run(
     t0 = time.perf_counter()
     plan = plan_run(cfg, source, cache=None if force else cache, versions=versions, keep=keep)
     record["timings"]["plan_s"] = round(time.perf_counter() - t0, 3)
-    execute_plan(plan, source, run_dir=run_dir, record=record, cache=cache,
-                 previous=previous.get("analyses", {}), force=force)
-    finish_record(record, source, plan, started)
-    _write_record(run_dir, record)
+    return RunState(cfg, run_dir, record, source, plan, cache,
+                    previous.get("analyses", {}), force, started)
+
+
+def finish_run(state: RunState, *, report: bool = True) -> Path:
+    """Close the record (:func:`finish_record`), write ``run.json`` and the report."""
+    finish_record(state.record, state.source, state.plan, state.started)
+    write_record(state.run_dir, state.record)
     if report:
         from vlprobe.report.html import write_report
 
-        write_report(run_dir)
-    return run_dir
+        write_report(state.run_dir)
+    return state.run_dir
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    skip_existing: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    config_path: str | None = None,
+    sweep: dict[str, Any] | None = None,
+) -> Path:
+    """Execute a run in this process (the local executor) and return its directory.
+
+    Args:
+        cfg: a validated :class:`RunConfig`.
+        skip_existing: keep results already written in this run's directory (resumable sweeps).
+        force: recompute every analysis instead of reusing cached results (the activation
+            store is still used; the recomputed results replace the cached ones).
+        progress: show progress bars.
+        report: write ``report.html`` at the end.
+        config_path: the config file the run came from (recorded for reproduction).
+        sweep: the run's place in a sweep (recorded in ``run.json``; see :mod:`vlprobe.sweep`).
+    """
+    state = start_run(cfg, skip_existing=skip_existing, force=force, progress=progress,
+                      config_path=config_path, sweep=sweep)
+    execute_plan(state.plan, state.source, run_dir=state.run_dir, record=state.record,
+                 cache=state.cache, previous=state.previous, force=force)
+    return finish_run(state, report=report)
 
 
 def execute_plan(
@@ -195,98 +232,9 @@ def execute_plan(
     for error in record["extraction_errors"]:
         log.error("extraction failed: %s", error)
     record["timings"]["extraction_s"] = round(time.perf_counter() - t0, 3)
-    palette = model_palette(list(source.cfg.models))
-    config_hash = record["config_hash"]
-    for item in plan.analyses:
-        name = item.entry.name
-        if item.state == KEPT:
-            kept = (previous or {}).get(name, {})
-            record["analyses"][name] = {**kept, "status": "skipped (exists)"}
-            log.info("skipping %s: result exists", name)
-            continue
-        if item.state == FAILED:
-            record["analyses"][name] = _failure(item.error, item.traceback)
-            continue
-        t1 = time.perf_counter()
-        earlier = (previous or {}).get(name, {})
-        if _up_to_date(item, earlier, run_dir):
-            # this run directory already holds exactly this result: nothing to write
-            record["analyses"][name] = {**earlier, "cache": "hit",
-                                        "seconds": round(time.perf_counter() - t1, 3)}
-            continue
-        try:
-            entry = _compute(item, source, cache, force)
-            result = entry.pop("result")
-            index = write_result(run_dir, name, result, run_id=record["run_id"],
-                                 config_hash=config_hash, palette=palette)
-            record["analyses"][name] = {
-                **index, "status": "ok", **entry,
-                "seconds": round(time.perf_counter() - t1, 3),
-            }
-        except VLProbeError as exc:
-            record["analyses"][name] = _failure(str(exc))
-            log.error("analysis %s failed: %s", name, exc)
-        except Exception as exc:  # a bug: keep the traceback, keep the other results
-            record["analyses"][name] = _failure(f"{type(exc).__name__}: {exc}",
-                                                traceback.format_exc())
-            log.error("analysis %s crashed: %s", name, exc)
-        _write_record(run_dir, record)
-
-
-def _up_to_date(item: PlannedAnalysis, earlier: dict[str, Any], run_dir: Path) -> bool:
-    """Whether the run directory's files of this analysis are the cache hit's result
-    (same cache key, written completely by an earlier run of this config)."""
-    if item.state != CACHED or item.cached is None or earlier.get("status") != "ok":
-        return False
-    if earlier.get("cache_key") != item.cached.key:
-        return False
-    files = [earlier.get("table"), earlier.get("json"), *earlier.get("figures", {}).values(),
-             *earlier.get("extra_tables", {}).values()]
-    return all(f and (run_dir / f).is_file() for f in files)
-
-
-def _compute(
-    item: PlannedAnalysis, source: Any, cache: ResultCache | None, force: bool
-) -> dict[str, Any]:
-    """The result of one analysis (from the cache or computed, then cached) and its
-    run.json fields: cache state and key, compute seconds, the features it read."""
-    if item.state == CACHED and item.cached is not None:
-        hit = item.cached
-        return {"result": hit.result, "cache": "hit", "cache_key": hit.key,
-                "compute_seconds": hit.seconds, "inputs": _inputs(hit.reads)}
-    recorder = RecordingSource(source)
-    t0 = time.perf_counter()
-    result = item.analysis.run(recorder)  # type: ignore[union-attr]
-    seconds = time.perf_counter() - t0
-    state, key = ("recomputed (--force)" if force else "computed"), None
-    if cache is not None and recorder.cacheable and item.plan_key is not None:
-        try:
-            key = cache.store(item.plan_key, recorder.reads, result, seconds)
-        except Exception as exc:  # an unwritable cache or an unpicklable figure: keep going
-            state = f"{state}; not cached ({type(exc).__name__}: {exc})"
-            log.warning("%s: result not cached: %s", item.entry.name, exc)
-    return {"result": result, "cache": state, "cache_key": key,
-            "compute_seconds": round(seconds, 3), "inputs": _inputs(recorder.reads)}
-
-
-def _inputs(reads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The features an analysis read, one compact row each (for run.json / the report)."""
-    rows = []
-    for read in reads:
-        if read["kind"] != "features":
-            continue
-        req = read["request"]
-        rows.append({"model": req["model"], "dataset": req["dataset"], "split": req["split"],
-                     "view": req["view"], "n_items": read.get("n_items"),
-                     "n_truncated": read.get("n_truncated", 0), "n_sites": len(read["keys"])})
-    return rows
-
-
-def _failure(error: str | None, trace: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": "failed", "error": error}
-    if trace:
-        out["traceback"] = trace
-    return out
+    settle_analyses(plan, lambda item: compute_analysis(item, source), run_dir=run_dir,
+                    record=record, cache=cache, models=list(source.cfg.models),
+                    previous=previous, force=force)
 
 
 def finish_record(
@@ -352,10 +300,6 @@ def run_warnings(record: dict[str, Any]) -> list[str]:
             for other, dup in info.get("duplicates_of", {}).items()
         ]
     )
-
-
-def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1, default=str))
 
 
 def _read_previous(run_dir: Path) -> dict[str, Any]:

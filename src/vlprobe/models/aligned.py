@@ -23,6 +23,26 @@ from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
 
 _PROJ = {"image": "vision.proj", "text": "text.proj"}
+_TAIL_PREFIXES = ("image_tower.", "text_tower.")
+
+
+def _load_tails(directory: Path, config: dict[str, Any], towers: dict[str, Any]) -> None:
+    """Fine-tuned last blocks (``unfreeze_last > 0``; tensors ``<modality>_tower.<name in the
+    tower's model>``) go into the freshly built towers."""
+    if not any(config[f"{m}_tower"].get("unfreeze_last") for m in towers):
+        return
+    from vlprobe.train.checkpoint import load_tensors
+    from vlprobe.train.tails import load_tail_state
+
+    tensors = load_tensors(directory, config)
+    for modality, tower in towers.items():
+        prefix = f"{modality}_tower."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if config[f"{modality}_tower"].get("unfreeze_last") and not state:
+            raise ModelLoadError(f"aligned_dual: {directory}: the {modality} tower was "
+                                 "fine-tuned (unfreeze_last) but its blocks are missing")
+        if state:
+            load_tail_state(tower, state, f"aligned_dual checkpoint {directory}")
 
 
 class AlignedDualAdapter(ModelAdapter):
@@ -68,12 +88,14 @@ class AlignedDualAdapter(ModelAdapter):
             entry = dict(config[key])
             entry.pop("sites")
             entry.pop("pooling")
+            entry.pop("unfreeze_last", None)
             tower = load_model(ModelSpec(**entry), device=device)
             if modality not in tower.modalities:
                 raise ModelLoadError(
                     f"aligned_dual: the {key} ({entry['adapter']}) has no {modality} input"
                 )
             towers[modality] = tower
+        _load_tails(directory, config, towers)
         return cls(spec, directory, config, towers, device)
 
     # -- the trained part --------------------------------------------------------------
@@ -87,7 +109,8 @@ class AlignedDualAdapter(ModelAdapter):
             heads = aligned_heads(int(c["image_dim"]), int(c["text_dim"]),
                                   int(c["head"]["embed_dim"]), c["head"]["kind"],
                                   int(c["head"]["hidden"]))
-            tensors = load_tensors(self.directory, c)
+            tensors = {k: v for k, v in load_tensors(self.directory, c).items()
+                       if not k.startswith(_TAIL_PREFIXES)}
             try:
                 heads.load_state_dict(tensors)
             except RuntimeError as exc:

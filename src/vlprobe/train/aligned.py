@@ -91,9 +91,15 @@ def _batches(feats: PairedFeatures, batch_size: int, gen: Any) -> list[tuple[Any
 def train_aligned_heads(
     train: PairedFeatures, val: PairedFeatures, *, embed_dim: int, kind: str, hidden: int,
     epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
-    init_temperature: float, seed: int, progress: bool = True,
+    init_temperature: float, seed: int, progress: bool = True, tails: Any = None,
 ) -> tuple[Any, list[EpochLog], int, Any]:
-    """Train; returns ``(best heads, per-epoch log, best epoch, initial heads)``."""
+    """Train; returns ``(best heads, per-epoch log, best epoch, initial heads)``.
+
+    ``tails`` (a :class:`~vlprobe.train.tail_inputs.TailSet`, ``unfreeze_last > 0``): the
+    last blocks of a tower train with the heads (same optimiser); batches and validation
+    features then run through them, ``train`` / ``val`` being the frozen-tower features
+    (standardisation statistics, pairing). The best epoch's tail weights are loaded back
+    into ``tails``. None (default): frozen towers, features used as given."""
     import copy
 
     import torch
@@ -109,7 +115,8 @@ def train_aligned_heads(
                               hidden, init_temperature)
     heads.set_standardisation(train.image, train.text)
     initial = copy.deepcopy(heads)
-    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
+    params = [*heads.parameters(), *(tails.parameters() if tails is not None else [])]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     img_all, txt_all = torch.from_numpy(train.image), torch.from_numpy(train.text)
     log: list[EpochLog] = []
     best, best_state, best_epoch, waited = -np.inf, None, 0, 0
@@ -119,26 +126,31 @@ def train_aligned_heads(
         heads.train()
         losses = []
         for rows, caps in _batches(train, batch_size, gen):
-            loss = info_nce(heads.embed_image(img_all[rows]), heads.embed_text(txt_all[caps]),
-                            heads.logit_scale)
+            img, txt = ((img_all[rows], txt_all[caps]) if tails is None
+                        else tails.batch("train", rows, caps))
+            loss = info_nce(heads.embed_image(img), heads.embed_text(txt), heads.logit_scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
             clamp_logit_scale(heads)
             losses.append(float(loss.detach()))
         heads.eval()
-        val_metrics = retrieval_metrics(heads, val)
+        val_metrics = retrieval_metrics(heads, val if tails is None
+                                        else tails.paired("validation"))
         log.append(EpochLog(epoch, float(np.mean(losses)), val_metrics,
-                            float(heads.logit_scale.exp())))
+                            float(heads.logit_scale.detach().exp())))
         bar.set_postfix(loss=f"{log[-1].loss:.3f}", val_mean_R=f"{val_metrics['mean_R']:.1f}")
         if val_metrics["mean_R"] > best:
             best, best_state, best_epoch, waited = (
                 val_metrics["mean_R"], copy.deepcopy(heads.state_dict()), epoch, 0)
+            best_tails = tails.state() if tails is not None else None
         else:
             waited += 1
             if waited >= patience:
                 break
     heads.load_state_dict(best_state)
+    if tails is not None:
+        tails.load_state(best_tails)
     return heads, log, best_epoch, initial
 
 

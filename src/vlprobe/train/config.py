@@ -22,6 +22,13 @@ A tower entry is a model entry of a run config (``adapter``, ``checkpoint``, ``r
 sites are pooled and concatenated, e.g. several layers of a CNN) and ``pooling`` (default: the
 adapter's own for the tower).
 
+``unfreeze_last: k`` (aligned only; default 0 = frozen, features cached once) fine-tunes the
+last k blocks of that tower together with the heads, as in LiT's ablations: the hidden state
+at the input of the first unfrozen block is cached once and only the last k blocks run per
+step (:mod:`vlprobe.train.tails`: ``efficientnet_lite0`` (last blocks + head conv) and
+BERT-style text towers such as ``minilm_l6``). The checkpoint then holds those blocks too and
+``aligned_dual`` loads them into the tower.
+
 ``kind: captioner`` (issue 11 part 5): a frozen image tower's grid features + a trained
 caption decoder (:mod:`vlprobe.captioning`), selected on validation, decoded on test once::
 
@@ -77,6 +84,7 @@ class TowerEntry:
     model: ModelEntry
     sites: tuple[str, ...] = ()
     pooling: str | None = None
+    unfreeze_last: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,11 +171,15 @@ def _tower(raw: Any, where: str) -> TowerEntry:
         raise ConfigError(f"{where}: missing (a model entry with adapter and sites)")
     sites = raw.pop("sites", None)
     pooling = raw.pop("pooling", None)
+    unfreeze = raw.pop("unfreeze_last", 0)
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, int) or unfreeze < 0:
+        raise ConfigError(f"{where}.unfreeze_last: expected an integer >= 0 (blocks to "
+                          f"fine-tune), got {unfreeze!r}")
     if isinstance(sites, str):
         sites = [sites]
     if sites is not None and (not sites or not all(isinstance(s, str) for s in sites)):
         raise ConfigError(f"{where}.sites: expected a non-empty list of site names")
-    return TowerEntry(_parse_model(where, raw), tuple(sites or ()), pooling)
+    return TowerEntry(_parse_model(where, raw), tuple(sites or ()), pooling, unfreeze)
 
 
 def _section(cls: type, raw: Any, where: str) -> Any:
@@ -257,6 +269,8 @@ def _parse_captioner(data: dict[str, Any], common: dict[str, Any]) -> TrainConfi
     from vlprobe.pooling import check_pooling, grid_size
 
     tower = _checked_tower(data["image_tower"], "image_tower")
+    if tower.unfreeze_last:
+        raise ConfigError("image_tower.unfreeze_last applies to kind aligned only")
     if len(tower.sites) != 1:
         raise ConfigError(f"image_tower.sites: a captioner reads ONE grid site, got "
                           f"{list(tower.sites)}")

@@ -92,6 +92,7 @@ def train_aligned_heads(
     train: PairedFeatures, val: PairedFeatures, *, embed_dim: int, kind: str, hidden: int,
     epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
     init_temperature: float, seed: int, progress: bool = True, tails: Any = None,
+    objective: str = "info_nce", margin: float = 0.1,
 ) -> tuple[Any, list[EpochLog], int, Any]:
     """Train; returns ``(best heads, per-epoch log, best epoch, initial heads)``.
 
@@ -99,23 +100,34 @@ def train_aligned_heads(
     last blocks of a tower train with the heads (same optimiser); batches and validation
     features then run through them, ``train`` / ``val`` being the frozen-tower features
     (standardisation statistics, pairing). The best epoch's tail weights are loaded back
-    into ``tails``. None (default): frozen towers, features used as given."""
+    into ``tails``. None (default): frozen towers, features used as given.
+
+    ``objective="devise"``: the DeViSE baseline (Frome et al. 2013; seed 004): only a linear
+    map of the image features into the frozen text embedding space trains (``embed_dim`` is
+    then the text width, the text head is the identity and stays fixed, as do the text
+    standardisation and the temperature), with DeViSE's hinge rank loss
+    (:func:`~vlprobe.train.losses.devise_hinge`, ``margin``); the "classes" of an image are
+    the captions of its batch (its own caption is the true one)."""
     import copy
 
     import torch
     from tqdm.auto import tqdm
 
     from vlprobe.train.heads import aligned_heads, clamp_logit_scale
-    from vlprobe.train.losses import info_nce
+    from vlprobe.train.losses import devise_hinge, info_nce
 
     gen = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))  # parameter init only; the global state is restored
         heads = aligned_heads(train.image.shape[1], train.text.shape[1], embed_dim, kind,
                               hidden, init_temperature)
-    heads.set_standardisation(train.image, train.text)
+    if objective == "devise":
+        _fix_text_side(heads, train)
+    else:
+        heads.set_standardisation(train.image, train.text)
     initial = copy.deepcopy(heads)
-    params = [*heads.parameters(), *(tails.parameters() if tails is not None else [])]
+    params = [p for p in heads.parameters() if p.requires_grad]
+    params += tails.parameters() if tails is not None else []
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     img_all, txt_all = torch.from_numpy(train.image), torch.from_numpy(train.text)
     log: list[EpochLog] = []
@@ -128,7 +140,12 @@ def train_aligned_heads(
         for rows, caps in _batches(train, batch_size, gen):
             img, txt = ((img_all[rows], txt_all[caps]) if tails is None
                         else tails.batch("train", rows, caps))
-            loss = info_nce(heads.embed_image(img), heads.embed_text(txt), heads.logit_scale)
+            if objective == "devise":
+                loss = devise_hinge(heads.embed_image(img), heads.embed_text(txt),
+                                    torch.arange(len(rows)), margin)
+            else:
+                loss = info_nce(heads.embed_image(img), heads.embed_text(txt),
+                                heads.logit_scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -152,6 +169,28 @@ def train_aligned_heads(
     if tails is not None:
         tails.load_state(best_tails)
     return heads, log, best_epoch, initial
+
+
+def _fix_text_side(heads: Any, train: PairedFeatures) -> None:
+    """DeViSE: the text side is the frozen text embedding itself (identity head, no
+    standardisation, fixed temperature); the image side is standardised and mapped."""
+    import torch
+
+    from vlprobe.errors import ConfigError
+
+    d = train.text.shape[1]
+    if tuple(heads.text.weight.shape) != (d, d):
+        raise ConfigError(f"devise: the image map must land in the text space: head "
+                          f"embed_dim must equal the text feature width {d}, got "
+                          f"{heads.text.weight.shape[0]} (and head.kind linear)")
+    heads.set_standardisation(train.image, train.text)
+    with torch.no_grad():
+        heads.text.weight.copy_(torch.eye(d))
+        heads.text.bias.zero_()
+        heads.text_mean.zero_()
+        heads.text_std.fill_(1.0)
+    for p in (*heads.text.parameters(), heads.logit_scale):
+        p.requires_grad_(False)
 
 
 def timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:

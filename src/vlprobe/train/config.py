@@ -29,6 +29,12 @@ step (:mod:`vlprobe.train.tails`: ``efficientnet_lite0`` (last blocks + head con
 BERT-style text towers such as ``minilm_l6``). The checkpoint then holds those blocks too and
 ``aligned_dual`` loads them into the tower.
 
+``kind: devise``: the DeViSE baseline (Frome et al. 2013; seed 004) on the same keys: a linear
+map of the image features into the FROZEN text tower's embedding space, trained with
+DeViSE's hinge rank loss (``optim.margin``, default 0.1; a batch's captions are the
+classes); ``head`` must be ``{kind: linear, embed_dim: <text feature width>}``. Its
+checkpoint loads as ``aligned_dual`` (the text head is the identity).
+
 ``kind: captioner`` (issue 11 part 5): a frozen image tower's grid features + a trained
 caption decoder (:mod:`vlprobe.captioning`), selected on validation, decoded on test once::
 
@@ -73,7 +79,7 @@ from typing import Any
 from vlprobe.config import ModelEntry, _check_keys, _expect_mapping, _parse_model, load_yaml
 from vlprobe.errors import ConfigError
 
-KINDS = ("aligned", "captioner", "fusion_single", "fusion_two")
+KINDS = ("aligned", "devise", "captioner", "fusion_single", "fusion_two")
 SELECT_ON = ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "loss")
 
 
@@ -102,6 +108,14 @@ class OptimEntry:
     weight_decay: float = 0.01
     patience: int = 5
     init_temperature: float = 0.07
+
+
+@dataclass(frozen=True)
+class DeviseOptimEntry(OptimEntry):
+    """``optim`` of ``kind: devise``: :class:`OptimEntry` + the hinge ``margin``
+    (``init_temperature`` is unused: DeViSE ranks by dot product)."""
+
+    margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,8 @@ class TrainConfig:
 
 
 _COMMON = ("name", "kind", "seed", "output_dir", "data", "image_tower", "optim", "extraction")
-_KIND_KEYS = {"aligned": ("text_tower", "head"), "captioner": ("decoder", "decode")}
+_KIND_KEYS = {"aligned": ("text_tower", "head"), "devise": ("text_tower", "head"),
+              "captioner": ("decoder", "decode")}
 _TOP = (*_COMMON, *(k for keys in _KIND_KEYS.values() for k in keys))
 
 
@@ -226,7 +241,7 @@ def parse_train_config(data: dict[str, Any]) -> Any:
             raise ConfigError(f"train config: missing required key {key!r}")
     kind = data["kind"]
     foreign = [k for other, keys in _KIND_KEYS.items() if other != kind for k in keys
-               if k in data]
+               if k in data and k not in _KIND_KEYS[kind]]
     if foreign:
         raise ConfigError(f"train config: key {foreign[0]!r} does not apply to kind {kind!r} "
                           f"(its keys: {', '.join((*_COMMON, *_KIND_KEYS[kind]))})")
@@ -235,7 +250,7 @@ def parse_train_config(data: dict[str, Any]) -> Any:
         "seed": int(data.get("seed", 0)), "output_dir": data.get("output_dir"),
         "extraction": _expect_mapping(data.get("extraction"), "extraction"),
     }
-    if kind == "aligned":
+    if kind in ("aligned", "devise"):
         return _parse_aligned(data, common)
     return _parse_captioner(data, common)
 
@@ -255,9 +270,15 @@ def _parse_aligned(data: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
         raise ConfigError("train config: missing required key 'text_tower'")
     towers = {k: _checked_tower(data[k], k) for k in ("image_tower", "text_tower")}
     head = _section(HeadEntry, data.get("head"), "head")
-    optim = _section(OptimEntry, data.get("optim"), "optim")
+    devise = common["kind"] == "devise"
+    optim = _section(DeviseOptimEntry if devise else OptimEntry, data.get("optim"), "optim")
     if head.kind not in ("linear", "mlp"):
         raise ConfigError(f"head.kind must be linear or mlp, got {head.kind!r}")
+    if devise and (head.kind != "linear" or any(t.unfreeze_last for t in towers.values())):
+        raise ConfigError("devise: a linear map (head.kind linear) on frozen towers "
+                          "(no unfreeze_last)")
+    if devise and optim.margin <= 0:
+        raise ConfigError(f"optim.margin must be > 0, got {optim.margin}")
     if optim.epochs < 1 or optim.batch_size < 2 or optim.lr <= 0:
         raise ConfigError("optim: epochs >= 1, batch_size >= 2 and lr > 0 are required")
     return TrainConfig(image_tower=towers["image_tower"], text_tower=towers["text_tower"],

@@ -45,7 +45,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 
 def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
-    """``kind: aligned`` (M8)."""
+    """``kind: aligned`` (M8) and ``kind: devise`` (its DeViSE baseline)."""
     from vlprobe.data import DatasetSpec, load_dataset
     from vlprobe.extract import ActivationStore
     from vlprobe.models import ModelSpec, load_model
@@ -82,6 +82,8 @@ def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
         hidden=h.hidden, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
         weight_decay=o.weight_decay, patience=o.patience, init_temperature=o.init_temperature,
         seed=cfg.seed, progress=progress, tails=tails,
+        objective="devise" if cfg.kind == "devise" else "info_nce",
+        margin=getattr(o, "margin", 0.1),
     )
     t_train = time.perf_counter() - t0 - t_features
     test = feats["test"] if tails is None else tails.paired("test")
@@ -138,5 +140,6 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     for key in ("image_tower", "text_tower"):
         tower = getattr(cfg, key)
         d[key] = _tower_dict(tower) if tower is not None else None
-    unused = ("decoder", "decode") if cfg.kind == "aligned" else ("text_tower", "head")
+    unused = (("decoder", "decode") if cfg.kind in ("aligned", "devise")
+              else ("text_tower", "head"))
     return {k: v for k, v in d.items() if k not in unused}

@@ -22,7 +22,8 @@ from vlprobe.train.tails import build_tail  # noqa: E402
 IMAGE_SITES = ["vision.blocks.13", "vision.pooled"]
 
 
-def _config(tmp: Path, name: str, image_k: int | None = None, text_k: int | None = None):
+def _config(tmp: Path, name: str, image_k: int | None = None, text_k: int | None = None,
+            tail_lr: float | None = None):
     root = tmp / "flickr"
     if not root.exists():
         for j, (split, n) in enumerate((("train", 10), ("validation", 4), ("test", 4))):
@@ -41,7 +42,8 @@ def _config(tmp: Path, name: str, image_k: int | None = None, text_k: int | None
         "data": {"loader": "flickr8k", "path": str(root)},
         "image_tower": image, "text_tower": text,
         "head": {"kind": "linear", "embed_dim": 8},
-        "optim": {"epochs": 2, "batch_size": 4, "patience": 2, "lr": 1e-2},
+        "optim": {"epochs": 2, "batch_size": 4, "patience": 2, "lr": 1e-2,
+                  **({"tail_lr": tail_lr} if tail_lr else {})},
     }
 
 
@@ -94,6 +96,8 @@ def test_unsupported_towers_and_bad_k_are_clear_errors(tmp_path):
     cfg = _config(tmp_path, "bad", image_k=-1)
     with pytest.raises(ConfigError, match="unfreeze_last: expected an integer"):
         parse_train_config(cfg)
+    with pytest.raises(ConfigError, match="tail_lr: expected a learning rate"):
+        parse_train_config(_config(tmp_path, "bad", 1, 1, tail_lr=-1.0))
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +107,11 @@ def runs(tmp_path_factory):
     out = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLPROBE_CACHE", str(tmp / "cache"))
-        for name, ik, tk in (("absent", None, None), ("zero", 0, 0), ("k1", 1, 1),
-                             ("k1_again", 1, 1)):
-            out[name] = train(parse_train_config(_config(tmp, name, ik, tk)), progress=False)
+        for name, ik, tk, lr in (("absent", None, None, None), ("zero", 0, 0, None),
+                                 ("k1", 1, 1, None), ("k1_again", 1, 1, None),
+                                 ("k1_still", 1, 1, 1e-12)):
+            out[name] = train(parse_train_config(_config(tmp, name, ik, tk, lr)),
+                              progress=False)
     return tmp, out
 
 
@@ -171,3 +177,15 @@ def test_checkpoint_round_trip_gives_the_recorded_test_metrics(runs):
                   dim=1)
     with torch.no_grad():
         assert torch.allclose(proj, model.heads.embed_image(x), atol=1e-5)
+
+
+def test_tail_lr_is_the_learning_rate_of_the_unfrozen_blocks(runs):
+    _, out = runs
+    still, moved = _tensors(out["k1_still"]), _tensors(out["k1"])
+    heads_still = {k for k in still if not k.startswith(("image_tower.", "text_tower."))}
+    fresh = load_model(ModelSpec(adapter="efficientnet_lite0", random_init=True,
+                                 options={"image_size": 64})).model.state_dict()
+    w = "image_tower._conv_head.weight"
+    assert torch.allclose(still[w], fresh[w[len("image_tower."):]], atol=1e-8)
+    assert not torch.allclose(moved[w], fresh[w[len("image_tower."):]], atol=1e-4)
+    assert any(not torch.equal(still[k], moved[k]) for k in heads_still)

@@ -92,7 +92,7 @@ def train_aligned_heads(
     train: PairedFeatures, val: PairedFeatures, *, embed_dim: int, kind: str, hidden: int,
     epochs: int, batch_size: int, lr: float, weight_decay: float, patience: int,
     init_temperature: float, seed: int, progress: bool = True, tails: Any = None,
-    objective: str = "info_nce", margin: float = 0.1,
+    objective: str = "info_nce", margin: float = 0.1, tail_lr: float | None = None,
 ) -> tuple[Any, list[EpochLog], int, Any]:
     """Train; returns ``(best heads, per-epoch log, best epoch, initial heads)``.
 
@@ -100,7 +100,8 @@ def train_aligned_heads(
     last blocks of a tower train with the heads (same optimiser); batches and validation
     features then run through them, ``train`` / ``val`` being the frozen-tower features
     (standardisation statistics, pairing). The best epoch's tail weights are loaded back
-    into ``tails``. None (default): frozen towers, features used as given.
+    into ``tails``; they learn at ``tail_lr`` (None: ``lr``). None (default): frozen
+    towers, features used as given.
 
     ``objective="devise"``: the DeViSE baseline (Frome et al. 2013; seed 004): only a linear
     map of the image features into the frozen text embedding space trains (``embed_dim`` is
@@ -126,9 +127,10 @@ def train_aligned_heads(
     else:
         heads.set_standardisation(train.image, train.text)
     initial = copy.deepcopy(heads)
-    params = [p for p in heads.parameters() if p.requires_grad]
-    params += tails.parameters() if tails is not None else []
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": [p for p in heads.parameters() if p.requires_grad]}]
+    if tails is not None:
+        groups.append({"params": tails.parameters(), "lr": tail_lr or lr})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     img_all, txt_all = torch.from_numpy(train.image), torch.from_numpy(train.text)
     log: list[EpochLog] = []
     best, best_state, best_epoch, waited = -np.inf, None, 0, 0

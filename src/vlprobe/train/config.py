@@ -108,6 +108,8 @@ class OptimEntry:
     weight_decay: float = 0.01
     patience: int = 5
     init_temperature: float = 0.07
+    #: learning rate of the unfrozen tower blocks (``unfreeze_last``); None = ``lr``
+    tail_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,10 @@ def _parse_aligned(data: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
     if devise and (head.kind != "linear" or any(t.unfreeze_last for t in towers.values())):
         raise ConfigError("devise: a linear map (head.kind linear) on frozen towers "
                           "(no unfreeze_last)")
+    if optim.tail_lr is not None and (isinstance(optim.tail_lr, bool) or not isinstance(
+            optim.tail_lr, (int, float)) or optim.tail_lr <= 0):
+        raise ConfigError(f"optim.tail_lr: expected a learning rate > 0 (or null = lr), got "
+                          f"{optim.tail_lr!r}")
     if devise and optim.margin <= 0:
         raise ConfigError(f"optim.margin must be > 0, got {optim.margin}")
     if optim.epochs < 1 or optim.batch_size < 2 or optim.lr <= 0:

@@ -83,7 +83,7 @@ def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
         weight_decay=o.weight_decay, patience=o.patience, init_temperature=o.init_temperature,
         seed=cfg.seed, progress=progress, tails=tails,
         objective="devise" if cfg.kind == "devise" else "info_nce",
-        margin=getattr(o, "margin", 0.1),
+        margin=getattr(o, "margin", 0.1), tail_lr=o.tail_lr,
     )
     t_train = time.perf_counter() - t0 - t_features
     test = feats["test"] if tails is None else tails.paired("test")

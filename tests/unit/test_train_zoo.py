@@ -66,3 +66,11 @@ def test_the_zoo_script_trains_the_four_example_configs(reference_dir):
     kinds = {load_train_config(ROOT / "examples" / n).kind for n in names}
     assert kinds == {"aligned", "captioner", "fusion_single", "fusion_two"}
     assert "--summary" in script
+
+
+def test_the_devise_example_parses(reference_dir):
+    from vlprobe.train import load_train_config
+
+    cfg = load_train_config(ROOT / "examples" / "train_devise.yaml")
+    assert cfg.kind == "devise" and cfg.text_tower.sites == ("text.pooled",)
+    assert cfg.head.kind == "linear" and cfg.head.embed_dim == 384  # MiniLM-L6's width

@@ -44,6 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--gallery", type=int, default=None,
+                    help="also report the trained heads on 20 random galleries of this many "
+                         "images (e.g. 159: Flickr8k at the size of the COCO val gallery)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     ref = reference_dir()
@@ -54,12 +57,18 @@ def main() -> None:
             entry, split = DATASETS[name]
             spec = DatasetSpec(name=name, **{**entry, "path": str(Path(ref) / entry["path"])})
             t0 = time.perf_counter()
-            res = evaluate_checkpoint(ckpt, load_dataset(spec)[split], progress=False)
+            res = evaluate_checkpoint(ckpt, load_dataset(spec)[split], progress=False,
+                                      gallery=args.gallery)
             res["seconds"] = time.perf_counter() - t0
             out[ckpt][name] = res
             row = ", ".join(f"{k} {v:.1f}" for k, v in res["trained"].items())
             print(f"{Path(ckpt).name} {name} ({res['n_images']} images, {res['n_texts']} "
                   f"captions): {row}", flush=True)
+            if "trained_at_gallery" in res:
+                g = res["trained_at_gallery"]
+                print(f"    trained, {g['n_images']}-image galleries (mean +- sd of 20): " +
+                      ", ".join(f"{k} {v:.1f} +- {g['sd'][k]:.1f}"
+                                for k, v in g["mean"].items()))
             for ctl in ("untrained_heads", "chance"):
                 print(f"    {ctl}: " + ", ".join(f"{k} {v:.2f}" for k, v in res[ctl].items()))
     if args.out:

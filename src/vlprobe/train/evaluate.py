@@ -38,12 +38,47 @@ def untrained_heads(model: Any, record: dict[str, Any]) -> Any:
     return heads.eval()
 
 
+def image_subset(feats: Any, rows: Any) -> Any:
+    """The :class:`~vlprobe.train.features.PairedFeatures` of images ``rows`` and their
+    captions only (a smaller gallery)."""
+    import numpy as np
+
+    from vlprobe.train.features import PairedFeatures
+
+    rows = np.asarray(rows)
+    new_row = np.full(len(feats.image), -1)
+    new_row[rows] = np.arange(len(rows))
+    keep = np.flatnonzero(new_row[feats.image_of_text] >= 0)
+    return PairedFeatures(feats.image[rows], feats.text[keep],
+                          new_row[feats.image_of_text[keep]].astype(np.int64),
+                          [feats.image_ids[i] for i in rows],
+                          [feats.image_digests[i] for i in rows])
+
+
+def subsampled_metrics(heads: Any, feats: Any, n_images: int, draws: int = 20,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """Recall@K on ``draws`` seeded random galleries of ``n_images`` images (to compare a
+    split with a smaller one at the same gallery size): ``{"mean": ..., "sd": ...}``."""
+    import numpy as np
+
+    from vlprobe.train.aligned import retrieval_metrics
+
+    rng = np.random.default_rng(seed)
+    runs = [retrieval_metrics(heads, image_subset(
+        feats, np.sort(rng.choice(len(feats.image), n_images, replace=False))))
+        for _ in range(draws)]
+    return {stat: {k: float(fn([r[k] for r in runs])) for k in runs[0]}
+            for stat, fn in (("mean", np.mean), ("sd", np.std))}
+
+
 def evaluate_checkpoint(checkpoint: str | Path, stimuli: Any, store: Any = None,
-                        extraction: dict[str, Any] | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        extraction: dict[str, Any] | None = None, progress: bool = True,
+                        gallery: int | None = None) -> dict[str, Any]:
     """``{"n_images", "n_texts", "trained", "untrained_heads", "chance"}`` (Recall@K in
     percent, both directions, and their mean) of an ``aligned_dual`` checkpoint on one
-    paired split (items = (image, caption) pairs with an ``image_id``)."""
+    paired split (items = (image, caption) pairs with an ``image_id``). ``gallery``: also
+    ``"trained_at_gallery"``, the trained heads on 20 seeded random subsets of that many
+    images (:func:`subsampled_metrics`)."""
     from vlprobe.models import ModelSpec, load_model
     from vlprobe.train.aligned import chance_metrics, retrieval_metrics
     from vlprobe.train.features import paired_features
@@ -61,8 +96,11 @@ def evaluate_checkpoint(checkpoint: str | Path, stimuli: Any, store: Any = None,
         towers["text"]["sites"], store, image_pooling=towers["image"]["pooling"],
         text_pooling=towers["text"]["pooling"], extraction=extraction, progress=progress,
     )
+    out = {} if not gallery else {
+        "trained_at_gallery": {"n_images": gallery, **subsampled_metrics(model.heads, feats,
+                                                                          gallery)}}
     return {
-        "n_images": len(feats.image), "n_texts": len(feats.text),
+        **out, "n_images": len(feats.image), "n_texts": len(feats.text),
         "trained": retrieval_metrics(model.heads, feats),
         "untrained_heads": retrieval_metrics(untrained_heads(model, record), feats),
         "chance": chance_metrics(feats),

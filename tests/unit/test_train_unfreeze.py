@@ -42,7 +42,7 @@ def _config(tmp: Path, name: str, image_k: int | None = None, text_k: int | None
         "data": {"loader": "flickr8k", "path": str(root)},
         "image_tower": image, "text_tower": text,
         "head": {"kind": "linear", "embed_dim": 8},
-        "optim": {"epochs": 2, "batch_size": 4, "patience": 2, "lr": 1e-2,
+        "optim": {"epochs": 1, "batch_size": 4, "patience": 1, "lr": 1e-2,
                   **({"tail_lr": tail_lr} if tail_lr else {})},
     }
 

@@ -13,7 +13,7 @@ vlprobe report RUN_DIR             (re)build the HTML report
 vlprobe report RUN_A RUN_B ...     one comparison report across runs (same analyses side by side)
 vlprobe query "SQL" [ROOT]         SQL over every run's result tables (view: results)
 vlprobe demo                       the offline demo on real pretrained models
-vlprobe train CONFIG [--set k=v]   train a multimodal model: M8 aligned towers, a captioner, fusion
+vlprobe train CONFIG... [--set k=v] train multimodal model(s): M8, DeViSE, captioner, fusion
 vlprobe cache ls                   activation store entries (model, data, site, shape, size)
                                    and the number of cached analysis results
 vlprobe cache gc [--dry-run]       remove temp files, incomplete / stale / old entries
@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from vlprobe.errors import VLProbeError
 
@@ -195,13 +196,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train each config in turn (one process, one activation store: a tower site that one
+    model extracted is read from the store by the next); ``--summary`` writes the per-model
+    wall times, checkpoints and test metrics as JSON."""
     import json
+    import time
 
+    from vlprobe.extract.store import atomic_write_json
     from vlprobe.train import load_train_config, train
 
-    cfg = load_train_config(args.config, args.set)
-    out = train(cfg, progress=not args.no_progress)
-    record = json.loads((out / "training_record.json").read_text())
+    configs = [load_train_config(path, args.set) for path in args.config]  # fail early
+    summary: dict[str, Any] = {"configs": list(args.config), "models": []}
+    t_all = time.perf_counter()
+    for path, cfg in zip(args.config, configs):
+        t0 = time.perf_counter()
+        out = train(cfg, progress=not args.no_progress)
+        seconds = time.perf_counter() - t0
+        record = json.loads((out / "training_record.json").read_text())
+        _print_trained(out, record)
+        print(f"{cfg.name}: {seconds:.0f} s")
+        summary["models"].append({
+            "config": path, "name": cfg.name, "kind": cfg.kind, "checkpoint": str(out),
+            "seconds": seconds, "record_seconds": record.get("seconds"),
+            "test": record.get("test"),
+        })
+        summary["seconds"] = time.perf_counter() - t_all
+        if args.summary:  # rewritten after every model: a killed run keeps what it did
+            atomic_write_json(Path(args.summary), summary)
+    if len(configs) > 1:
+        print(f"all {len(configs)} models: {summary['seconds']:.0f} s")
+    return 0
+
+
+def _print_trained(out: Path, record: dict[str, Any]) -> None:
     test = record["test"]
     print(f"checkpoint: {out}")
     print(f"best epoch {record['best_epoch']} (validation); test:")
@@ -213,7 +240,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{k} {'n/a' if v is None else f'{scale * v:.1f}'}" for k, v in scores.items()))
     if record.get("adapter"):
         print(f"load it as a model: adapter: {record['adapter']}, checkpoint: {out}")
-    return 0
 
 
 def _store(args: argparse.Namespace):
@@ -359,9 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a multimodal model: M8 aligned towers, a "
                        "captioner (kind: captioner) or a fusion model (kind: fusion_single / "
                        "fusion_two)")
-    p.add_argument("config", help="YAML train config")
+    p.add_argument("config", nargs="+",
+                   help="YAML train config(s); several are trained in turn, sharing the "
+                        "activation store (examples/train_zoo.sh: the whole zoo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.epochs=10")
+                   help="override a config field (of every config), e.g. --set optim.epochs=10")
+    p.add_argument("--summary", default=None, metavar="JSON",
+                   help="write per-model wall times, checkpoints and test metrics here")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("demo", help="offline demo on real pretrained models")

@@ -50,6 +50,7 @@ def load_tower(
     entry = dict(config[key])
     entry.pop("sites")
     entry.pop("pooling")
+    entry.pop("unfreeze_last", None)  # aligned_dual loads the trained blocks after this
     tower = load_model(ModelSpec(**entry), device=device)
     if modality not in tower.modalities:
         raise ModelLoadError(

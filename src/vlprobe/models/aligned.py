@@ -24,6 +24,26 @@ from vlprobe.models._trained import load_tower, open_checkpoint
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace
 
 _PROJ = {"image": "vision.proj", "text": "text.proj"}
+_TAIL_PREFIXES = ("image_tower.", "text_tower.")
+
+
+def _load_tails(directory: Path, config: dict[str, Any], towers: dict[str, Any]) -> None:
+    """Fine-tuned last blocks (``unfreeze_last > 0``; tensors ``<modality>_tower.<name in the
+    tower's model>``) go into the freshly built towers."""
+    if not any(config[f"{m}_tower"].get("unfreeze_last") for m in towers):
+        return
+    from vlprobe.train.checkpoint import load_tensors
+    from vlprobe.train.tails import load_tail_state
+
+    tensors = load_tensors(directory, config)
+    for modality, tower in towers.items():
+        prefix = f"{modality}_tower."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if config[f"{modality}_tower"].get("unfreeze_last") and not state:
+            raise ModelLoadError(f"aligned_dual: {directory}: the {modality} tower was "
+                                 "fine-tuned (unfreeze_last) but its blocks are missing")
+        if state:
+            load_tail_state(tower, state, f"aligned_dual checkpoint {directory}")
 
 
 class AlignedDualAdapter(ModelAdapter):
@@ -52,6 +72,7 @@ class AlignedDualAdapter(ModelAdapter):
             modality: load_tower(config, key, modality, device, "aligned_dual")
             for modality, key in (("image", "image_tower"), ("text", "text_tower"))
         }
+        _load_tails(directory, config, towers)
         return cls(spec, directory, config, towers, device)
 
     # -- the trained part --------------------------------------------------------------
@@ -65,7 +86,8 @@ class AlignedDualAdapter(ModelAdapter):
             heads = aligned_heads(int(c["image_dim"]), int(c["text_dim"]),
                                   int(c["head"]["embed_dim"]), c["head"]["kind"],
                                   int(c["head"]["hidden"]))
-            tensors = load_tensors(self.directory, c)
+            tensors = {k: v for k, v in load_tensors(self.directory, c).items()
+                       if not k.startswith(_TAIL_PREFIXES)}
             try:
                 heads.load_state_dict(tensors)
             except RuntimeError as exc:

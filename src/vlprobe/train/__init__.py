@@ -6,6 +6,12 @@
   :mod:`vlprobe.train.aligned` (projection heads + temperature + InfoNCE, selection on
   validation, test once), :mod:`vlprobe.train.checkpoint` (safetensors + config + training
   record, loaded back by the ``aligned_dual`` adapter, :mod:`vlprobe.models.aligned`);
+  ``unfreeze_last: k`` fine-tunes a tower's last k blocks from a cached hidden state
+  (:mod:`vlprobe.train.tails`, :mod:`vlprobe.train.tail_inputs`);
+  :mod:`vlprobe.train.evaluate` re-evaluates a checkpoint with its controls on any paired
+  split (e.g. out of domain);
+- ``kind: devise``: the DeViSE baseline (a linear map onto the frozen text embeddings, hinge
+  rank loss; :func:`vlprobe.train.aligned.train_aligned_heads`), same checkpoint format;
 - ``kind: captioner``: :mod:`vlprobe.train.caption_run` / :mod:`~vlprobe.train.captioner` /
   :mod:`~vlprobe.train.caption_eval`, a caption decoder on frozen grid features
   (:mod:`vlprobe.captioning`), selection on validation, test decoded once; loaded back by the
@@ -30,7 +36,7 @@ def train(cfg: Any, progress: bool = True):
     directory (see :func:`vlprobe.train.run.train`, :func:`vlprobe.train.fusion_run.train`)."""
     if cfg.kind in ("fusion_single", "fusion_two"):
         from vlprobe.train.fusion_run import train as _train
-    else:  # aligned, captioner
+    else:  # aligned, devise, captioner
         from vlprobe.train.run import train as _train
 
     return _train(cfg, progress=progress)

@@ -22,6 +22,19 @@ A tower entry is a model entry of a run config (``adapter``, ``checkpoint``, ``r
 sites are pooled and concatenated, e.g. several layers of a CNN) and ``pooling`` (default: the
 adapter's own for the tower).
 
+``unfreeze_last: k`` (aligned only; default 0 = frozen, features cached once) fine-tunes the
+last k blocks of that tower together with the heads, as in LiT's ablations: the hidden state
+at the input of the first unfrozen block is cached once and only the last k blocks run per
+step (:mod:`vlprobe.train.tails`: ``efficientnet_lite0`` (last blocks + head conv) and
+BERT-style text towers such as ``minilm_l6``). The checkpoint then holds those blocks too and
+``aligned_dual`` loads them into the tower.
+
+``kind: devise``: the DeViSE baseline (Frome et al. 2013; seed 004) on the same keys: a linear
+map of the image features into the FROZEN text tower's embedding space, trained with
+DeViSE's hinge rank loss (``optim.margin``, default 0.1; a batch's captions are the
+classes); ``head`` must be ``{kind: linear, embed_dim: <text feature width>}``. Its
+checkpoint loads as ``aligned_dual`` (the text head is the identity).
+
 ``kind: captioner`` (issue 11 part 5): a frozen image tower's grid features + a trained
 caption decoder (:mod:`vlprobe.captioning`), selected on validation, decoded on test once::
 
@@ -66,7 +79,7 @@ from typing import Any
 from vlprobe.config import ModelEntry, _check_keys, _expect_mapping, _parse_model, load_yaml
 from vlprobe.errors import ConfigError
 
-KINDS = ("aligned", "captioner", "fusion_single", "fusion_two")
+KINDS = ("aligned", "devise", "captioner", "fusion_single", "fusion_two")
 SELECT_ON = ("CIDEr", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "loss")
 
 
@@ -77,6 +90,7 @@ class TowerEntry:
     model: ModelEntry
     sites: tuple[str, ...] = ()
     pooling: str | None = None
+    unfreeze_last: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,16 @@ class OptimEntry:
     weight_decay: float = 0.01
     patience: int = 5
     init_temperature: float = 0.07
+    #: learning rate of the unfrozen tower blocks (``unfreeze_last``); None = ``lr``
+    tail_lr: float | None = None
+
+
+@dataclass(frozen=True)
+class DeviseOptimEntry(OptimEntry):
+    """``optim`` of ``kind: devise``: :class:`OptimEntry` + the hinge ``margin``
+    (``init_temperature`` is unused: DeViSE ranks by dot product)."""
+
+    margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -153,7 +177,8 @@ class TrainConfig:
 
 
 _COMMON = ("name", "kind", "seed", "output_dir", "data", "image_tower", "optim", "extraction")
-_KIND_KEYS = {"aligned": ("text_tower", "head"), "captioner": ("decoder", "decode")}
+_KIND_KEYS = {"aligned": ("text_tower", "head"), "devise": ("text_tower", "head"),
+              "captioner": ("decoder", "decode")}
 _TOP = (*_COMMON, *(k for keys in _KIND_KEYS.values() for k in keys))
 
 
@@ -163,11 +188,15 @@ def _tower(raw: Any, where: str) -> TowerEntry:
         raise ConfigError(f"{where}: missing (a model entry with adapter and sites)")
     sites = raw.pop("sites", None)
     pooling = raw.pop("pooling", None)
+    unfreeze = raw.pop("unfreeze_last", 0)
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, int) or unfreeze < 0:
+        raise ConfigError(f"{where}.unfreeze_last: expected an integer >= 0 (blocks to "
+                          f"fine-tune), got {unfreeze!r}")
     if isinstance(sites, str):
         sites = [sites]
     if sites is not None and (not sites or not all(isinstance(s, str) for s in sites)):
         raise ConfigError(f"{where}.sites: expected a non-empty list of site names")
-    return TowerEntry(_parse_model(where, raw), tuple(sites or ()), pooling)
+    return TowerEntry(_parse_model(where, raw), tuple(sites or ()), pooling, unfreeze)
 
 
 def _section(cls: type, raw: Any, where: str) -> Any:
@@ -214,7 +243,7 @@ def parse_train_config(data: dict[str, Any]) -> Any:
             raise ConfigError(f"train config: missing required key {key!r}")
     kind = data["kind"]
     foreign = [k for other, keys in _KIND_KEYS.items() if other != kind for k in keys
-               if k in data]
+               if k in data and k not in _KIND_KEYS[kind]]
     if foreign:
         raise ConfigError(f"train config: key {foreign[0]!r} does not apply to kind {kind!r} "
                           f"(its keys: {', '.join((*_COMMON, *_KIND_KEYS[kind]))})")
@@ -223,7 +252,7 @@ def parse_train_config(data: dict[str, Any]) -> Any:
         "seed": int(data.get("seed", 0)), "output_dir": data.get("output_dir"),
         "extraction": _expect_mapping(data.get("extraction"), "extraction"),
     }
-    if kind == "aligned":
+    if kind in ("aligned", "devise"):
         return _parse_aligned(data, common)
     return _parse_captioner(data, common)
 
@@ -243,9 +272,19 @@ def _parse_aligned(data: dict[str, Any], common: dict[str, Any]) -> TrainConfig:
         raise ConfigError("train config: missing required key 'text_tower'")
     towers = {k: _checked_tower(data[k], k) for k in ("image_tower", "text_tower")}
     head = _section(HeadEntry, data.get("head"), "head")
-    optim = _section(OptimEntry, data.get("optim"), "optim")
+    devise = common["kind"] == "devise"
+    optim = _section(DeviseOptimEntry if devise else OptimEntry, data.get("optim"), "optim")
     if head.kind not in ("linear", "mlp"):
         raise ConfigError(f"head.kind must be linear or mlp, got {head.kind!r}")
+    if devise and (head.kind != "linear" or any(t.unfreeze_last for t in towers.values())):
+        raise ConfigError("devise: a linear map (head.kind linear) on frozen towers "
+                          "(no unfreeze_last)")
+    if optim.tail_lr is not None and (isinstance(optim.tail_lr, bool) or not isinstance(
+            optim.tail_lr, (int, float)) or optim.tail_lr <= 0):
+        raise ConfigError(f"optim.tail_lr: expected a learning rate > 0 (or null = lr), got "
+                          f"{optim.tail_lr!r}")
+    if devise and optim.margin <= 0:
+        raise ConfigError(f"optim.margin must be > 0, got {optim.margin}")
     if optim.epochs < 1 or optim.batch_size < 2 or optim.lr <= 0:
         raise ConfigError("optim: epochs >= 1, batch_size >= 2 and lr > 0 are required")
     return TrainConfig(image_tower=towers["image_tower"], text_tower=towers["text_tower"],
@@ -257,6 +296,8 @@ def _parse_captioner(data: dict[str, Any], common: dict[str, Any]) -> TrainConfi
     from vlprobe.pooling import check_pooling, grid_size
 
     tower = _checked_tower(data["image_tower"], "image_tower")
+    if tower.unfreeze_last:
+        raise ConfigError("image_tower.unfreeze_last applies to kind aligned only")
     if len(tower.sites) != 1:
         raise ConfigError(f"image_tower.sites: a captioner reads ONE grid site, got "
                           f"{list(tower.sites)}")

@@ -63,15 +63,7 @@ def paired_features(
             f"dataset {stimuli.dataset!r} split {stimuli.split!r} has no (image, caption) "
             "pairs; training a dual encoder needs both"
         )
-    shared = stimuli.unique_images()
-    if shared is None:  # one caption per image
-        from vlprobe.data.stimuli import Stimuli
-
-        view = Stimuli(dataset=stimuli.dataset, split=stimuli.split, ids=list(stimuli.ids),
-                       images=stimuli.images, source=stimuli.source)
-        inverse = np.arange(len(stimuli))
-    else:
-        view, inverse = shared
+    view, inverse = image_view(stimuli)
     image = tower_features(image_adapter, view, "image", image_sites, image_pooling, store,
                            extraction, progress)
     text = tower_features(text_adapter, stimuli, "text", text_sites, text_pooling, store,
@@ -80,6 +72,19 @@ def paired_features(
         image=image, text=text, image_of_text=np.asarray(inverse, dtype=np.int64),
         image_ids=list(view.ids), image_digests=list(view.images.digests),
     )
+
+
+def image_view(stimuli: Any) -> tuple[Any, np.ndarray]:
+    """``(one item per distinct image, [N_texts] row of each item's image)`` of a paired
+    split (the image tower runs on the view)."""
+    shared = stimuli.unique_images()
+    if shared is not None:
+        return shared
+    from vlprobe.data.stimuli import Stimuli  # one caption per image
+
+    view = Stimuli(dataset=stimuli.dataset, split=stimuli.split, ids=list(stimuli.ids),
+                   images=stimuli.images, source=stimuli.source)
+    return view, np.arange(len(stimuli))
 
 
 def check_no_test_images(train: PairedFeatures, test: PairedFeatures, *others: Any) -> None:

@@ -19,7 +19,10 @@ SPLITS = ("train", "validation", "test")
 
 
 def _tower_dict(tower: TowerEntry) -> dict[str, Any]:
-    return {**asdict(tower.model), "sites": list(tower.sites), "pooling": tower.pooling}
+    out = {**asdict(tower.model), "sites": list(tower.sites), "pooling": tower.pooling}
+    if tower.unfreeze_last:  # absent when 0: frozen towers write what they always wrote
+        out["unfreeze_last"] = tower.unfreeze_last
+    return out
 
 
 def _versions() -> dict[str, str]:
@@ -42,7 +45,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 
 def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
-    """``kind: aligned`` (M8)."""
+    """``kind: aligned`` (M8) and ``kind: devise`` (its DeViSE baseline)."""
     from vlprobe.data import DatasetSpec, load_dataset
     from vlprobe.extract import ActivationStore
     from vlprobe.models import ModelSpec, load_model
@@ -70,22 +73,29 @@ def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
         for split in SPLITS
     }
     check_no_test_images(feats["train"], feats["test"], feats["validation"])
+    tails = _tail_set(cfg, {"image": image_adapter, "text": text_adapter}, splits, feats,
+                      store, progress)
     t_features = time.perf_counter() - t0
     h, o = cfg.head, cfg.optim
     heads, log, best_epoch, initial = train_aligned_heads(
         feats["train"], feats["validation"], embed_dim=h.embed_dim, kind=h.kind,
         hidden=h.hidden, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
         weight_decay=o.weight_decay, patience=o.patience, init_temperature=o.init_temperature,
-        seed=cfg.seed, progress=progress,
+        seed=cfg.seed, progress=progress, tails=tails,
+        objective="devise" if cfg.kind == "devise" else "info_nce",
+        margin=getattr(o, "margin", 0.1), tail_lr=o.tail_lr,
     )
     t_train = time.perf_counter() - t0 - t_features
+    test = feats["test"] if tails is None else tails.paired("test")
     record = {
         "name": cfg.name, "kind": cfg.kind, "seed": cfg.seed,
         "data": {s: {"fingerprint": splits[s].fingerprint(), "n_images": len(f.image),
                      "n_texts": len(f.text)} for s, f in feats.items()},
         "epochs": [asdict(e) for e in log], "best_epoch": best_epoch,
         "selection": "best validation mean of R@1/5/10 (both directions); test used once",
-        "test": retrieval_metrics(heads, feats["test"]),
+        "test": retrieval_metrics(heads, test),
+        # the untrained control: initial heads on the frozen towers (= the tails' initial
+        # pretrained blocks when unfreeze_last > 0)
         "controls": {"untrained_heads": retrieval_metrics(initial, feats["test"]),
                      "chance": chance_metrics(feats["test"])},
         "seconds": {"features": t_features, "training": t_train},
@@ -97,7 +107,31 @@ def _train_aligned(cfg: TrainConfig, progress: bool) -> Path:
         "image_dim": int(feats["train"].image.shape[1]),
         "text_dim": int(feats["train"].text.shape[1]), "head": asdict(cfg.head),
     }
-    return save_checkpoint(cfg.out_dir(), dict(heads.state_dict()), config, record)
+    tensors = dict(heads.state_dict())
+    for modality, state in (tails.state() if tails is not None else {}).items():
+        tensors.update({f"{modality}_tower.{k}": v for k, v in state.items()})
+    return save_checkpoint(cfg.out_dir(), tensors, config, record)
+
+
+def _tail_set(cfg: TrainConfig, adapters: dict[str, Any], splits: dict[str, Any],
+              feats: dict[str, Any], store: Any, progress: bool) -> Any:
+    """A :class:`~vlprobe.train.tail_inputs.TailSet` for the towers with
+    ``unfreeze_last > 0`` (None when both are frozen)."""
+    from vlprobe.train.tail_inputs import TailSet, tower_inputs
+    from vlprobe.train.tails import build_tail
+
+    entries = {"image": cfg.image_tower, "text": cfg.text_tower}
+    tails = {m: build_tail(adapters[m], e.unfreeze_last) for m, e in entries.items()
+             if e is not None and e.unfreeze_last}
+    if not tails:
+        return None
+    inputs = {
+        split: {m: tower_inputs(adapters[m], splits[split], m, tail, entries[m].sites,
+                                entries[m].pooling, store, cfg.extraction, progress)
+                for m, tail in tails.items()}
+        for split in SPLITS
+    }
+    return TailSet(tails, inputs, feats)
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -106,5 +140,6 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     for key in ("image_tower", "text_tower"):
         tower = getattr(cfg, key)
         d[key] = _tower_dict(tower) if tower is not None else None
-    unused = ("decoder", "decode") if cfg.kind == "aligned" else ("text_tower", "head")
+    unused = (("decoder", "decode") if cfg.kind in ("aligned", "devise")
+              else ("text_tower", "head"))
     return {k: v for k, v in d.items() if k not in unused}

@@ -140,9 +140,13 @@ def test_bad_input():
         TypographicAttack(["m"], "toy", {**FAST, "font": "NoSuchFont.ttf"}).run(_source())
     for bad in ({"size": 0}, {"position": "left"}, {"colour": "nocolour"}, {"targets": 0},
                 {"templates": ["a photo"]}, {"templates": []}, {"n_images": 0}, {"ci": 1.5},
-                {"defence_templates": "a {}"}):
+                {"defence_templates": "a photo"}):
         with pytest.raises(ConfigError):
             TypographicAttack(["m"], "toy", bad)
+    # templates are read as M1 reads them: one template, a packaged set, a file or a list
+    one = TypographicAttack(["m"], "toy", {"defence_templates": "a {}, not the text."})
+    assert one.params["defence_templates"] == ["a {}, not the text."]
+    assert len(TypographicAttack(["m"], "toy", {"templates": "cifar10"}).params["templates"]) == 18
 
 
 def test_tiny_clip_through_the_store(tmp_path):

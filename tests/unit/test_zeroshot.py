@@ -13,12 +13,14 @@ from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.multimodal._common import (
     binomial_ci,
+)
+from vlprobe.analyses.multimodal.zeroshot import ZeroShot
+from vlprobe.analyses.multimodal.zeroshot_classifier import (
     class_ranks,
     ensemble_classifier,
     rank_metrics,
     template_ranks,
 )
-from vlprobe.analyses.multimodal.zeroshot import ZeroShot
 from vlprobe.analyses.transfer import topk_scores
 from vlprobe.data.prompts.params import load_class_name_set
 from vlprobe.errors import AnalysisError, ConfigError, DataError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlprobe.data.stimuli import ImageSource, Stimuli, class_prompt_stimuli
+from vlprobe.data.stimuli import ImageSource, Stimuli, class_prompt_stimuli, prompt_stimuli
 from vlprobe.registry import Registry
 
 DATASETS: Registry[Any] = Registry("dataset loader")
@@ -81,4 +81,5 @@ __all__ = [
     "Stimuli",
     "class_prompt_stimuli",
     "load_dataset",
+    "prompt_stimuli",
 ]

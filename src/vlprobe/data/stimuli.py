@@ -317,6 +317,17 @@ def class_prompt_stimuli(
                 f"dataset {stimuli.dataset!r} split {stimuli.split!r} has label {top} but only "
                 f"{len(names)} class names were given (one per class index is needed)"
             )
+    return prompt_stimuli(names, templates, stimuli.dataset, "class_prompts", stimuli.source)
+
+
+def prompt_stimuli(
+    names: Sequence[str], templates: Sequence[str], dataset: str = "prompts",
+    split: str = "prompts", source: dict | None = None,
+) -> Stimuli:
+    """One text item per (name, template): ``template.format(name)``, label = name index,
+    class-major (name 0 with every template, then name 1, ...), ids
+    ``class:<c>:template:<t>``. The prompts of zero-shot classifiers: a dataset's classes
+    (:func:`class_prompt_stimuli`) or any label set (M4's bias-audit labels)."""
     templates = list(templates)
     if not templates:
         raise DataError("class prompts need at least one template")
@@ -330,11 +341,11 @@ def class_prompt_stimuli(
             labels.append(c)
             ids.append(f"class:{c}:template:{t}")
     return Stimuli(
-        dataset=stimuli.dataset,
-        split="class_prompts",
+        dataset=dataset,
+        split=split,
         ids=ids,
         texts=texts,
         labels=np.asarray(labels, dtype=np.int64),
         label_names=list(names),
-        source={**stimuli.source, "view": "class_prompts", "templates": templates},
+        source={**(source or {}), "view": split, "templates": templates},
     )

@@ -1,16 +1,12 @@
-"""Small helpers shared by the multimodal analyses (M1 zero-shot, M2 retrieval, M6 gap; M3-M5
-may use them too). Each does one thing:
+"""Small helpers shared by the multimodal analyses (M1-M6). Each does one thing (the
+zero-shot classifier itself is :mod:`vlprobe.analyses.multimodal.zeroshot_classifier`):
 
-- :func:`require_dual`: AnalysisError unless a model has both an image and a text tower.
+- :func:`require_towers`: AnalysisError unless a model has the towers an analysis needs
+  (default: both an image and a text tower).
 - :func:`embedding_requests`: the image-item and class-prompt/caption FeatureRequests at the
   models' final embedding sites (``vision.proj`` / ``text.proj``), one extraction each.
 - :func:`unit_rows`: L2-normalised rows (errors on zero / non-finite rows).
-- :func:`ensemble_classifier`: CLIP's prompt ensemble, ``[C*T, E]`` -> ``[C, E]``.
 - :func:`logit_params`: the model's logit scale and bias (+ a note where it has none).
-- :func:`class_ranks`: the rank of each item's true class under ``scale * cos + bias``,
-  chunked (never the full ``[N, C]`` sort); top-k hits and predictions follow from it.
-- :func:`template_ranks`: the same for every template alone, one matrix product per chunk.
-- :func:`rank_metrics`: top-1 / top-k / mean per-class recall from those ranks.
 - :func:`binomial_ci`: Clopper-Pearson interval of an accuracy.
 - :func:`paired_embeddings`: unit image and caption embeddings of a paired split, images
   deduplicated by ``image_id``, with the image of every caption.
@@ -27,17 +23,23 @@ from vlprobe.analyses.base import FeatureRequest, FeatureSource, LayerFeatures
 from vlprobe.errors import AnalysisError
 
 
-def require_dual(source: FeatureSource, analysis: str, model: str) -> None:
-    """AnalysisError naming the model unless it accepts both image and text input."""
+def require_towers(source: FeatureSource, analysis: str, model: str,
+                   towers: Sequence[str] = ("image", "text")) -> None:
+    """AnalysisError naming the model unless it accepts every input in ``towers`` (default:
+    image and text, a dual encoder)."""
     modalities = tuple(source.model_modalities(model))
-    missing = [m for m in ("image", "text") if m not in modalities]
-    if missing:
-        raise AnalysisError(
-            f"{analysis}: model {model!r} ({'/'.join(modalities) or 'no input'}) has no "
-            f"{' and no '.join(missing)} tower; this analysis compares images with texts in a "
-            "joint embedding space, so it needs a dual encoder (clip, siglip, open_clip, "
-            "aligned_dual)"
-        )
+    missing = [m for m in towers if m not in modalities]
+    if not missing:
+        return
+    if len(towers) == 2:
+        need = ("compares images with texts in a joint embedding space, so it needs a dual "
+                "encoder (clip, siglip, open_clip, aligned_dual)")
+    else:
+        need = f"needs an {towers[0]} tower"
+    raise AnalysisError(
+        f"{analysis}: model {model!r} ({'/'.join(modalities) or 'no input'}) has no "
+        f"{' and no '.join(missing)} tower; this analysis {need}"
+    )
 
 
 def embedding_requests(
@@ -93,14 +95,6 @@ def unit_rows(x: np.ndarray, what: str, ids: Sequence[str] | None = None) -> np.
     return (x / norms[:, None]).astype(np.float32)
 
 
-def ensemble_classifier(text_unit: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
-    """CLIP's prompt ensemble: ``[C*T, E]`` unit prompt embeddings (class-major) -> ``[C, E]``
-    = the mean over each class' T templates, renormalised (the CLIP ImageNet notebook)."""
-    per_class = np.asarray(text_unit, dtype=np.float64).reshape(n_classes, n_templates, -1)
-    mean = per_class.mean(axis=1)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
-
-
 def logit_params(source: FeatureSource, model: str) -> tuple[float, float | None, list[str]]:
     """``(scale, bias, notes)``: the model's image-text logits are ``scale * cos + bias``.
 
@@ -114,93 +108,6 @@ def logit_params(source: FeatureSource, model: str) -> tuple[float, float | None
                            "raw cosines (uncalibrated); ranks and accuracies are unaffected"]
     bias = params.get("bias")
     return float(params["scale"]), None if bias is None else float(bias), []
-
-
-def class_ranks(
-    image_unit: np.ndarray, classifier: np.ndarray, labels: np.ndarray,
-    scale: float = 1.0, bias: float | None = None, probabilities: bool = True,
-    chunk: int = 2048,
-) -> dict[str, np.ndarray]:
-    """Per image: the 1-based rank of its true class, the predicted class, and the
-    probabilities of the prediction and of the true class.
-
-    Logits are ``scale * image_unit @ classifier.T + bias`` (``[N, E]`` x ``[C, E]``). Ties
-    rank the lower class index first (as a stable sort; ``argmax`` agrees). Scale > 0 and
-    bias do not change ranks; probabilities are a softmax over classes (CLIP), or a sigmoid
-    per class when the model has a bias (SigLIP's pairwise sigmoid). ``labels`` outside
-    ``0..C-1`` are an AnalysisError. ``probabilities=False`` skips them (ranks only).
-    """
-    from scipy.special import expit
-
-    labels = np.asarray(labels, dtype=np.int64)
-    n_classes = classifier.shape[0]
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise AnalysisError(f"zero-shot: label {int(labels.max())} has no class among the "
-                            f"{n_classes} class names")
-    out = {k: np.empty(len(labels), dtype=d) for k, d in
-           (("rank", np.int64), ("pred", np.int64), ("p_pred", np.float64),
-            ("p_true", np.float64))}
-    cls_index = np.arange(n_classes)
-    for start in range(0, len(labels), chunk):
-        y = labels[start:start + chunk]
-        logits = float(scale) * (image_unit[start:start + chunk] @ classifier.T)
-        if bias is not None:
-            logits = logits + float(bias)
-        true = logits[np.arange(len(y)), y]
-        above = (logits > true[:, None]).sum(1)
-        tied_before = ((logits == true[:, None]) & (cls_index[None, :] < y[:, None])).sum(1)
-        pred = logits.argmax(1)
-        out["rank"][start:start + len(y)] = above + tied_before + 1
-        out["pred"][start:start + len(y)] = pred
-        if not probabilities:
-            continue
-        z = logits.astype(np.float64)
-        if bias is None:
-            z = np.exp(z - z.max(1, keepdims=True))
-            prob = z / z.sum(1, keepdims=True)
-        else:
-            prob = expit(z)
-        rows = np.arange(len(y))
-        out["p_pred"][start:start + len(y)] = prob[rows, pred]
-        out["p_true"][start:start + len(y)] = prob[rows, y]
-    if not probabilities:
-        del out["p_pred"], out["p_true"]
-    return out
-
-
-def template_ranks(image_unit: np.ndarray, prompt_unit: np.ndarray, labels: np.ndarray,
-                   n_classes: int, n_templates: int, chunk: int = 256) -> np.ndarray:
-    """``[N, T]``: the rank of each image's true class when template ``t`` alone is the
-    classifier (``prompt_unit`` ``[C*T, E]`` class-major, unit rows). One matrix product per
-    chunk of images for all templates at once (not T small ones); ties as
-    :func:`class_ranks`."""
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.empty((len(labels), n_templates), dtype=np.int64)
-    cls_index = np.arange(n_classes)[None, :, None]
-    for start in range(0, len(labels), chunk):
-        y = labels[start:start + chunk]
-        sims = (image_unit[start:start + chunk] @ prompt_unit.T).reshape(len(y), n_classes,
-                                                                         n_templates)
-        true = sims[np.arange(len(y)), y]  # [n, T]
-        above = (sims > true[:, None, :]).sum(1)
-        tied = ((sims == true[:, None, :]) & (cls_index < y[:, None, None])).sum(1)
-        out[start:start + len(y)] = above + tied + 1
-    return out
-
-
-def rank_metrics(ranks: np.ndarray, labels: np.ndarray, top_k: int, n_classes: int
-                 ) -> dict[str, float]:
-    """``top1_accuracy``, ``top{k}_accuracy`` (only when ``n_classes > top_k``; else it is
-    trivially 1) and ``mean_per_class_recall`` (mean over the classes present in ``labels``
-    of their top-1 recall) from true-class ranks."""
-    ranks, labels = np.asarray(ranks), np.asarray(labels)
-    hit = ranks == 1
-    out = {"top1_accuracy": float(hit.mean())}
-    if n_classes > top_k:
-        out[f"top{top_k}_accuracy"] = float((ranks <= top_k).mean())
-    out["mean_per_class_recall"] = float(np.mean([hit[labels == c].mean()
-                                                  for c in np.unique(labels)]))
-    return out
 
 
 def binomial_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:

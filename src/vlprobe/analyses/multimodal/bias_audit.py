@@ -42,17 +42,14 @@ from vlprobe.analyses.multimodal._attacks_common import (
     TEXT_SITE,
     bootstrap_rates,
     check_ci,
-    check_names,
     check_positive_int,
-    check_templates,
-    class_embeddings,
     percentile_ci,
-    prompt_stimuli,
-    require_towers,
     site_features,
-    zero_shot,
 )
-from vlprobe.data.stimuli import Stimuli
+from vlprobe.analyses.multimodal._common import require_towers, unit_rows
+from vlprobe.analyses.multimodal.zeroshot_classifier import predict_classes, prompt_classifier
+from vlprobe.data.prompts.params import check_class_names, resolve_template_param
+from vlprobe.data.stimuli import Stimuli, prompt_stimuli
 from vlprobe.errors import AnalysisError, ConfigError, DataError
 
 DEFAULT_GROUP_WORDS: dict[str, list[str]] = {
@@ -126,10 +123,7 @@ def _check_label_sets(value: Any, what: str) -> dict[str, dict[str, list[str]]]:
                 raise ConfigError(f"{what}: label set {name!r} category {cat!r} must be a "
                                   f"non-empty list of labels, got {labels!r}")
         flat = [lab for labels in cats.values() for lab in labels]
-        try:
-            check_names(flat, f"{what}: label set {name!r}")
-        except DataError as exc:
-            raise ConfigError(str(exc)) from None
+        check_class_names(flat, f"{what}: label set {name!r}")
         out[str(name)] = {str(c): [str(x).strip() for x in labels] for c, labels in cats.items()}
     return out
 
@@ -192,14 +186,14 @@ class BiasAudit(Analysis):
                               f"{p['groups_from']!r}")
         p["group_words"] = _check_group_words(p["group_words"], self.name)
         p["label_sets"] = _check_label_sets(p["label_sets"], self.name)
-        p["templates"] = check_templates(p["templates"], f"{self.name}: templates")
+        p["templates"] = resolve_template_param(p["templates"], f"{self.name}: templates")
         check_positive_int(p, "min_group_size", self.name)
         check_positive_int(p, "max_images", self.name, allow_none=True)
         check_ci(p, self.name)
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         for model in self.models:
-            require_towers(source, model, self.name)
+            require_towers(source, self.name, model)
         return []  # images and prompts are built here and extracted in run (source.extract)
 
     # -- the audited images ----------------------------------------------------------------
@@ -270,7 +264,7 @@ class BiasAudit(Analysis):
 
         p = self.params
         for model in self.models:
-            require_towers(source, model, self.name)
+            require_towers(source, self.name, model)
         stim = source.stimuli(FeatureRequest(self.models[0], self.dataset, p["split"]))
         images, groups, notes = self._grouped(stim)
         notes.insert(0, AUDIT)
@@ -281,21 +275,25 @@ class BiasAudit(Analysis):
         all_labels = list(dict.fromkeys(
             lab for cats in p["label_sets"].values() for labels in cats.values()
             for lab in labels))
-        prompts = prompt_stimuli(all_labels, p["templates"], "bias_audit_labels")
+        prompts = prompt_stimuli(all_labels, p["templates"], split="bias_audit_labels")
         rows: list[dict[str, Any]] = []
         preds: list[dict[str, Any]] = []
         figures = {}
         for mi, model in enumerate(self.models):
-            x = site_features(source.extract(model, images, "image", (IMAGE_SITE,)), IMAGE_SITE,
-                              model, f"images of dataset {self.dataset!r}")
+            fi = source.extract(model, images, "image", (IMAGE_SITE,))
+            where = f"{self.name}: model {model!r}"
+            x = unit_rows(site_features(fi, IMAGE_SITE, model,
+                                        f"images of dataset {self.dataset!r}"),
+                          f"{where}: images of dataset {self.dataset!r}", fi.ids)
             tf = source.extract(model, prompts, "text", (TEXT_SITE,))
             t = site_features(tf, TEXT_SITE, model, "label prompts")
-            label_vecs = class_embeddings(t, np.asarray(tf.labels), len(all_labels))
+            label_vecs = prompt_classifier(t, np.asarray(tf.labels), len(all_labels),
+                                           f"{where}: label prompts", tf.ids)
             for si, (set_name, cats) in enumerate(p["label_sets"].items()):
                 labels = [lab for labs in cats.values() for lab in labs]
                 cat_of = [c for c, labs in cats.items() for _ in labs]
                 cols = [all_labels.index(lab) for lab in labels]
-                pred, _ = zero_shot(x, label_vecs[cols])
+                pred = predict_classes(x, label_vecs[cols])
                 onehot = np.eye(len(labels))[pred]
                 cat_names = list(cats)
                 member = np.array([[cat_of[j] == c for c in cat_names]

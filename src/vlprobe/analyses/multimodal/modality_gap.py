@@ -32,14 +32,16 @@ import numpy as np
 
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
 from vlprobe.analyses.multimodal._common import (
-    class_ranks,
     embedding_requests,
-    ensemble_classifier,
     only_site,
     paired_embeddings,
     paired_requests,
-    require_dual,
+    require_towers,
     unit_rows,
+)
+from vlprobe.analyses.multimodal.zeroshot_classifier import (
+    class_ranks,
+    ensemble_classifier,
 )
 from vlprobe.data.prompts.params import resolve_class_names, resolve_template_param
 from vlprobe.errors import AnalysisError, ConfigError
@@ -141,7 +143,7 @@ class ModalityGap(Analysis):
         return "pairs" if "text" in source.dataset_modalities(self.dataset) else "class_prompts"
 
     def _requests(self, source: FeatureSource, model: str) -> tuple[FeatureRequest, ...]:
-        require_dual(source, self.name, model)
+        require_towers(source, self.name, model)
         split = self.params["split"]
         if self._mode(source) == "pairs":
             return paired_requests(source, self.name, model, self.dataset, split)
@@ -200,7 +202,7 @@ class ModalityGap(Analysis):
         sweep: list[dict[str, Any]] = []
         views: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for model in self.models:
-            require_dual(source, self.name, model)
+            require_towers(source, self.name, model)
             img, txt, score = self._clouds(source, model)
             delta = gap_vector(img, txt)
             base = {"analysis": self.name, "model": model, "dataset": self.dataset,

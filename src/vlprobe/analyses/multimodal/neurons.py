@@ -45,12 +45,9 @@ import numpy as np
 
 from vlprobe.analyses._common import check_layer_spec, select_layer_sites
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.multimodal._attacks_common import (
-    check_names,
-    check_positive_int,
-    require_towers,
-    site_features,
-)
+from vlprobe.analyses.multimodal._attacks_common import check_positive_int, site_features
+from vlprobe.analyses.multimodal._common import require_towers
+from vlprobe.data.prompts.params import check_class_names
 from vlprobe.data.typography import TextStyle, nonword_like, parse_colour, word_card_stimuli
 from vlprobe.errors import AnalysisError, ConfigError, DataError
 
@@ -139,10 +136,7 @@ class MultimodalNeurons(Analysis):
         if p["concepts"] is not None:
             if isinstance(p["concepts"], str) or not isinstance(p["concepts"], list):
                 raise ConfigError(f"{self.name}: concepts must be a list of class names or null")
-            try:
-                p["concepts"] = check_names(p["concepts"], f"{self.name}: concepts")
-            except DataError as exc:
-                raise ConfigError(str(exc)) from None
+            p["concepts"] = check_class_names(p["concepts"], f"{self.name}: concepts")
             if len(p["concepts"]) < 2:
                 raise ConfigError(f"{self.name}: concepts needs at least 2 names (the others "
                                   "are the controls)")
@@ -156,7 +150,7 @@ class MultimodalNeurons(Analysis):
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         for model in self.models:
-            require_towers(source, model, self.name, towers=("image",))
+            require_towers(source, self.name, model, towers=("image",))
             self._site(source, model)
         return []  # pictures and cards are built here and extracted in run (source.extract)
 
@@ -167,7 +161,7 @@ class MultimodalNeurons(Analysis):
         base = source.stimuli(FeatureRequest(self.models[0], self.dataset, p["split"]))
         if base.images is None or base.labels is None:
             raise DataError(f"{self.name}: {where} needs labelled images (pictures of concepts)")
-        names = check_names(base.label_names, f"{self.name}: {where}")
+        names = check_class_names(base.label_names, f"{self.name}: {where}", DataError)
         concepts = p["concepts"] or names
         lower = [n.lower() for n in names]
         missing = [c for c in concepts if c.lower() not in lower]
@@ -218,7 +212,7 @@ class MultimodalNeurons(Analysis):
 
         p = self.params
         for model in self.models:
-            require_towers(source, model, self.name, towers=("image",))
+            require_towers(source, self.name, model, towers=("image",))
         pictures, y_img, cards, concepts, notes = self._stimuli(source)
         y_card = np.asarray(cards.descriptors["concept"])
         rows: list[dict[str, Any]] = []

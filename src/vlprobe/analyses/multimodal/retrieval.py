@@ -33,7 +33,7 @@ from vlprobe.analyses.multimodal._common import (
     PairedEmbeddings,
     paired_embeddings,
     paired_requests,
-    require_dual,
+    require_towers,
 )
 from vlprobe.errors import ConfigError
 from vlprobe.metrics.retrieval import best_positive_ranks, image_text_positives, recall_at_k
@@ -96,7 +96,7 @@ class Retrieval(Analysis):
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         out = []
         for model in self.models:
-            require_dual(source, self.name, model)
+            require_towers(source, self.name, model)
             out += paired_requests(source, self.name, model, self.dataset, self.params["split"])
         return out
 
@@ -110,7 +110,7 @@ class Retrieval(Analysis):
         rank_tables = []
         notes: list[str] = []
         for model in self.models:
-            require_dual(source, self.name, model)
+            require_towers(source, self.name, model)
             pairs = paired_embeddings(source, self.name, model, self.dataset, p["split"])
             scored = retrieval_scores(pairs)
             base = {"analysis": self.name, "model": model, "dataset": self.dataset,
@@ -143,21 +143,18 @@ class Retrieval(Analysis):
     def _rank_table(model: str, pairs: PairedEmbeddings, scored: dict[str, Any]) -> Any:
         import pandas as pd
 
-        i2t, t2i = scored["image_to_text"], scored["text_to_image"]
-        frames = [
-            pd.DataFrame({"model": model, "direction": "image_to_text",
-                          "query_id": pairs.image_ids, "query": pairs.image_ids,
-                          "rank": i2t["ranks"], "n_positives": i2t["n_positives"],
-                          "top1_id": [pairs.text_ids[j] for j in i2t["top1"]],
-                          "top1": [pairs.captions[j] for j in i2t["top1"]],
-                          "top1_positive": i2t["top1_positive"]}),
-            pd.DataFrame({"model": model, "direction": "text_to_image",
-                          "query_id": pairs.text_ids, "query": pairs.captions,
-                          "rank": t2i["ranks"], "n_positives": t2i["n_positives"],
-                          "top1_id": [pairs.image_ids[j] for j in t2i["top1"]],
-                          "top1": [pairs.image_ids[j] for j in t2i["top1"]],
-                          "top1_positive": t2i["top1_positive"]}),
-        ]
+        sides = {  # direction: (query ids, query texts, candidate ids, candidate texts)
+            "image_to_text": (pairs.image_ids, pairs.image_ids, pairs.text_ids, pairs.captions),
+            "text_to_image": (pairs.text_ids, pairs.captions, pairs.image_ids, pairs.image_ids),
+        }
+        frames = []
+        for direction, (query_ids, queries, cand_ids, cands) in sides.items():
+            s = scored[direction]
+            frames.append(pd.DataFrame({
+                "model": model, "direction": direction, "query_id": query_ids,
+                "query": queries, "rank": s["ranks"], "n_positives": s["n_positives"],
+                "top1_id": [cand_ids[j] for j in s["top1"]],
+                "top1": [cands[j] for j in s["top1"]], "top1_positive": s["top1_positive"]}))
         return pd.concat(frames, ignore_index=True)
 
     @staticmethod

@@ -49,15 +49,13 @@ from vlprobe.analyses.multimodal._attacks_common import (
     IMAGE_SITE,
     TEXT_SITE,
     check_ci,
-    check_names,
     check_positive_int,
-    check_templates,
-    class_embeddings,
     cluster_bootstrap,
-    require_towers,
     site_features,
-    zero_shot,
 )
+from vlprobe.analyses.multimodal._common import require_towers, unit_rows
+from vlprobe.analyses.multimodal.zeroshot_classifier import predict_classes, prompt_classifier
+from vlprobe.data.prompts.params import check_class_names, resolve_template_param
 from vlprobe.data.typography import (
     TextJob,
     TextStyle,
@@ -122,9 +120,13 @@ class TypographicAttack(Analysis):
         super().__init__(models, dataset, params, seed)
         p = self.params
         self.style = TextStyle.from_params(p, self.name)
-        p["templates"] = check_templates(p["templates"], f"{self.name}: templates")
-        p["defence_templates"] = check_templates(
-            p["defence_templates"], f"{self.name}: defence_templates", allow_empty=True)
+        p["templates"] = resolve_template_param(p["templates"], f"{self.name}: templates")
+        if p["defence_templates"] is None or (isinstance(p["defence_templates"], list | tuple)
+                                              and not p["defence_templates"]):
+            p["defence_templates"] = []
+        else:
+            p["defence_templates"] = resolve_template_param(
+                p["defence_templates"], f"{self.name}: defence_templates")
         check_positive_int(p, "n_images", self.name, allow_none=True)
         check_positive_int(p, "min_size", self.name, allow_none=True)
         check_positive_int(p, "n_examples", self.name, low=0)
@@ -145,7 +147,7 @@ class TypographicAttack(Analysis):
 
     def requests(self, source: FeatureSource) -> list[FeatureRequest]:
         for model in self.models:
-            require_towers(source, model, self.name)
+            require_towers(source, self.name, model)
         return [self._text_request(m, t) for m in self.models for _, t in self._prompt_sets()]
 
     def _jobs(self, labels: np.ndarray, names: list[str]) -> tuple[list[TextJob], np.ndarray]:
@@ -180,7 +182,7 @@ class TypographicAttack(Analysis):
 
         p = self.params
         for model in self.models:
-            require_towers(source, model, self.name)
+            require_towers(source, self.name, model)
         find_font(self.style.font)  # the clear error before any work
         where = f"dataset {self.dataset!r} split {p['split']!r}"
         base = source.stimuli(FeatureRequest(self.models[0], self.dataset, p["split"]))
@@ -188,7 +190,7 @@ class TypographicAttack(Analysis):
             raise DataError(f"{self.name}: {where} has no images to write on")
         if base.labels is None:
             raise DataError(f"{self.name}: {where} has no labels (needed for accuracy)")
-        names = check_names(base.label_names, f"{self.name}: {where}")
+        names = check_class_names(base.label_names, f"{self.name}: {where}", DataError)
         if len(names) < 2:
             raise AnalysisError(f"{self.name}: {where} has {len(names)} class; an attack "
                                 "writes a wrong class name, so at least 2 are needed")
@@ -223,13 +225,16 @@ class TypographicAttack(Analysis):
         figures: dict[str, Any] = {}
         for mi, model in enumerate(self.models):
             feats = source.extract(model, rendered, "image", (IMAGE_SITE,))
-            x = site_features(feats, IMAGE_SITE, model, f"{where} (rendered)")
+            x = unit_rows(site_features(feats, IMAGE_SITE, model, f"{where} (rendered)"),
+                          f"{self.name}: model {model!r}: {where} (rendered)", feats.ids)
             flips: dict[str, np.ndarray] = {}
             preds_plain = None
             for pi, (prompts, templates) in enumerate(self._prompt_sets()):
                 tf = source.get(self._text_request(model, templates))
                 t = site_features(tf, TEXT_SITE, model, f"{where} class prompts")
-                pred, _ = zero_shot(x, class_embeddings(t, np.asarray(tf.labels), len(names)))
+                pred = predict_classes(x, prompt_classifier(
+                    t, np.asarray(tf.labels), len(names),
+                    f"{self.name}: model {model!r}: {where} class prompts", tf.ids))
                 if preds_plain is None:
                     preds_plain = pred
                 pc, pa, pk = pred[pair_clean], pred[attack], pred[control]

@@ -47,15 +47,17 @@ from vlprobe.analyses._common import (
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
 from vlprobe.analyses.multimodal._common import (
     binomial_ci,
-    class_ranks,
     embedding_requests,
-    ensemble_classifier,
     logit_params,
     only_site,
-    rank_metrics,
-    require_dual,
-    template_ranks,
+    require_towers,
     unit_rows,
+)
+from vlprobe.analyses.multimodal.zeroshot_classifier import (
+    class_ranks,
+    ensemble_classifier,
+    rank_metrics,
+    template_ranks,
 )
 from vlprobe.analyses.probe_solver import convergence_note
 from vlprobe.data.prompts.params import resolve_class_names, resolve_template_param
@@ -151,7 +153,7 @@ class ZeroShot(Analysis):
 
     def _requests(self, source: FeatureSource, model: str
                   ) -> tuple[FeatureRequest, FeatureRequest, FeatureRequest | None]:
-        require_dual(source, self.name, model)
+        require_towers(source, self.name, model)
         self._check_split(source, self.params["split"])
         image, text = embedding_requests(source, model, self.dataset, self.params["split"],
                                          self.templates, self.class_names)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from vlprobe.analyses.multimodal.zeroshot_classifier import prompt_classifier
 from vlprobe.errors import AnalysisError, ConfigError
 
 HEADS = ("own", "zero_shot", "linear_probe")
@@ -103,18 +104,18 @@ def own_head(adapter: Any, site: str, label_names: Sequence[str] | None) -> Head
 def zero_shot_head(adapter: Any, class_features: np.ndarray, class_labels: np.ndarray,
                    label_names: Sequence[str], templates: Sequence[str]) -> Head:
     """Zero-shot head from the text embeddings of the class prompts (``[P, E]`` features of
-    one prompt per (class, template), ``class_labels`` ``[P]`` their class)."""
+    one prompt per (class, template), ``class_labels`` ``[P]`` their class in
+    ``0..len(label_names)-1``, every class with every template). The class vectors are M1's
+    (:func:`~vlprobe.analyses.multimodal.zeroshot_classifier.prompt_classifier`)."""
     import torch
 
     site = adapter.embedding_site("image")
     scale_bias = adapter.logit_scale() if hasattr(adapter, "logit_scale") else None
     scale = float((scale_bias or {}).get("scale") or 100.0)
     bias = (scale_bias or {}).get("bias")
-    feats = np.asarray(class_features, dtype=np.float64)
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    classes = np.unique(class_labels)
-    emb = np.stack([feats[class_labels == c].mean(0) for c in classes])
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    classes = np.arange(len(label_names))
+    emb = prompt_classifier(np.asarray(class_features), np.asarray(class_labels), len(classes),
+                            f"zero-shot head of {adapter.family!r}: class prompts")
     text = torch.as_tensor(emb, dtype=torch.float32)
 
     def logits(pixels: Any) -> Any:
@@ -124,7 +125,7 @@ def zero_shot_head(adapter: Any, class_features: np.ndarray, class_labels: np.nd
         return out + float(bias) if bias is not None else out
 
     info = {"scale": scale, "bias": bias, "n_templates": len(templates)}
-    names = [str(label_names[c]) if c < len(label_names) else str(c) for c in classes]
+    names = [str(name) for name in label_names]
     return Head("zero_shot", site, logits, classes.astype(np.int64), names, info)
 
 

@@ -57,23 +57,26 @@ def _as_file(value: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def check_class_names(names: Sequence[Any], where: str) -> list[str]:
-    """``names`` as stripped strings; ConfigError on an empty, non-string or duplicate name."""
+def check_class_names(names: Sequence[Any] | None, where: str,
+                      error: type[Exception] = ConfigError) -> list[str]:
+    """``names`` as stripped strings; ``error`` (ConfigError for a parameter; DataError for a
+    dataset's own names) on no names, or an empty, non-string or duplicate name."""
+    if not names:
+        raise error(f"{where}: no class names (zero-shot needs one name per class)")
     out: list[str] = []
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"{where}: class name #{i} is {name!r}; expected a non-empty string")
+            raise error(f"{where}: class name #{i} is {name!r}; expected a non-empty string")
         key = " ".join(name.casefold().split())
         if key in seen:
-            raise ConfigError(
+            raise error(
                 f"{where}: class names #{seen[key]} {names[seen[key]]!r} and #{i} {name!r} are "
-                "the same name (after case folding): zero-shot could not tell the classes apart"
+                f"the same name after case folding (#{i} duplicates #{seen[key]}): zero-shot "
+                "could not tell the classes apart"
             )
         seen[key] = i
         out.append(name.strip())
-    if not out:
-        raise ConfigError(f"{where}: no class names")
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vlprobe.analyses import plots
+from vlprobe.analyses.geometry import plots
 
 
 def _probe_table():

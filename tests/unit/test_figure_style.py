@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from vlprobe.analyses import plots, plots_geometry
+from vlprobe.analyses import plots_geometry
 from vlprobe.analyses.figure_style import alt_text, model_of, model_palette, style_figure
+from vlprobe.analyses.geometry import plots
 
 
 def probe_table(models=("clip", "clip_random"), layers=4):

@@ -10,8 +10,8 @@ import re
 
 import pandas as pd
 
-from vlprobe.analyses import plots
 from vlprobe.analyses.base import Result
+from vlprobe.analyses.geometry import plots
 from vlprobe.cli import main
 from vlprobe.report.compare import render_comparison, write_comparison
 from vlprobe.report.html import render_report, write_report

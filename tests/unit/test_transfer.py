@@ -12,7 +12,7 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses._common import fit_standardizer
 from vlprobe.analyses.base import FeatureRequest
-from vlprobe.analyses.transfer import COARSE_CS, Transfer, clip_linear_probe, topk_scores
+from vlprobe.analyses.vision.transfer import COARSE_CS, Transfer, clip_linear_probe, topk_scores
 from vlprobe.errors import AnalysisError, ConfigError
 
 FAST = {"max_iter": 50, "refine_rounds": 2}

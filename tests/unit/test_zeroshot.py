@@ -19,7 +19,7 @@ from vlprobe.analyses.multimodal._common import (
     template_ranks,
 )
 from vlprobe.analyses.multimodal.zeroshot import ZeroShot
-from vlprobe.analyses.transfer import topk_scores
+from vlprobe.analyses.vision.transfer import topk_scores
 from vlprobe.data.prompts.params import load_class_name_set
 from vlprobe.errors import AnalysisError, ConfigError, DataError
 

@@ -1,4 +1,4 @@
-"""The pieces of V5 (:mod:`vlprobe.analyses.reconstruction`): targets, decoder, figures.
+"""The pieces of V5 (:mod:`vlprobe.analyses.vision.reconstruction`): targets, decoder, figures.
 
 - :func:`load_targets`: images of a split -> ``[N, 3 or 1, S, S]`` float32 in [0, 1].
 - :func:`build_decoder`: ``[B, C, g, g]`` -> ``[B, 3 or 1, S, S]`` conv decoder.

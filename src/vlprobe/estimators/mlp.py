@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from vlprobe.analyses._common import standardize
-from vlprobe.analyses.probe_solver import _encode_labels
+from vlprobe.estimators.logistic import _encode_labels
 
 
 @dataclass

@@ -409,7 +409,7 @@ class CKA(SingleSplitPlan, Analysis):
         for m in models:
             sites[m] = select_layer_sites(feats[m], p["layers"], m, default="all")
             if p["include_embedding"]:
-                from vlprobe.analyses.transfer import embedding_site
+                from vlprobe.analyses.vision.transfer import embedding_site
 
                 emb = embedding_site(feats[m])
                 if emb is None:

@@ -336,7 +336,7 @@ class RSA(Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses import plots
+        from vlprobe.analyses.geometry import plots
 
         p = self.params
         plan, notes = self._plan(source)

@@ -41,9 +41,9 @@ fitting rows' statistics (per column, so the two halves of a concatenation are o
 scale):
 
 - single-label, linear: multinomial L2 logistic regression, C chosen on validation accuracy
-  from ``Cs`` and refitted on train + val (:func:`~vlprobe.analyses.probe_solver.
+  from ``Cs`` and refitted on train + val (:func:`~vlprobe.estimators.logistic.
   select_and_evaluate`; all feature sets of a pair in one batched solve).
-- single-label, MLP: :func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes` (Linear-ReLU-
+- single-label, MLP: :func:`~vlprobe.estimators.mlp.fit_mlp_probes` (Linear-ReLU-
   Linear, 256 hidden units by default as in the thesis, cross-entropy).
 - multi-label, linear: one-vs-rest: one binary L2 logistic probe per label, C chosen per
   label on validation accuracy and refitted on train + val; a label is predicted when its
@@ -52,7 +52,7 @@ scale):
 - multi-label, MLP: Linear-ReLU-Linear with one sigmoid output per label and binary
   cross-entropy (the thesis' head), AdamW, early stopping on validation loss; hidden size /
   weight decay chosen on validation sample-F1; outputs rounded at 0.5
-  (:func:`~vlprobe.analyses.mlp_probe.fit_mlp_multilabel_probes`: the same training loop as
+  (:func:`~vlprobe.estimators.mlp.fit_mlp_multilabel_probes`: the same training loop as
   the single-label MLP, seeded with local generators).
 
 Metrics (on test):
@@ -100,7 +100,7 @@ from vlprobe.analyses._common import (
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, LayerFeatures, Result
-from vlprobe.analyses.human_centric_parts import (
+from vlprobe.analyses.multimodal.human_centric_parts import (
     FEATURE_SETS,
     MULTI_METRICS,
     SINGLE_METRICS,
@@ -115,9 +115,9 @@ from vlprobe.analyses.human_centric_parts import (
     probe_single_label,
     single_label_scores,
 )
-from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, mlp_options
-from vlprobe.analyses.probe_solver import DEFAULT_CS
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import DEFAULT_CS
+from vlprobe.estimators.mlp import MLP_PARAM_DEFAULTS, mlp_options
 
 _NEEDS = {"image": ("image",), "text": ("text",), "image+text": ("image", "text")}
 _PROBES = ("linear", "mlp", "both")

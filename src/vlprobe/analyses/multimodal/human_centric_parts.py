@@ -1,4 +1,4 @@
-"""The pieces of M7 (:mod:`vlprobe.analyses.human_centric`): metrics, label sets, the
+"""The pieces of M7 (:mod:`vlprobe.analyses.multimodal.human_centric`): metrics, label sets, the
 one-vs-rest logistic probes and the figure.
 
 - :func:`single_label_scores` / :func:`multi_label_scores`: the metrics of the result table.
@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from vlprobe.analyses._common import solver_options
-from vlprobe.analyses.mlp_probe import fit_mlp_multilabel_probes, fit_mlp_probes
-from vlprobe.analyses.probe_solver import (
+from vlprobe.errors import AnalysisError
+from vlprobe.estimators.logistic import (
     DEFAULT_CS,
     convergence_note,
     memory_note,
     select_and_evaluate,
     stop_diagnostics,
 )
-from vlprobe.errors import AnalysisError
+from vlprobe.estimators.mlp import fit_mlp_multilabel_probes, fit_mlp_probes
 
 FEATURE_SETS = ("image", "text", "image+text")
 SINGLE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted")
@@ -156,7 +156,7 @@ def fit_ovr_logistic(
     ``train`` / ``val``: ``(X_sets, Y [N, K])``. Returns (per set ``[N_test, K]`` 0/1
     predictions, ``[n_sets, K]`` chosen C (NaN for constant labels), indices of the labels
     predicted constant because train has a single value for them, the per-label
-    :class:`~vlprobe.analyses.probe_solver.ProbeSelection` s with their coefficients dropped
+    :class:`~vlprobe.estimators.logistic.ProbeSelection` s with their coefficients dropped
     (for the convergence and memory notes)).
     """
     from dataclasses import replace

@@ -11,9 +11,9 @@ Protocol (SCIENCE.md T3; seed 000 §3.5, table 1):
    Evaluation items with the same content as train items are counted in the notes (dataset
    option ``drop_cross_split_duplicates`` drops them).
 3. Head ``"linear"``: L2 logistic regression for every layer x C of ``Cs`` solved at once
-   (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`), C chosen on the carved
+   (:func:`~vlprobe.estimators.logistic.select_and_evaluate`), C chosen on the carved
    validation split (ties -> smallest C), refitted on train + validation.
-   Head ``"mlp"``: 1-hidden-layer MLP (:func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes`),
+   Head ``"mlp"``: 1-hidden-layer MLP (:func:`~vlprobe.estimators.mlp.fit_mlp_probes`),
    hidden size x weight decay chosen on validation with early stopping. ``"both"``: both.
 4. Accuracy on ``eval_split`` (default ``validation``). SuperGLUE test labels are hidden, so
    the official dev set (``val.jsonl``, loaded as ``validation``) is the test proxy, as usual.
@@ -47,9 +47,9 @@ from vlprobe.analyses._common import (
     select_layer_sites,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
-from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
-from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import DEFAULT_CS, select_and_evaluate
+from vlprobe.estimators.mlp import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 
 _HEADS = ("linear", "mlp", "both")
 
@@ -206,7 +206,7 @@ class Downstream(SplitPairPlan, Analysis):
             table["max_length"] = table["max_length"].astype("Int64")
         figures = {}
         if len(table) and table["layer"].notna().sum() > 1:
-            from vlprobe.analyses.plots import plot_accuracy_vs_layer
+            from vlprobe.analyses.geometry.plots import plot_accuracy_vs_layer
 
             figures["accuracy_vs_layer"] = plot_accuracy_vs_layer(
                 table.assign(probe=table["head"]),

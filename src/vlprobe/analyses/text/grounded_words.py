@@ -35,19 +35,19 @@ Method, step by step, with the choices made:
    epochs, seed, workers=1)``; the class words are kept in the vocabulary whatever their
    count (thesis: vocabulary extended by the visual words) in *both* variants; in the
    grounded one their input vectors are set and frozen with ``wv.vectors_lockf = 0`` (see
-   :mod:`vlprobe.text_eval.skipgram`). The thesis trained 5 epochs, window 5, lr 1e-3 on a
+   :mod:`.text_eval.skipgram`). The thesis trained 5 epochs, window 5, lr 1e-3 on a
    Wikipedia dump; the offline default here is gensim's bundled Wikipedia excerpt
    (``corpus="enwiki"``, 466,907 tokens) with gensim's default ``alpha=0.025`` (the thesis'
    1e-3 was set for a full Wikipedia dump; pass ``alpha: 0.001`` to match it). Users pass
    ``corpus=<path>``: one sentence per line, whitespace tokens, lowercased
-   (:mod:`vlprobe.text_eval.corpus`).
+   (:mod:`.text_eval.corpus`).
 6. **Runs.** ``n_runs`` repeats with seeds ``seed, seed+1, ...`` (word2vec on a small corpus
    is noisy); table values are means over runs, ``se`` = std (ddof 1) / sqrt(n_runs) (NaN
    with one run). The baseline of a seed is trained once and shared by all models.
 7. **Evaluation** (lowercased vocabulary): analogies with 3CosAdd over the whole vocabulary
    (or the ``restrict_vocab`` most frequent words), accuracy over the covered questions and
-   coverage (:mod:`vlprobe.text_eval.analogy`); word pairs: cosine vs human scores, Pearson
-   and Spearman over the covered pairs, with coverage (:mod:`vlprobe.text_eval.pairs`).
+   coverage (:mod:`.text_eval.analogy`); word pairs: cosine vs human scores, Pearson
+   and Spearman over the covered pairs, with coverage (:mod:`.text_eval.pairs`).
    Pair sets come from the reference kit (``VLPROBE_REFERENCE``) when present, else gensim's
    bundled WordSim353 / SimLex-999 (MEN needs the kit; a note says when it was skipped).
 
@@ -247,10 +247,10 @@ class GroundedWords(Analysis):
     # ---- evaluation sets -----------------------------------------------------------------
 
     def _load_eval(self, notes: list[str]):
+        from vlprobe.analyses.text.text_eval.analogy import read_analogies
+        from vlprobe.analyses.text.text_eval.data import pair_file, questions_words_path
+        from vlprobe.analyses.text.text_eval.pairs import SCORE_COLUMN, read_word_pairs
         from vlprobe.settings import reference_dir
-        from vlprobe.text_eval.analogy import read_analogies
-        from vlprobe.text_eval.data import pair_file, questions_words_path
-        from vlprobe.text_eval.pairs import SCORE_COLUMN, read_word_pairs
 
         sections = read_analogies(questions_words_path())
         ref = reference_dir(required=False)
@@ -271,8 +271,8 @@ class GroundedWords(Analysis):
     @staticmethod
     def _evaluate(model: Any, sections, pair_sets, restrict_vocab) -> dict[str, tuple]:
         """metric -> (value, coverage, n_covered, n_items)."""
-        from vlprobe.text_eval.analogy import evaluate_analogies
-        from vlprobe.text_eval.pairs import score_pairs
+        from vlprobe.analyses.text.text_eval.analogy import evaluate_analogies
+        from vlprobe.analyses.text.text_eval.pairs import score_pairs
 
         wv = model.wv
         out = {}
@@ -294,9 +294,9 @@ class GroundedWords(Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.grounded_plots import plot_grounded_bars
-        from vlprobe.text_eval.corpus import load_corpus
-        from vlprobe.text_eval.skipgram import train_skipgram
+        from vlprobe.analyses.text.plots import plot_grounded_bars
+        from vlprobe.analyses.text.text_eval.corpus import load_corpus
+        from vlprobe.analyses.text.text_eval.skipgram import train_skipgram
 
         p = self.params
         plan, notes = self._plan(source)

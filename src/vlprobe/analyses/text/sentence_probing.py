@@ -1,7 +1,7 @@
 """T1 ``sentence_probing``: SentEval probing tasks, per layer (Conneau et al. 2018).
 
 Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
-:mod:`vlprobe.analyses.probe_solver`:
+:mod:`vlprobe.estimators.logistic`:
 
 1. Pooled text features (``pooling``: ``mean`` by default, or ``cls``/``eos``/``last``;
    recorded in the table) of the task's ``train``, ``validation`` and ``test`` splits at every
@@ -9,11 +9,11 @@ Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
 2. The dev split is the task's own ``validation`` split (SentEval's ``va``); only when the
    dataset has none is one carved from train (stratified, seeded, ``val_fraction``, noted).
 3. Probe: SentEval's MLP probe (1 hidden layer; hidden size x weight decay swept on dev,
-   early stopping on dev loss; :func:`~vlprobe.analyses.mlp_probe.fit_mlp_probes`, which
+   early stopping on dev loss; :func:`~vlprobe.estimators.mlp.fit_mlp_probes`, which
    uses ReLU and AdamW where SentEval uses a sigmoid and also sweeps dropout) for
    every task except WC, which uses logistic regression only (as SentEval does): L2 logistic
    probes for a C sweep, C chosen on dev, refitted on train + dev
-   (:func:`~vlprobe.analyses.probe_solver.select_and_evaluate`; features z-scored with the
+   (:func:`~vlprobe.estimators.logistic.select_and_evaluate`; features z-scored with the
    fitting rows' statistics unless ``standardize: false``, recorded in the ``standardized``
    column). ``probe: linear`` / ``both`` adds / uses the logistic probe for the other tasks
    too. The notes count the logistic probes that did not reach the gradient tolerance, by
@@ -49,9 +49,9 @@ from vlprobe.analyses._common import (
     solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.mlp_probe import fit_mlp_probes, mlp_options
-from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import DEFAULT_CS, select_and_evaluate
+from vlprobe.estimators.mlp import fit_mlp_probes, mlp_options
 
 CATEGORIES = {
     "SentLen": "surface", "WC": "surface",

@@ -10,7 +10,7 @@ Protocol (SCIENCE.md V1; CLIP-style linear probe):
    (:func:`~vlprobe.analyses._common.split_pair_duplicates`; the dataset option
    ``drop_cross_split_duplicates: true`` drops them).
 3. Linear probe: sklearn-equivalent multinomial L2 logistic regression for every layer x C
-   (``Cs``) solved at once (:mod:`vlprobe.analyses.probe_solver`); C chosen per layer on val
+   (``Cs``) solved at once (:mod:`vlprobe.estimators.logistic`); C chosen per layer on val
    (ties -> smallest C), then refitted on train + val; test accuracy reported.
 4. MLP probe (``probe`` = ``"mlp"``/``"both"``): 1 hidden layer, Adam; hidden size / weight
    decay chosen on val with early stopping; test accuracy of the selected model.
@@ -43,9 +43,9 @@ from vlprobe.analyses._common import (
     solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
-from vlprobe.analyses.mlp_probe import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
-from vlprobe.analyses.probe_solver import DEFAULT_CS, select_and_evaluate
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import DEFAULT_CS, select_and_evaluate
+from vlprobe.estimators.mlp import MLP_PARAM_DEFAULTS, fit_mlp_probes, mlp_options
 
 _PROBES = ("linear", "mlp", "both")
 
@@ -112,7 +112,7 @@ class LayerProbe(SplitPairPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.plots import plot_accuracy_vs_layer
+        from vlprobe.analyses.geometry.plots import plot_accuracy_vs_layer
 
         p = self.params
         plan, notes = self._plan(source)

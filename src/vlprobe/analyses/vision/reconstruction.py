@@ -10,7 +10,7 @@ Protocol (SCIENCE.md V5; seed 000 §3.3, fig 7):
    normalisation.
 3. Per (model, layer) a small convolutional decoder (1x1 conv to ``width`` channels, then
    upsample x2 + 3x3 conv + ReLU stages up to ``image_size``, final 3x3 conv + sigmoid;
-   :func:`~vlprobe.analyses.reconstruction_decoder.build_decoder`) is
+   :func:`~vlprobe.estimators.decoder.build_decoder`) is
    trained with Adam on MSE, input channels standardised with training statistics, early
    stopping on a validation split carved from train (never test; checked on item ids; test
    images with the same bytes as train images are counted in the notes).
@@ -35,14 +35,14 @@ from vlprobe.analyses._common import (
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.reconstruction_decoder import (
+from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.decoder import (
     DecoderFit,
     fit_decoder,
     load_targets,
     plot_examples,
     plot_mse_vs_layer,
 )
-from vlprobe.errors import AnalysisError, ConfigError
 
 __all__ = ["DecoderFit", "ReconstructionProbe", "default_layer_indices", "fit_decoder"]
 

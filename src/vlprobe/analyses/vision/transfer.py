@@ -9,7 +9,7 @@ Protocol (SCIENCE.md V2; Radford et al. 2021, appendix A.3; seed 004 fig 4.4):
    items are counted in the notes (dataset option ``drop_cross_split_duplicates`` drops
    them).
 3. L2-regularised multinomial logistic regression (the sklearn ``lbfgs`` objective, solved by
-   the batched solver of :mod:`vlprobe.analyses.probe_solver`) on the RAW features, as CLIP's
+   the batched solver of :mod:`vlprobe.estimators.logistic`) on the RAW features, as CLIP's
    own linear probe (sklearn ``LogisticRegression`` on unstandardised features);
    ``standardize: true`` z-scores them with the fitting rows' statistics instead. The table's
    ``standardized`` column and a note say which was used. The inverse strength ``C`` is
@@ -58,14 +58,14 @@ from vlprobe.analyses._common import (
     solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureSource, Result
-from vlprobe.analyses.probe_solver import (
+from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import (
     ProbePath,
     SolvePlan,
     convergence_note,
     fit_logistic_path,
     stop_diagnostics,
 )
-from vlprobe.errors import AnalysisError, ConfigError
 
 COARSE_CS = tuple(float(c) for c in np.logspace(-6, 6, 7))
 
@@ -88,7 +88,7 @@ class TransferOutcome:
         converged: every solve reached ``max |grad| <= tol``.
         probe_converged / stop_reason: per probe of every solve (all stages and the refit,
             flattened): gradient tolerance met / why it stopped (see
-            :func:`~vlprobe.analyses.probe_solver.convergence_note`).
+            :func:`~vlprobe.estimators.logistic.convergence_note`).
         memory: the solve plan with the largest peak-memory estimate.
     """
 
@@ -169,7 +169,7 @@ def clip_linear_probe(
 
     Each of ``train``, ``val``, ``test`` is ``(X_layers, y)``. ``standardize``: False (CLIP's
     protocol) fits the raw features. ``fit_kwargs`` go to
-    :func:`~vlprobe.analyses.probe_solver.fit_logistic_path` (``dtype``, ``max_iter``, ``tol``,
+    :func:`~vlprobe.estimators.logistic.fit_logistic_path` (``dtype``, ``max_iter``, ``tol``,
     ``memory_budget``).
     """
     fit_kwargs = {**fit_kwargs, "standardize": bool(standardize)}

@@ -27,37 +27,37 @@ Modules (one job each):
 - :mod:`.select`: :func:`select_and_evaluate` (choose C per layer on a validation split,
   refit on train + val, report test accuracy) and the notes analyses write.
 
-The MLP probe is in :mod:`vlprobe.analyses.mlp_probe`.
+The MLP probe is in :mod:`vlprobe.estimators.mlp`.
 """
 
-from vlprobe.analyses.probe_solver.lbfgs import STOP_REASONS, _batched_lbfgs, _SolveOut
-from vlprobe.analyses.probe_solver.memory import (
+from vlprobe.estimators.logistic.lbfgs import STOP_REASONS, _batched_lbfgs, _SolveOut
+from vlprobe.estimators.logistic.memory import (
     DEFAULT_MEMORY_BUDGET,
     SolvePlan,
     plan_solves,
     result_bytes,
     solve_bytes,
 )
-from vlprobe.analyses.probe_solver.objective import (
+from vlprobe.estimators.logistic.objective import (
     GEMM_ALIGN,
     _gmax,
     _loss_grad,
     _loss_grad_masked,
     _pdot,
 )
-from vlprobe.analyses.probe_solver.path import (
+from vlprobe.estimators.logistic.path import (
     DEFAULT_CS,
     ProbePath,
     _encode_labels,
     fit_logistic_path,
 )
-from vlprobe.analyses.probe_solver.precondition import (
+from vlprobe.estimators.logistic.precondition import (
     MAX_PRECONDITION_RANK,
     PRECONDITION_POWER,
     ROW_SPACE_TOL_FACTOR,
     _preconditioner,
 )
-from vlprobe.analyses.probe_solver.select import (
+from vlprobe.estimators.logistic.select import (
     ProbeSelection,
     convergence_note,
     memory_note,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vlprobe.analyses.probe_solver.objective import (
+from vlprobe.estimators.logistic.objective import (
     _gmax,
     _loss_grad,
     _loss_grad_masked,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from vlprobe.analyses.probe_solver.objective import GEMM_ALIGN
+from vlprobe.estimators.logistic.objective import GEMM_ALIGN
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes
 # weight-shaped tensors of one solve beyond the 2 * history L-BFGS pairs: out_W, W, gW, the

@@ -1,7 +1,7 @@
 """The probes' objective and gradient, batched over layers and C values.
 
 Objective of probe (layer l, C_p), identical to scikit-learn's ``LogisticRegression(C=C_p)``
-(``lbfgs``) divided by n (see :mod:`vlprobe.analyses.probe_solver`)::
+(``lbfgs``) divided by n (see :mod:`vlprobe.estimators.logistic`)::
 
     J(W, b) = (1/n) sum_i CE(y_i, x_i W^T + b) + lam/2 ||W||_F^2,   lam = 1 / (C n)
 

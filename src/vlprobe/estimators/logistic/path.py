@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 
 from vlprobe.analyses._common import fit_standardizer
-from vlprobe.analyses.probe_solver.lbfgs import _batched_lbfgs
-from vlprobe.analyses.probe_solver.memory import DEFAULT_MEMORY_BUDGET, SolvePlan, plan_solves
-from vlprobe.analyses.probe_solver.objective import _torch
-from vlprobe.analyses.probe_solver.precondition import (
+from vlprobe.errors import AnalysisError
+from vlprobe.estimators.logistic.lbfgs import _batched_lbfgs
+from vlprobe.estimators.logistic.memory import DEFAULT_MEMORY_BUDGET, SolvePlan, plan_solves
+from vlprobe.estimators.logistic.objective import _torch
+from vlprobe.estimators.logistic.precondition import (
     ROW_SPACE_TOL_FACTOR,
     _preconditioner,
     init_batch,
     solve_mode,
     standardised_batch,
 )
-from vlprobe.errors import AnalysisError
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-3, 4, 8))
 # logits computed at once when scoring: at most this many float64 values (256 MB)
@@ -42,7 +42,7 @@ class ProbePath:
         n_iter: ``[L, P]`` L-BFGS iterations.
         converged: ``[L, P]``: ``max |grad| <= tol`` was met (and nothing else counts).
         stop_reason: ``[L, P]`` why each probe stopped, one of
-            :data:`~vlprobe.analyses.probe_solver.lbfgs.STOP_REASONS`.
+            :data:`~vlprobe.estimators.logistic.lbfgs.STOP_REASONS`.
         extra: ``layer_Cs`` (``[L, P]`` grid) and ``memory`` (:meth:`SolvePlan.as_dict`).
     """
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from vlprobe.analyses.probe_solver.objective import _torch
+from vlprobe.estimators.logistic.objective import _torch
 
 # Wide layers (N < D) are solved in their N-dimensional row space to ``tol *
 # ROW_SPACE_TOL_FACTOR``, in float64: there the data are (nearly) separable, and at sklearn's

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from vlprobe.analyses.probe_solver.lbfgs import STOP_REASONS
-from vlprobe.analyses.probe_solver.path import DEFAULT_CS, ProbePath, fit_logistic_path
+from vlprobe.estimators.logistic.lbfgs import STOP_REASONS
+from vlprobe.estimators.logistic.path import DEFAULT_CS, ProbePath, fit_logistic_path
 
 _REASON_TEXT = {
     "max_iter": "stopped at max_iter",

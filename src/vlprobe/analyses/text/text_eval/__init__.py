@@ -2,12 +2,12 @@
 
 One job per module; none of them imports gensim at import time (it is slow):
 
-- :mod:`vlprobe.text_eval.data`: where gensim's bundled test data and the reference kit's
+- :mod:`.data`: where gensim's bundled test data and the reference kit's
   word-pair files are.
-- :mod:`vlprobe.text_eval.pairs`: read word-pair similarity sets (WordSim353, SimLex-999, MEN,
+- :mod:`.pairs`: read word-pair similarity sets (WordSim353, SimLex-999, MEN,
   SimVerb-3500, RG65, MC30) and score vectors on them (Pearson / Spearman + OOV coverage).
-- :mod:`vlprobe.text_eval.analogy`: read the Google analogy set (semantic vs syntactic
+- :mod:`.analogy`: read the Google analogy set (semantic vs syntactic
   sections) and score vectors with 3CosAdd.
-- :mod:`vlprobe.text_eval.corpus`: load a training corpus (gensim's bundled text or a file).
-- :mod:`vlprobe.text_eval.skipgram`: gensim skip-gram with some word vectors set and frozen.
+- :mod:`.corpus`: load a training corpus (gensim's bundled text or a file).
+- :mod:`.skipgram`: gensim skip-gram with some word vectors set and frozen.
 """

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlprobe.analyses.text.text_eval.data import gensim_test_data
 from vlprobe.errors import ConfigError
-from vlprobe.text_eval.data import gensim_test_data
 
 ENWIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 LEE_FILE = "lee_background.cor"

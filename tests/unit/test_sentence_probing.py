@@ -9,11 +9,11 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
+from vlprobe.analyses.text.plots import plot_sentence_probing
 from vlprobe.analyses.text.sentence_probing import (
     CATEGORIES,
     SentenceProbing,
     canonical_task,
-    plot_sentence_probing,
 )
 from vlprobe.data.probing_tasks import SENTLEN_BINS, TASKS
 from vlprobe.errors import AnalysisError, ConfigError
@@ -246,10 +246,10 @@ def test_end_to_end_generated_task_through_the_runner(tmp_path):
 
 
 def test_category_means_and_best_layer_use_each_tasks_main_probe():
+    from vlprobe.analyses.text.plots import plot_category_accuracy
     from vlprobe.analyses.text.sentence_probing import (
         best_layer_table,
         category_means,
-        plot_category_accuracy,
     )
 
     rows = []

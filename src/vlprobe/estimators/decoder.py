@@ -1,10 +1,11 @@
-"""The pieces of V5 (:mod:`vlprobe.analyses.vision.reconstruction`): targets, decoder, figures.
+"""The V5 decoder (used by :mod:`vlprobe.analyses.vision.reconstruction`): features -> pixels.
 
-- :func:`load_targets`: images of a split -> ``[N, 3 or 1, S, S]`` float32 in [0, 1].
 - :func:`build_decoder`: ``[B, C, g, g]`` -> ``[B, 3 or 1, S, S]`` conv decoder.
 - :func:`fit_decoder`: seeded Adam / MSE training with early stopping on a validation split
   (local seeding: the global torch RNG is left as the caller had it).
-- :func:`plot_mse_vs_layer`, :func:`plot_examples`: the figures (matplotlib ``Figure``).
+
+Its figures are in :mod:`vlprobe.analyses.vision.plots`; the targets (images of a split) are
+loaded by :func:`vlprobe.analyses.vision.reconstruction.load_targets`.
 """
 
 from __future__ import annotations
@@ -14,24 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-
-def load_targets(stimuli: Any, size: int, grayscale: bool = False) -> np.ndarray:
-    """Every image of ``stimuli``: square centre crop, PIL bilinear (antialiased) resize to
-    ``size``, RGB or luma ("L") scaled to [0, 1]: ``[N, 3 or 1, size, size]`` float32."""
-    from PIL import Image
-
-    out = np.empty((len(stimuli), 1 if grayscale else 3, size, size), dtype=np.float32)
-    for i in range(len(stimuli)):
-        img = stimuli.payloads("image", [i])[0].convert("L" if grayscale else "RGB")
-        w, h = img.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
-    return out
 
 
 def build_decoder(in_channels: int, grid: int, size: int, out_channels: int, width: int = 32):
@@ -163,50 +146,3 @@ def _fit(train, val, test, epochs, patience, batch_size, lr, weight_decay, width
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def plot_mse_vs_layer(table: Any, baseline: float, x: str = "relative", title: str = "") -> Any:
-    """Test MSE vs layer, one line per model; dotted mean-training-image level (cf. fig 7)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
-    ax = fig.subplots()
-    t = table[table["metric"] == "mse"] if len(table) else table
-    for model, g in (t.groupby("model", sort=False) if len(t) else []):
-        g = g.sort_values("layer")
-        xs = g["layer"].to_numpy(dtype=float)
-        if x == "relative":
-            xs = xs / max(float(np.nanmax(xs)), 1.0)
-        ax.plot(xs, g["value"].to_numpy(), marker="o", ms=4, label=model)
-    ax.axhline(baseline, color="grey", ls=":", lw=1.2, label="mean training image")
-    ax.set_xlabel("relative depth (layer / deepest probed)" if x == "relative" else "layer")
-    ax.set_ylabel("test MSE per pixel (lower = more kept)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    return fig
-
-
-def plot_examples(originals: np.ndarray, recons: dict[str, np.ndarray], title: str = "") -> Any:
-    """Grid of images: first row the originals ``[k, c, S, S]``, then one row per
-    ``recons`` entry (label -> ``[k, c, S, S]`` reconstructions)."""
-    from matplotlib.figure import Figure
-
-    k = max(len(originals), 1)
-    rows = [("original", originals), *recons.items()]
-    fig = Figure(figsize=(1.1 * k + 1.4, 1.1 * len(rows) + 0.4), layout="constrained")
-    axes = fig.subplots(len(rows), k, squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
-        for c in range(k):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(imgs):
-                img = np.clip(np.asarray(imgs[c]), 0.0, 1.0)
-                if img.shape[0] == 1:
-                    ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0)
-                else:
-                    ax.imshow(img.transpose(1, 2, 0))
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    return fig

@@ -363,7 +363,7 @@ class CKA(SingleSplitPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.plots_geometry import plot_cka_heatmap
+        from vlprobe.analyses.geometry.plots import plot_cka_heatmap
 
         p = self.params
         plan, notes = self._plan(source)

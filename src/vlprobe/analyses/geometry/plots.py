@@ -1,4 +1,5 @@
-"""Figures of the probe / few-shot / RSA analyses. Every function returns a Figure (Agg)."""
+"""Figures of the geometry family: R1 (RSA: RDMs, their correlation, dendrogram, MDS) and
+R2 (CKA heatmaps). Every function returns a matplotlib Figure built without pyplot."""
 
 from __future__ import annotations
 
@@ -7,65 +8,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def plot_accuracy_vs_layer(table: Any, x: str = "layer", title: str = "") -> Any:
-    """Accuracy vs layer, one line per (model, probe); dashed chance line.
-
-    ``x="relative"`` plots layer / last layer of that model (models of different depths).
-    """
-    fig, axes = _figure()
-    ax = axes[0, 0]
-    if len(table):
-        groups = table.groupby(["model", "probe"], sort=False)
-        for (model, probe), g in groups:
-            g = g.sort_values("layer")
-            xs = g["layer"].to_numpy(dtype=float)
-            if x == "relative":
-                xs = xs / max(xs.max(), 1.0)
-            label = model if table["probe"].nunique() == 1 else f"{model} ({probe})"
-            ax.plot(xs, g["value"].to_numpy(), marker="o", ms=3,
-                    ls="-" if probe == "linear" else "--", label=label)
-        ax.axhline(float(table["chance"].max()), color="grey", ls=":", lw=1, label="chance")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("relative depth" if x == "relative" else "layer")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    return fig
-
-
-def plot_few_shot_bars(table: Any, title: str = "") -> Any:
-    """Grouped bars: one group per N, one bar per (model, classifier); error bars = se.
-
-    Uses each model's last layer in the table when several layers were evaluated.
-    """
-    fig, axes = _figure(size=(7.0, 4.0))
-    ax = axes[0, 0]
-    last = table.groupby("model")["layer"].transform("max")
-    t = table[(table["layer"] == last) | table["layer"].isna()]
-    shots = sorted(t["shots"].unique())
-    series = list(dict.fromkeys(zip(t["model"], t["classifier"])))
-    width = 0.8 / max(len(series), 1)
-    for k, (model, clf) in enumerate(series):
-        g = t[(t["model"] == model) & (t["classifier"] == clf)].set_index("shots")
-        vals = [float(g.loc[n, "value"]) if n in g.index else np.nan for n in shots]
-        errs = [float(g.loc[n, "se"]) if n in g.index else 0.0 for n in shots]
-        xs = np.arange(len(shots)) + (k - (len(series) - 1) / 2) * width
-        ax.bar(xs, vals, width, yerr=errs, capsize=2, label=f"{model} / {clf}")
-    if len(t):
-        ax.axhline(float(t["chance"].max()), color="grey", ls=":", lw=1, label="chance")
-    ax.set_xticks(np.arange(len(shots)), [f"N={n}" for n in shots])
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    return fig
+from vlprobe.analyses.plotting import new_figure as _figure
 
 
 def plot_matrix_heatmap(
@@ -160,4 +103,22 @@ def plot_rdms(
         axes[k // ncols, k % ncols].set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_cka_heatmap(
+    matrix: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], model_a: str, model_b: str,
+    title: str = "",
+) -> Any:
+    """Layer x layer CKA heatmap (rows: layers of ``model_a``, columns: layers of ``model_b``)."""
+    na, nb = matrix.shape
+    fig, axes = _figure(size=(1.5 + 0.35 * max(nb, 6), 1.0 + 0.35 * max(na, 6)))
+    ax = axes[0, 0]
+    im = ax.imshow(matrix, origin="lower", cmap="magma", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(nb), [str(c) for c in cols], fontsize=7)
+    ax.set_yticks(range(na), [str(r) for r in rows], fontsize=7)
+    ax.set_xlabel(f"{model_b} layer")
+    ax.set_ylabel(f"{model_a} layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="CKA")
     return fig

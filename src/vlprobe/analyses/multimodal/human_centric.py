@@ -110,11 +110,11 @@ from vlprobe.analyses.multimodal.human_centric_parts import (
     label_matrix,
     multi_label_scores,
     parse_label_sets,
-    plot_human_centric,
     probe_multi_label,
     probe_single_label,
     single_label_scores,
 )
+from vlprobe.analyses.multimodal.plots import plot_human_centric
 from vlprobe.errors import AnalysisError, ConfigError
 from vlprobe.estimators.logistic import DEFAULT_CS
 from vlprobe.estimators.mlp import MLP_PARAM_DEFAULTS, mlp_options

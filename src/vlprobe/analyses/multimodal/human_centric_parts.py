@@ -273,28 +273,3 @@ def probe_multi_label(
             results.append(("mlp", s, multi_label_scores(Yte, pred),
                             {"hidden": info["hidden"], "weight_decay": info["weight_decay"]}))
     return results, baseline, constant
-
-
-def plot_human_centric(table, dataset: str):
-    """Grouped bars: main metric per feature set, one bar per model (and probe)."""
-    from matplotlib.figure import Figure
-
-    metric = "f1_samples" if (table["metric"] == "f1_samples").any() else "accuracy"
-    sub = table[table["metric"] == metric]
-    sets = [s for s in FEATURE_SETS if s in set(sub["feature_set"])]
-    pairs = list(dict.fromkeys(zip(sub["pair"], sub["probe"])))
-    fig = Figure(figsize=(max(4.0, 1.6 * len(sets) + 1), 3.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(pairs))
-    for k, (pair, probe) in enumerate(pairs):
-        vals = []
-        for fset in sets:
-            r = sub[(sub["feature_set"] == fset) & (sub["probe"] == probe) & (sub["pair"] == pair)]
-            vals.append(float(r["value"].iloc[0]) if len(r) else np.nan)
-        ax.bar(np.arange(len(sets)) + k * width, vals, width, label=f"{pair} ({probe})")
-    ax.set_xticks(np.arange(len(sets)) + width * (len(pairs) - 1) / 2, sets)
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Human-centric probes ({dataset})")
-    ax.legend(fontsize=7)
-    return fig

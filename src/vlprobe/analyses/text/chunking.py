@@ -55,6 +55,7 @@ from vlprobe.analyses.base import (
     LayerFeatures,
     Result,
 )
+from vlprobe.analyses.text.plots import plot_nmi_bars
 from vlprobe.errors import AnalysisError, ConfigError
 
 HOLDOUT = ("sentence", "span")
@@ -187,30 +188,6 @@ def count_norm_outliers(x: np.ndarray, ratio: float = OUTLIER_RATIO) -> int:
     norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
     median = float(np.median(norms)) if len(norms) else 0.0
     return int((norms > ratio * median).sum()) if median > 0 else 0
-
-
-def plot_nmi_bars(table: Any, title: str = "Phrase-level chunking (k-means NMI)") -> Any:
-    """Grouped bars: x = layer, one bar per model, y = the headline (in-sample) NMI."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.6), layout="constrained")
-    ax = fig.subplots()
-    sub = table[table["metric"] == "nmi"] if len(table) else table
-    models = list(dict.fromkeys(sub["model"])) if len(sub) else []
-    layers = sorted(set(sub["layer"])) if len(sub) else []
-    width = 0.8 / max(1, len(models))
-    for m, model in enumerate(models):
-        rows = sub[sub["model"] == model]
-        xs = [layers.index(v) + (m - (len(models) - 1) / 2) * width for v in rows["layer"]]
-        ax.bar(xs, rows["value"], width=width, label=model)
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels([str(v) for v in layers])
-    ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel("NMI (k-means clusters vs chunk tags)")
-    ax.set_title(title)
-    if models:
-        ax.legend(fontsize=8)
-    return fig
 
 
 class Chunking(Analysis):

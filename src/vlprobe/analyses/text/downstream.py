@@ -206,7 +206,7 @@ class Downstream(SplitPairPlan, Analysis):
             table["max_length"] = table["max_length"].astype("Int64")
         figures = {}
         if len(table) and table["layer"].notna().sum() > 1:
-            from vlprobe.analyses.geometry.plots import plot_accuracy_vs_layer
+            from vlprobe.analyses.plotting import plot_accuracy_vs_layer
 
             figures["accuracy_vs_layer"] = plot_accuracy_vs_layer(
                 table.assign(probe=table["head"]),

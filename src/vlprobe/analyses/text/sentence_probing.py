@@ -26,7 +26,8 @@ Protocol (SCIENCE.md T1), a thin layer over the V1 solvers of
    (:func:`best_layer_table`); the test split never chooses anything.
 
 Figure: accuracy vs layer, one panel per task, one line per model (and probe); tables of
-several runs can be drawn together with :func:`plot_sentence_probing`.
+several runs can be drawn together with
+:func:`vlprobe.analyses.text.plots.plot_sentence_probing`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from vlprobe.analyses._common import (
     solver_options,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.text.plots import plot_category_accuracy, plot_sentence_probing
 from vlprobe.errors import AnalysisError, ConfigError
 from vlprobe.estimators.logistic import DEFAULT_CS, select_and_evaluate
 from vlprobe.estimators.mlp import fit_mlp_probes, mlp_options
@@ -345,43 +347,7 @@ class SentenceProbing(Analysis):
         return rows
 
 
-def plot_sentence_probing(table: Any, x: str = "layer") -> Any:
-    """Accuracy vs layer: one panel per task, one line per model (and probe); dotted chance.
-
-    Works on the table of one run or on the concatenated tables of several tasks.
-    """
-    from matplotlib.figure import Figure
-
-    tasks = list(dict.fromkeys(table["task"])) if len(table) else ["(empty)"]
-    ncols = min(len(tasks), 5)
-    nrows = int(np.ceil(len(tasks) / ncols))
-    fig = Figure(figsize=(3.2 * ncols + 0.8, 2.8 * nrows + 0.4), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for k, task in enumerate(tasks):
-        ax = axes[k // ncols, k % ncols]
-        t = table[table["task"] == task] if len(table) else table
-        several = len(t) and t["probe"].nunique() > 1
-        for (model, probe), g in (t.groupby(["model", "probe"], sort=False) if len(t) else []):
-            g = g.sort_values("layer")
-            xs = g["layer"].to_numpy(dtype=float)
-            if x == "relative":
-                xs = xs / max(xs.max(), 1.0)
-            ax.plot(xs, g["value"].to_numpy(), marker="o", ms=3,
-                    ls="-" if probe == "mlp" else "--",
-                    label=f"{model} ({probe})" if several else model)
-        if len(t):
-            ax.axhline(float(t["chance"].max()), color="grey", ls=":", lw=1, label="chance")
-            cat = t["category"].iloc[0]
-            ax.set_title(f"{task} ({cat})", fontsize=9)
-            ax.legend(fontsize=6)
-        ax.set_xlabel("relative depth" if x == "relative" else "layer")
-        ax.set_ylabel("test accuracy")
-    for k in range(len(tasks), nrows * ncols):
-        axes[k // ncols, k % ncols].set_visible(False)
-    return fig
-
-
-_CATEGORY_ORDER = ("surface", "syntactic", "semantic")
+CATEGORY_ORDER = ("surface", "syntactic", "semantic")
 
 
 def main_probe_rows(table: Any) -> Any:
@@ -402,32 +368,6 @@ def category_means(table: Any) -> Any:
            .agg(value=("value", "mean"), n_tasks=("task", "nunique"), chance=("chance", "mean"))
            .reset_index())
     return out
-
-
-def plot_category_accuracy(table: Any, x: str = "layer") -> Any:
-    """Mean accuracy over each category's tasks vs layer (CSCI-566 report, figures 3-5):
-    one panel per category, one line per model, dotted mean chance."""
-    from matplotlib.figure import Figure
-
-    means = category_means(table)
-    cats = [c for c in (*_CATEGORY_ORDER, "unknown") if c in set(means["category"])]
-    fig = Figure(figsize=(3.6 * max(len(cats), 1) + 0.6, 3.0), layout="constrained")
-    axes = fig.subplots(1, max(len(cats), 1), squeeze=False)[0]
-    for ax, cat in zip(axes, cats):
-        m = means[means["category"] == cat]
-        for model, g in m.groupby("model", sort=False):
-            g = g.sort_values("layer")
-            xs = g["layer"].to_numpy(dtype=float)
-            if x == "relative":
-                xs = xs / max(xs.max(), 1.0)
-            ax.plot(xs, g["value"].to_numpy(), marker="o", ms=3, label=str(model))
-        ax.axhline(float(m["chance"].mean()), color="grey", ls=":", lw=1, label="chance")
-        tasks = sorted(set(table.loc[table["category"] == cat, "task"]))
-        ax.set_title(f"{cat}: mean of {', '.join(tasks)}", fontsize=8)
-        ax.set_xlabel("relative depth" if x == "relative" else "layer")
-        ax.set_ylabel("mean test accuracy")
-        ax.legend(fontsize=6)
-    return fig
 
 
 def best_layer_table(table: Any) -> Any:
@@ -465,5 +405,4 @@ def best_layer_table(table: Any) -> Any:
 
 __all__ = [
     "CATEGORIES", "SentenceProbing", "best_layer_table", "canonical_task", "category_means",
-    "plot_category_accuracy", "plot_sentence_probing",
 ]

@@ -199,7 +199,7 @@ class Clustering(SingleSplitPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.plots_geometry import plot_clustering_vs_layer
+        from vlprobe.analyses.vision.plots import plot_clustering_vs_layer
 
         p = self.params
         plan, notes = self._plan(source)

@@ -119,7 +119,7 @@ class FewShot(SplitPairPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.geometry.plots import plot_few_shot_bars
+        from vlprobe.analyses.vision.plots import plot_few_shot_bars
 
         p = self.params
         plan, notes = self._plan(source)

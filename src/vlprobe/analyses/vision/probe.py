@@ -112,7 +112,7 @@ class LayerProbe(SplitPairPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.geometry.plots import plot_accuracy_vs_layer
+        from vlprobe.analyses.plotting import plot_accuracy_vs_layer
 
         p = self.params
         plan, notes = self._plan(source)

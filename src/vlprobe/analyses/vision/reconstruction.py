@@ -35,16 +35,30 @@ from vlprobe.analyses._common import (
     split_pair_duplicates,
 )
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
+from vlprobe.analyses.vision.plots import plot_mse_vs_layer, plot_reconstruction_examples
 from vlprobe.errors import AnalysisError, ConfigError
-from vlprobe.estimators.decoder import (
-    DecoderFit,
-    fit_decoder,
-    load_targets,
-    plot_examples,
-    plot_mse_vs_layer,
-)
+from vlprobe.estimators.decoder import fit_decoder
 
-__all__ = ["DecoderFit", "ReconstructionProbe", "default_layer_indices", "fit_decoder"]
+__all__ = ["ReconstructionProbe", "default_layer_indices", "load_targets"]
+
+
+def load_targets(stimuli: Any, size: int, grayscale: bool = False) -> np.ndarray:
+    """Every image of ``stimuli``: square centre crop, PIL bilinear (antialiased) resize to
+    ``size``, RGB or luma ("L") scaled to [0, 1]: ``[N, 3 or 1, size, size]`` float32."""
+    from PIL import Image
+
+    out = np.empty((len(stimuli), 1 if grayscale else 3, size, size), dtype=np.float32)
+    for i in range(len(stimuli)):
+        img = stimuli.payloads("image", [i])[0].convert("L" if grayscale else "RGB")
+        w, h = img.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        out[i] = arr[None] if grayscale else arr.transpose(2, 0, 1)
+    return out
+
 
 
 def default_layer_indices(n_layers: int, k: int = 4) -> list[int]:
@@ -266,8 +280,9 @@ class ReconstructionProbe(Analysis):
             "mse_vs_layer": plot_mse_vs_layer(
                 table, base_mse, x=p["x_axis"],
                 title=f"Reconstruction from frozen features ({self.dataset})"),
-            "examples": plot_examples(yte[:k], examples, title=f"Test reconstructions "
-                                      f"({self.dataset}, grid {g}, {size} px)"),
+            "examples": plot_reconstruction_examples(
+                yte[:k], examples,
+                title=f"Test reconstructions ({self.dataset}, grid {g}, {size} px)"),
         }
         return Result(analysis=self.name, catalogue=self.catalogue, table=table,
                       figures=figures, params=dict(p), notes=notes)

@@ -296,7 +296,7 @@ class Transfer(SplitPairPlan, Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.plots_geometry import plot_c_sweep, plot_transfer_bars
+        from vlprobe.analyses.vision.plots import plot_c_sweep, plot_transfer_bars
 
         p = self.params
         plan, notes = self._plan(source)

@@ -56,6 +56,7 @@ import numpy as np
 from vlprobe.analyses._common import (
     SingleSplitPlan,
     check_finite,
+    embedding_site,
     is_constant,
     select_layer_sites,
 )
@@ -409,8 +410,6 @@ class CKA(SingleSplitPlan, Analysis):
         for m in models:
             sites[m] = select_layer_sites(feats[m], p["layers"], m, default="all")
             if p["include_embedding"]:
-                from vlprobe.analyses.vision.transfer import embedding_site
-
                 emb = embedding_site(feats[m])
                 if emb is None:
                     notes.append(f"cka: model {m!r} has no embedding site")

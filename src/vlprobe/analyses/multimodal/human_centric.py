@@ -106,7 +106,6 @@ from vlprobe.analyses.multimodal.human_centric_parts import (
     SINGLE_METRICS,
     align_rows,
     check_same_labels,
-    fit_ovr_logistic,
     label_matrix,
     multi_label_scores,
     parse_label_sets,
@@ -464,6 +463,6 @@ class HumanCentric(Analysis):
 
 # (the metrics and label-set helpers live in human_centric_parts; re-exported here)
 __all__ = [
-    "FEATURE_SETS", "MULTI_METRICS", "SINGLE_METRICS", "HumanCentric", "fit_ovr_logistic",
+    "FEATURE_SETS", "MULTI_METRICS", "SINGLE_METRICS", "HumanCentric",
     "label_matrix", "multi_label_scores", "parse_label_sets", "single_label_scores",
 ]

@@ -1,13 +1,13 @@
-"""The pieces of M7 (:mod:`vlprobe.analyses.multimodal.human_centric`): metrics, label sets, the
-one-vs-rest logistic probes and the figure.
+"""The pieces of M7 (:mod:`vlprobe.analyses.multimodal.human_centric`): metrics, label sets and
+the probes of one encoder pair (the one-vs-rest logistic probes are
+:func:`vlprobe.estimators.logistic.ovr.fit_ovr_logistic`; the figure is in
+:mod:`vlprobe.analyses.multimodal.plots`).
 
 - :func:`single_label_scores` / :func:`multi_label_scores`: the metrics of the result table.
 - :func:`parse_label_sets` / :func:`label_matrix`: multi-label descriptors -> ``[N, K]`` 0/1.
 - :func:`align_rows` / :func:`check_same_labels`: the two towers' rows of one item set.
-- :func:`fit_ovr_logistic`: one binary logistic probe per label, C chosen on validation.
 - :func:`probe_single_label` / :func:`probe_multi_label`: the linear and MLP probes of one
   encoder pair's feature sets, scored on test, with the solver's notes.
-- :func:`plot_human_centric`: grouped bars of the main metric.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 from vlprobe.analyses._common import solver_options
 from vlprobe.errors import AnalysisError
 from vlprobe.estimators.logistic import (
-    DEFAULT_CS,
     convergence_note,
     memory_note,
     select_and_evaluate,
     stop_diagnostics,
 )
+from vlprobe.estimators.logistic.ovr import fit_ovr_logistic
 from vlprobe.estimators.mlp import fit_mlp_multilabel_probes, fit_mlp_probes
 
 FEATURE_SETS = ("image", "text", "image+text")
@@ -137,53 +137,6 @@ def check_same_labels(labels, ref_labels, what: str, ref_what: str) -> None:
     if a.shape != b.shape or not np.array_equal(a, b):
         raise AnalysisError(f"human_centric: {what} and {ref_what} carry different labels "
                             "for the same item ids")
-
-
-# --------------------------------------------------------------------------------------------
-# multi-label probes
-# --------------------------------------------------------------------------------------------
-
-
-def fit_ovr_logistic(
-    train: tuple[Sequence[np.ndarray], np.ndarray],
-    val: tuple[Sequence[np.ndarray], np.ndarray],
-    test_X: Sequence[np.ndarray],
-    Cs: Sequence[float] = DEFAULT_CS,
-    **fit_kwargs: Any,
-) -> tuple[list[np.ndarray], np.ndarray, list[int], list[Any]]:
-    """One-vs-rest binary logistic probes, every feature set at once per label.
-
-    ``train`` / ``val``: ``(X_sets, Y [N, K])``. Returns (per set ``[N_test, K]`` 0/1
-    predictions, ``[n_sets, K]`` chosen C (NaN for constant labels), indices of the labels
-    predicted constant because train has a single value for them, the per-label
-    :class:`~vlprobe.estimators.logistic.ProbeSelection` s with their coefficients dropped
-    (for the convergence and memory notes)).
-    """
-    from dataclasses import replace
-
-    Xtr, Ytr = train
-    Xva, Yva = val
-    n_sets, K = len(Xtr), Ytr.shape[1]
-    n_test = len(test_X[0])
-    preds = [np.zeros((n_test, K), dtype=np.int64) for _ in range(n_sets)]
-    best_C = np.full((n_sets, K), np.nan)
-    constant = []
-    fits = []
-    for k in range(K):
-        ytr, yva = Ytr[:, k], Yva[:, k]
-        if len(np.unique(ytr)) < 2:
-            constant.append(k)
-            for s in range(n_sets):
-                preds[s][:, k] = int(ytr[0])
-            continue
-        sel = select_and_evaluate((Xtr, ytr), (Xva, yva), (test_X, np.zeros(n_test, np.int64)),
-                                  Cs, **fit_kwargs)
-        p = sel.refit.predict(test_X)[:, 0, :]  # [n_sets, N_test] in {0, 1}
-        for s in range(n_sets):
-            preds[s][:, k] = p[s]
-        best_C[:, k] = sel.best_C
-        fits.extend(replace(path, coef=[], intercept=[]) for path in (sel.path, sel.refit))
-    return preds, best_C, constant, fits
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import numpy as np
 
 from vlprobe.analyses._common import check_finite, check_labels, resolve_modality
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.vision.transfer import topk_scores
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic.clip_protocol import topk_scores
 
 
 class ClassifierHead(Analysis):

@@ -26,6 +26,9 @@ Modules (one job each):
   ``D_max / D_l`` x the flops for ResNets' 256 ... 2048 stages).
 - :mod:`.select`: :func:`select_and_evaluate` (choose C per layer on a validation split,
   refit on train + val, report test accuracy) and the notes analyses write.
+- :mod:`.clip_protocol`: :func:`~.clip_protocol.clip_linear_probe`, CLIP's linear-probe
+  protocol (coarse-to-fine C sweep on validation, refit, top-k test scores; V2 and M1).
+- :mod:`.ovr`: :func:`~.ovr.fit_ovr_logistic`, one-vs-rest probes for multi-label targets (M7).
 
 The MLP probe is in :mod:`vlprobe.estimators.mlp`.
 """

@@ -112,9 +112,10 @@ def test_analyses_select_through_the_one_helper(monkeypatch):
                                            seed=seed, split=split))
     fast = {"Cs": [1.0], "max_iter": 30}
     for name, params, module in (
-            ("layer_probe", {**fast, "layers": [1]}, "probe"),
-            ("few_shot", {"shots": [1], "trials": 1, "layers": [2]}, "fewshot"),
-            ("transfer", {"coarse_Cs": [1.0], "refine_rounds": 0, "layer": "last"}, "transfer")):
+            ("layer_probe", {**fast, "layers": [1]}, "vision.probe"),
+            ("few_shot", {"shots": [1], "trials": 1, "layers": [2]}, "vision.fewshot"),
+            ("transfer", {"coarse_Cs": [1.0], "refine_rounds": 0, "layer": "last"},
+             "vision.transfer")):
         monkeypatch.setattr(f"vlprobe.analyses.{module}.select_layer_sites", spy)
         t = ANALYSES.get(name)(["m"], "toy", params).run(src).table
         assert set(t["site"]) == set(real(src.data[("m", "train", "items")],

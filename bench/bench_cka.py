@@ -4,7 +4,7 @@ Both estimators (unbiased = Song et al. 2012, biased) on two related random feat
 matrices ``x``, ``y`` ``[n, d]`` (float32, as the activation store holds them). "Gram" is the
 path R2 used for the linear kernel before: centred Gram ``Xc Xc^T`` per input, U-centring
 (or double centring), cosine of the flattened matrices (``O(n^2 d)`` time, ``O(n^2)``
-memory). "feature space" is :func:`vlprobe.analyses.cka.cka` now (``O(n d^2)``, no
+memory). "feature space" is :func:`vlprobe.analyses.geometry.cka.cka` now (``O(n d^2)``, no
 ``[n, n]`` matrix). Timings are the median of ``--repeats`` runs after one warm-up; the two
 paths' values are printed side by side.
 
@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from vlprobe.analyses.cka import center_gram, cka, cka_from_centered, gram_linear
+from vlprobe.analyses.geometry.cka import center_gram, cka, cka_from_centered, gram_linear
 
 
 def gram_path_cka(x: np.ndarray, y: np.ndarray, estimator: str) -> float:

@@ -100,7 +100,7 @@ def sklearn_protocol(tr, va, te, Cs, max_iter, dtype=np.float64, tol=1e-4):
 
 
 def ours_protocol(tr, va, te, Cs, max_iter, dtype, precondition="auto"):
-    from vlprobe.analyses.probe_solver import fit_logistic_path, select_and_evaluate
+    from vlprobe.estimators.logistic import fit_logistic_path, select_and_evaluate
 
     t0 = time.perf_counter()
     path = fit_logistic_path(tr[0], tr[1], Cs, dtype=dtype, max_iter=max_iter,
@@ -118,7 +118,7 @@ def wide_check(Cs):
     optimum: the CLIP protocol with the default solve, plain L-BFGS and sklearn's lbfgs loop
     (default tol, and tol 1e-6). Planted data: 4 layers of 400 train / 100 val / 250 test x
     1280 dims, 10 classes, growing class signal."""
-    from vlprobe.analyses.probe_solver import select_and_evaluate
+    from vlprobe.estimators.logistic import select_and_evaluate
 
     n_layers, ntr, nva, dim = 4, 400, 100, 1280
     rng = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def memory_case(spec):
     L, P, N, D, K, mode, budget_gb, max_iter = json.loads(spec)
     import torch
 
-    from vlprobe.analyses.probe_solver import DEFAULT_MEMORY_BUDGET, fit_logistic_path
+    from vlprobe.estimators.logistic import DEFAULT_MEMORY_BUDGET, fit_logistic_path
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -262,7 +262,7 @@ def main():
 
     import torch
 
-    from vlprobe.analyses.probe_solver import fit_logistic_path
+    from vlprobe.estimators.logistic import fit_logistic_path
 
     fit_logistic_path([x[:200, :8] for x in X[:2]], y[:200], Cs[:2])  # warm-up (imports)
     # The machine's speed drifts (shared host), so vlprobe's runs are interleaved with the

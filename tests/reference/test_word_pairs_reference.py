@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlprobe.text_eval.data import REFERENCE_PAIR_FILES, pair_file
-from vlprobe.text_eval.pairs import SCORE_COLUMN, read_word_pairs
+from vlprobe.analyses.text.text_eval.data import REFERENCE_PAIR_FILES, pair_file
+from vlprobe.analyses.text.text_eval.pairs import SCORE_COLUMN, read_word_pairs
 
 # name -> (pairs, exact duplicate rows dropped, score range)
 EXPECTED = {

@@ -119,7 +119,7 @@ def test_linear_probe_head_matches_the_extracted_features(tmp_path):
     head = H.linear_probe_head(adapter, "vision.blocks.0", "mean", x, train.labels,
                                train.label_names, [0.1, 10.0], 0.3, 0, "test")
     px = adapter.image_pixels(train.payloads("image", range(len(train))))
-    from vlprobe.analyses.probe_solver import fit_logistic_path
+    from vlprobe.estimators.logistic import fit_logistic_path
 
     path = fit_logistic_path([x], train.labels, [head.info["C"]])
     expected = path.decision_function([x])[0][0]  # the solver's own logits [N, 3]

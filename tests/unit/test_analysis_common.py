@@ -112,9 +112,10 @@ def test_analyses_select_through_the_one_helper(monkeypatch):
                                            seed=seed, split=split))
     fast = {"Cs": [1.0], "max_iter": 30}
     for name, params, module in (
-            ("layer_probe", {**fast, "layers": [1]}, "probe"),
-            ("few_shot", {"shots": [1], "trials": 1, "layers": [2]}, "fewshot"),
-            ("transfer", {"coarse_Cs": [1.0], "refine_rounds": 0, "layer": "last"}, "transfer")):
+            ("layer_probe", {**fast, "layers": [1]}, "vision.probe"),
+            ("few_shot", {"shots": [1], "trials": 1, "layers": [2]}, "vision.fewshot"),
+            ("transfer", {"coarse_Cs": [1.0], "refine_rounds": 0, "layer": "last"},
+             "vision.transfer")):
         monkeypatch.setattr(f"vlprobe.analyses.{module}.select_layer_sites", spy)
         t = ANALYSES.get(name)(["m"], "toy", params).run(src).table
         assert set(t["site"]) == set(real(src.data[("m", "train", "items")],
@@ -149,10 +150,10 @@ def test_analyses_carve_validation_with_the_dataset_carve(monkeypatch):
                                             r"carved \(3 items, every class has < 2\)"):
         carve_validation(np.arange(3), 0.2, 0, "V1: model 'm'")
 
-    from vlprobe.analyses.probe import LayerProbe
+    from vlprobe.analyses.vision.probe import LayerProbe
 
     calls = []
-    monkeypatch.setattr("vlprobe.analyses.probe.carve_validation",
+    monkeypatch.setattr("vlprobe.analyses.vision.probe.carve_validation",
                         lambda *a: calls.append(a) or carve_validation(*a))
     src = FakeSource()
     ytr = balanced_labels(9, 2, seed=0)
@@ -206,9 +207,9 @@ def _spy(monkeypatch, target):
 
 
 def test_torch_analyses_train_on_the_run_device(monkeypatch):
-    from vlprobe.analyses.downstream import Downstream
-    from vlprobe.analyses.human_centric import HumanCentric
-    from vlprobe.analyses.probe import LayerProbe
+    from vlprobe.analyses.multimodal.human_centric import HumanCentric
+    from vlprobe.analyses.text.downstream import Downstream
+    from vlprobe.analyses.vision.probe import LayerProbe
 
     mlp = {"mlp_hidden": [8], "mlp_weight_decay": [0.0], "mlp_max_epochs": 2,
            "mlp_patience": 1, "Cs": [1.0], "max_iter": 30}
@@ -216,11 +217,11 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
     for split, seed in (("train", 0), ("test", 1)):
         src.add("m", split, planted_layers(balanced_labels(6, 2, seed), 2, 4, [1, 1],
                                            seed=seed, split=split))
-    seen = _spy(monkeypatch, "vlprobe.analyses.probe:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.vision.probe:fit_mlp_probes")
     LayerProbe(["m"], "toy", {**mlp, "probe": "mlp"}).run(src)
     assert seen == ["cuda:3"]
 
-    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.multimodal.human_centric_parts:fit_mlp_probes")
     HumanCentric(["m"], "toy", {**mlp, "probe": "mlp", "feature_sets": ["image"],
                                 "layer": "last"}).run(src)
     assert seen == ["cuda:3"]
@@ -229,7 +230,8 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
 
     dual = _dual_source()
     dual.device = "cuda:3"
-    seen = _spy(monkeypatch, "vlprobe.analyses.human_centric_parts:fit_mlp_multilabel_probes")
+    seen = _spy(monkeypatch,
+                "vlprobe.analyses.multimodal.human_centric_parts:fit_mlp_multilabel_probes")
     HumanCentric(["clip"], "toy", {**mlp, "probe": "mlp", "multi_label": "genres"}).run(dual)
     assert seen == ["cuda:3"]
 
@@ -238,18 +240,18 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
     for split, seed in (("train", 0), ("validation", 1)):
         text.add("m", split, planted_layers(balanced_labels(6, 2, seed), 2, 4, [1, 1],
                                             seed=seed, split=split), modalities=("text",))
-    seen = _spy(monkeypatch, "vlprobe.analyses.downstream:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.text.downstream:fit_mlp_probes")
     Downstream(["m"], "boolq", {**mlp, "head": "mlp"}).run(text)
     assert seen == ["cuda:3"]
 
-    from vlprobe.analyses.sentence_probing import SentenceProbing
+    from vlprobe.analyses.text.sentence_probing import SentenceProbing
 
     senteval = FakeSource(dataset="ptb_sentlen", data_modalities=("text",),
                           split_names=("train", "validation", "test"), device="cuda:3")
     for split, seed in (("train", 0), ("validation", 1), ("test", 2)):
         senteval.add("m", split, planted_layers(balanced_labels(8, 2, seed), 2, 4, [1, 1],
                                                 seed=seed, split=split), modalities=("text",))
-    seen = _spy(monkeypatch, "vlprobe.analyses.sentence_probing:fit_mlp_probes")
+    seen = _spy(monkeypatch, "vlprobe.analyses.text.sentence_probing:fit_mlp_probes")
     SentenceProbing(["m"], "ptb_sentlen", {**mlp, "probe": "mlp"}).run(senteval)
     assert seen == ["cuda:3"]
 
@@ -257,10 +259,10 @@ def test_torch_analyses_train_on_the_run_device(monkeypatch):
 def test_reconstruction_trains_on_the_run_device(monkeypatch):
     from test_analysis_conformance import _reconstruction
 
-    from vlprobe.analyses.reconstruction import ReconstructionProbe
+    from vlprobe.analyses.vision.reconstruction import ReconstructionProbe
 
     models, dataset, params, src = _reconstruction(None)
     src.device = "cuda:2"
-    seen = _spy(monkeypatch, "vlprobe.analyses.reconstruction:fit_decoder")
+    seen = _spy(monkeypatch, "vlprobe.analyses.vision.reconstruction:fit_decoder")
     ReconstructionProbe(models, dataset, params).run(src)
     assert seen == ["cuda:2", "cuda:2"]  # one decoder per layer

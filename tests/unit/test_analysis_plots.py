@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vlprobe.analyses import plots
+from vlprobe.analyses import plotting
+from vlprobe.analyses.geometry import plots
+from vlprobe.analyses.vision import plots as vision_plots
 
 
 def _probe_table():
@@ -19,17 +21,17 @@ def _probe_table():
 
 
 def test_accuracy_vs_layer():
-    fig = plots.plot_accuracy_vs_layer(_probe_table())
+    fig = plotting.plot_accuracy_vs_layer(_probe_table())
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     assert len(fig.axes[0].lines) == 3  # two models + chance
-    rel = plots.plot_accuracy_vs_layer(_probe_table(), x="relative")
+    rel = plotting.plot_accuracy_vs_layer(_probe_table(), x="relative")
     assert max(rel.axes[0].lines[1].get_xdata()) == 1.0
 
 
 def test_few_shot_bars():
     rows = [{"model": m, "classifier": c, "shots": n, "layer": 3, "value": 0.5, "se": 0.01,
              "chance": 0.1} for m in ("a", "b") for c in ("prototype", "1nn") for n in (1, 5, 10)]
-    fig = plots.plot_few_shot_bars(pd.DataFrame(rows))
+    fig = vision_plots.plot_few_shot_bars(pd.DataFrame(rows))
     assert len(fig.axes) == 1 and len(fig.axes[0].patches) == 12
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["N=1", "N=5", "N=10"]
 

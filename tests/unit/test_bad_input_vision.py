@@ -23,13 +23,13 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 from test_human_centric import DualSource, _dual_source, _lf
 
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.cka import CKA
-from vlprobe.analyses.clustering import Clustering
-from vlprobe.analyses.fewshot import FewShot
-from vlprobe.analyses.human_centric import HumanCentric
-from vlprobe.analyses.probe import LayerProbe
-from vlprobe.analyses.rsa import RSA, compare_rdms, mean_rdm
-from vlprobe.analyses.transfer import Transfer
+from vlprobe.analyses.geometry.cka import CKA
+from vlprobe.analyses.geometry.rsa import RSA, compare_rdms, mean_rdm
+from vlprobe.analyses.multimodal.human_centric import HumanCentric
+from vlprobe.analyses.vision.clustering import Clustering
+from vlprobe.analyses.vision.fewshot import FewShot
+from vlprobe.analyses.vision.probe import LayerProbe
+from vlprobe.analyses.vision.transfer import Transfer
 from vlprobe.errors import AnalysisError, ConfigError
 
 torch.set_num_threads(1)  # tiny solves: extra threads only contend on shared cores

@@ -11,7 +11,7 @@ from test_conll import write_fixture
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.chunking import Chunking, kmeans_nmi, sentence_keys, split_fit_eval
+from vlprobe.analyses.text.chunking import Chunking, kmeans_nmi, sentence_keys, split_fit_eval
 from vlprobe.errors import AnalysisError, ConfigError
 
 
@@ -246,7 +246,7 @@ def test_end_to_end_run_with_tiny_bert(tmp_path):
 def test_sentence_initial_outlier_spans_are_reported():
     """Massive first-token activations (causal LMs' attention sink) make the sentence-initial
     spans outliers that k-means spends clusters on: the result says so, per layer."""
-    from vlprobe.analyses.chunking import count_norm_outliers
+    from vlprobe.analyses.text.chunking import count_norm_outliers
 
     feats = planted_feats()
     sink = feats.features["text.stem"].copy()

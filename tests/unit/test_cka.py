@@ -14,7 +14,7 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.cka import (
+from vlprobe.analyses.geometry.cka import (
     CKA,
     center_gram,
     cka,
@@ -99,7 +99,7 @@ def test_feature_space_linear_cka_equals_the_gram_reference(estimator, n, dx, dy
 
 
 def test_linear_cka_never_builds_the_n_by_n_gram(monkeypatch):
-    import vlprobe.analyses.cka as cka_module
+    import vlprobe.analyses.geometry.cka as cka_module
 
     x, y = _xy()
     expect = cka(x, y, "linear")

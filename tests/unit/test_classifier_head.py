@@ -9,7 +9,7 @@ from test_analysis_fakes import FakeSource
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.classifier_head import ClassifierHead
+from vlprobe.analyses.vision.classifier_head import ClassifierHead
 from vlprobe.errors import AnalysisError, ConfigError
 
 

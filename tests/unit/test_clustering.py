@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
-from vlprobe.analyses.clustering import (
+from vlprobe.analyses.vision.clustering import (
     Clustering,
     clustering_metrics,
     contingency,

@@ -10,7 +10,7 @@ import pytest
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
-from vlprobe.analyses.downstream import Downstream, model_max_length
+from vlprobe.analyses.text.downstream import Downstream, model_max_length
 from vlprobe.errors import AnalysisError, ConfigError
 
 FAST = {"Cs": [0.01, 1.0, 100.0], "max_iter": 200}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
-from vlprobe.analyses.probe import LayerProbe
+from vlprobe.analyses.vision.probe import LayerProbe
 from vlprobe.config import parse_config
 from vlprobe.data import DatasetSpec
 from vlprobe.data._common import bytes_image_source, file_image_source

@@ -8,7 +8,7 @@ import pytest
 from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
-from vlprobe.analyses.fewshot import FewShot, draw_support, few_shot_predict
+from vlprobe.analyses.vision.fewshot import FewShot, draw_support, few_shot_predict
 from vlprobe.errors import AnalysisError, ConfigError
 
 

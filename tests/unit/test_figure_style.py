@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from vlprobe.analyses import plots, plots_geometry
+from vlprobe.analyses import plotting
 from vlprobe.analyses.figure_style import alt_text, model_of, model_palette, style_figure
+from vlprobe.analyses.geometry import plots
+from vlprobe.analyses.vision import plots as vision_plots
 
 
 def probe_table(models=("clip", "clip_random"), layers=4):
@@ -34,8 +36,8 @@ def test_model_of_prefers_the_longest_model_name():
 
 def test_one_colour_per_model_across_figures_and_legends():
     palette = model_palette(["clip", "clip_random", "bert"])
-    probe = style_figure(plots.plot_accuracy_vs_layer(probe_table()), palette)
-    bars = style_figure(plots.plot_few_shot_bars(fewshot_table()), palette)
+    probe = style_figure(plotting.plot_accuracy_vs_layer(probe_table()), palette)
+    bars = style_figure(vision_plots.plot_few_shot_bars(fewshot_table()), palette)
     ax = probe.get_axes()[0]
     colour = {ln.get_label(): to_hex(ln.get_color()) for ln in ax.get_lines()}
     assert colour["clip_random (linear)"] == palette["clip_random"]
@@ -54,27 +56,27 @@ def test_one_colour_per_model_across_figures_and_legends():
 
 
 def test_layer_axes_get_integer_ticks_only():
-    fig = plots.plot_accuracy_vs_layer(probe_table(layers=4))
+    fig = plotting.plot_accuracy_vs_layer(probe_table(layers=4))
     style_figure(fig, model_palette(["clip", "clip_random"]))
     fig.canvas.draw()
     ticks = fig.get_axes()[0].get_xticks()
     assert len(ticks) >= 2 and np.allclose(ticks, np.round(ticks)), ticks
     # a relative-depth axis (fractions) keeps its fractional ticks
-    rel = plots.plot_accuracy_vs_layer(probe_table(layers=4), x="relative")
+    rel = plotting.plot_accuracy_vs_layer(probe_table(layers=4), x="relative")
     style_figure(rel, {})
     rel.canvas.draw()
     assert not np.allclose(rel.get_axes()[0].get_xticks(), np.round(rel.get_axes()[0].get_xticks()))
 
 
 def test_explicit_ticks_are_kept():
-    fig = plots_geometry.plot_cka_heatmap(np.eye(3), [0, 1, 2], [0, 1, 2], "a", "b")
+    fig = plots.plot_cka_heatmap(np.eye(3), [0, 1, 2], [0, 1, 2], "a", "b")
     style_figure(fig, model_palette(["a", "b"]))
     labels = [t.get_text() for t in fig.get_axes()[0].get_xticklabels()]
     assert labels == ["0", "1", "2"]
 
 
 def test_alt_text_describes_kind_axes_and_series():
-    fig = plots.plot_accuracy_vs_layer(probe_table(), title="Probe accuracy (cifar)")
+    fig = plotting.plot_accuracy_vs_layer(probe_table(), title="Probe accuracy (cifar)")
     text = alt_text(fig)
     assert text.startswith("Line chart 'Probe accuracy (cifar)'")
     assert "test accuracy against layer" in text

@@ -8,7 +8,7 @@ from test_analysis_fakes import FakeSource
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.grounded_words import (
+from vlprobe.analyses.text.grounded_words import (
     GroundedWords,
     class_word,
     mean_se,
@@ -180,7 +180,7 @@ def test_scale_factor_rules():
 def test_plot_grounded_bars_panels():
     import pandas as pd
 
-    from vlprobe.analyses.grounded_plots import plot_grounded_bars
+    from vlprobe.analyses.text.plots import plot_grounded_bars
 
     rows = [{"model": m, "variant": v, "metric": k, "value": 0.3, "se": np.nan}
             for m in ("a", "b") for v in ("grounded", "baseline")

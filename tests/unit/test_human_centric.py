@@ -11,7 +11,7 @@ from test_analysis_fakes import FakeSource
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import FeatureRequest, LayerFeatures
-from vlprobe.analyses.human_centric import (
+from vlprobe.analyses.multimodal.human_centric import (
     SINGLE_METRICS,
     HumanCentric,
     label_matrix,

@@ -1,4 +1,4 @@
-"""Batched MLP probes (src/vlprobe/analyses/mlp_probe.py): the stacked training equals one
+"""Batched MLP probes (src/vlprobe/estimators/mlp.py): the stacked training equals one
 ``nn.Sequential`` + ``torch.optim.AdamW`` per (layer, hidden, weight decay), and a layer's
 result does not depend on which layers are trained alongside it."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from vlprobe.analyses._common import fit_standardizer
-from vlprobe.analyses.mlp_probe import fit_mlp_probe, fit_mlp_probes, group_init
 from vlprobe.errors import AnalysisError
+from vlprobe.estimators.mlp import fit_mlp_probe, fit_mlp_probes, group_init
 
 torch.set_num_threads(1)
 
@@ -169,7 +169,7 @@ def test_multilabel_stack_equals_one_adamw_network_per_config():
     the binary cross-entropy: per config it is the plain nn.Sequential + AdamW loop."""
     from sklearn.metrics import f1_score
 
-    from vlprobe.analyses.mlp_probe import fit_mlp_multilabel_probes
+    from vlprobe.estimators.mlp import fit_mlp_multilabel_probes
 
     split = _layers(widths=(6, 4))
     rng = np.random.default_rng(1)

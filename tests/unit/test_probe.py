@@ -9,7 +9,7 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import FeatureRequest
-from vlprobe.analyses.probe import LayerProbe
+from vlprobe.analyses.vision.probe import LayerProbe
 from vlprobe.errors import AnalysisError, ConfigError
 
 FAST = {"Cs": [0.01, 1.0, 100.0], "max_iter": 300}

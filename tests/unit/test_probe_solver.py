@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from vlprobe.analyses.mlp_probe import fit_mlp_probe
-from vlprobe.analyses.probe_solver import fit_logistic_path, select_and_evaluate
 from vlprobe.errors import AnalysisError
+from vlprobe.estimators.logistic import fit_logistic_path, select_and_evaluate
+from vlprobe.estimators.mlp import fit_mlp_probe
 
 
 def _data(n=150, k=3, dims=(8, 8, 5), seed=0):
@@ -191,7 +191,7 @@ def test_masked_evaluation_equals_full_evaluation():
     """Evaluating only some probes of a layer gives those probes' full-batch values."""
     import torch
 
-    from vlprobe.analyses.probe_solver import _loss_grad, _loss_grad_masked
+    from vlprobe.estimators.logistic import _loss_grad, _loss_grad_masked
 
     rng = np.random.default_rng(3)
     L, N, P, K, D = 3, 40, 4, 5, 7
@@ -282,7 +282,7 @@ def test_line_search_failure_is_its_own_stop_reason():
     overshoots: the line search fails, the probe stops there, unconverged."""
     import torch
 
-    from vlprobe.analyses.probe_solver import _batched_lbfgs
+    from vlprobe.estimators.logistic import _batched_lbfgs
 
     rng = np.random.default_rng(6)
     X = torch.as_tensor(100.0 * rng.normal(size=(1, 60, 5)))

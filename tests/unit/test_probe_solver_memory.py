@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlprobe.analyses.probe_solver import (
+from vlprobe.estimators.logistic import (
     fit_logistic_path,
     plan_solves,
     select_and_evaluate,
     solve_bytes,
 )
-from vlprobe.analyses.probe_solver import path as path_module
+from vlprobe.estimators.logistic import path as path_module
 
 GB = 1e9
 

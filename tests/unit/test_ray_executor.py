@@ -20,7 +20,7 @@ ray = pytest.importorskip(
 from test_runner import spec_dict, write_image_folder  # noqa: E402
 
 from vlprobe.analyses import ANALYSES  # noqa: E402
-from vlprobe.analyses.probe import LayerProbe  # noqa: E402
+from vlprobe.analyses.vision.probe import LayerProbe  # noqa: E402
 from vlprobe.config import parse_config  # noqa: E402
 from vlprobe.errors import StoreError  # noqa: E402
 from vlprobe.executors import run_all  # noqa: E402

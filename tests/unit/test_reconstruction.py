@@ -11,10 +11,14 @@ from PIL import Image
 from test_analysis_fakes import FakeSource
 
 from vlprobe.analyses.base import FeatureRequest, LayerFeatures
-from vlprobe.analyses.reconstruction import ReconstructionProbe, default_layer_indices
-from vlprobe.analyses.reconstruction_decoder import build_decoder, fit_decoder, load_targets
+from vlprobe.analyses.vision.reconstruction import (
+    ReconstructionProbe,
+    default_layer_indices,
+    load_targets,
+)
 from vlprobe.data.stimuli import ImageSource, Stimuli
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.decoder import build_decoder, fit_decoder
 
 torch.set_num_threads(1)
 

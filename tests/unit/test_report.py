@@ -10,8 +10,9 @@ import re
 
 import pandas as pd
 
-from vlprobe.analyses import plots
+from vlprobe.analyses import plotting
 from vlprobe.analyses.base import Result
+from vlprobe.analyses.vision import plots as vision_plots
 from vlprobe.cli import main
 from vlprobe.report.compare import render_comparison, write_comparison
 from vlprobe.report.html import render_report, write_report
@@ -27,7 +28,7 @@ def probe_result(models=("effnet", "minilm"), layers=4, shift=0.0) -> Result:
              "value": round(0.4 + 0.1 * k - 0.2 * i + shift, 3), "chance": 0.1}
             for i, m in enumerate(models) for k in range(layers)]
     table = pd.DataFrame(rows)
-    fig = plots.plot_accuracy_vs_layer(table, title="Layer-wise probe accuracy (d)")
+    fig = plotting.plot_accuracy_vs_layer(table, title="Layer-wise probe accuracy (d)")
     return Result("layer_probe", ("V1",), table, figures={"curve": fig}, params={"C": [1, 10]},
                   notes=[EVIL])
 
@@ -38,7 +39,8 @@ def fewshot_result() -> Result:
                            "classifier": c, "shots": n, "value": 0.3 + 0.04 * n, "se": 0.01,
                            "chance": 0.1}
                           for c in ("prototype", "1nn") for n in (1, 5, 10)])
-    return Result("few_shot", ("V3",), table, figures={"bars": plots.plot_few_shot_bars(table)})
+    bars = vision_plots.plot_few_shot_bars(table)
+    return Result("few_shot", ("V3",), table, figures={"bars": bars})
 
 
 def rsa_result() -> Result:

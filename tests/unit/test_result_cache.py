@@ -15,8 +15,8 @@ from PIL import Image
 from test_runner import spec_dict, write_image_folder
 
 from vlprobe.analyses.base import Analysis, FeatureRequest, LayerFeatures, Result
-from vlprobe.analyses.fewshot import FewShot
-from vlprobe.analyses.probe import LayerProbe
+from vlprobe.analyses.vision.fewshot import FewShot
+from vlprobe.analyses.vision.probe import LayerProbe
 from vlprobe.config import parse_config
 from vlprobe.results.cache import (
     RecordingSource,

@@ -10,7 +10,7 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.rsa import RSA, compare_rdms, mean_rdm, upper, welch_t_rdm
+from vlprobe.analyses.geometry.rsa import RSA, compare_rdms, mean_rdm, upper, welch_t_rdm
 from vlprobe.errors import AnalysisError, ConfigError
 
 

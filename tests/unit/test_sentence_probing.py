@@ -9,11 +9,11 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses.base import LayerFeatures
-from vlprobe.analyses.sentence_probing import (
+from vlprobe.analyses.text.plots import plot_sentence_probing
+from vlprobe.analyses.text.sentence_probing import (
     CATEGORIES,
     SentenceProbing,
     canonical_task,
-    plot_sentence_probing,
 )
 from vlprobe.data.probing_tasks import SENTLEN_BINS, TASKS
 from vlprobe.errors import AnalysisError, ConfigError
@@ -246,10 +246,10 @@ def test_end_to_end_generated_task_through_the_runner(tmp_path):
 
 
 def test_category_means_and_best_layer_use_each_tasks_main_probe():
-    from vlprobe.analyses.sentence_probing import (
+    from vlprobe.analyses.text.plots import plot_category_accuracy
+    from vlprobe.analyses.text.sentence_probing import (
         best_layer_table,
         category_means,
-        plot_category_accuracy,
     )
 
     rows = []
@@ -302,7 +302,7 @@ def test_logistic_notes_count_stop_reasons_and_give_the_memory_estimate():
 def test_standardize_reaches_the_solver_and_is_recorded():
     """``standardize: false`` fits the raw features (the solver's own answer on them), and
     the ``standardized`` column says which was used."""
-    from vlprobe.analyses.probe_solver import select_and_evaluate
+    from vlprobe.estimators.logistic import select_and_evaluate
 
     src = _sentlen_source([0.0, 3.0])
     for split in ("train", "validation", "test"):  # layer 1 on a scale z-scoring undoes

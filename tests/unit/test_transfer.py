@@ -12,8 +12,9 @@ from test_analysis_fakes import FakeSource, balanced_labels, planted_layers
 from vlprobe.analyses import ANALYSES
 from vlprobe.analyses._common import fit_standardizer
 from vlprobe.analyses.base import FeatureRequest
-from vlprobe.analyses.transfer import COARSE_CS, Transfer, clip_linear_probe, topk_scores
+from vlprobe.analyses.vision.transfer import Transfer
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic.clip_protocol import COARSE_CS, clip_linear_probe, topk_scores
 
 FAST = {"max_iter": 50, "refine_rounds": 2}
 

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from vlprobe.errors import ConfigError, DataError
-from vlprobe.text_eval.analogy import (
+from vlprobe.analyses.text.text_eval.analogy import (
     AnalogySection,
     evaluate_analogies,
     read_analogies,
     section_kind,
 )
-from vlprobe.text_eval.corpus import load_corpus, read_lines
-from vlprobe.text_eval.data import gensim_test_data, pair_file, questions_words_path
-from vlprobe.text_eval.pairs import WordPairs, read_word_pairs, score_pairs
-from vlprobe.text_eval.skipgram import train_skipgram
+from vlprobe.analyses.text.text_eval.corpus import load_corpus, read_lines
+from vlprobe.analyses.text.text_eval.data import gensim_test_data, pair_file, questions_words_path
+from vlprobe.analyses.text.text_eval.pairs import WordPairs, read_word_pairs, score_pairs
+from vlprobe.analyses.text.text_eval.skipgram import train_skipgram
+from vlprobe.errors import ConfigError, DataError
 
 # ---- word pairs ------------------------------------------------------------------------------
 

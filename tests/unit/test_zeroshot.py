@@ -21,9 +21,9 @@ from vlprobe.analyses.multimodal.zeroshot_classifier import (
     rank_metrics,
     template_ranks,
 )
-from vlprobe.analyses.transfer import topk_scores
 from vlprobe.data.prompts.params import load_class_name_set
 from vlprobe.errors import AnalysisError, ConfigError, DataError
+from vlprobe.estimators.logistic.clip_protocol import topk_scores
 
 TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a drawing of the {}."]
 FAST_PROBE = {"coarse_Cs": [0.01, 1.0, 100.0], "refine_rounds": 0, "max_iter": 100}

@@ -164,7 +164,7 @@ def check_solver_params(analysis: str, params: dict[str, Any], cs_key: str = "Cs
 
 
 def solver_options(params: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of :func:`~vlprobe.analyses.probe_solver.fit_logistic_path` from an
+    """Keyword arguments of :func:`~vlprobe.estimators.logistic.fit_logistic_path` from an
     analysis' validated parameters (``dtype``, ``max_iter``, ``tol``; ``standardize`` and
     ``solver_memory_gb`` where the analysis has them)."""
     out: dict[str, Any] = {"dtype": params["dtype"], "max_iter": int(params["max_iter"]),

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vlprobe.extract.keys import STORE_FORMAT_VERSION, software_versions
-from vlprobe.extract.store import TMP_PREFIX, ActivationStore
-from vlprobe.extract.store_format import META, entry_kind, sidecar_name
+from vlprobe.extract.store import ActivationStore
+from vlprobe.extract.store_format import META, TMP_PREFIX, entry_kind, sidecar_name
 
 
 @dataclass

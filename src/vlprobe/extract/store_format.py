@@ -37,6 +37,7 @@ KINDS = ("dense", "ragged")
 DTYPES = ("float32", "float16")
 
 
+TMP_PREFIX = ".tmp-"  # temp files of atomic writes; readers never look at them
 META = "meta.json"
 DATA = "data.npy"
 OFFSETS = "offsets.npy"

@@ -260,7 +260,7 @@ class BiasAudit(Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.multimodal.plots_attacks import plot_bias_rates
+        from vlprobe.analyses.multimodal.plots import plot_bias_rates
 
         p = self.params
         for model in self.models:

@@ -205,7 +205,7 @@ class MultimodalNeurons(Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.multimodal.plots_attacks import (
+        from vlprobe.analyses.multimodal.plots import (
             plot_selectivity_scatter,
             plot_unit_top_images,
         )

@@ -175,7 +175,7 @@ class TypographicAttack(Analysis):
     def run(self, source: FeatureSource) -> Result:
         import pandas as pd
 
-        from vlprobe.analyses.multimodal.plots_attacks import (
+        from vlprobe.analyses.multimodal.plots import (
             plot_typographic_examples,
             plot_typographic_summary,
         )

@@ -18,7 +18,8 @@ Protocol (SCIENCE.md M1; Radford et al. 2021 §3.1.4, the CLIP ImageNet notebook
    ensemble: which prompts help) and ``predictions`` (per image: predicted class, rank of the
    true class, probabilities; for error analysis).
 5. Zero-shot vs linear probe (``linear_probe``): V2's CLIP-protocol logistic probe
-   (:func:`vlprobe.analyses.transfer.clip_linear_probe`, its C sweep and validation carve)
+   (:func:`vlprobe.estimators.logistic.clip_protocol.clip_linear_probe`, its C sweep and
+   validation carve)
    fitted on the ``train_split`` images at the SAME embedding site and scored on the same
    ``split`` items. The gap ``linear_probe_minus_zero_shot_<metric>`` = linear-probe score -
    zero-shot score (in accuracy units; > 0: labelled examples add what the prompts lack).
@@ -59,9 +60,9 @@ from vlprobe.analyses.multimodal.zeroshot_classifier import (
     rank_metrics,
     template_ranks,
 )
-from vlprobe.analyses.probe_solver import convergence_note
 from vlprobe.data.prompts.params import resolve_class_names, resolve_template_param
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic import convergence_note
 
 #: the V2 parameters ``probe`` may set (the rest is fixed by M1: embedding site, splits).
 PROBE_KEYS = ("val_fraction", "coarse_Cs", "fine_points", "refine_rounds", "standardize",
@@ -103,7 +104,7 @@ class ZeroShot(Analysis):
     }
 
     def __init__(self, models, dataset, params=None, seed=0) -> None:
-        from vlprobe.analyses.transfer import Transfer
+        from vlprobe.analyses.vision.transfer import Transfer
 
         super().__init__(models, dataset, params, seed)
         p = self.params
@@ -261,7 +262,7 @@ class ZeroShot(Analysis):
                       zero_shot: dict[str, float], base: dict[str, Any], notes: list[str]
                       ) -> list[dict[str, Any]]:
         """V2's linear probe on the same embedding site; its scores and the gap rows."""
-        from vlprobe.analyses.transfer import clip_linear_probe
+        from vlprobe.estimators.logistic.clip_protocol import clip_linear_probe
 
         assert self._probe is not None  # _with_probe checked it
         q = self._probe.params

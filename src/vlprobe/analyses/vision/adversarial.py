@@ -41,11 +41,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vlprobe.analyses.base import Analysis, FeatureRequest, FeatureSource, Result
-from vlprobe.analyses.transfer import COARSE_CS
 from vlprobe.analyses.vision import heads as H
 from vlprobe.analyses.vision.attack import attack_model, model_adapter
 from vlprobe.analyses.vision.pgd import NORMS, parse_epsilon
 from vlprobe.errors import AnalysisError, ConfigError
+from vlprobe.estimators.logistic.clip_protocol import COARSE_CS
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ normalisation inside) and ends in class logits:
   ``template.format(class name)`` (CLIP's prompt ensemble), renormalised; logits
   ``scale * cos + bias`` with the model's own ``logit_scale()`` (CLIP: 100, no bias).
 - ``linear_probe``: an L2-regularised logistic probe fitted on frozen features of a train
-  split (the batched solver of :mod:`~vlprobe.analyses.probe_solver`, C chosen on a carved
+  split (the batched solver of :mod:`~vlprobe.estimators.logistic`, C chosen on a carved
   validation split, refitted on all of train), applied to the same site pooled the same way
   in torch (:func:`torch_pool`). The thesis' setting for CLIP vs supervised models.
 """
@@ -136,7 +136,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], val_fraction: f
     ``[K, D]``, intercepts ``[K]``, info) in the ORIGINAL feature space; a binary probe is
     expanded to two classes (logits ``[0, z]``)."""
     from vlprobe.analyses._common import carve_validation
-    from vlprobe.analyses.probe_solver import fit_logistic_path
+    from vlprobe.estimators.logistic import fit_logistic_path
 
     y = np.asarray(y)
     if len(np.unique(y)) < 2:

@@ -1,5 +1,7 @@
-"""Figures of the vision analyses (V6, V8). Every function returns a matplotlib Figure built
-without pyplot (no global figure registry)."""
+"""Figures of the vision family: V2 (transfer), V3 (few-shot), V4 (clustering), V5
+(reconstruction), V6 (adversarial), V8 (feature visualisation); V1's accuracy-vs-layer is
+shared with T3 (:func:`vlprobe.analyses.plotting.plot_accuracy_vs_layer`). Every function
+returns a matplotlib Figure built without pyplot (no global figure registry)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+from vlprobe.analyses.plotting import new_figure as _figure
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
@@ -115,5 +112,151 @@ def plot_feature_grid(images: Sequence[np.ndarray], labels: Sequence[str],
         if k < len(images):
             ax.imshow(_hwc(images[k]))
             ax.set_title(str(labels[k])[:32], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+# -- V2 transfer, V3 few-shot, V4 clustering ----------------------------------------------------
+
+
+def plot_transfer_bars(table: Any, title: str = "") -> Any:
+    """Grouped bars: one group per metric (top-1, top-5, mean per-class recall), one bar per
+    (model, site); a dotted chance segment per metric (seed 004 fig 4.4)."""
+    fig, axes = _figure(size=(7.0, 4.0))
+    ax = axes[0, 0]
+    metrics = list(dict.fromkeys(table["metric"])) if len(table) else []
+    series = list(dict.fromkeys(zip(table["model"], table["site"]))) if len(table) else []
+    width = 0.8 / max(len(series), 1)
+    for k, (model, site) in enumerate(series):
+        g = table[(table["model"] == model) & (table["site"] == site)].set_index("metric")
+        vals = [float(g.loc[m, "value"]) if m in g.index else np.nan for m in metrics]
+        xs = np.arange(len(metrics)) + (k - (len(series) - 1) / 2) * width
+        label = model if table["site"].nunique() == 1 else f"{model} / {site}"
+        ax.bar(xs, vals, width, label=label)
+    for i, metric in enumerate(metrics):  # chance differs per metric (top-5 > top-1)
+        chance = float(table.loc[table["metric"] == metric, "chance"].max())
+        ax.hlines(chance, i - 0.45, i + 0.45, color="grey", ls=":", lw=1,
+                  label="chance" if i == 0 else None)
+    if len(table):
+        ax.legend(fontsize=7)
+    ax.set_xticks(np.arange(len(metrics)), metrics, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test score")
+    ax.set_title(title)
+    return fig
+
+
+def plot_c_sweep(sweep: Any, title: str = "") -> Any:
+    """Validation accuracy vs C (log x axis), one line per (model, site); chosen C marked."""
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    if len(sweep):
+        for (model, site), g in sweep.groupby(["model", "site"], sort=False):
+            g = g.sort_values("C")
+            (line,) = ax.plot(g["C"], g["val_accuracy"], marker=".", ms=4,
+                              label=f"{model} / {site}")
+            chosen = g[g["chosen"]]
+            ax.plot(chosen["C"], chosen["val_accuracy"], "*", ms=10, color=line.get_color())
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("C (inverse L2 strength)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    return fig
+
+
+def plot_few_shot_bars(table: Any, title: str = "") -> Any:
+    """Grouped bars: one group per N, one bar per (model, classifier); error bars = se.
+
+    Uses each model's last layer in the table when several layers were evaluated.
+    """
+    fig, axes = _figure(size=(7.0, 4.0))
+    ax = axes[0, 0]
+    last = table.groupby("model")["layer"].transform("max")
+    t = table[(table["layer"] == last) | table["layer"].isna()]
+    shots = sorted(t["shots"].unique())
+    series = list(dict.fromkeys(zip(t["model"], t["classifier"])))
+    width = 0.8 / max(len(series), 1)
+    for k, (model, clf) in enumerate(series):
+        g = t[(t["model"] == model) & (t["classifier"] == clf)].set_index("shots")
+        vals = [float(g.loc[n, "value"]) if n in g.index else np.nan for n in shots]
+        errs = [float(g.loc[n, "se"]) if n in g.index else 0.0 for n in shots]
+        xs = np.arange(len(shots)) + (k - (len(series) - 1) / 2) * width
+        ax.bar(xs, vals, width, yerr=errs, capsize=2, label=f"{model} / {clf}")
+    if len(t):
+        ax.axhline(float(t["chance"].max()), color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(np.arange(len(shots)), [f"N={n}" for n in shots])
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_clustering_vs_layer(table: Any, title: str = "") -> Any:
+    """One panel per metric (accuracy, NMI, ARI) vs layer, one line per model."""
+    metrics = list(dict.fromkeys(table["metric"])) if len(table) else ["accuracy"]
+    fig, axes = _figure(1, len(metrics), size=(3.2 * len(metrics), 3.4))
+    for ax, metric in zip(axes[0], metrics):
+        t = table[table["metric"] == metric] if len(table) else table
+        for model, g in (t.groupby("model", sort=False) if len(t) else []):
+            g = g.sort_values("layer")
+            ax.plot(g["layer"].to_numpy(float), g["value"].to_numpy(float), marker="o", ms=3,
+                    label=model)
+        if metric == "accuracy" and len(t):
+            ax.axhline(float(t["chance"].max()), color="grey", ls=":", lw=1, label="chance")
+        ax.set_xlabel("layer")
+        ax.set_title(metric, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+# -- V5 reconstruction -------------------------------------------------------------------------
+
+
+def plot_mse_vs_layer(table: Any, baseline: float, x: str = "relative", title: str = "") -> Any:
+    """Test MSE vs layer, one line per model; dotted mean-training-image level (cf. fig 7)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    t = table[table["metric"] == "mse"] if len(table) else table
+    for model, g in (t.groupby("model", sort=False) if len(t) else []):
+        g = g.sort_values("layer")
+        xs = g["layer"].to_numpy(dtype=float)
+        if x == "relative":
+            xs = xs / max(float(np.nanmax(xs)), 1.0)
+        ax.plot(xs, g["value"].to_numpy(), marker="o", ms=4, label=model)
+    ax.axhline(baseline, color="grey", ls=":", lw=1.2, label="mean training image")
+    ax.set_xlabel("relative depth (layer / deepest probed)" if x == "relative" else "layer")
+    ax.set_ylabel("test MSE per pixel (lower = more kept)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_reconstruction_examples(originals: np.ndarray, recons: dict[str, np.ndarray],
+                                 title: str = "") -> Any:
+    """Grid of images: first row the originals ``[k, c, S, S]``, then one row per
+    ``recons`` entry (label -> ``[k, c, S, S]`` reconstructions)."""
+    from matplotlib.figure import Figure
+
+    k = max(len(originals), 1)
+    rows = [("original", originals), *recons.items()]
+    fig = Figure(figsize=(1.1 * k + 1.4, 1.1 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), k, squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(imgs):
+                img = np.clip(np.asarray(imgs[c]), 0.0, 1.0)
+                if img.shape[0] == 1:
+                    ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0)
+                else:
+                    ax.imshow(img.transpose(1, 2, 0))
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
     return fig

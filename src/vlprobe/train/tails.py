@@ -173,7 +173,7 @@ def _efficientnet_tail(adapter: Any, k: int) -> Tail:
 
 
 def _bert_tail(adapter: Any, k: int) -> Tail:
-    from vlprobe.models._hf import locate_blocks
+    from vlprobe.models._towers import locate_blocks
 
     n = int(adapter.n_layers)
     _check_k(k, n, adapter.family)

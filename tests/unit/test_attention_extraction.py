@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from fusion_fakes import N_PATCHES, PlantedFusion  # noqa: E402
 
 from _helpers import tiny_adapter  # noqa: E402
 from vlprobe.data.stimuli import ImageSource, Stimuli  # noqa: E402
@@ -24,10 +25,9 @@ from vlprobe.extract.attention import (  # noqa: E402
 )
 from vlprobe.extract.reducers import reducer_names  # noqa: E402
 from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT  # noqa: E402
-from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace  # noqa: E402
+from vlprobe.models.base import Batch, ModelSpec, Trace  # noqa: E402
 
 ATTN = "fusion.blocks.0.attn"
-N_PATCHES = 4
 # the reducers that read attention and tags only (``similarity`` also reads token vectors:
 # planted in test_fusion_analyses.py); every other registered reducer must be listed here
 TAG_REDUCERS = ("mass", "cls_mass", "max_image_to_text", "entropy", "distance")
@@ -45,77 +45,42 @@ def _w(n_words: int) -> float:
     return n_words / 10
 
 
-class PlantedAttention(ModelAdapter):
-    """A fusion "model" over ``[CLS] words [SEP] patch x4 pad...`` whose attention is fixed:
+class PlantedAttention(PlantedFusion):
+    """:class:`~fusion_fakes.PlantedFusion` (hidden states = the tags, pads NaN) with a fixed
+    attention at ``fusion.blocks.0.attn``:
 
     - head 0: every real query spreads uniformly over the item's real keys;
     - head 1: special queries uniformly over the 4 patches; word queries 0.5 on [CLS] and 0.5
       on the first patch; patch queries ``w = n_words / 10`` on word 1, ``1 - w`` on themselves.
 
-    Padded rows and columns hold ``pad_fill`` (NaN: a leak would show). Hidden states are the
-    tags (pads NaN) like ``PlantedFusion`` in test_pairs.py. ``calls`` records every forward.
+    Padded rows and columns hold ``pad_fill`` (NaN: a leak would show). ``calls`` records
+    every forward.
     """
 
     family = "planted_attention"
-    default_pooling = "cls"
 
     def __init__(self, spec: ModelSpec, pad_fill: float = float("nan")) -> None:
         super().__init__(spec)
         self.pad_fill = pad_fill
         self.calls: list[tuple[tuple[str, ...], int]] = []
 
-    @classmethod
-    def load(cls, spec, device="cpu"):  # pragma: no cover - built directly
-        return cls(spec)
-
-    @property
-    def modalities(self):
-        return ("pair",)
-
     def sites(self):
         return ["fusion.stem", ATTN, "fusion.blocks.0", "fusion.pooled"]
-
-    def layer_sites(self, modality):
-        return ["fusion.stem", "fusion.blocks.0"]
-
-    def identity(self):
-        return {"adapter": self.family}
-
-    def embedding_site(self, modality):
-        return "fusion.pooled"
 
     def max_text_length(self):
         return 64
 
-    def text_lengths(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) + 2 for t in texts]
-
-    def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
-        return Batch("pair", {"n_words": [len(text.split()) for _, text in payloads]})
-
     def forward(self, batch: Batch, sites: Sequence[str]) -> Trace:
         n_words = batch.inputs["n_words"]
         self.calls.append((tuple(sites), len(n_words)))
-        t = 2 + max(n_words) + N_PATCHES
-        tags = torch.full((len(n_words), t), TAG_PAD, dtype=torch.int8)
-        attn = torch.zeros(len(n_words), 2, t, t)
-        for b, n in enumerate(n_words):
-            tags[b, 0] = TAG_SPECIAL
-            tags[b, 1 : 1 + n] = TAG_TEXT
-            tags[b, 1 + n] = TAG_SPECIAL
-            tags[b, 2 + n : 2 + n + N_PATCHES] = TAG_IMAGE
-            attn[b] = planted_item(n, t)
-        pad = tags == TAG_PAD
-        attn[pad[:, None, :, None].expand_as(attn)] = self.pad_fill
-        attn[pad[:, None, None, :].expand_as(attn)] = self.pad_fill
-        x = tags.float().unsqueeze(-1).expand(-1, -1, 3).clone()
-        x[pad] = float("nan")
-        trace = Trace(modality_tags=tags, attention_mask=(~pad).long())
-        for site in sites:
-            if site == ATTN:
-                trace.attentions[site] = attn
-            else:
-                trace.hidden[site] = x[:, 0] if site == "fusion.pooled" else x
+        trace = super().forward(batch, [s for s in sites if s != ATTN])
+        if ATTN in sites:
+            t = trace.modality_tags.shape[1]
+            attn = torch.stack([planted_item(n, t) for n in n_words])
+            pad = trace.modality_tags == TAG_PAD
+            attn[pad[:, None, :, None].expand_as(attn)] = self.pad_fill
+            attn[pad[:, None, None, :].expand_as(attn)] = self.pad_fill
+            trace.attentions[ATTN] = attn
         return trace
 
 

@@ -10,12 +10,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+from vlprobe.analyses.plotting import new_figure
 
 
 def head_heatmaps(table: Any, model: str) -> Any:
@@ -23,7 +18,7 @@ def head_heatmaps(table: Any, model: str) -> Any:
     all links, one panel per column (``v2t``, ``t2v``, ``v2t_rand``, ``t2v_rand``)."""
     rows = table[(table["model"] == model) & (table["link_type"] == "all")]
     metrics = [m for m in ("v2t", "t2v", "v2t_rand", "t2v_rand") if m in set(rows["metric"])]
-    fig, axes = _figure(1, max(len(metrics), 1), (3.2 * max(len(metrics), 1), 3.2))
+    fig, axes = new_figure(1, max(len(metrics), 1), (3.2 * max(len(metrics), 1), 3.2))
     vmax = float(np.nanmax(rows["value"])) if len(rows) else 1.0
     for ax, metric in zip(axes[0], metrics, strict=False):
         sub = rows[rows["metric"] == metric]
@@ -46,7 +41,7 @@ def best_head_bars(best: Any) -> Any:
     """F4 (seed 001 table 2): per model and link type the best head's ``v2t`` / ``t2v`` and
     the random ablation at that head, as grouped bars."""
     models = list(dict.fromkeys(best["model"])) if len(best) else []
-    fig, axes = _figure(max(len(models), 1), 1, (8.0, 3.0 * max(len(models), 1)))
+    fig, axes = new_figure(max(len(models), 1), 1, (8.0, 3.0 * max(len(models), 1)))
     cols = [("v2t", "v→t"), ("v2t_rand_at_best", "v→t rand"), ("t2v", "t→v"),
             ("t2v_rand_at_best", "t→v rand")]
     for ax, model in zip(axes[:, 0], models, strict=False):
@@ -71,7 +66,7 @@ def prober_curves(table: Any) -> Any:
     vs mismatched (dashed), the attention prober as horizontal lines, chance dotted; one
     panel per task, one colour per model."""
     tasks = [t for t in ("VCD", "VCC") if len(table) and t in set(table["task"])]
-    fig, axes = _figure(1, max(len(tasks), 1), (5.0 * max(len(tasks), 1), 3.6))
+    fig, axes = new_figure(1, max(len(tasks), 1), (5.0 * max(len(tasks), 1), 3.6))
     for ax, task in zip(axes[0], tasks, strict=False):
         sub = table[table["task"] == task]
         for k, model in enumerate(dict.fromkeys(sub["model"])):

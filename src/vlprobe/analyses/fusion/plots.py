@@ -10,17 +10,12 @@ from typing import Any
 
 import numpy as np
 
-
-def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+from vlprobe.analyses.plotting import new_figure
 
 
 def plot_fusion_degree(table: Any, title: str = "") -> Any:
     """NMI (mean +- standard error over pairs) by layer, one line per model."""
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     nmi = table[table["metric"] == "nmi"] if len(table) else table
     for model in dict.fromkeys(nmi["model"]) if len(nmi) else []:
@@ -43,7 +38,7 @@ def plot_head_maps(table: Any, metrics: list[str], title: str = "",
     heads = table[table["head"].notna()] if len(table) else table
     panels = [(m, x) for m in (dict.fromkeys(heads["model"]) if len(heads) else [])
               for x in metrics if len(heads[(heads["model"] == m) & (heads["metric"] == x)])]
-    fig, axes = _figure(1, max(len(panels), 1), size=(3.6 * max(len(panels), 1), 4.0))
+    fig, axes = new_figure(1, max(len(panels), 1), size=(3.6 * max(len(panels), 1), 4.0))
     for ax, (model, metric) in zip(axes[0], panels):
         g = heads[(heads["model"] == model) & (heads["metric"] == metric)]
         sites = sorted(dict.fromkeys(g["site"]), key=lambda s: (
@@ -75,7 +70,7 @@ def plot_layer_means(table: Any, metrics: list[str], ylabel: str = "", title: st
                      by_site_group: bool = False) -> Any:
     """Layer means over heads (rows without ``head``), mean +- standard error over pairs,
     by layer: one line per (model, metric[, site group])."""
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     layer_rows = table[table["head"].isna() & table["metric"].isin(metrics)] if len(
         table) else table

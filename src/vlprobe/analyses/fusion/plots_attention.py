@@ -8,14 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from vlprobe.analyses.plotting import new_figure
+
 _CMAP = "inferno"
-
-
-def _figure(nrows: int, ncols: int, size: tuple[float, float]):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def thumbnail(image: Any, size: int) -> np.ndarray:
@@ -69,7 +64,7 @@ def plot_model_comparison(examples: dict[str, list[dict[str, Any]]], thumbs: lis
         if any(e["relevance"] is not None for e in examples[m]):
             cols.append((m, "relevance"))
     n = len(thumbs)
-    fig, axes = _figure(n, 1 + len(cols), (1.0 * (1 + len(cols)), 1.05 * n + 0.4))
+    fig, axes = new_figure(n, 1 + len(cols), (1.0 * (1 + len(cols)), 1.05 * n + 0.4))
     names = {"last": "last layer", "rollout": "rollout", "relevance": "relevance"}
     for i in range(n):
         _overlay(axes[i][0], thumbs[i], None, np.zeros((0, 4)), "image" if i == 0 else "")
@@ -88,7 +83,7 @@ def plot_heads(raw: np.ndarray, boxes: np.ndarray, thumb: np.ndarray, layers: Se
     """One image: rows = layers, columns = heads and their mean; each panel the query's
     attention over the image tokens (``raw`` ``[L, H, n]``) overlaid on the image."""
     n_layers, n_heads = raw.shape[:2]
-    fig, axes = _figure(n_layers, n_heads + 1, (0.55 * (n_heads + 1) + 0.4,
+    fig, axes = new_figure(n_layers, n_heads + 1, (0.55 * (n_heads + 1) + 0.4,
                                                 0.55 * n_layers + 0.5))
     for li in range(n_layers):
         for h in range(n_heads + 1):
@@ -104,7 +99,7 @@ def plot_heads(raw: np.ndarray, boxes: np.ndarray, thumb: np.ndarray, layers: Se
 def plot_grounding_by_layer(table: Any, title: str = "") -> Any:
     """Pointing accuracy and IoU of the head-mean cross-attention per layer, one line per
     model, with the random-map baseline dashed."""
-    fig, axes = _figure(1, 2, (7.0, 2.8))
+    fig, axes = new_figure(1, 2, (7.0, 2.8))
     for ax, metric in zip(axes[0], ("pointing_accuracy", "iou")):
         sub = table[(table["metric"] == metric) & (table["head"] == "mean")] if len(table) \
             else table
@@ -126,7 +121,7 @@ def plot_grounding_examples(shown: list[dict[str, Any]], title: str = "") -> Any
     """Per example: the image with the object's box and the head-mean cross-attention map of
     the word (last layer) over it."""
     n = max(1, len(shown))
-    fig, axes = _figure(1, n, (1.7 * n, 2.0))
+    fig, axes = new_figure(1, n, (1.7 * n, 2.0))
     for ax, e in zip(axes[0], shown):
         _overlay(ax, e["thumb"], e["values"], e["boxes"], f"{e['word']}\n{e['caption'][:28]}",
                  fontsize=5)

@@ -299,3 +299,32 @@ def attention_layer_index(adapter: Any, site: str) -> int | None:
         if index is not None:
             return index
     return None
+
+
+def probe_raw_bytes(
+    adapter: Any, stimuli: Any, modality: str, sites: list[str], vision_cls: bool
+) -> tuple[np.ndarray, float]:
+    """``([N] estimated raw bytes per item, seconds of the probe forward)``: one forward of
+    item 0 capturing ``sites`` (heads, real token counts) + the text lengths of all items."""
+    import time
+
+    import torch
+
+    n = len(stimuli)
+    batch = adapter.prepare(stimuli.payloads(modality, [0]), modality)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        probe = adapter.forward(batch, sites)
+    seconds = time.perf_counter() - t0
+    lengths = None
+    if modality in ("text", "pair"):
+        try:
+            lengths = np.asarray(
+                adapter.text_lengths(stimuli.payloads("text", range(n))), dtype=np.float64
+            )
+        except NotImplementedError:
+            lengths = None
+        max_len = adapter.max_text_length() if lengths is not None else None
+        if max_len:
+            lengths = np.minimum(lengths, max_len)
+    return estimate_raw_bytes(probe, sites, n, lengths, vision_cls), seconds

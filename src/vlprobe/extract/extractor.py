@@ -70,9 +70,9 @@ from vlprobe.extract.attention import (
     RAW,
     batch_values,
     companion_sites,
-    estimate_raw_bytes,
     is_attention_site,
     over_limit_error,
+    probe_raw_bytes,
     raw_shard_size,
 )
 from vlprobe.extract.batching import _batches, _prefetched, _span_batches, _span_chars
@@ -209,33 +209,6 @@ def _take(values: Any, index: np.ndarray) -> Any:
     return values[index]
 
 
-def _probe_raw(
-    adapter: Any, stimuli: Any, modality: str, sites: list[str], vision_cls: bool
-) -> tuple[np.ndarray, float]:
-    """``([N] estimated raw bytes per item, seconds of the probe forward)``: one forward of
-    item 0 capturing ``sites`` (heads, real token counts) + the text lengths of all items."""
-    import torch
-
-    n = len(stimuli)
-    batch = adapter.prepare(stimuli.payloads(modality, [0]), modality)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        probe = adapter.forward(batch, sites)
-    seconds = time.perf_counter() - t0
-    lengths = None
-    if modality in ("text", "pair"):
-        try:
-            lengths = np.asarray(
-                adapter.text_lengths(stimuli.payloads("text", range(n))), dtype=np.float64
-            )
-        except NotImplementedError:
-            lengths = None
-        max_len = adapter.max_text_length() if lengths is not None else None
-        if max_len:
-            lengths = np.minimum(lengths, max_len)
-    return estimate_raw_bytes(probe, sites, n, lengths, vision_cls), seconds
-
-
 def _hidden_values(
     trace: Any, site: str, method: str, row_of: Any, tok_spans: Any
 ) -> np.ndarray:
@@ -348,7 +321,8 @@ def _extract_holding(
     raw_sites = [o.site for o in outputs if o.method == RAW and o.name not in features]
     raw_bytes = 0
     if raw_sites:  # size raw attention before computing any of it
-        per_item, seconds_model = _probe_raw(adapter, stimuli, modality, raw_sites, vision_cls)
+        per_item, seconds_model = probe_raw_bytes(adapter, stimuli, modality, raw_sites,
+                                                    vision_cls)
         n_batches += 1
         raw_bytes = int(per_item.sum())
         if raw_bytes > raw_limit:

@@ -75,6 +75,17 @@ class LinkTokens:
     rand_region: np.ndarray
 
 
+def link_splits(analysis: Any, source: Any) -> list[str]:
+    """The dataset splits an F4 / F5 analysis pools: ``params["splits"]`` (None = all)."""
+    available = source.splits(analysis.dataset)
+    splits = analysis.params["splits"] or available
+    unknown = sorted(set(splits) - set(available))
+    if unknown:
+        raise ConfigError(f"{analysis.name}: dataset {analysis.dataset!r} has no split(s) "
+                          f"{', '.join(unknown)}")
+    return list(splits)
+
+
 def check_link_data(stimuli: Any, where: str) -> None:
     """The stimuli carry pair items and the link descriptors, else a ConfigError."""
     missing = [d for d in _LINK_DESCRIPTORS if d not in stimuli.descriptors]

@@ -59,6 +59,7 @@ from vlprobe.analyses.fusion.coref_links import (
     check_links,
     coref_sites,
     link_attention,
+    link_splits,
     resolve_links,
     site_directions,
     token_counts,
@@ -118,14 +119,6 @@ class CoreferenceProber(Analysis):
         "max_iter": 2000,
     }
 
-    def _splits(self, source: Any) -> list[str]:
-        splits = self.params["splits"] or source.splits(self.dataset)
-        unknown = sorted(set(splits) - set(source.splits(self.dataset)))
-        if unknown:
-            raise ConfigError(f"{self.name}: dataset {self.dataset!r} has no split(s) "
-                              f"{', '.join(unknown)}")
-        return list(splits)
-
     def requests(self, source: Any) -> list[FeatureRequest]:
         return []  # F5 runs the model itself (see the module docstring)
 
@@ -148,7 +141,7 @@ class CoreferenceProber(Analysis):
         """(stimuli, item indices) per split: captions with links, a seeded subset of at
         most ``max_items`` over all splits."""
         chosen = []
-        for split in self._splits(source):
+        for split in link_splits(self, source):
             stim = source.stimuli(FeatureRequest(self.models[0], self.dataset, split))
             check_links(stim, f"{self.name} ({split})")
             chosen += [(stim, i) for i, ls in enumerate(stim.descriptors["links"]) if ls]

@@ -41,6 +41,7 @@ from vlprobe.analyses.fusion.coref_links import (
     check_link_data,
     coref_sites,
     link_attention,
+    link_splits,
     resolve_links,
     site_directions,
     token_counts,
@@ -69,14 +70,6 @@ class VisualCoreference(Analysis):
         "min_links": 5,  # link types with fewer links are reported under "all" only
     }
 
-    def _splits(self, source: Any) -> list[str]:
-        splits = self.params["splits"] or source.splits(self.dataset)
-        unknown = sorted(set(splits) - set(source.splits(self.dataset)))
-        if unknown:
-            raise ConfigError(f"{self.name}: dataset {self.dataset!r} has no split(s) "
-                              f"{', '.join(unknown)}")
-        return list(splits)
-
     def _request(self, source: Any, model: str, split: str) -> FeatureRequest:
         sites = coref_sites(source.attention_sites(model, "pair"))
         if not sites:
@@ -88,7 +81,7 @@ class VisualCoreference(Analysis):
                               attention=("raw",), modality="pair")
 
     def requests(self, source: Any) -> list[FeatureRequest]:
-        return [self._request(source, m, s) for m in self.models for s in self._splits(source)]
+        return [self._request(source, m, s) for m in self.models for s in link_splits(self, source)]
 
     def run(self, source: Any) -> Result:
         from vlprobe.analyses.fusion import coref_plots
@@ -119,7 +112,7 @@ class VisualCoreference(Analysis):
         values: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
         heads: dict[str, list[tuple[str, int | None, int]]] = {d: [] for d in DIRECTIONS}
         all_links, dropped = [], 0
-        for split in self._splits(source):
+        for split in link_splits(self, source):
             request = self._request(source, model, split)
             stimuli = source.stimuli(request)
             check_link_data(stimuli, f"{self.name} ({model}, {split})")

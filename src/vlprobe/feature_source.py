@@ -105,13 +105,11 @@ class RunFeatureSource:
 
     def attention_sites(self, model: str, modality: str) -> list[str]:
         from vlprobe.extract.attention import is_attention_site
-        from vlprobe.modality import STREAMS_OF, site_stream
+        from vlprobe.modality import site_stream
 
-        streams = STREAMS_OF.get(modality, ())
-        return [
-            s for s in self.adapter(model).sites()
-            if is_attention_site(s) and site_stream(s) in streams
-        ]
+        adapter = self.adapter(model)
+        streams = adapter.streams_for(modality)
+        return [s for s in adapter.sites() if is_attention_site(s) and site_stream(s) in streams]
 
     def stimuli(self, request: FeatureRequest) -> Stimuli:
         """The stimuli a request refers to (a split, or its class-prompt view)."""

@@ -45,7 +45,8 @@ _TAG_OF = {"special": TAG_SPECIAL, "text": TAG_TEXT, "image": TAG_IMAGE, "pad": 
 
 #: site streams: the first dotted part of a site name.
 STREAMS = ("vision", "text", "fusion", "cross")
-#: streams a batch of each modality can produce.
+#: streams a batch of each modality produces by default (an adapter's ``streams_for`` may
+#: differ: a single-stream fusion model's text-only forward runs its ``fusion`` blocks).
 STREAMS_OF = {"image": ("vision",), "text": ("text",), "pair": STREAMS}
 
 
@@ -88,12 +89,16 @@ def tags_for_site(trace: Any, site: str) -> tuple[Any, Any]:
     return trace.modality_tags, trace.attention_mask
 
 
-def check_sites_for(modality: str, sites: Iterable[str], model: str = "model") -> None:
+def check_sites_for(
+    modality: str, sites: Iterable[str], model: str = "model",
+    streams: Iterable[str] | None = None,
+) -> None:
     """Raise a clear error for a site that a ``modality`` batch cannot produce (a text site
-    asked of an image batch, say)."""
-    allowed = STREAMS_OF.get(modality)
-    if allowed is None:
+    asked of an image batch, say). ``streams``: the streams the model's ``modality`` batch
+    produces (``ModelAdapter.streams_for``; default :data:`STREAMS_OF`)."""
+    if modality not in STREAMS_OF:
         raise ConfigError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    allowed = STREAMS_OF[modality] if streams is None else tuple(streams)
     wrong = [s for s in sites if site_stream(s) not in allowed]
     if wrong:
         raise ConfigError(

@@ -61,9 +61,12 @@ def _payloads(modality: str):
     return _images() if modality == "image" else TEXTS
 
 
-def _tower(sites: list[str], modality: str) -> list[str]:
-    """The sites a ``modality`` batch produces (a pair batch: every stream)."""
-    return [s for s in sites if site_stream(s) in STREAMS_OF[modality]]
+def _tower(a, modality: str) -> list[str]:
+    """The sites a ``modality`` batch of adapter ``a`` produces (``a.streams_for``: a pair
+    batch every stream; VisualBERT's text batch its fusion stack)."""
+    streams = a.streams_for(modality)
+    assert set(streams) <= set(STREAMS_OF["pair"]), (a.family, modality, streams)
+    return [s for s in a.sites() if site_stream(s) in streams]
 
 
 # -- which token sequence a site lives on (two-stream models keep one per stream) ----------
@@ -209,7 +212,7 @@ def test_sites_and_shapes(name, adapters):
         assert [a.layer_index(s) for s in layers] == list(range(len(layers)))
         emb = a.embedding_site(modality)
         assert emb in sites
-        tower = _tower(sites, modality)
+        tower = _tower(a, modality)
         batch = a.prepare(_payloads(modality), modality)
         assert len(batch) == 2
         trace = a.forward(batch, tower)
@@ -559,7 +562,9 @@ def _golden_stats(a) -> dict[str, dict[str, list[float] | float]]:
         trace = a.forward(batch, sites)
         for site in sites:
             v = _pool(a, trace, site, modality)
-            out[site] = {
+            # a fusion model's text-only forward reuses the pair batch's site names
+            key = site if site not in out else f"{modality}:{site}"
+            out[key] = {
                 "mean": float(v.mean()),
                 "std": float(v.std()),
                 "first": [float(x) for x in v[0, :4]],

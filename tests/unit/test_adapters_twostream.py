@@ -51,7 +51,7 @@ def cap(tiny_dir):
 
 # -- LXMERT ---------------------------------------------------------------------------------
 def test_lxmert_sites_and_layer_paths(lx):
-    assert lx.modalities == ("pair",)
+    assert lx.modalities == ("pair", "text")  # text: the language stream alone (F7)
     assert lx.layer_sites("pair") == [
         "text.stem", "text.blocks.0", "text.blocks.1", "cross.blocks.0.text",
         "cross.blocks.1.text",
@@ -236,7 +236,7 @@ def test_bad_pairs_name_the_item(family, lx, cap):
 
 def test_sites_of_other_families_are_refused(lx, cap):
     batch = lx.prepare(_pairs(), "pair")
-    for foreign in ("fusion.blocks.0", "vision.proj", "text.pooled"):
+    for foreign in ("fusion.blocks.0", "vision.proj", "text.proj"):
         with pytest.raises(ConfigError, match=re.escape(f"has no site '{foreign}'")):
             lx.forward(batch, [foreign])
     with pytest.raises(ConfigError, match=r"has no site 'cross\.blocks\.0\.v2t\.attn'"):

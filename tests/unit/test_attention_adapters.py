@@ -15,7 +15,7 @@ from vlprobe.data.stimuli import ImageSource, Stimuli  # noqa: E402
 from vlprobe.extract import ActivationStore, extract_features  # noqa: E402
 from vlprobe.extract.attention import attention_layer_index, split_raw_tags  # noqa: E402
 from vlprobe.extract.reducers import attention_context  # noqa: E402
-from vlprobe.modality import STREAMS_OF, TAG_PAD, site_stream  # noqa: E402
+from vlprobe.modality import TAG_PAD, site_stream  # noqa: E402
 
 REDUCERS = ["reduce:mass", "reduce:cls_mass", "reduce:max_image_to_text", "reduce:entropy",
             "reduce:distance"]
@@ -124,5 +124,5 @@ def test_attention_features_get_their_block_layer_index(tmp_path):
     for adapter in (lx, cap, vilt):
         for modality in adapter.modalities:
             for site in adapter.sites():
-                if site.endswith(".attn") and site_stream(site) in STREAMS_OF[modality]:
+                if site.endswith(".attn") and site_stream(site) in adapter.streams_for(modality):
                     assert attention_layer_index(adapter, site) is not None, site

@@ -62,7 +62,11 @@ def resolve_sites(adapter: Any, modality: str, sites: Sequence[str] | None) -> l
     if not out:
         raise ConfigError("no sites to extract")
     adapter.check_sites(out)
-    check_sites_for(modality, out, getattr(adapter, "family", "model"))
+    check = getattr(adapter, "check_modality_sites", None)
+    if check is not None:  # a ModelAdapter: its own streams per modality
+        check(modality, out)
+    else:
+        check_sites_for(modality, out, getattr(adapter, "family", "model"))
     return out
 
 

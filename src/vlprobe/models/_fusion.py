@@ -27,9 +27,10 @@ DEFAULT_BERT_TOKENIZER = "google-bert/bert-base-uncased"
 class SingleStreamFusion(HFAdapter):
     """Base of the single-stream fusion adapters (``vilt``, ``visual_bert``).
 
-    Pairs only; one stack of fused blocks ``encoder.layer.{i}`` (``config.num_hidden_layers``)
-    with the sites ``fusion.stem``, ``fusion.blocks.{i}`` (+ ``.attn``: the module
-    :attr:`attn_module` inside a block) and ``fusion.pooled``; default pooling ``cls``; the
+    Pairs (``visual_bert`` adds a text-only forward; ``vilt`` has none); one stack of fused
+    blocks ``encoder.layer.{i}`` (``config.num_hidden_layers``) with the sites
+    ``fusion.stem``, ``fusion.blocks.{i}`` (+ ``.attn``: the module :attr:`attn_module` inside
+    a block) and ``fusion.pooled``; default pooling ``cls``; the
     BERT tokenizer of :func:`load_bert_tokenizer` (``options.tokenizer``).
     """
 
@@ -57,6 +58,10 @@ class SingleStreamFusion(HFAdapter):
     def _text_identity(self) -> dict[str, Any]:
         """The text part of :meth:`_preprocess_identity` (:func:`text_identity`)."""
         return text_identity(self.tokenizer, self._tokenizer_source, self.max_text_length())
+
+    def _text_special_ids(self) -> list[int]:
+        """[CLS] / [SEP]: the text tokens a pair's tags mark special (:func:`special_ids`)."""
+        return sorted(special_ids(self.tokenizer))
 
     def _hook_table(self) -> dict[str, HookTarget]:
         return block_hooks("fusion", "encoder.layer", self.n_layers, self.attn_module)

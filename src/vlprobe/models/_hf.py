@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError, DataError, ModelLoadError
-from vlprobe.modality import check_sites_for
 from vlprobe.models._hooks import (
     HookTarget,
     capture,
@@ -241,9 +240,10 @@ class HFAdapter(ModelAdapter):
 
     def layer_sites(self, modality: str) -> list[str]:
         if modality not in self.modalities:
+            why = self.unsupported_modalities.get(modality)
             raise ConfigError(
                 f"model {self.family!r} has no {modality} tower "
-                f"(it takes {', '.join(self.modalities)})"
+                f"(it takes {', '.join(self.modalities)})" + (f": {why}" if why else "")
             )
         return list(self._layer_sites[modality])
 
@@ -295,10 +295,7 @@ class HFAdapter(ModelAdapter):
     # -- running -----------------------------------------------------------------------
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         if modality not in self.modalities:
-            raise ConfigError(
-                f"model {self.family!r} does not take {modality} inputs "
-                f"(it takes {'/'.join(self.modalities)})"
-            )
+            raise self.modality_error(modality)
         if modality == "image":
             return Batch("image", self._image_inputs(payloads))
         if modality == "text":
@@ -351,6 +348,11 @@ class HFAdapter(ModelAdapter):
         mask = inputs["attention_mask"]
         return (mask.sum(dim=1) - 1).clamp(min=0).long().cpu()
 
+    def _text_special_ids(self) -> list[int]:
+        """Token ids tagged special in a text batch (default: every special token of the
+        tokenizer; fusion models use the ids their pair tags mark special)."""
+        return list(self.tokenizer.all_special_ids)
+
     def _modality_tags(self, batch: Batch, trace: Trace) -> None:
         """Fill ``trace.modality_tags`` (fused sequences) / ``trace.tags_by_stream``
         (two-stream models) for a pair batch. Single-tower adapters have none."""
@@ -363,7 +365,7 @@ class HFAdapter(ModelAdapter):
         attention is wanted). Puts the model in eval mode."""
         sites = list(dict.fromkeys(sites))
         self.check_sites(sites)
-        check_sites_for(modality, sites, self.family)
+        self.check_modality_sites(modality, sites)
         self.model.eval()
         table = self._hook_table()
         targets = {s: table[s] for s in sites if s in table}
@@ -408,7 +410,7 @@ class HFAdapter(ModelAdapter):
         if batch.modality == "text":
             trace.eos_index = self._eos_index(batch.inputs)
             trace.modality_tags = text_tags(
-                batch.inputs["input_ids"], trace.attention_mask, self.tokenizer.all_special_ids
+                batch.inputs["input_ids"], trace.attention_mask, self._text_special_ids()
             )
         if batch.modality == "pair":
             self._modality_tags(batch, trace)

@@ -143,6 +143,9 @@ class ModelAdapter(ABC):
     #: whether position 0 of the vision tower's token sequence is a class token (tagged
     #: special for attention reducers); False for towers without one (SigLIP).
     vision_class_token: ClassVar[bool] = True
+    #: modality -> why the model does not offer it (appended to the error a request for
+    #: that modality gets), e.g. ViLT's missing text-only forward.
+    unsupported_modalities: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def offline_status(cls) -> tuple[bool, str]:
@@ -201,6 +204,32 @@ class ModelAdapter(ABC):
         default, ``*.proj`` for dual encoders, ``fusion.pooled`` for pairs."""
         stream = {"image": "vision", "text": "text", "pair": "fusion"}[modality]
         return f"{stream}.pooled"
+
+    def streams_for(self, modality: str) -> tuple[str, ...]:
+        """Site streams a ``modality`` batch produces (default
+        :data:`vlprobe.modality.STREAMS_OF`: image -> vision, text -> text, pair -> all).
+        A fusion model's text-only forward overrides it (VisualBERT: text -> fusion)."""
+        from vlprobe.modality import STREAMS_OF
+
+        return tuple(STREAMS_OF.get(modality, ()))
+
+    def check_modality_sites(self, modality: str, sites: Sequence[str]) -> None:
+        """Raise a clear ConfigError for a site that a ``modality`` batch of this model cannot
+        produce (:meth:`streams_for`)."""
+        from vlprobe.modality import check_sites_for
+
+        check_sites_for(modality, sites, self.family, self.streams_for(modality))
+
+    def modality_error(self, modality: str) -> Exception:
+        """The ConfigError for a ``modality`` the model does not take (with the reason of
+        :attr:`unsupported_modalities` where there is one)."""
+        from vlprobe.errors import ConfigError
+
+        why = self.unsupported_modalities.get(modality)
+        return ConfigError(
+            f"model {self.family!r} does not take {modality} inputs "
+            f"(it takes {'/'.join(self.modalities)})" + (f": {why}" if why else "")
+        )
 
     # -- running -----------------------------------------------------------------------
     @abstractmethod

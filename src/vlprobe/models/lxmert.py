@@ -1,4 +1,5 @@
-"""LXMERT two-stream fusion model (transformers ``LxmertModel``) on (image, text) pairs.
+"""LXMERT two-stream fusion model (transformers ``LxmertModel``) on (image, text) pairs, and
+its language stream alone on texts.
 
 LXMERT reads a caption (BERT WordPiece, ``[CLS] ... [SEP]``) and an image as R regions
 (features ``visual_feats [B, R, D_v]`` + boxes ``visual_pos [B, R, 4]``, normalised
@@ -34,7 +35,20 @@ Sites (T = text tokens, R = regions, H = heads):
   ``[B, R, D]`` (the layer's outputs) and ``cross.blocks.{k}`` ``[B, T + R, D]``: both outputs
   concatenated ``[text; vision]``, the sequence ``trace.modality_tags`` describes (fusion
   degree, catalogue F1, clusters all of a pair's tokens of one cross layer);
-- ``fusion.pooled``: the pooler output (tanh dense of the final language [CLS]) ``[B, D]``.
+- ``fusion.pooled``: the pooler output (tanh dense of the final language [CLS]) ``[B, D]``;
+- ``text.pooled``: the last language layer's output (``text.blocks.{L-1}``; ``text.stem``
+  when L = 0), mean over the real tokens ``[B, D]``: the final vector of the language stream
+  BEFORE any cross layer (the embedding site of a text batch).
+
+Text-only forward (modality ``text``, catalogue F7): the embeddings and the L language layers
+(``model.embeddings`` and ``model.encoder.layer``, the modules a pair runs, with the same
+additive padding mask), nothing else. The language layers never see the regions, so their
+outputs are exactly those of a pair forward with the same text (tested). Sites of a text batch:
+``text.stem``, ``text.blocks.{i}`` (+ ``.attn``) and ``text.pooled``;
+``layer_sites("text")`` = ``text.stem, text.blocks.0..L-1``; ``embedding_site("text")`` =
+``text.pooled``. Every ``cross.*`` site (the cross-modality layers attend to the regions),
+``vision.*`` and ``fusion.pooled`` (read after the cross layers) need the vision stream: asked
+of a text batch they are a ConfigError naming them. Tags as for the text of a pair.
 
 Layers. ``layer_sites("pair")`` is the LANGUAGE path: ``text.stem``, ``text.blocks.0..L-1``,
 ``cross.blocks.0..X-1.text`` (layer index 0..L+X; the path that ends at [CLS] and the pooler;
@@ -94,7 +108,20 @@ class LXMERTAdapter(HFAdapter):
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return ("pair",)
+        return ("pair", "text")
+
+    def check_modality_sites(self, modality: str, sites: Any) -> None:
+        """A text batch runs the language layers only: anything else is a clear error."""
+        if modality == "text":
+            wrong = [s for s in sites if not s.startswith("text.")]
+            if wrong:
+                raise ConfigError(
+                    f"lxmert: site(s) {', '.join(wrong)} cannot be captured from text inputs: "
+                    "a text-only forward runs only the language layers (text.stem, "
+                    "text.blocks.*, text.pooled); the cross-modality layers, the vision stream "
+                    "and fusion.pooled need the image regions (use modality pair)"
+                )
+        super().check_modality_sites(modality, sites)
 
     # -- sites -------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -109,7 +136,7 @@ class LXMERTAdapter(HFAdapter):
         sites = ["text.stem"]
         for i in range(self.n_text):
             sites += [f"text.blocks.{i}.attn", f"text.blocks.{i}"]
-        sites.append("vision.stem")
+        sites += ["text.pooled", "vision.stem"]
         for i in range(self.n_vision):
             sites += [f"vision.blocks.{i}.attn", f"vision.blocks.{i}"]
         for k in range(self.n_cross):
@@ -124,7 +151,8 @@ class LXMERTAdapter(HFAdapter):
             + [f"cross.blocks.{k}.{s}" for k in range(self.n_cross)]
             for s, n in (("text", self.n_text), ("vision", self.n_vision))
         }
-        self._layer_sites = {"pair": self._streams["text"]}
+        self._layer_sites = {"pair": self._streams["text"],
+                             "text": self._streams["text"][:self.n_text + 1]}
         #: the region source (:mod:`vlprobe.models.regions`)
         options = self.spec.options.get("regions")
         if options is None:  # a `vlprobe train` checkpoint: the boxes it was trained with
@@ -145,9 +173,9 @@ class LXMERTAdapter(HFAdapter):
         return None
 
     def embedding_site(self, modality: str) -> str:
-        if modality != "pair":
-            raise ConfigError(f"model 'lxmert' takes pair inputs, not {modality}")
-        return "fusion.pooled"
+        if modality not in self.modalities:
+            raise self.modality_error(modality)
+        return "fusion.pooled" if modality == "pair" else "text.pooled"
 
     def max_text_length(self) -> int | None:
         limit = int(self.config.max_position_embeddings)
@@ -221,9 +249,16 @@ class LXMERTAdapter(HFAdapter):
         model = self.model
         dtype = next(model.parameters()).dtype
         attn_sites = {s: t for s, t in self._attention_targets().items() if s in computed}
+        if modality == "text":
+            with _capture_calls(model, attn_sites, []) as (got, _), \
+                    _last_language(model, self.n_text, computed, inputs) as pooled:
+                self._run_language(inputs, dtype)
+            got.update(pooled)
+            return got
         vision_out = [s for s in computed if s.startswith("cross.") and s.endswith(".vision")]
         vision_out += [s for s in computed if s.startswith("cross.") and s.count(".") == 2]
-        with _capture_calls(model, attn_sites, vision_out) as (got, shapes):
+        with _capture_calls(model, attn_sites, vision_out) as (got, shapes), \
+                _last_language(model, self.n_text, computed, inputs) as pooled:
             out = model(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
@@ -242,7 +277,26 @@ class LXMERTAdapter(HFAdapter):
                 )
         if "fusion.pooled" in computed:
             got["fusion.pooled"] = out.pooled_output
+        got.update(pooled)
         return got
+
+    def _run_language(self, inputs: dict[str, Any], dtype: Any) -> Any:
+        """The language stream alone: ``model.embeddings`` and the L language layers with
+        the additive padding mask ``LxmertModel`` builds; returns the last output
+        ``[B, T, D]``."""
+        import torch
+
+        model = self.model
+        ids = inputs["input_ids"]
+        types = inputs.get("token_type_ids")  # zeros as LxmertModel makes them (its
+        if types is None:  # embeddings' own default reads a buffer they lack)
+            types = torch.zeros_like(ids)
+        hidden = model.embeddings(ids, types)
+        mask = inputs["attention_mask"][:, None, None, :].to(dtype)
+        mask = (1.0 - mask) * torch.finfo(dtype).min
+        for layer in model.encoder.layer:
+            hidden = layer(hidden, mask)[0]
+        return hidden
 
     def _modality_tags(self, batch: Batch, trace: Trace) -> None:
         import torch
@@ -254,10 +308,39 @@ class LXMERTAdapter(HFAdapter):
         set_two_stream_tags(trace, text, batch.inputs["attention_mask"],
                             torch.full_like(vmask, TAG_IMAGE), vmask)
 
+    def _text_special_ids(self) -> list[int]:
+        return self._special_ids()
+
     def _special_ids(self) -> list[int]:
         """Special-token ids ([CLS], [SEP], [PAD], [MASK]); [UNK] stands for a word: text."""
         tok = self.tokenizer
         return [i for i in tok.all_special_ids if i != tok.unk_token_id]
+
+
+@contextmanager
+def _last_language(
+    model: Any, n_text: int, computed: list[str], inputs: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """``text.pooled`` where it is asked for: a hook on the last language layer (the
+    embeddings when L = 0) whose output, mean-pooled over the real tokens, is put in the
+    yielded dict (always removed)."""
+    got: dict[str, Any] = {}
+    if "text.pooled" not in computed:
+        yield got
+        return
+    mask = inputs["attention_mask"]
+
+    def hook(_m: Any, _args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        got["text.pooled"] = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    path = f"encoder.layer.{n_text - 1}" if n_text else "embeddings"
+    handle = model.get_submodule(path).register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        handle.remove()
 
 
 @contextmanager

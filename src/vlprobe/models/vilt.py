@@ -49,6 +49,14 @@ from a bare config the documented default is the same processor with ``shortest_
 config.image_size`` and ``size_divisor = config.patch_size``. Tokenizer: ``options.tokenizer``,
 else the checkpoint's own, else ``google-bert/bert-base-uncased``
 (:func:`vlprobe.models._fusion.load_bert_tokenizer`).
+
+No text-only forward (modality ``text``; catalogue F7 uses ``visual_bert`` / ``lxmert``): HF's
+``ViltModel`` refuses to run without pixels or image embeddings, and ViLT's transformer was
+initialised from an ImageNet ViT and then trained only on image-text pairs (every pretraining
+input carries an image CLS and patches), so a sequence of text tokens alone is not a stream the
+model ever computed, unlike VisualBERT (BERT weights, a native text-only path) or LXMERT (its
+language layers never see the image). Asking for ``text`` inputs is a ConfigError saying so
+(:attr:`ViltAdapter.unsupported_modalities`).
 """
 
 from __future__ import annotations
@@ -144,6 +152,11 @@ class ViltAdapter(SingleStreamFusion):
     hf_model: ClassVar[str] = "ViltModel"
     known_options: ClassVar[tuple[str, ...]] = ("tokenizer",)
     attn_module: ClassVar[str] = "attention.attention"
+    unsupported_modalities: ClassVar[dict[str, str]] = {
+        "text": "ViLT has no text-only forward (transformers' ViltModel needs an image, and "
+                "the model was only ever trained on image-text pairs); probe a fusion model's "
+                "text stream with visual_bert or lxmert (modality text), or run vilt on pairs",
+    }
 
     def _setup(self) -> None:
         super()._setup()
@@ -193,7 +206,7 @@ class ViltAdapter(SingleStreamFusion):
 
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         if modality != "pair":
-            return super().prepare(payloads, modality)  # raises: pairs only
+            return super().prepare(payloads, modality)  # raises: pairs only (no text path)
         images, texts = _split_pairs(payloads, self.family)
         inputs, _, offsets = self._text_inputs(texts)
         inputs.update(self._image_inputs(images))

@@ -35,6 +35,16 @@ does not know where a grid cell is. A config with ``region_position_offset: K`` 
 ``K`` text positions, so ``max_text_length()`` is ``K``); ``K + R`` must not exceed
 ``max_position_embeddings``.
 
+Text-only forward (modality ``text``): the same single-stream transformer over the text tokens
+alone (``visual_embeds=None``, VisualBERT's own text-only path: no region tokens, the text
+mask only). It produces the same sites (``fusion.stem``, ``fusion.blocks.{i}`` + ``.attn``
+over ``[B, T_text, ...]``, ``fusion.pooled`` = the pooler on the text [CLS]);
+``streams_for("text")`` is ``("fusion",)``, ``layer_sites("text")`` = ``layer_sites("pair")``,
+``embedding_site("text")`` = ``fusion.pooled``. Tags as for the text part of a pair; texts are
+cut at :meth:`max_text_length` (the trained models' ``region_position_offset``) as in a pair.
+This is what text-only analyses (T1, T2) read on a fusion model's text stream (catalogue F7).
+A paired set still runs on pairs unless ``modality: text`` is asked for.
+
 Tags: ``[CLS]`` / ``[SEP]`` special, words text, regions image, padding pad;
 ``Trace.attention_mask`` = ``[text mask, region mask]`` ``[B, T]``, the mask VisualBERT
 attends with; ``Trace.extras["boxes"]`` ``[B, T, 4]``: each region's box (normalised image
@@ -75,6 +85,19 @@ class VisualBertAdapter(SingleStreamFusion):
     known_options: ClassVar[tuple[str, ...]] = ("tokenizer", "regions")
     attn_module: ClassVar[str] = "attention.self"
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("pair", "text")
+
+    def streams_for(self, modality: str) -> tuple[str, ...]:
+        """A text batch runs the single fused stack too (text tokens only): ``fusion``."""
+        return ("fusion",) if modality == "text" else super().streams_for(modality)
+
+    def embedding_site(self, modality: str) -> str:
+        if modality not in self.modalities:
+            raise self.modality_error(modality)
+        return "fusion.pooled"
+
     def _setup(self) -> None:
         if getattr(self.config, "bypass_transformer", False):
             raise ModelLoadError(
@@ -83,6 +106,7 @@ class VisualBertAdapter(SingleStreamFusion):
             )
         offset = getattr(self.config, "region_position_offset", None)
         super()._setup()
+        self._layer_sites["text"] = list(self._layer_sites["pair"])
         self.region_position_offset = None if offset is None else int(offset)
         self.visual_dim = int(self.config.visual_embedding_dim)
         #: the region source (:mod:`vlprobe.models.regions`)
@@ -107,7 +131,7 @@ class VisualBertAdapter(SingleStreamFusion):
         import torch
 
         if modality != "pair":
-            return super().prepare(payloads, modality)  # raises: pairs only
+            return super().prepare(payloads, modality)  # text: tokens only; else raises
         images, texts = _split_pairs(payloads, self.family)
         inputs, n_truncated, offsets = self._text_inputs(texts)
         regions = self.regions(images)
@@ -155,6 +179,14 @@ class VisualBertAdapter(SingleStreamFusion):
     def _run(
         self, modality: str, inputs: dict[str, Any], want_attn: bool, computed: list[str]
     ) -> dict[str, Any]:
+        if modality == "text":  # VisualBERT's own text-only path: no visual inputs
+            out = self.model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                token_type_ids=inputs.get("token_type_ids"),
+                output_attentions=want_attn,
+            )
+            return self._pooled(out, computed)
         out = self.model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],

@@ -142,5 +142,5 @@ def test_captions_with_instance_boxes(tmp_path):
     path.write_text(json.dumps(data))
     assert load_dataset(spec)["validation"].source["boxes_sha256"] != digest
     bad = DatasetSpec("coco_captions", path=str(root), options={"instances": "nope.json"})
-    with pytest.raises(DataError, match="nope.json"):
+    with pytest.raises(DataError, match=r"nope\.json"):
         load_dataset(bad)

@@ -29,15 +29,17 @@ from vlprobe.models.base import Batch, ModelSpec, Trace  # noqa: E402
 
 ATTN = "fusion.blocks.0.attn"
 # the reducers that read attention and tags only (``similarity`` also reads token vectors:
-# planted in test_fusion_analyses.py); every other registered reducer must be listed here
+# planted in test_fusion_analyses.py; ``objects`` reads object boxes: test_objects_reducer.py);
+# every other registered reducer must be listed here
 TAG_REDUCERS = ("mass", "cls_mass", "max_image_to_text", "entropy", "distance")
 ALL_REDUCERS = [f"reduce:{r}" for r in TAG_REDUCERS]
 
 
 def test_every_tag_only_reducer_is_planted_here():
-    from vlprobe.extract.reducers import needs_features
+    from vlprobe.extract.reducers import needs_features, needs_objects
 
-    assert sorted(TAG_REDUCERS) == [r for r in reducer_names() if not needs_features(r)]
+    assert sorted(TAG_REDUCERS) == [r for r in reducer_names()
+                                    if not needs_features(r) and not needs_objects(r)]
 
 
 def _w(n_words: int) -> float:

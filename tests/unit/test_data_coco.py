@@ -120,3 +120,27 @@ def test_coco_corrupt_image_skip(tmp_path):
     lazy = load_dataset(DatasetSpec("coco_captions", path=str(root)))["validation"]
     with pytest.raises(DataError, match=r"000003.jpg"):
         lazy.images[2]
+
+
+def test_captions_with_instance_boxes(tmp_path):
+    root = _coco(tmp_path)
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"].append({"id": 5, "image_id": 3, "category_id": 1, "iscrowd": 1,
+                                "bbox": [0, 0, 8, 6]})  # a crowd region: left out
+    path.write_text(json.dumps(data))
+    spec = DatasetSpec("coco_captions", path=str(root), options={"instances": True})
+    val = load_dataset(spec)["validation"]
+    assert val.descriptors["boxes"] == [
+        [[0.0, 0.0, 2.0, 2.0, "dog"], [0.0, 0.0, 3.0, 1.0, "person"],
+         [1.0, 1.0, 2.0, 1.0, "person"]]] * 2 + [[[0.0, 0.0, 4.0, 4.0, "cat"]]]
+    assert val.descriptors["image_size"] == [[8, 6]] * 3
+    plain = load_dataset(DatasetSpec("coco_captions", path=str(root)))["validation"]
+    assert "boxes" not in plain.descriptors
+    digest = val.source["boxes_sha256"]
+    data["annotations"][0]["bbox"] = [0, 0, 1, 1]  # other boxes -> another provenance
+    path.write_text(json.dumps(data))
+    assert load_dataset(spec)["validation"].source["boxes_sha256"] != digest
+    bad = DatasetSpec("coco_captions", path=str(root), options={"instances": "nope.json"})
+    with pytest.raises(DataError, match=r"nope\.json"):
+        load_dataset(bad)

@@ -51,8 +51,18 @@ def planted() -> torch.Tensor:
 FEATURES = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 9, 4))).float()
 
 
+#: boxes of the 9 positions: the 4 patches are a 2 x 2 grid, NaN elsewhere; one object owns
+#: the left column (patches 0 and 2) (reducers that read them: ``objects``)
+BOXES = torch.full((1, 9, 4), float("nan"))
+BOXES[0, 4:8] = torch.tensor([[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]])
+OBJECTS = torch.zeros(1, 9, 1, dtype=torch.bool)
+OBJECTS[0, [4, 6], 0] = True
+
+
 def ctx() -> AttentionContext:
-    return AttentionContext(TAGS, TAGS, query_features=FEATURES, key_features=FEATURES)
+    return AttentionContext(TAGS, TAGS, query_features=FEATURES, key_features=FEATURES,
+                            query_boxes=BOXES, key_boxes=BOXES, query_objects=OBJECTS,
+                            key_objects=OBJECTS)
 
 
 def test_cls_mass_by_hand():
@@ -173,3 +183,12 @@ def test_reduce_many_equals_each_reducer_alone():
     assert sorted(many) == reducer_names()
     for name in reducer_names():
         np.testing.assert_array_equal(many[name], reduce_attention(name, planted(), ctx()))
+
+
+def test_objects_on_the_planted_map_by_hand():
+    out = reduce_attention("objects", planted(), ctx())
+    # head 0: uniform -> patches 0 and 2 each put 1/3 of their image attention on the other
+    assert out[0, 0, 0] == pytest.approx(1 / 3) and out[0, 0, 1] == pytest.approx(1 / 3)
+    # head 1: patch 0 puts its image attention on patch 1 (other object); patch 2 only on
+    # itself, which is left out: no attention on other image keys -> patch 2 drops out
+    assert out[0, 1, 0] == pytest.approx(0.0) and out[0, 1, 1] == pytest.approx(1 / 3)

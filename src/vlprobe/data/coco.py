@@ -21,6 +21,14 @@ Options (both loaders):
 pair (images and texts; descriptor ``image_id``); ``"image"`` gives one item per image with
 the first caption as its text and all captions in descriptor ``captions``.
 
+``coco_captions`` option ``instances``: ``true`` (the split's
+``annotations/instances_{split}2017.json``), a file relative to ``path`` or a mapping ``{split:
+file}``: adds the object boxes of each item's image, descriptors ``boxes`` (list of
+``[x, y, w, h, category_name]`` in pixels, as ``coco_instances`` gives them, crowd annotations
+left out: they mark a group, not one object) and ``image_size`` (``[width, height]``). An image
+without instances gets an empty list. A digest of the boxes is part of the provenance (so of
+every cache key built on them).
+
 ``coco_instances`` gives one item per image (images only) with descriptors ``boxes`` (list of
 ``[x, y, w, h, category_name]``), ``categories`` (sorted names present) and ``image_id``;
 its label is the category with the largest total annotated area in the image (segment
@@ -156,6 +164,11 @@ def load_coco_captions(spec: Any) -> dict[str, Stimuli]:
         descriptors: dict[str, list[Any]] = {"image_id": image_ids}
         if per == "image":
             descriptors["captions"] = all_captions
+        extra: dict[str, Any] = {}
+        if options.get("instances"):
+            boxes, sizes, extra = _instance_boxes(root, coco_split, options, loader, images)
+            descriptors["boxes"] = [boxes[i] for i in image_ids]
+            descriptors["image_size"] = [sizes[i] for i in image_ids]
         stimuli = Stimuli(
             dataset=dataset_name(spec, loader),
             split=split,
@@ -173,10 +186,43 @@ def load_coco_captions(spec: Any) -> dict[str, Stimuli]:
                 missing_images=missing,
                 unannotated_images=unannotated,
                 skipped=[],
+                **extra,
             ),
         )
         out[split] = drop_unreadable(stimuli, on_error)
     return out
+
+
+def _instance_boxes(
+    root: Path, coco_split: str, options: dict[str, Any], loader: str,
+    images: list[dict[str, Any]],
+) -> tuple[dict[int, list[list[Any]]], dict[int, list[int]], dict[str, Any]]:
+    """``(image id -> non-crowd boxes [x, y, w, h, category], image id -> [width, height],
+    provenance)`` of ``images`` from the split's instances file (option ``instances``)."""
+    import hashlib
+
+    value = options["instances"]
+    year = str(options.get("year", "2017"))
+    name = _per_split(value, coco_split) if not isinstance(value, bool) else None
+    if isinstance(value, dict) and name is None:
+        raise DataError(f"{loader}: options.instances names no file for split {coco_split!r}")
+    path = root / (name or f"annotations/instances_{coco_split}{year}.json")
+    if not path.is_file():
+        raise DataError(f"{loader}: options.instances: {str(path)!r} does not exist")
+    data = _read_json(path)
+    names = {c["id"]: c["name"] for c in data.get("categories", [])}
+    boxes: dict[int, list[list[Any]]] = {im["id"]: [] for im in images}
+    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+        if ann["image_id"] not in boxes or ann.get("iscrowd"):
+            continue
+        if ann["category_id"] not in names:
+            raise DataError(f"{path.name}: annotation {ann['id']} has unknown category "
+                            f"{ann['category_id']}")
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes[ann["image_id"]].append([x, y, w, h, names[ann["category_id"]]])
+    sizes = {im["id"]: [int(im["width"]), int(im["height"])] for im in images}
+    digest = hashlib.sha256(json.dumps([boxes, sizes], sort_keys=True).encode()).hexdigest()
+    return boxes, sizes, {"instances_file": str(path), "boxes_sha256": digest[:16]}
 
 
 def load_coco_instances(spec: Any) -> dict[str, Stimuli]:

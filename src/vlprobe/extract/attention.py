@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from vlprobe.errors import ConfigError
+from vlprobe.extract.objects import object_context
 from vlprobe.extract.reducers import (
     REDUCE_PREFIX,
     attention_context,
     check_reducer,
     feature_sites,
     needs_features,
+    needs_objects,
     reduce_many,
     reducer_names,
     reducer_of,
@@ -152,9 +154,14 @@ def resolve_attention(
 
 # -- per-batch values -----------------------------------------------------------------------
 def batch_values(
-    trace: Any, site: str, methods: Sequence[str], vision_class_token: bool = True
+    trace: Any, site: str, methods: Sequence[str], vision_class_token: bool = True,
+    items: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """What ``methods`` give for the attention of ``site`` in one forward's ``trace``.
+
+    ``items``: the batch items' stimuli descriptors ``{name: [value per row]}`` (plus
+    ``"id"``), handed to the reducers as ``ctx.items``; reducers that read object
+    memberships (``objects``) need ``boxes`` and ``image_size`` there.
 
     Returns method -> value: ``reduce:<r>``: float32 ``[B, H, ...]`` numpy; ``raw``: a list of
     B float16 ``[H, Tq_b, Tk_b]`` arrays of the real tokens only; ``raw_tags``: a list of B
@@ -164,7 +171,10 @@ def batch_values(
     if attn is None:
         raise ConfigError(f"site {site!r} is not in the trace's attentions")
     ctx = attention_context(trace, site, tuple(attn.shape), vision_class_token)
+    ctx.items = items
     reducers = [reducer_of(m) for m in methods if reducer_of(m) is not None]
+    if any(needs_objects(r) for r in reducers):
+        object_context(trace, site, ctx, items)
     if any(needs_features(r) for r in reducers):
         q_site, k_site = feature_sites(site)
         missing = [s for s in (q_site, k_site) if s not in trace.hidden]

@@ -380,7 +380,8 @@ def _extract_holding(
         buffers: dict[str, Any] = {}
         filled = n_trunc_shard = 0
         try:
-            for (index, start, rel, _, row_of), batch in _prefetched(plan, prepare, prefetch):
+            for (index, start, rel, reps, row_of), batch in _prefetched(plan, prepare,
+                                                                          prefetch):
                 stop = shard_bounds(index, n_items, eff_shard)[1]
                 shard_outputs = [o for o in outputs if index in todo.get(o.name, ())]
                 shard_sites = list(dict.fromkeys(o.site for o in shard_outputs))
@@ -405,7 +406,8 @@ def _extract_holding(
                 seconds_model += time.perf_counter() - t0
                 n_batches += 1
                 del batch
-                values = _batch_values(trace, shard_outputs, row_of, tok_spans, vision_cls)
+                values = _batch_values(trace, shard_outputs, row_of, tok_spans, vision_cls,
+                                       _batch_items(stimuli, start + reps))
                 del trace
                 for out in shard_outputs:
                     _fill(buffers, out, values.pop(out.name), rel, stop - start)
@@ -451,11 +453,22 @@ def _extract_holding(
     )
 
 
+def _batch_items(stimuli: Any, index: np.ndarray) -> dict[str, list[Any]]:
+    """The descriptors (and ids) of the items behind a batch's rows, for attention reducers
+    that read per-item context (``ctx.items``)."""
+    rows = [int(i) for i in index]
+    out = {name: [values[i] for i in rows] for name, values in stimuli.descriptors.items()}
+    out["id"] = [stimuli.ids[i] for i in rows]
+    return out
+
+
 def _batch_values(
-    trace: Any, outputs: list[Output], row_of: Any, tok_spans: Any, vision_cls: bool
+    trace: Any, outputs: list[Output], row_of: Any, tok_spans: Any, vision_cls: bool,
+    items: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Output name -> this batch's values (one row / item per batch item; span mode: per
-    span item). Each attention site is read once for all of its methods."""
+    span item). Each attention site is read once for all of its methods; ``items``: the
+    batch rows' descriptors (:func:`_batch_items`)."""
     values: dict[str, Any] = {}
     attn_methods: dict[str, list[Output]] = {}
     for out in outputs:
@@ -466,7 +479,7 @@ def _batch_values(
     for site, outs in attn_methods.items():
         if site not in trace.attentions:
             raise StoreError(f"the adapter did not capture attention site {site!r}")
-        got = batch_values(trace, site, [o.method for o in outs], vision_cls)
+        got = batch_values(trace, site, [o.method for o in outs], vision_cls, items)
         for out in outs:
             value = got[out.method]
             if row_of is not None:  # span mode: one text row -> its items

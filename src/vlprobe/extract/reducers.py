@@ -32,6 +32,17 @@ Built-in reducers (``Q`` = query tokens of a class, ``K`` = key tokens of a clas
   similarity gets). NaN where an item has fewer than two image tokens. It reads token vectors,
   so the extractor captures the stem sites of its attention site in the same forward
   (:func:`feature_sites`); ``ctx.query_features`` / ``ctx.key_features`` carry them.
+- ``objects``: ``[B, H, 5]``: attention between image tokens of the same annotated object
+  (seed 003; :mod:`vlprobe.extract.objects`): observed, uniform and distance-matched
+  same-object mass, mean weight per same-object / other pair. It reads per-item object boxes
+  (``ctx.items``) joined with the trace's token boxes into ``ctx.query_objects`` /
+  ``ctx.key_objects`` (:func:`~vlprobe.extract.objects.object_context`), in the same forward.
+
+What a reducer can read besides the attention (all ``[B, ...]`` in batch order): the token tags
+(always); ``ctx.items``, the batch items' stimuli descriptors ``{name: [value per row]}`` plus
+their ``"id"`` (the extractor gives them whenever it runs on stimuli); the layer-0 token
+vectors (``needs_features=True``); the tokens' boxes and object memberships
+(``needs_objects=True``). Reducers that ask for neither get neither and run unchanged.
 
 Self-attention of a single-modality sequence (a ViT block, a text block) has no tags: every
 real token then counts as image (vision stream) or text (text stream) except position 0 when
@@ -52,6 +63,7 @@ from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT
 Reducer = Callable[[Any, "AttentionContext"], Any]
 _REDUCERS: dict[str, tuple[Reducer, str]] = {}
 _NEEDS_FEATURES: set[str] = set()
+_NEEDS_OBJECTS: set[str] = set()
 REDUCE_PREFIX = "reduce:"
 
 
@@ -72,14 +84,27 @@ class AttentionContext:
     #: reducers registered with ``needs_features`` (None otherwise).
     query_features: Any = None
     key_features: Any = None
+    #: the batch items' stimuli descriptors, ``{name: [value of row 0, row 1, ...]}`` plus
+    #: ``"id"`` (None where the caller has no stimuli, e.g. a bare trace).
+    items: Any = None
+    #: ``[B, T, 4]`` token boxes in the image (NaN at non-image tokens) and ``[B, T, O]`` bool
+    #: object membership of the query / key tokens, for reducers registered with
+    #: ``needs_objects`` (:func:`vlprobe.extract.objects.object_context`; None otherwise).
+    #: Query and key fields are the same tensors for a self-attention.
+    query_boxes: Any = None
+    key_boxes: Any = None
+    query_objects: Any = None
+    key_objects: Any = None
 
 
 def register_reducer(
-    name: str, doc: str = "", needs_features: bool = False
+    name: str, doc: str = "", needs_features: bool = False, needs_objects: bool = False
 ) -> Callable[[Reducer], Reducer]:
     """Decorator: register ``fn(attn [B, H, Tq, Tk] torch, ctx) -> [B, H, ...]`` as ``name``.
     ``needs_features``: the reducer reads ``ctx.query_features`` / ``ctx.key_features`` (the
-    extractor then captures the stem sites of :func:`feature_sites` in the same forward)."""
+    extractor then captures the stem sites of :func:`feature_sites` in the same forward).
+    ``needs_objects``: it reads ``ctx.query_objects`` / ``key_objects`` / ``query_boxes`` /
+    ``key_boxes`` (filled from the items' object boxes and the trace's token boxes)."""
 
     def wrap(fn: Reducer) -> Reducer:
         if name in _REDUCERS:
@@ -87,6 +112,8 @@ def register_reducer(
         _REDUCERS[name] = (fn, doc or (fn.__doc__ or "").strip().splitlines()[0])
         if needs_features:
             _NEEDS_FEATURES.add(name)
+        if needs_objects:
+            _NEEDS_OBJECTS.add(name)
         return fn
 
     return wrap
@@ -95,6 +122,11 @@ def register_reducer(
 def needs_features(name: str) -> bool:
     """Whether reducer ``name`` reads token vectors (``ctx.query_features``)."""
     return name in _NEEDS_FEATURES
+
+
+def needs_objects(name: str) -> bool:
+    """Whether reducer ``name`` reads object memberships (``ctx.query_objects``)."""
+    return name in _NEEDS_OBJECTS
 
 
 def feature_sites(site: str) -> tuple[str, str]:
@@ -169,12 +201,19 @@ def reduce_many(names: Any, attn: Any, ctx: AttentionContext) -> dict[str, np.nd
     real = (qt != TAG_PAD)[:, None, :, None] & (kt != TAG_PAD)[:, None, None, :]
     a = torch.where(real, a, torch.zeros((), dtype=a.dtype, device=a.device))
     shared = AttentionContext(qt, kt, query_features=ctx.query_features,
-                              key_features=ctx.key_features)
+                              key_features=ctx.key_features, items=ctx.items,
+                              query_boxes=ctx.query_boxes, key_boxes=ctx.key_boxes,
+                              query_objects=ctx.query_objects, key_objects=ctx.key_objects)
     missing = [n for n in fns if needs_features(n) and ctx.key_features is None]
     if missing:
         raise ConfigError(f"attention reducer(s) {', '.join(missing)} need the token vectors "
                           "of the attention's queries and keys (ctx.query_features / "
                           "key_features), which were not given")
+    missing = [n for n in fns if needs_objects(n) and ctx.key_objects is None]
+    if missing:
+        raise ConfigError(f"attention reducer(s) {', '.join(missing)} need the tokens' object "
+                          "memberships (ctx.query_objects / key_objects, from "
+                          "vlprobe.extract.objects.object_context), which were not given")
     out = {}
     for name, fn in fns.items():
         value = fn(a, shared)
@@ -346,3 +385,7 @@ def attention_context(
         tags = single_stream_tags(mask, "text", has_cls=False)
         return AttentionContext(tags, tags)
     raise ConfigError(f"attention site {site!r}: no token tags match its shape {tuple(shape)}")
+
+
+# reducers defined in their own modules register on import
+from vlprobe.extract import objects as _objects  # noqa: E402,F401

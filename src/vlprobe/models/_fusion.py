@@ -161,6 +161,17 @@ def nan_boxes(batch: int, length: int) -> Any:
     return torch.full((batch, length, 4), float("nan"), dtype=torch.float32)
 
 
+def region_token_boxes(t_text: int, regions: Any) -> Any:
+    """``Trace.extras["boxes"]`` of a ``[text; regions]`` sequence: ``[B, t_text + R, 4]``,
+    each region's box normalised to the ORIGINAL image (``regions.image_boxes``, whatever frame
+    the model reads its boxes in), NaN at text positions and padded regions."""
+    b, r = regions.mask.shape
+    boxes = nan_boxes(b, t_text + r)
+    boxes[:, t_text:] = regions.image_boxes.masked_fill(regions.mask[..., None] == 0,
+                                                        float("nan"))
+    return boxes
+
+
 def text_identity(
     tokenizer: Any, provenance: dict[str, Any], max_length: int | None
 ) -> dict[str, Any]:

@@ -64,20 +64,22 @@ and the query / key lengths of each call are checked against T and R.
 
 Traces: ``tags_by_stream`` ``{"text": [B, T], "vision": [B, R]}`` ([CLS]/[SEP] special, region
 image, padding pad); ``modality_tags`` / ``attention_mask`` of the concatenation
-``[text; vision]``. Default pooling ``mean`` (over a stream's real tokens): ``cls`` would be
-meaningless on the vision stream. Texts longer than ``max_position_embeddings`` are truncated
-and counted.
+``[text; vision]``; ``extras["boxes"]`` ``[B, T + R, 4]`` over that concatenation: each
+region's box normalised to the original image (NaN at text and padding). Default pooling
+``mean`` (over a stream's real tokens): ``cls`` would be meaningless on the vision stream.
+Texts longer than ``max_position_embeddings`` are truncated and counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from vlprobe.errors import ConfigError
 from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_tags
-from vlprobe.models._hf import HFAdapter
+from vlprobe.models._fusion import region_token_boxes
+from vlprobe.models._hf import HFAdapter, _split_pairs
 from vlprobe.models._hooks import HookTarget
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source, trained_regions
@@ -195,9 +197,31 @@ class LXMERTAdapter(HFAdapter):
         }
 
     # -- inputs ------------------------------------------------------------------------
+    def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
+        """Text inputs + :meth:`_image_inputs`; ``extras["boxes"]`` ``[B, T_text + R, 4]``:
+        each region's box in the ORIGINAL image over the ``[text; vision]`` sequence that
+        ``trace.modality_tags`` describes (NaN at text and padding)."""
+        if modality != "pair":
+            return super().prepare(payloads, modality)  # raises: pairs only
+        images, texts = _split_pairs(payloads, self.family)
+        inputs, n_truncated, offsets = self._text_inputs(texts)
+        regions = self._regions(images)
+        inputs.update(self._region_inputs(regions))
+        boxes = region_token_boxes(inputs["input_ids"].shape[1], regions)
+        return Batch("pair", inputs, n_truncated=n_truncated, offsets=offsets,
+                     extras={"boxes": boxes})
+
     def _image_inputs(self, images: list[Any]) -> dict[str, Any]:
         """Regions of each pair: ``visual_feats [B, R, D_v]``, ``visual_pos [B, R, 4]``,
         ``visual_attention_mask [B, R]``."""
+        return self._region_inputs(self._regions(images))
+
+    def _region_inputs(self, regions: Any) -> dict[str, Any]:
+        return {"visual_feats": regions.features, "visual_pos": regions.boxes,
+                "visual_attention_mask": regions.mask}
+
+    def _regions(self, images: Sequence[Any]) -> Any:
+        """The checked :class:`~vlprobe.models.regions.RegionBatch` of ``images``."""
         regions = self.regions(images)
         want = int(self.config.visual_feat_dim)
         if regions.features.shape[-1] != want:
@@ -211,8 +235,7 @@ class LXMERTAdapter(HFAdapter):
             raise ConfigError(
                 f"lxmert: visual_pos_dim is {self.config.visual_pos_dim}; regions give 4-d boxes"
             )
-        return {"visual_feats": regions.features, "visual_pos": regions.boxes,
-                "visual_attention_mask": regions.mask}
+        return regions
 
     # -- running -----------------------------------------------------------------------
     def _hook_table(self) -> dict[str, HookTarget]:

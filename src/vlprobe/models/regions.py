@@ -72,37 +72,49 @@ class RegionBatch:
         boxes: ``[B, R, 4]`` float32 normalised ``x0, y0, x1, y1`` (zeros at padding: LXMERT
             feeds them to the model, where NaN would spread).
         mask: ``[B, R]`` long, 1 = a real region.
+        image_boxes: ``[B, R, 4]`` the same boxes normalised to the ORIGINAL image (what
+            ``Trace.extras["boxes"]`` reports); differs from ``boxes`` only for grid regions
+            with ``boxes: window`` (None = same as ``boxes``).
     """
 
     features: Any
     boxes: Any
     mask: Any
+    image_boxes: Any = None
+
+    def __post_init__(self) -> None:
+        if self.image_boxes is None:
+            self.image_boxes = self.boxes
 
 
-def pad_regions(items: Sequence[tuple[np.ndarray, np.ndarray]], where: str) -> RegionBatch:
-    """``[(features [R_i, D], boxes [R_i, 4]), ...]`` -> a zero-padded :class:`RegionBatch`.
+def pad_regions(items: Sequence[tuple[np.ndarray, ...]], where: str) -> RegionBatch:
+    """``[(features [R_i, D], boxes [R_i, 4][, image_boxes [R_i, 4]]), ...]`` -> a
+    zero-padded :class:`RegionBatch` (``image_boxes`` default to ``boxes``).
 
     Raises:
         DataError: naming ``where`` when the images' feature widths ``D`` differ.
     """
     import torch
 
-    dims = {int(f.shape[1]) for f, _ in items}
+    dims = {int(item[0].shape[1]) for item in items}
     if len(dims) > 1:
         raise DataError(
             f"{where}: feature widths differ between images ({sorted(dims)}); every image "
             "needs the same D"
         )
-    n = max(f.shape[0] for f, _ in items)
+    n = max(item[0].shape[0] for item in items)
     feats = torch.zeros(len(items), n, dims.pop(), dtype=torch.float32)
     boxes = torch.zeros(len(items), n, 4, dtype=torch.float32)
+    image_boxes = torch.zeros(len(items), n, 4, dtype=torch.float32)
     mask = torch.zeros(len(items), n, dtype=torch.long)
-    for i, (f, b) in enumerate(items):
+    for i, item in enumerate(items):
+        f, b = item[0], item[1]
         r = f.shape[0]
         feats[i, :r] = torch.as_tensor(np.asarray(f, dtype=np.float32))
         boxes[i, :r] = torch.as_tensor(np.asarray(b, dtype=np.float32))
+        image_boxes[i, :r] = torch.as_tensor(np.asarray(item[-1], dtype=np.float32))
         mask[i, :r] = 1
-    return RegionBatch(feats, boxes, mask)
+    return RegionBatch(feats, boxes, mask, image_boxes)
 
 
 def _check_pil(images: Sequence[Any], owner: str) -> None:
@@ -193,17 +205,21 @@ class GridRegions:
         feats = fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C], raster order
         rows, cols = np.divmod(np.arange(h * w), w)
         items = []
-        for i, image in enumerate(images):
-            width, height = image.size
-            left, top, right, bottom = self.cnn.input_window(width, height)
-            if self.boxes == "window":  # normalised to the window the CNN sees
-                left, top, right, bottom, width, height = 0, 0, 1, 1, 1, 1
+        def cells(left: float, top: float, right: float, bottom: float, width: float,
+                  height: float) -> np.ndarray:
             cw, ch = (right - left) / w, (bottom - top) / h
-            boxes = np.stack([
+            return np.stack([
                 (left + cols * cw) / width, (top + rows * ch) / height,
                 (left + (cols + 1) * cw) / width, (top + (rows + 1) * ch) / height,
             ], axis=1)
-            items.append((feats[i].numpy(), boxes))
+
+        for i, image in enumerate(images):
+            width, height = image.size
+            window = self.cnn.input_window(width, height)
+            on_image = cells(*window, width, height)  # the cells' footprints in the image
+            # the boxes the model reads: the image frame, or the window the CNN sees
+            boxes = cells(0, 0, 1, 1, 1, 1) if self.boxes == "window" else on_image
+            items.append((feats[i].numpy(), boxes, on_image))
         return pad_regions(items, self.describe())
 
 

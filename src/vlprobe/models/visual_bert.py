@@ -61,7 +61,7 @@ from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.modality import TAG_IMAGE, TAG_PAD
 from vlprobe.models._fusion import (
     SingleStreamFusion,
-    nan_boxes,
+    region_token_boxes,
     special_ids,
     text_tags,
 )
@@ -154,11 +154,8 @@ class VisualBertAdapter(SingleStreamFusion):
         if self.region_position_offset is not None:
             inputs["image_text_alignment"] = self._region_positions(*feats.shape[:2])
         t_text = inputs["input_ids"].shape[1]
-        boxes = nan_boxes(len(images), t_text + feats.shape[1])
-        boxes[:, t_text:] = regions.boxes.masked_fill(mask[..., None] == 0, float("nan"))
-        return Batch(
-            "pair", inputs, n_truncated=n_truncated, offsets=offsets, extras={"boxes": boxes}
-        )
+        return Batch("pair", inputs, n_truncated=n_truncated, offsets=offsets,
+                     extras={"boxes": region_token_boxes(t_text, regions)})
 
     def _region_positions(self, batch: int, n_regions: int) -> Any:
         """``[B, R, 1]`` alignment ``offset + r`` (see "Region positions" above)."""

@@ -19,12 +19,7 @@ from vlprobe.runner import build_analyses, run  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "robustness.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_example_config_builds_every_analysis():

@@ -20,13 +20,7 @@ from vlprobe.analyses.vision.wordnet import ClassSimilarity, load_wordnet, synse
 from vlprobe.errors import AnalysisError, ConfigError
 from vlprobe.models import load_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _value(table, metric, eps, norm="linf"):

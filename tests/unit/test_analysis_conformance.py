@@ -319,14 +319,7 @@ GLOBAL_STATE_PENDING = {
 NAMES = ANALYSES.names()
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _inputs(name, tmp_path):

@@ -14,15 +14,7 @@ from vlprobe.analyses.base import LayerFeatures
 from vlprobe.analyses.text.chunking import Chunking, kmeans_nmi, sentence_keys, split_fit_eval
 from vlprobe.errors import AnalysisError, ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registered_with_alias():

@@ -16,15 +16,7 @@ from vlprobe.errors import AnalysisError, ConfigError
 FAST = {"Cs": [0.01, 1.0, 100.0], "max_iter": 200}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small solves: 2 torch threads on 2 shared cores are ~10x slower than 1 under load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _source(signal=(0.0, 0.0, 6.0), n_train=60, n_eval=40, shuffle=False, trunc=(0, 0)):

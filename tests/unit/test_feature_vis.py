@@ -14,13 +14,7 @@ from vlprobe.analyses.vision.feature_vis import FeatureVis
 from vlprobe.errors import ConfigError
 from vlprobe.models import load_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:

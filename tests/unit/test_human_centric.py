@@ -25,14 +25,7 @@ from vlprobe.errors import AnalysisError, ConfigError
 FAST = {"Cs": [0.01, 1.0, 100.0], "max_iter": 200}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

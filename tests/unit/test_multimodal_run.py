@@ -16,14 +16,7 @@ from vlprobe.runner import run
 TEMPLATES = ["a photo of a {}.", "a {} picture."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_dual_encoder_suite_through_the_runner(tmp_path):

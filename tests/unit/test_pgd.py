@@ -19,13 +19,7 @@ from vlprobe.analyses.vision.pgd import (
 )
 from vlprobe.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_cnn(seed: int = 0, k: int = 5) -> torch.nn.Module:

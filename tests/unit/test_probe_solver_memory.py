@@ -17,15 +17,7 @@ from vlprobe.estimators.logistic import path as path_module
 GB = 1e9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small solves: 2 torch threads on 2 shared cores are ~10x slower than 1 under load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=120, k=4, dims=(6, 6, 6, 9), seed=0):

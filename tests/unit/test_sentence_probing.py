@@ -46,14 +46,7 @@ def _length_features(n, signal, split, seed, dim=16):
     return LayerFeatures(feats, layers, labels, ids, [str(c) for c in range(6)])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The MLP probe's tiny batches run faster on one thread (the test machine is shared)."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sentlen_source(signal, models=("m",), splits=("train", "validation", "test")):

@@ -14,15 +14,7 @@ from vlprobe.extract.alignment import SpanAlignmentError, align_spans, char_span
 from vlprobe.models import MODELS, load_model
 from vlprobe.pooling import pool_numpy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SENTENCE = "the big dog sits in the house today ."

@@ -19,15 +19,7 @@ from vlprobe.estimators.logistic.clip_protocol import COARSE_CS, clip_linear_pro
 FAST = {"max_iter": 50, "refine_rounds": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small solves: 2 torch threads on 2 shared cores are ~10x slower than 1 under load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n_per_class, k, dim, signal, seed):

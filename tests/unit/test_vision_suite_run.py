@@ -10,16 +10,7 @@ from vlprobe.config import parse_config
 from vlprobe.results.records import read_result_table, read_run
 from vlprobe.runner import run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small solves: 2 torch threads on 2 shared cores are ~10x slower than 1 under load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_vision_suite_runs_through_the_runner(tmp_path):

@@ -29,14 +29,7 @@ TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a drawing of the {}
 FAST_PROBE = {"coarse_Cs": [0.01, 1.0, 100.0], "refine_rounds": 0, "max_iter": 100}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(src, **params):

@@ -177,6 +177,32 @@ def _synthetic(n: int, seed: int) -> RegionSplit:
 
 
 @pytest.mark.parametrize("kind", list(ARCH))
+def test_itm_scores_come_back_in_the_pairs_order_whatever_the_batching(kind):
+    """Scoring batches pairs by caption length; every score must still be the score of its
+    own pair (compared with one pair per batch, where nothing is reordered or padded)."""
+    from vlprobe.train.fusion_config import ArchEntry
+
+    arch = ArchEntry(**ARCH[kind], width=16, heads=2, intermediate=32)
+    config = hf_config(kind, arch, vocab_size=20, pad_id=0, visual_dim=8, max_length=16,
+                       n_regions=4)
+    config.initializer_range = 0.5  # large weights, so that the pairs' scores differ visibly
+    model = build_model(kind, config, 0)
+    split = _synthetic(5, 3)
+    rng = np.random.default_rng(0)
+    # captions of lengths 2..9 in shuffled order, so that sorting reorders them
+    tokens = [np.array([2, *rng.integers(5, 20, size=k), 3]) for k in rng.permutation(8)]
+    pairs = ItmPairs(rng.integers(0, 5, size=8), tokens, np.ones(8, dtype=np.int64),
+                     [str(i) for i in range(8)])
+    text = TextSpec(0, 4, [0, 1, 2, 3, 4], 20, 16 if kind == "fusion_single" else None)
+    batched = itm_scores(model, kind, split, pairs, text, 3)
+    one_by_one = np.array([itm_scores(model, kind, split, ItmPairs(
+        pairs.image_rows[i:i + 1], tokens[i:i + 1], pairs.labels[i:i + 1], pairs.ids[i:i + 1]),
+        text, 1)[0] for i in range(8)])
+    assert np.ptp(batched) > 0.05  # the scores differ, so a wrong order would show
+    assert np.allclose(batched, one_by_one, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", list(ARCH))
 def test_same_seed_same_weights(kind):
     from vlprobe.train.fusion_config import ArchEntry, FusionOptimEntry, ObjectiveEntry
 

@@ -165,14 +165,18 @@ def itm_scores(model: Any, kind: str, split: RegionSplit, pairs: ItmPairs, text:
     import torch
 
     model.eval()
-    out = []
+    # batches of similar caption length pad less (each pair's score does not depend on its
+    # batch: padding is masked); the scores are returned in the pairs' order
+    order = np.argsort([len(t) for t in pairs.tokens], kind="stable")
+    scores = np.zeros(len(pairs), dtype=np.float32)
     with torch.no_grad():
         for s in range(0, len(pairs), batch_size):
-            sl = slice(s, s + batch_size)
-            ids, mask, regions = _batch(split, pairs.image_rows[sl], pairs.tokens[sl], text)
+            idx = order[s:s + batch_size]
+            ids, mask, regions = _batch(split, pairs.image_rows[idx],
+                                        [pairs.tokens[i] for i in idx], text)
             _, pooled = encode(model, kind, model_inputs(kind, ids, mask, regions, text))
-            out.append(match_probability(model.cls.seq_relationship(pooled), kind))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+            scores[idx] = match_probability(model.cls.seq_relationship(pooled), kind)
+    return scores
 
 
 def itm_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

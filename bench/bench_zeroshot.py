@@ -22,7 +22,9 @@ matplotlib imported before):
 
 Reported: wall and CPU (process) seconds of each, and ratio = bare (length-sorted) text-tower
 time / vlprobe M1 time (>= 0.9: M1 costs at most ~10 % more than running the text tower over
-the prompts once by hand, images and analysis included).
+the prompts once by hand, images and analysis included); ratio_towers = (bare text + bare
+image) / M1 (M1's own overhead beyond the two tower passes it cannot avoid) and bound = bare
+text / (bare text + bare image) (the best ratio an overhead-free M1 could reach).
 
 Usage::
 
@@ -222,6 +224,11 @@ def main() -> None:
     }
     summary["ratio_wall"] = summary["bare_text_wall"] / summary["vlprobe_wall"]
     summary["ratio_cpu"] = summary["bare_text_cpu"] / summary["vlprobe_cpu"]
+    for unit in ("wall", "cpu"):  # M1 must run the image tower too: the towers' own bound
+        towers = summary[f"bare_text_{unit}"] + summary[f"bare_image_{unit}"]
+        summary[f"ratio_towers_{unit}"] = towers / summary[f"vlprobe_{unit}"]
+        summary[f"bound_{unit}"] = summary[f"bare_text_{unit}"] / towers
+    summary["load_average"] = os.getloadavg()
     print(json.dumps(summary, indent=1))
     if args.write_results:
         write_results(summary)

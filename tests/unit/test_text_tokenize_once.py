@@ -53,3 +53,20 @@ def test_truncation_count_falls_back_to_text_lengths_without_encodings(tmp_path)
     texts = ["a cat", " ".join(["cat"] * (max_len + 5))]
     assert _count_truncated(adapter, texts, max_len, {"input_ids": None}) == 1
     assert _count_truncated(adapter, texts, None, {"input_ids": None}) == 0
+
+
+@pytest.mark.parametrize("name", ["clip", "hf_text", "smollm2_135m"])
+def test_offsets_are_the_tokenizers_offset_mapping(name, tmp_path):
+    """Batch.offsets (read from the fast tokenizer's padded encodings) = transformers'
+    ``return_offsets_mapping`` of the same call: values, shape and dtype."""
+    adapter = load_model(tiny_spec(name, tmp_path))
+    max_len = adapter.max_text_length()
+    texts = ["a red cat", " ".join(["dog"] * (max_len + 3)), "the kitten sits on a mat !"]
+    batch = adapter.prepare(texts, "text")
+    want = adapter.tokenizer(
+        texts, padding=adapter.text_padding, truncation=True, max_length=max_len,
+        return_tensors="pt", return_offsets_mapping=True,
+    )["offset_mapping"].numpy()
+    assert batch.offsets.dtype == want.dtype and batch.offsets.shape == want.shape
+    assert (batch.offsets == want).all()
+    assert batch.offsets.shape[:2] == tuple(batch.inputs["input_ids"].shape)

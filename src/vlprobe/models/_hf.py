@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from vlprobe.errors import ConfigError, DataError, ModelLoadError
 from vlprobe.modality import check_sites_for
 from vlprobe.models._hooks import (
@@ -319,17 +321,19 @@ class HFAdapter(ModelAdapter):
         texts = [str(t) for t in texts]
         max_len = self.max_text_length()
         tok = self.tokenizer
-        want_offsets = bool(getattr(tok, "is_fast", False))  # slow tokenizers have none
         encoded = tok(
             texts, padding=self.text_padding, truncation=max_len is not None, max_length=max_len,
-            return_tensors="pt", return_offsets_mapping=want_offsets, return_attention_mask=True,
+            return_tensors="pt", return_attention_mask=True,
         )
         n_truncated = _count_truncated(self, texts, max_len, encoded)
-        enc = dict(encoded)
-        offsets = enc.pop("offset_mapping", None)  # [B, T, 2]; not a model input
-        if offsets is not None:
-            offsets = offsets.numpy()
-        return enc, n_truncated, offsets
+        # [B, T, 2] character offsets (no model input; slow tokenizers have none) from the
+        # padded encodings: return_offsets_mapping's values without its slow tensor conversion
+        encodings = getattr(encoded, "encodings", None)
+        offsets = None
+        if encodings is not None and getattr(tok, "is_fast", False):
+            offsets = np.asarray([e.offsets for e in encodings], dtype=np.int64).reshape(
+                len(encodings), -1, 2)
+        return dict(encoded), n_truncated, offsets
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts including special tokens, BEFORE truncation."""
@@ -450,13 +454,9 @@ class HFAdapter(ModelAdapter):
 
 def _count_truncated(adapter: HFAdapter, texts: list[str], max_len: int | None,
                      encoded: Any) -> int:
-    """How many of ``texts`` the (truncating) tokenizer call ``encoded`` cut to ``max_len``.
-
-    A fast tokenizer's encodings keep what truncation removed (``Encoding.overflowing``, non
-    empty exactly when the text had more than ``max_len`` tokens), so the count costs no second
-    tokenization (a second pass was ~40 % of the tokenizer time of a text batch); a slow
-    tokenizer's texts are counted with :meth:`HFAdapter.text_lengths`.
-    """
+    """How many of ``texts`` the tokenizer call ``encoded`` cut to ``max_len``: a fast
+    tokenizer's encodings keep what truncation removed (``Encoding.overflowing``), so no second
+    tokenization (it was ~40 % of a text batch's tokenizer time); slow: :meth:`text_lengths`."""
     if max_len is None:
         return 0
     encodings = getattr(encoded, "encodings", None)

@@ -22,12 +22,15 @@ matplotlib imported before):
 
 Reported: wall and CPU (process) seconds of each, and ratio = bare (length-sorted) text-tower
 time / vlprobe M1 time (>= 0.9: M1 costs at most ~10 % more than running the text tower over
-the prompts once by hand, images and analysis included).
+the prompts once by hand, images and analysis included); ratio_towers = (bare text + bare
+image) / M1 (M1's own overhead beyond the two tower passes it cannot avoid) and bound = bare
+text / (bare text + bare image) (the best ratio an overhead-free M1 could reach).
 
 Usage::
 
     VLPROBE_REFERENCE=/work/shared/reference .venv/bin/python bench/bench_zeroshot.py \
-        [--classes 1000] [--templates 80] [--layers N] [--batch-size 80] [--threads 1] \
+        [--classes 1000] [--templates 80] [--layers N] [--batch-size 80] [--shard-size 1024] \
+        [--threads 1] \
         [--repeats 1] [--write-results]
 """
 
@@ -170,6 +173,9 @@ def main() -> None:
     ap.add_argument("--templates", type=int, default=80)
     ap.add_argument("--layers", type=int, default=None, help="blocks per tower (default: 12)")
     ap.add_argument("--batch-size", type=int, default=80)
+    ap.add_argument("--shard-size", type=int, default=1024,
+                    help="extraction.shard_size (the default); texts are sorted by token "
+                         "length within a shard")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--write-results", action="store_true")
@@ -197,7 +203,7 @@ def main() -> None:
                                       "options": {"label_names": names}}},
                 "analyses": [{"analysis": "M1", "models": ["clip"], "dataset": "inet",
                               "params": {"templates": templates, "linear_probe": False}}],
-                "extraction": {"batch_size": args.batch_size, "shard_size": 1024},
+                "extraction": {"batch_size": args.batch_size, "shard_size": args.shard_size},
             })
             bare_runs.append(run_bare(cfg, prompts, args.batch_size))
             vl_runs.append(run_vlprobe(cfg, templates))
@@ -210,7 +216,7 @@ def main() -> None:
     summary = {
         "classes": args.classes, "templates": len(templates), "prompts": len(prompts),
         "images": n_images, "layers": args.layers or 12, "threads": args.threads,
-        "batch_size": args.batch_size, "repeats": args.repeats,
+        "batch_size": args.batch_size, "shard_size": args.shard_size, "repeats": args.repeats,
         "vlprobe_wall": med(vl_runs, "wall"), "vlprobe_cpu": med(vl_runs, "cpu"),
         "extract_prompts": med(vl_runs, "extract_prompts"),
         "extract_images": med(vl_runs, "extract_images"),
@@ -222,6 +228,11 @@ def main() -> None:
     }
     summary["ratio_wall"] = summary["bare_text_wall"] / summary["vlprobe_wall"]
     summary["ratio_cpu"] = summary["bare_text_cpu"] / summary["vlprobe_cpu"]
+    for unit in ("wall", "cpu"):  # M1 must run the image tower too: the towers' own bound
+        towers = summary[f"bare_text_{unit}"] + summary[f"bare_image_{unit}"]
+        summary[f"ratio_towers_{unit}"] = towers / summary[f"vlprobe_{unit}"]
+        summary[f"bound_{unit}"] = summary[f"bare_text_{unit}"] / towers
+    summary["load_average"] = os.getloadavg()
     print(json.dumps(summary, indent=1))
     if args.write_results:
         write_results(summary)

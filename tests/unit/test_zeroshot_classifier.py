@@ -13,6 +13,7 @@ from vlprobe.analyses.multimodal.zeroshot_classifier import (
     ensemble_classifier,
     predict_classes,
     prompt_classifier,
+    rank_metrics,
 )
 from vlprobe.errors import AnalysisError
 
@@ -83,3 +84,35 @@ def test_zero_prompt_embedding_is_named():
     text[3] = 0
     with pytest.raises(AnalysisError, match=r"prompts of m.*first: p3"):
         prompt_classifier(text, labels, 2, "prompts of m", ids=[f"p{i}" for i in range(4)])
+
+
+def test_unit_rows_in_chunks_equals_the_whole_float64_computation():
+    """unit_rows and ensemble_classifier work in row chunks (no float64 copy of 80,000 prompt
+    embeddings): bit-identical to the one-shot float64 formulas; a bad row in a later chunk is
+    named, with the count over all chunks."""
+    from vlprobe.analyses.multimodal import _common
+    from vlprobe.analyses.multimodal.zeroshot_classifier import ensemble_classifier
+
+    rng = np.random.default_rng(3)
+    n = 2 * _common.UNIT_CHUNK + 17
+    x = rng.standard_normal((n, 24)).astype(np.float32) * 5
+    x64 = x.astype(np.float64)
+    want = (x64 / np.linalg.norm(x64, axis=1)[:, None]).astype(np.float32)
+    got = _common.unit_rows(x, "prompts")
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    per_class = want[: 100 * 80].astype(np.float64).reshape(100, 80, -1).mean(axis=1)
+    ref = (per_class / np.linalg.norm(per_class, axis=1, keepdims=True)).astype(np.float32)
+    assert np.array_equal(ensemble_classifier(want[: 100 * 80], 100, 80), ref)
+    bad = x.copy()
+    bad[_common.UNIT_CHUNK + 5] = 0
+    bad[n - 1, 0] = np.nan
+    with pytest.raises(AnalysisError, match=rf"2 embedding\(s\).*row {_common.UNIT_CHUNK + 5}"):
+        _common.unit_rows(bad, "prompts")
+
+
+def test_mean_per_class_recall_is_the_mean_of_per_class_recalls():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(3, 40, 500)  # classes 0-2 absent: not averaged
+    ranks = rng.integers(1, 4, 500)
+    want = np.mean([(ranks[labels == c] == 1).mean() for c in np.unique(labels)])
+    assert rank_metrics(ranks, labels, 2, 40)["mean_per_class_recall"] == want

@@ -30,9 +30,13 @@ from vlprobe.errors import AnalysisError
 def ensemble_classifier(text_unit: np.ndarray, n_classes: int, n_templates: int) -> np.ndarray:
     """CLIP's prompt ensemble: ``[C*T, E]`` unit prompt embeddings (class-major) -> ``[C, E]``
     = the mean over each class' T templates, renormalised (the CLIP ImageNet notebook)."""
-    per_class = np.asarray(text_unit, dtype=np.float64).reshape(n_classes, n_templates, -1)
-    mean = per_class.mean(axis=1)
-    return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+    per_class = np.asarray(text_unit).reshape(n_classes, n_templates, -1)
+    out = np.empty((n_classes, per_class.shape[2]), dtype=np.float32)
+    step = max(1, 4096 // max(n_templates, 1))  # classes per chunk: no float64 copy of it all
+    for c in range(0, n_classes, step):
+        mean = np.asarray(per_class[c:c + step], dtype=np.float64).mean(axis=1)
+        out[c:c + step] = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return out
 
 
 def prompt_classifier(text: np.ndarray, labels: np.ndarray, n_classes: int, what: str,
@@ -159,6 +163,9 @@ def rank_metrics(ranks: np.ndarray, labels: np.ndarray, top_k: int, n_classes: i
     out = {"top1_accuracy": float(hit.mean())}
     if n_classes > top_k:
         out[f"top{top_k}_accuracy"] = float((ranks <= top_k).mean())
-    out["mean_per_class_recall"] = float(np.mean([hit[labels == c].mean()
-                                                  for c in np.unique(labels)]))
+    # per class present: hits / items (as hit[labels == c].mean(), without a loop over classes)
+    classes, index = np.unique(labels, return_inverse=True)
+    recall = (np.bincount(index.ravel(), weights=hit.ravel(), minlength=len(classes))
+              / np.bincount(index.ravel(), minlength=len(classes)))
+    out["mean_per_class_recall"] = float(np.mean(recall))
     return out

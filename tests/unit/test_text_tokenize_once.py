@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from tiny_models import tiny_spec
 from vlprobe.models import load_model
-from vlprobe.models._hf import _count_truncated
+from vlprobe.models._payloads import count_truncated
 
 
 class CountingTokenizer:
@@ -51,8 +51,8 @@ def test_truncation_count_falls_back_to_text_lengths_without_encodings(tmp_path)
     adapter = load_model(tiny_spec("clip", tmp_path))
     max_len = adapter.max_text_length()
     texts = ["a cat", " ".join(["cat"] * (max_len + 5))]
-    assert _count_truncated(adapter, texts, max_len, {"input_ids": None}) == 1
-    assert _count_truncated(adapter, texts, None, {"input_ids": None}) == 0
+    assert count_truncated(adapter, texts, max_len, {"input_ids": None}) == 1
+    assert count_truncated(adapter, texts, None, {"input_ids": None}) == 0
 
 
 @pytest.mark.parametrize("name", ["clip", "hf_text", "smollm2_135m"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from vlprobe.errors import ModelLoadError
-from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
 from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget, dir_fingerprint
 from vlprobe.models._towers import block_hooks
@@ -133,19 +132,6 @@ def load_bert_tokenizer(
         "(vocab.txt or tokenizer.json) next to the config, or set options.tokenizer to a "
         "local tokenizer directory (a BERT WordPiece vocabulary) or a cached hub id"
     )
-
-
-def text_tags(input_ids: Any, attention_mask: Any, special_ids: set[int]) -> Any:
-    """``[B, T]`` int8 tags of a right-padded BERT text part: ``special_ids`` (``[CLS]``,
-    ``[SEP]``) -> TAG_SPECIAL, padding (mask 0) -> TAG_PAD, every other token -> TAG_TEXT."""
-    import torch
-
-    tags = torch.full(input_ids.shape, TAG_TEXT, dtype=torch.int8)
-    ids = input_ids.cpu()
-    for sid in special_ids:
-        tags[ids == sid] = TAG_SPECIAL
-    tags[attention_mask.cpu() == 0] = TAG_PAD
-    return tags
 
 
 def special_ids(tokenizer: Any) -> set[int]:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from vlprobe.errors import ConfigError, DataError, ModelLoadError
+from vlprobe.errors import ConfigError, ModelLoadError
 from vlprobe.models._hooks import (
     HookTarget,
     capture,
@@ -27,6 +27,7 @@ from vlprobe.models._hooks import (
     to_device,
     torch_dtype,
 )
+from vlprobe.models._payloads import count_truncated, split_pairs, text_tags
 from vlprobe.models._towers import tower_layer_sites, transformer_tower_sites
 from vlprobe.models.base import Batch, ModelAdapter, ModelSpec, Trace, check_unit_pixels
 from vlprobe.models.hf_preprocess import (
@@ -303,7 +304,7 @@ class HFAdapter(ModelAdapter):
         if modality == "text":
             inputs, n_truncated, offsets = self._text_inputs(payloads)
             return Batch("text", inputs, n_truncated=n_truncated, offsets=offsets)
-        images, texts = _split_pairs(payloads, self.family)
+        images, texts = split_pairs(payloads, self.family)
         inputs, n_truncated, offsets = self._text_inputs(texts)
         inputs.update(self._image_inputs(images))
         return Batch("pair", inputs, n_truncated=n_truncated, offsets=offsets)
@@ -322,7 +323,7 @@ class HFAdapter(ModelAdapter):
             texts, padding=self.text_padding, truncation=max_len is not None, max_length=max_len,
             return_tensors="pt", return_attention_mask=True,
         )
-        n_truncated = _count_truncated(self, texts, max_len, encoded)
+        n_truncated = count_truncated(self, texts, max_len, encoded)
         # [B, T, 2] character offsets (no model input; slow tokenizers have none) from the
         # padded encodings: return_offsets_mapping's values without its slow tensor conversion
         encodings = getattr(encoded, "encodings", None)
@@ -452,52 +453,3 @@ class HFAdapter(ModelAdapter):
         with torch.enable_grad(), capture(model, targets, detach=False) as got:
             extra = self._run("image", {"pixel_values": px}, want_attn, computed)
         return {s: (got[s] if s in targets else extra[s]) for s in sites}
-
-
-def _count_truncated(adapter: HFAdapter, texts: list[str], max_len: int | None,
-                     encoded: Any) -> int:
-    """How many of ``texts`` the tokenizer call ``encoded`` cut to ``max_len``: a fast
-    tokenizer's encodings keep what truncation removed (``Encoding.overflowing``), so no second
-    tokenization (it was ~40 % of a text batch's tokenizer time); slow: :meth:`text_lengths`."""
-    if max_len is None:
-        return 0
-    encodings = getattr(encoded, "encodings", None)
-    if encodings is None or len(encodings) != len(texts):
-        return sum(1 for n in adapter.text_lengths(texts) if n > max_len)
-    return sum(1 for e in encodings if e.overflowing)
-
-
-def text_tags(input_ids: Any, mask: Any, special_ids: Sequence[int]) -> Any:
-    """``[B, T]`` int8 tags of a tokenized text batch: pad where ``mask`` is 0, special for
-    the tokenizer's special tokens ([CLS], [SEP], BOS, EOS), text otherwise."""
-    import torch
-
-    from vlprobe.modality import TAG_PAD, TAG_SPECIAL, TAG_TEXT
-
-    ids = torch.as_tensor(input_ids).cpu()
-    special = torch.isin(ids, torch.tensor(sorted(set(special_ids)), dtype=ids.dtype))
-    tags = torch.where(special, torch.tensor(TAG_SPECIAL), torch.tensor(TAG_TEXT))
-    if mask is not None:
-        tags = torch.where(torch.as_tensor(mask).cpu().bool(), tags, torch.tensor(TAG_PAD))
-    return tags.to(torch.int8)
-
-
-def _split_pairs(payloads: Sequence[Any], family: str) -> tuple[list[Any], list[Any]]:
-    """``[(image, text), ...]`` -> (images, texts), with a clear error for anything else
-    (not a pair; a missing image; a missing, non-string or blank text)."""
-    images, texts = [], []
-    for i, item in enumerate(payloads):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ConfigError(
-                f"model {family!r}: pair item {i} is not an (image, text) pair: {type(item)}"
-            )
-        if item[0] is None:
-            raise DataError(f"model {family!r}: pair item {i} has no image (None)")
-        if item[1] is None or not str(item[1]).strip():
-            raise DataError(
-                f"model {family!r}: pair item {i} has an empty caption ({item[1]!r}); a "
-                "fusion model needs a non-empty text with every image"
-            )
-        images.append(item[0])
-        texts.append(item[1])
-    return images, texts

@@ -146,14 +146,14 @@ class GridCaptionerAdapter(ModelAdapter):
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         from vlprobe.captioning.decoding import start_token_inputs
         from vlprobe.captioning.grid_decoder import BOS_ID
-        from vlprobe.models._hf import _split_pairs
+        from vlprobe.models._payloads import split_pairs
 
         if modality == "image":
             return self.tower.prepare(payloads, "image")
         if modality != "pair":
             raise ConfigError(f"model {self.family!r} does not take {modality} inputs "
                               "(it takes image/pair)")
-        images, texts = _split_pairs(payloads, self.family)
+        images, texts = split_pairs(payloads, self.family)
         ids, mask, n_truncated, offsets = start_token_inputs(
             self.tokenizer, texts, self.max_text_length(), BOS_ID)
         inputs = dict(self.tower.prepare(images, "image").inputs)

@@ -79,8 +79,9 @@ from typing import Any, ClassVar
 from vlprobe.errors import ConfigError
 from vlprobe.modality import TAG_IMAGE, TAG_SPECIAL, TAG_TEXT, set_two_stream_tags
 from vlprobe.models._fusion import region_token_boxes
-from vlprobe.models._hf import HFAdapter, _split_pairs
+from vlprobe.models._hf import HFAdapter
 from vlprobe.models._hooks import HookTarget
+from vlprobe.models._payloads import split_pairs
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source, trained_regions
 
@@ -203,7 +204,7 @@ class LXMERTAdapter(HFAdapter):
         ``trace.modality_tags`` describes (NaN at text and padding)."""
         if modality != "pair":
             return super().prepare(payloads, modality)  # raises: pairs only
-        images, texts = _split_pairs(payloads, self.family)
+        images, texts = split_pairs(payloads, self.family)
         inputs, n_truncated, offsets = self._text_inputs(texts)
         regions = self._regions(images)
         inputs.update(self._region_inputs(regions))

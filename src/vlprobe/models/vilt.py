@@ -70,9 +70,8 @@ from vlprobe.models._fusion import (
     SingleStreamFusion,
     nan_boxes,
     special_ids,
-    text_tags,
 )
-from vlprobe.models._hf import _split_pairs
+from vlprobe.models._payloads import split_pairs, text_tags
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.hf_preprocess import processor_identity, to_rgb
 
@@ -207,7 +206,7 @@ class ViltAdapter(SingleStreamFusion):
     def prepare(self, payloads: Sequence[Any], modality: str) -> Batch:
         if modality != "pair":
             return super().prepare(payloads, modality)  # raises: pairs only (no text path)
-        images, texts = _split_pairs(payloads, self.family)
+        images, texts = split_pairs(payloads, self.family)
         inputs, _, offsets = self._text_inputs(texts)
         inputs.update(self._image_inputs(images))
         layout = self._layout(inputs)

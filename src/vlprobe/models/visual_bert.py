@@ -63,10 +63,9 @@ from vlprobe.models._fusion import (
     SingleStreamFusion,
     region_token_boxes,
     special_ids,
-    text_tags,
 )
-from vlprobe.models._hf import _split_pairs
 from vlprobe.models._hooks import torch_dtype
+from vlprobe.models._payloads import split_pairs, text_tags
 from vlprobe.models.base import Batch, Trace
 from vlprobe.models.regions import region_source
 
@@ -132,7 +131,7 @@ class VisualBertAdapter(SingleStreamFusion):
 
         if modality != "pair":
             return super().prepare(payloads, modality)  # text: tokens only; else raises
-        images, texts = _split_pairs(payloads, self.family)
+        images, texts = split_pairs(payloads, self.family)
         inputs, n_truncated, offsets = self._text_inputs(texts)
         regions = self.regions(images)
         feats, mask = regions.features, regions.mask

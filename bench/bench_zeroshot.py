@@ -30,6 +30,7 @@ Usage::
 
     VLPROBE_REFERENCE=/work/shared/reference .venv/bin/python bench/bench_zeroshot.py \
         [--classes 1000] [--templates 80] [--layers N] [--batch-size 80] [--shard-size 1024] \
+        [--text-shard-size 4096] \
         [--threads 1] \
         [--repeats 1] [--write-results]
 """
@@ -173,6 +174,9 @@ def main() -> None:
     ap.add_argument("--templates", type=int, default=80)
     ap.add_argument("--layers", type=int, default=None, help="blocks per tower (default: 12)")
     ap.add_argument("--batch-size", type=int, default=80)
+    ap.add_argument("--text-shard-size", type=int, default=4096,
+                    help="extraction.text_shard_size (the default): the shard size of the "
+                         "prompt extraction")
     ap.add_argument("--shard-size", type=int, default=1024,
                     help="extraction.shard_size (the default); texts are sorted by token "
                          "length within a shard")
@@ -203,7 +207,8 @@ def main() -> None:
                                       "options": {"label_names": names}}},
                 "analyses": [{"analysis": "M1", "models": ["clip"], "dataset": "inet",
                               "params": {"templates": templates, "linear_probe": False}}],
-                "extraction": {"batch_size": args.batch_size, "shard_size": args.shard_size},
+                "extraction": {"batch_size": args.batch_size, "shard_size": args.shard_size,
+                               "text_shard_size": args.text_shard_size},
             })
             bare_runs.append(run_bare(cfg, prompts, args.batch_size))
             vl_runs.append(run_vlprobe(cfg, templates))
@@ -216,7 +221,8 @@ def main() -> None:
     summary = {
         "classes": args.classes, "templates": len(templates), "prompts": len(prompts),
         "images": n_images, "layers": args.layers or 12, "threads": args.threads,
-        "batch_size": args.batch_size, "shard_size": args.shard_size, "repeats": args.repeats,
+        "batch_size": args.batch_size, "shard_size": args.shard_size,
+        "text_shard_size": args.text_shard_size, "repeats": args.repeats,
         "vlprobe_wall": med(vl_runs, "wall"), "vlprobe_cpu": med(vl_runs, "cpu"),
         "extract_prompts": med(vl_runs, "extract_prompts"),
         "extract_images": med(vl_runs, "extract_images"),

@@ -86,6 +86,11 @@ class ExtractionEntry:
     Attributes:
         batch_size: items per forward pass.
         shard_size: items per on-disk shard (the unit of resumption).
+        text_shard_size: the shard size of text-only extractions whose outputs are pooled
+            vectors (no token-level ``none`` pooling, no attention): texts are sorted by
+            token count within a shard, so larger shards pad less (class-major zero-shot
+            prompts: +3.9 % padded tokens against a global sort at 1,024, +0.9 % at 4,096).
+            A guard of speed, not a result setting: not part of the config hash.
         bucket_by_length: sort texts by token count within a shard before batching.
         pooling: override pooling for every hidden-state site (None = adapter defaults).
         raw_attention_limit_gb: an extraction refuses raw attention (``attention: raw``)
@@ -95,6 +100,7 @@ class ExtractionEntry:
 
     batch_size: int = 32
     shard_size: int = 1024
+    text_shard_size: int = 4096
     bucket_by_length: bool = True
     pooling: str | None = None
     raw_attention_limit_gb: float = 2.0
@@ -134,7 +140,8 @@ class RunConfig:
         data = self.to_dict()
         for key in ("output_dir", "cache_dir"):
             data.pop(key, None)
-        data["extraction"].pop("raw_attention_limit_gb", None)  # a guard, not a result setting
+        for guard in ("raw_attention_limit_gb", "text_shard_size"):  # not result settings
+            data["extraction"].pop(guard, None)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -283,7 +290,7 @@ def parse_config(data: dict[str, Any], *, check_registries: bool = True) -> RunC
     extraction_raw = _expect_mapping(data.get("extraction"), "extraction")
     _check_keys(extraction_raw, ExtractionEntry, "extraction", ())
     extraction = ExtractionEntry(**extraction_raw)
-    for key in ("batch_size", "shard_size"):
+    for key in ("batch_size", "shard_size", "text_shard_size"):
         value = getattr(extraction, key)
         _expect_type(value, int, f"extraction.{key}", "a positive integer")
         if value <= 0:

@@ -180,16 +180,17 @@ class RunFeatureSource:
         from vlprobe.extract import extract_features
         from vlprobe.extract.attention import attention_layer_index, is_attention_site
 
+        pooling = pooling or self.cfg.extraction.pooling
         result = extract_features(
             adapter,
             stimuli,
             modality=modality,
             sites=sites,
-            pooling=pooling or self.cfg.extraction.pooling,
+            pooling=pooling,
             attention=attention or None,
             store=self.store,
             batch_size=self.cfg.extraction.batch_size,
-            shard_size=self.cfg.extraction.shard_size,
+            shard_size=shard_size_for(self.cfg.extraction, modality, pooling, attention),
             bucket_by_length=self.cfg.extraction.bucket_by_length,
             progress=self.progress,
             raw_attention_limit_bytes=int(self.cfg.extraction.raw_attention_limit_gb * 1e9),
@@ -444,3 +445,15 @@ def _device(name: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shard_size_for(extraction: Any, modality: str, pooling: Any, attention: Any) -> int:
+    """``extraction.text_shard_size`` for a text-only extraction of pooled vectors (length
+    bucketing works within a shard: larger shards pad less), else ``extraction.shard_size``
+    (token-level outputs and attention keep the smaller unit: their per-shard buffers grow
+    with the tokens)."""
+    token_level = pooling == "none" or (
+        isinstance(pooling, dict) and "none" in pooling.values())
+    if modality == "text" and not attention and not token_level:
+        return extraction.text_shard_size
+    return extraction.shard_size

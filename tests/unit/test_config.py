@@ -48,6 +48,7 @@ def test_config_hash_ignores_output_location_but_not_seed():
         (lambda c: c.update(name="a b"), "name: 'a b' may only contain"),
         (lambda c: c.pop("analyses"), "missing required key 'analyses'"),
         (lambda c: c.update(extraction={"batch_size": 0}), "extraction.batch_size"),
+        (lambda c: c.update(extraction={"text_shard_size": 0}), "extraction.text_shard_size"),
         (lambda c: c["models"]["m"].update(dtype="float8"), "models.m.dtype"),
     ],
 )
@@ -95,3 +96,26 @@ def test_unique_analysis_names():
     cfg["analyses"][1]["name"] = "same"
     with pytest.raises(ConfigError, match="used twice"):
         parse_config(cfg)
+
+
+def test_text_shard_size_is_a_speed_guard_used_only_for_pooled_text():
+    """Texts are length-sorted within a shard, so text-only pooled extractions use the larger
+    ``text_shard_size``; token-level outputs, attention and other modalities keep
+    ``shard_size``. It changes no number, so it is not part of the config hash."""
+    from vlprobe.feature_source import shard_size_for
+
+    plain = parse_config(base_config())
+    assert plain.extraction.text_shard_size == 4096
+    cfg = base_config()
+    cfg["extraction"] = {"shard_size": 100, "text_shard_size": 700}
+    ex = parse_config(cfg).extraction
+    assert parse_config(cfg).config_hash() == parse_config(
+        dict(cfg, extraction={"shard_size": 100})).config_hash()
+    assert shard_size_for(ex, "text", None, {}) == 700
+    assert shard_size_for(ex, "text", "mean", None) == 700
+    assert shard_size_for(ex, "text", "none", {}) == 100  # token-level buffers
+    assert shard_size_for(ex, "text", {"text.blocks.0": "none"}, {}) == 100
+    assert shard_size_for(ex, "text", "mean", {"text.blocks.0.attn": ["raw"]}) == 100
+    assert shard_size_for(ex, "image", "mean", {}) == 100
+    assert shard_size_for(ex, "pair", "mean", {}) == 100
+

@@ -110,6 +110,9 @@ def test_box_to_grid_cells_by_coverage():
     assert box_regions([[0.6, 0.1, 0.8, 0.4]], cells).tolist() == [1]
     # two boxes: the union of their cells
     assert box_regions([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]], cells).tolist() == [0, 3]
+    # a box no cell overlaps (cut away by the crop): no region (the link is dropped), not
+    # cell 0 by default
+    assert box_regions([[1.1, 0.0, 1.4, 0.5]], cells).tolist() == []
 
 
 def test_link_attention_directions_and_multi_cell_regions():

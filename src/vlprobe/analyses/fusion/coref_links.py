@@ -182,7 +182,9 @@ def region_boxes(adapter: Any, image_id: Any, image_size: Sequence[int], n_regio
 def box_regions(link_boxes: Sequence[Sequence[float]], regions: np.ndarray,
                 cover: float = 0.5) -> np.ndarray:
     """Indices of the regions (``[R, 4]`` boxes) more than ``cover`` of whose area lies
-    inside one of ``link_boxes``; the single region with the largest overlap when none."""
+    inside one of ``link_boxes``; the single region with the largest overlap when none; empty
+    when no region overlaps any box (the object lies outside what the model sees, e.g. cut
+    away by a centre crop)."""
     regions = np.asarray(regions, dtype=np.float64)
     area = np.maximum((regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1]), 1e-12)
     best_frac = np.zeros(len(regions))
@@ -192,7 +194,11 @@ def box_regions(link_boxes: Sequence[Sequence[float]], regions: np.ndarray,
         h = np.clip(np.minimum(regions[:, 3], y1) - np.maximum(regions[:, 1], y0), 0, None)
         best_frac = np.maximum(best_frac, w * h / area)
     chosen = np.flatnonzero(best_frac > cover)
-    return chosen if chosen.size else np.asarray([int(np.argmax(best_frac))])
+    if chosen.size:
+        return chosen
+    if not best_frac.any():
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray([int(np.argmax(best_frac))])
 
 
 def resolve_links(
@@ -201,12 +207,12 @@ def resolve_links(
 ) -> tuple[list[LinkTokens], dict[str, int]]:
     """Token positions of the links of ``items`` (with ``n_text[k]`` text tokens and
     ``n_regions[k]`` region tokens each, as the model saw them) plus counts of links dropped
-    (``"truncated"``: the phrase was cut away). Random phrases / regions are drawn with
-    ``np.random.default_rng(seed)`` in item order."""
+    (``"truncated"``: the phrase was cut away; ``"outside"``: no region overlaps the box).
+    Random phrases / regions are drawn with ``np.random.default_rng(seed)`` in item order."""
     check_links(stimuli, where)
     rng = np.random.default_rng(seed)
     offsets = text_token_offsets(adapter, [stimuli.texts[i] for i in items])
-    out, dropped = [], {"truncated": 0}
+    out, dropped = [], {"truncated": 0, "outside": 0}
     for k, i in enumerate(items):
         off = offsets[k]
         if len(off) != int(n_text[k]):
@@ -224,6 +230,9 @@ def resolve_links(
                 dropped["truncated"] += 1
                 continue
             region = box_regions(link["boxes"], boxes)
+            if region.size == 0:
+                dropped["outside"] += 1
+                continue
             same = {(int(o["start"]), int(o["end"])) for o in links
                     if o["category"] == link["category"]}
             others = [p for p in (phrase_tokens(off, s, e) for s, e in spans if (s, e) not in same)

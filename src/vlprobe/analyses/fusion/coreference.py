@@ -90,7 +90,8 @@ class VisualCoreference(Analysis):
         for model in self.models:
             values, heads, links, dropped = self._model_values(source, model)
             if dropped:
-                notes.append(f"{model}: {dropped} link(s) dropped (phrase cut by truncation)")
+                notes.append(f"{model}: {dropped} link(s) dropped (phrase cut by truncation, "
+                             "or the box outside every region the model sees)")
             if not links:
                 raise ConfigError(f"{self.name}: model {model!r}: no link left to score")
             m_rows, m_best = self._summarise(model, values, heads, links)
@@ -130,7 +131,7 @@ class VisualCoreference(Analysis):
                 n_reg.append(max(ni_q, ni_k))
             links, drop = resolve_links(adapter, stimuli, items, n_text, n_reg, self.seed,
                                         f"{self.name} ({model}, {split})")
-            dropped += drop["truncated"]
+            dropped += drop["truncated"] + drop["outside"]
             per_col: dict[str, list[list[np.ndarray]]] = {c: [[] for _ in links] for c in COLUMNS}
             split_heads: dict[str, list[tuple[str, int | None, int]]] = {d: [] for d in DIRECTIONS}
             for site in sites:

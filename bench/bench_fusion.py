@@ -89,7 +89,7 @@ def main() -> None:
 
     from vlprobe.data import DatasetSpec, load_dataset
     from vlprobe.models import ModelSpec, load_model
-    from vlprobe.models.regions import write_regions_file
+    from vlprobe.models.regions_io import write_regions_file
 
     ref = Path(os.environ["VLPROBE_REFERENCE"])
     test = load_dataset(DatasetSpec(loader="flickr8k", name="flickr8k",

@@ -19,7 +19,7 @@ from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.errors import ConfigError, DataError  # noqa: E402
 from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL, TAG_TEXT  # noqa: E402
 from vlprobe.models import load_model  # noqa: E402
-from vlprobe.models.regions import write_regions_file  # noqa: E402
+from vlprobe.models.regions_io import write_regions_file  # noqa: E402
 
 TEXTS = ["a photo of a cat .", "the stock market rises today , very quite big"]
 

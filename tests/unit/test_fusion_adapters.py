@@ -22,7 +22,7 @@ from vlprobe.modality import TAG_IMAGE, TAG_PAD, TAG_SPECIAL  # noqa: E402
 from vlprobe.models import load_model  # noqa: E402
 from vlprobe.models._hooks import seeded  # noqa: E402
 from vlprobe.models.base import ModelSpec  # noqa: E402
-from vlprobe.models.regions import write_regions_file  # noqa: E402
+from vlprobe.models.regions_io import write_regions_file  # noqa: E402
 from vlprobe.models.vilt import patch_layout  # noqa: E402
 
 TEXTS = ["a photo of a cat .", "the stock market rises today , very quite big"]

@@ -24,9 +24,11 @@ from vlprobe.models.hf_preprocess import processor_window  # noqa: E402
 from vlprobe.models.regions import (  # noqa: E402
     FileRegions,
     GridRegions,
-    convert_padded_npz,
     pad_regions,
     region_source,
+)
+from vlprobe.models.regions_io import (  # noqa: E402
+    convert_padded_npz,
     regions_from_padded,
     write_regions_file,
 )

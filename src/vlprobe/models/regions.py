@@ -24,13 +24,14 @@ every region-based adapter):
 Boxes are ``(x0, y0, x1, y1)`` normalised to the image's width and height (0..1, origin
 top-left, ``x0 <= x1``, ``y0 <= y1``).
 
-The regions file (``.npz`` or ``.safetensors``; :func:`write_regions_file` writes one): two
+The regions file (``.npz`` or ``.safetensors``;
+:func:`vlprobe.models.regions_io.write_regions_file` writes one): two
 arrays per image, ``"<image_id>/features"`` float ``[R, D]`` and ``"<image_id>/boxes"`` float
 ``[R, 4]``. ``R`` may differ between images (a batch is padded, padding masked); ``D`` may
 not. Each image is read on demand, so a file larger than memory works (``.safetensors`` is
 memory-mapped). Detector pipelines often write padded arrays instead (ids ``[N]``, features
-``[N, R, D]``, pixel boxes, per-image sizes and region counts): :func:`regions_from_padded` /
-:func:`convert_padded_npz` turn those into this format.
+``[N, R, D]``, pixel boxes, per-image sizes and region counts): :mod:`vlprobe.models.regions_io`
+(``regions_from_padded`` / ``convert_padded_npz``) turns those into this format.
 
 An image's id is ``image.info["image_id"]``: :meth:`vlprobe.data.stimuli.Stimuli.payloads`
 sets it to the item's ``image_id`` descriptor, else to the item id. A PIL image opened from a
@@ -115,6 +116,21 @@ def pad_regions(items: Sequence[tuple[np.ndarray, ...]], where: str) -> RegionBa
         image_boxes[i, :r] = torch.as_tensor(np.asarray(item[-1], dtype=np.float32))
         mask[i, :r] = 1
     return RegionBatch(feats, boxes, mask, image_boxes)
+
+
+def grid_cell_boxes(w: int, h: int, window: Sequence[float] = (0, 0, 1, 1),
+                    size: Sequence[float] = (1, 1)) -> np.ndarray:
+    """``[h * w, 4]`` float64 boxes ``(x0, y0, x1, y1)`` of the cells of an ``h x w`` grid
+    laid over ``window`` ``(left, top, right, bottom)`` of an image of ``size`` ``(width,
+    height)``, normalised by the size; raster order (cell ``i * w + j`` = row i, column j).
+    The defaults give the cells in the window's own frame."""
+    left, top, right, bottom = (float(v) for v in window)
+    width, height = (float(v) for v in size)
+    rows, cols = np.divmod(np.arange(h * w), w)
+    cw, ch = (right - left) / w, (bottom - top) / h
+    return np.stack([(left + cols * cw) / width, (top + rows * ch) / height,
+                     (left + (cols + 1) * cw) / width, (top + (rows + 1) * ch) / height],
+                    axis=1)
 
 
 def _check_pil(images: Sequence[Any], owner: str) -> None:
@@ -203,22 +219,13 @@ class GridRegions:
         fmap = self.feature_maps(images)
         h, w = fmap.shape[2:]
         feats = fmap.flatten(2).transpose(1, 2).contiguous()  # [B, h*w, C], raster order
-        rows, cols = np.divmod(np.arange(h * w), w)
         items = []
-        def cells(left: float, top: float, right: float, bottom: float, width: float,
-                  height: float) -> np.ndarray:
-            cw, ch = (right - left) / w, (bottom - top) / h
-            return np.stack([
-                (left + cols * cw) / width, (top + rows * ch) / height,
-                (left + (cols + 1) * cw) / width, (top + (rows + 1) * ch) / height,
-            ], axis=1)
-
         for i, image in enumerate(images):
             width, height = image.size
             window = self.cnn.input_window(width, height)
-            on_image = cells(*window, width, height)  # the cells' footprints in the image
+            on_image = grid_cell_boxes(w, h, window, (width, height))  # footprints in the image
             # the boxes the model reads: the image frame, or the window the CNN sees
-            boxes = cells(0, 0, 1, 1, 1, 1) if self.boxes == "window" else on_image
+            boxes = grid_cell_boxes(w, h) if self.boxes == "window" else on_image
             items.append((feats[i].numpy(), boxes, on_image))
         return pad_regions(items, self.describe())
 
@@ -304,7 +311,7 @@ class FileRegions:
                 raise DataError(
                     f"{self.owner}: regions file {self.path}: key {key!r} is not "
                     "'<image_id>/features' or '<image_id>/boxes' (padded arrays? convert them "
-                    "with vlprobe.models.regions.convert_padded_npz)"
+                    "with vlprobe.models.regions_io.convert_padded_npz)"
                 )
             ids.setdefault(head, set()).add(tail)
         for image_id, have in ids.items():
@@ -339,102 +346,6 @@ class FileRegions:
         _check_pil(images, self.owner)
         items = [self.read(image_key(image, i, self.owner), i) for i, image in enumerate(images)]
         return pad_regions(items, f"{self.owner}: {self.describe()}")
-
-
-def write_regions_file(
-    path: str | Path, regions: Mapping[str, tuple[Any, Any]]
-) -> Path:
-    """Write ``{image_id: (features [R, D], boxes [R, 4])}`` as a regions file (``.npz`` or
-    ``.safetensors`` by the suffix of ``path``); every entry is validated first.
-
-    Raises:
-        ConfigError: another suffix. DataError: a malformed entry (named).
-    """
-    path = Path(path)
-    if path.suffix not in (".npz", ".safetensors"):
-        raise ConfigError(f"regions file {str(path)!r} must end in .npz or .safetensors")
-    if not regions:
-        raise DataError(f"regions file {str(path)!r}: no regions to write")
-    arrays = {}
-    for image_id, (feats, boxes) in regions.items():
-        f, b = check_regions(feats, boxes, f"regions for image {image_id!r}")
-        arrays[f"{image_id}/features"] = np.ascontiguousarray(f)
-        arrays[f"{image_id}/boxes"] = np.ascontiguousarray(b)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-
-        save_file(arrays, str(path))
-    else:
-        np.savez(path, **arrays)
-    return path
-
-
-def regions_from_padded(
-    ids: Sequence[Any], features: Any, boxes: Any, counts: Any = None, image_sizes: Any = None,
-    where: str = "padded regions",
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Padded per-image arrays -> ``{image_id: (features [R_i, D], boxes [R_i, 4])}`` for
-    :func:`write_regions_file`.
-
-    Args:
-        ids: ``[N]`` unique image ids.
-        features: ``[N, R, D]``.
-        boxes: ``[N, R, 4]`` ``x0, y0, x1, y1``: normalised, or pixels with ``image_sizes``.
-        counts: ``[N]`` real regions per image (rows past the count are padding); default
-            all ``R``.
-        image_sizes: ``[N, 2]`` ``(width, height)`` in pixels; boxes are divided by it.
-
-    Raises:
-        DataError: naming ``where`` and the field (or image) that is malformed.
-    """
-    ids = [str(x) for x in np.asarray(ids).reshape(-1)]
-    feats = np.asarray(features, dtype=np.float32)
-    boxes = np.asarray(boxes, dtype=np.float32)
-    n = len(ids)
-    if feats.ndim != 3 or feats.shape[0] != n:
-        raise DataError(f"{where}: 'features' must be [N={n}, R, D]; got {feats.shape}")
-    if boxes.shape != (*feats.shape[:2], 4):
-        raise DataError(
-            f"{where}: 'boxes' must be [N, R, 4] = {(*feats.shape[:2], 4)}; got {boxes.shape}"
-        )
-    if len(set(ids)) != n:
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataError(f"{where}: id {dup!r} appears more than once in 'ids'")
-    r_max = feats.shape[1]
-    counts = np.full(n, r_max) if counts is None else np.asarray(counts)
-    if counts.shape != (n,) or (counts < 1).any() or (counts > r_max).any():
-        raise DataError(f"{where}: 'counts' must be [N={n}] ints in 1..{r_max}")
-    if image_sizes is not None:
-        sizes = np.asarray(image_sizes, dtype=np.float32)
-        if sizes.shape != (n, 2) or (sizes <= 0).any():
-            raise DataError(f"{where}: 'image_sizes' must be [N={n}, 2] positive (width, height)")
-        boxes = boxes / np.concatenate([sizes, sizes], axis=1)[:, None, :]
-    out = {}
-    for i, image_id in enumerate(ids):
-        k = int(counts[i])
-        out[image_id] = check_regions(feats[i, :k], boxes[i, :k],
-                                      f"{where}: image {i} (id {image_id!r})")
-    return out
-
-
-def convert_padded_npz(src: str | Path, dst: str | Path) -> Path:
-    """Convert an ``.npz`` of padded arrays (``ids``, ``features``, ``boxes``, optional
-    ``counts`` and ``image_sizes``: :func:`regions_from_padded`) into a regions file ``dst``.
-
-    Raises:
-        DataError: an unreadable file or a missing / malformed array (named).
-    """
-    src = Path(src)
-    try:
-        data = dict(np.load(src, allow_pickle=False))
-    except Exception as exc:
-        raise DataError(f"{str(src)!r} is not a readable .npz: {exc}") from exc
-    for key in ("ids", "features", "boxes"):
-        if key not in data:
-            raise DataError(f"{src}: no {key!r} array (it has {', '.join(sorted(data)) or 'none'})")
-    regions = regions_from_padded(data["ids"], data["features"], data["boxes"],
-                                  data.get("counts"), data.get("image_sizes"), where=str(src))
-    return write_regions_file(dst, regions)
 
 
 # -- the option ---------------------------------------------------------------------------

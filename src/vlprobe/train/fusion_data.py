@@ -69,8 +69,9 @@ def cell_boxes(g: int) -> np.ndarray:
     """``[g * g, 4]`` float32 boxes ``(x0, y0, x1, y1)`` of the cells of a g x g grid in
     normalised coordinates, raster order: cell ``i * g + j`` is ``(j/g, i/g, (j+1)/g,
     (i+1)/g)`` (the boxes the ``lxmert`` adapter's grid region source gives)."""
-    rows, cols = np.divmod(np.arange(g * g), g)
-    return np.stack([cols / g, rows / g, (cols + 1) / g, (rows + 1) / g], 1).astype(np.float32)
+    from vlprobe.models.regions import grid_cell_boxes
+
+    return grid_cell_boxes(g, g).astype(np.float32)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[np.ndarray],

@@ -41,6 +41,7 @@ import numpy as np
 from vlprobe.data.silver_links import check_box
 from vlprobe.errors import ConfigError, DataError
 from vlprobe.modality import TAG_IMAGE, TAG_TEXT
+from vlprobe.models.regions import grid_cell_boxes
 
 DIRECTIONS = ("v2t", "t2v")
 _LINK_DESCRIPTORS = ("links", "noun_phrases", "image_size")
@@ -161,12 +162,8 @@ def region_boxes(adapter: Any, image_id: Any, image_size: Sequence[int], n_regio
         if g * g != n_regions:
             raise ConfigError(f"{n_regions} grid regions do not form a square grid")
         width, height = (float(v) for v in image_size)
-        left, top, right, bottom = cnn.input_window(int(width), int(height))
-        rows, cols = np.divmod(np.arange(g * g), g)
-        cw, ch = (right - left) / g, (bottom - top) / g
-        return np.stack([(left + cols * cw) / width, (top + rows * ch) / height,
-                         (left + (cols + 1) * cw) / width, (top + (rows + 1) * ch) / height],
-                        axis=1)
+        window = cnn.input_window(int(width), int(height))
+        return grid_cell_boxes(g, g, window, (width, height))
     if regions is not None and hasattr(regions, "read"):
         boxes = regions.read(str(image_id), item)[1]
         if len(boxes) != n_regions:

@@ -95,6 +95,17 @@ def object_boxes(boxes: Any, image_size: Any, where: str) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float64).reshape(-1, 4), 0.0, 1.0)
 
 
+def box_coverage(token_boxes: np.ndarray, box: Any) -> np.ndarray:
+    """``[T]`` the share of each token box (``[T, 4]``) lying inside ``box`` ``(x0, y0, x1,
+    y1)``, all in one frame."""
+    t = np.asarray(token_boxes, dtype=np.float64)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    area = np.maximum((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]), 1e-12)
+    w = np.clip(np.minimum(t[:, 2], x1) - np.maximum(t[:, 0], x0), 0, None)
+    h = np.clip(np.minimum(t[:, 3], y1) - np.maximum(t[:, 1], y0), 0, None)
+    return w * h / area
+
+
 def token_membership(token_boxes: np.ndarray, objects: np.ndarray,
                      cover: float = COVER) -> np.ndarray:
     """``[T, O]`` bool: token ``t`` (box ``token_boxes[t]``, NaN rows = not an image token)
@@ -104,13 +115,9 @@ def token_membership(token_boxes: np.ndarray, objects: np.ndarray,
     real = np.isfinite(tb).all(axis=1)
     if not real.any():
         return out
-    t = tb[real]
-    area = np.maximum((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1]), 1e-12)
     cols = np.flatnonzero(real)
-    for o, (x0, y0, x1, y1) in enumerate(np.asarray(objects, dtype=np.float64)):
-        w = np.clip(np.minimum(t[:, 2], x1) - np.maximum(t[:, 0], x0), 0, None)
-        h = np.clip(np.minimum(t[:, 3], y1) - np.maximum(t[:, 1], y0), 0, None)
-        frac = w * h / area
+    for o, box in enumerate(np.asarray(objects, dtype=np.float64)):
+        frac = box_coverage(tb[real], box)
         inside = frac > cover
         if not inside.any() and frac.max() > 0:
             inside[int(np.argmax(frac))] = True

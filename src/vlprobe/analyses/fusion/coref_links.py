@@ -40,6 +40,7 @@ import numpy as np
 
 from vlprobe.data.silver_links import check_box
 from vlprobe.errors import ConfigError, DataError
+from vlprobe.extract.objects import box_coverage
 from vlprobe.modality import TAG_IMAGE, TAG_TEXT
 from vlprobe.models.regions import grid_cell_boxes
 
@@ -182,14 +183,9 @@ def box_regions(link_boxes: Sequence[Sequence[float]], regions: np.ndarray,
     inside one of ``link_boxes``; the single region with the largest overlap when none; empty
     when no region overlaps any box (the object lies outside what the model sees, e.g. cut
     away by a centre crop)."""
-    regions = np.asarray(regions, dtype=np.float64)
-    area = np.maximum((regions[:, 2] - regions[:, 0]) * (regions[:, 3] - regions[:, 1]), 1e-12)
     best_frac = np.zeros(len(regions))
     for box in link_boxes:
-        x0, y0, x1, y1 = (float(v) for v in box)
-        w = np.clip(np.minimum(regions[:, 2], x1) - np.maximum(regions[:, 0], x0), 0, None)
-        h = np.clip(np.minimum(regions[:, 3], y1) - np.maximum(regions[:, 1], y0), 0, None)
-        best_frac = np.maximum(best_frac, w * h / area)
+        best_frac = np.maximum(best_frac, box_coverage(regions, box))
     chosen = np.flatnonzero(best_frac > cover)
     if chosen.size:
         return chosen

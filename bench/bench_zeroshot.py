@@ -32,7 +32,7 @@ Usage::
         [--classes 1000] [--templates 80] [--layers N] [--batch-size 80] [--shard-size 1024] \
         [--text-shard-size 4096] \
         [--threads 1] \
-        [--repeats 1] [--write-results]
+        [--repeats 1] [--skip-class-major] [--write-results]
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def run_vlprobe(cfg, templates: list[str]) -> dict[str, float]:
             "n_prompts": int(result.table["n_classes"].iloc[0] * len(templates))}
 
 
-def run_bare(cfg, prompts: list[str], batch_size: int) -> dict[str, float]:
+def run_bare(cfg, prompts: list[str], batch_size: int, class_major: bool = True
+             ) -> dict[str, float]:
     """The text tower (and separately the image tower) by hand, same model and inputs."""
     import torch
 
@@ -161,7 +162,9 @@ def run_bare(cfg, prompts: list[str], batch_size: int) -> dict[str, float]:
 
     with torch.no_grad():  # warm-up
         model.text_model(**tok(prompts[:2], padding=True, return_tensors="pt"))
-    _, n_wall, n_cpu = timed(lambda: text(list(range(len(prompts)))))
+    n_wall = n_cpu = float("nan")
+    if class_major:
+        _, n_wall, n_cpu = timed(lambda: text(list(range(len(prompts)))))
     _, t_wall, t_cpu = timed(by_length)
     _, i_wall, i_cpu = timed(image)
     return {"text_wall": t_wall, "text_cpu": t_cpu, "class_major_wall": n_wall,
@@ -181,7 +184,11 @@ def main() -> None:
                     help="extraction.shard_size (the default); texts are sorted by token "
                          "length within a shard")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="interleaved repeats (odd ones run M1 before the bare towers, so a "
+                         "drift of the machine's speed cancels in the medians)")
+    ap.add_argument("--skip-class-major", action="store_true",
+                    help="do not time the class-major bare text loop (saves its pass)")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
 
@@ -210,8 +217,13 @@ def main() -> None:
                 "extraction": {"batch_size": args.batch_size, "shard_size": args.shard_size,
                                "text_shard_size": args.text_shard_size},
             })
-            bare_runs.append(run_bare(cfg, prompts, args.batch_size))
-            vl_runs.append(run_vlprobe(cfg, templates))
+            class_major = not args.skip_class_major
+            if rep % 2:
+                vl_runs.append(run_vlprobe(cfg, templates))
+                bare_runs.append(run_bare(cfg, prompts, args.batch_size, class_major))
+            else:
+                bare_runs.append(run_bare(cfg, prompts, args.batch_size, class_major))
+                vl_runs.append(run_vlprobe(cfg, templates))
             print(json.dumps({"bare": bare_runs[-1], "vlprobe": vl_runs[-1]}), flush=True)
 
     def med(runs, key):

@@ -149,18 +149,39 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _ls_row(label: str, runs: list[dict]) -> tuple:
-    """One `vlprobe ls` row for a run, or for a sweep (its runs summed)."""
+    """One `vlprobe ls` row for a run, or for a sweep (its analyses summed; its seconds the
+    wall time from the first start to the last finish, since a Ray sweep's runs overlap)."""
     analyses = [a for r in runs for a in r.get("analyses", {}).values()]
     ok = sum(1 for a in analyses if a.get("status") == "ok")
     statuses = {r.get("status", "") for r in runs}
     seconds = [r.get("timings", {}).get("total_s") for r in runs]
+    if None in seconds:
+        shown = ""
+    elif len(runs) == 1:
+        shown = f"{round(seconds[0], 3)}"
+    else:
+        span = _wall_span(runs)
+        shown = f"{round(sum(seconds), 3)} (sum)" if span is None else f"{span:.0f} (wall)"
     return (
         label,
         min(r.get("started", "") for r in runs),
         statuses.pop() if len(statuses) == 1 else "partial",
         f"{ok}/{len(analyses)}",
-        "" if None in seconds else f"{round(sum(seconds), 3)}",
+        shown,
     )
+
+
+def _wall_span(runs: list[dict]) -> float | None:
+    """Seconds from the earliest ``started`` to the latest ``finished`` of ``runs`` (ISO
+    timestamps of their records), or None where a record lacks one."""
+    from datetime import datetime
+
+    try:
+        starts = [datetime.fromisoformat(r["started"]) for r in runs]
+        ends = [datetime.fromisoformat(r["finished"]) for r in runs]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (max(ends) - min(starts)).total_seconds()
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

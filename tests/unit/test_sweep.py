@@ -122,3 +122,22 @@ def test_a_sweep_runs_locally_one_run_per_point_and_ls_shows_it_as_one(tmp_path,
     assert "2/2" in lines[sweep_line]  # analyses ok, summed over the sweep's runs
     assert {lines[sweep_line + 1].split()[0], lines[sweep_line + 2].split()[0]} == {
         d.name for d in dirs}
+
+
+def test_ls_shows_a_sweeps_wall_time_not_the_sum_of_overlapping_runs():
+    """Two runs of a Ray sweep that overlap (100 s each, the second started 40 s after the
+    first): the sweep row shows 140 s of wall time, each run its own seconds."""
+    from vlprobe.cli import _ls_row
+
+    def record(start: str, end: str) -> dict:
+        return {"started": start, "finished": end, "status": "ok", "timings": {"total_s": 100.0},
+                "analyses": {"V1": {"status": "ok"}}}
+
+    runs = [record("2026-12-01T10:00:00+00:00", "2026-12-01T10:01:40+00:00"),
+            record("2026-12-01T10:00:40+00:00", "2026-12-01T10:02:20+00:00")]
+    row = _ls_row("sweep s", runs)
+    assert row[1] == "2026-12-01T10:00:00+00:00"
+    assert row[3] == "2/2" and row[4] == "140 (wall)"
+    assert _ls_row("one", runs[:1])[4] == "100.0"
+    del runs[1]["finished"]  # an older record: no finish time, the sum is labelled as such
+    assert _ls_row("sweep s", runs)[4] == "200.0 (sum)"

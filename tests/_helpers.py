@@ -30,3 +30,21 @@ def toy_text_stimuli(
     labels = rng.integers(0, n_classes, size=n) if n_classes else None
     return Stimuli(dataset="toy_text", split="train", ids=[f"t{i}" for i in range(n)],
                    texts=texts, labels=labels)
+
+
+def record_forwards(source, models, record) -> list:
+    """Wrap ``adapter.forward`` of each of ``models`` (adapters of the RunFeatureSource
+    ``source``) so that every call appends ``record(model, batch, sites, trace)`` to the
+    returned list, in call order; the forward itself is unchanged."""
+    calls: list = []
+    for model in models:
+        adapter = source.adapter(model)
+        orig = adapter.forward
+
+        def forward(batch, sites, _orig=orig, _model=model):
+            trace = _orig(batch, sites)
+            calls.append(record(_model, batch, sites, trace))
+            return trace
+
+        adapter.forward = forward
+    return calls

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from fusion_fakes import fusion_source  # noqa: E402
 from test_data_flickr8k import write_split  # noqa: E402
 
+from _helpers import record_forwards  # noqa: E402
 from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.analyses import ANALYSES  # noqa: E402
 from vlprobe.config import parse_config  # noqa: E402
@@ -199,16 +200,8 @@ def _run_config(tmp_path) -> dict:
 def test_all_fusion_analyses_come_from_one_pass_per_model(tmp_path):
     cfg = parse_config(_run_config(tmp_path))
     source = RunFeatureSource(cfg, progress=False)
-    calls = []
-    for model in ("visual_bert", "lxmert"):
-        adapter = source.adapter(model)
-        orig = adapter.forward
-
-        def forward(batch, sites, _orig=orig, _model=model):
-            calls.append((_model, tuple(sites), len(batch)))
-            return _orig(batch, sites)
-
-        adapter.forward = forward
+    calls = record_forwards(source, ("visual_bert", "lxmert"),
+                            lambda model, batch, sites, _: (model, tuple(sites), len(batch)))
     plan = plan_run(cfg, source, cache=None, versions={})
     assert not plan.errors and all(p.error is None for p in plan.analyses)
     assert len(plan.groups) == 2  # one extraction group per model

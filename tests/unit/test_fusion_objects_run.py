@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 from test_data_coco import _coco  # noqa: E402
 
+from _helpers import record_forwards  # noqa: E402
 from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.config import parse_config  # noqa: E402
 from vlprobe.errors import ConfigError  # noqa: E402
@@ -44,17 +45,9 @@ def _config(tmp_path, objects="auto") -> dict:
 def test_same_object_attention_comes_from_the_one_pass(tmp_path):
     cfg = parse_config(_config(tmp_path))
     source = RunFeatureSource(cfg, progress=False)
-    calls = []
-    for model in ("visual_bert", "lxmert"):
-        adapter = source.adapter(model)
-        orig = adapter.forward
-
-        def forward(batch, sites, _orig=orig, _model=model):
-            trace = _orig(batch, sites)
-            calls.append((_model, len(batch), trace.extras["boxes"]))
-            return trace
-
-        adapter.forward = forward
+    calls = record_forwards(
+        source, ("visual_bert", "lxmert"),
+        lambda model, batch, _, trace: (model, len(batch), trace.extras["boxes"]))
     plan = plan_run(cfg, source, cache=None, versions={})
     assert not plan.errors and all(p.error is None for p in plan.analyses)
     assert len(plan.groups) == 2  # one extraction group per model

@@ -48,3 +48,18 @@ def record_forwards(source, models, record) -> list:
 
         adapter.forward = forward
     return calls
+
+
+def tiny_model_entry(name: str, directory: Path, random_init: bool = True) -> dict:
+    """The run-config ``models:`` entry of the registered adapter ``name`` built from its tiny
+    seeded config (written under ``directory``): the spec's set fields, plus
+    ``random_init``."""
+    from dataclasses import asdict
+
+    from tiny_models import tiny_spec
+
+    spec = tiny_spec(name, directory)
+    entry = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0, "float32")}
+    if random_init:
+        entry["random_init"] = True
+    return entry

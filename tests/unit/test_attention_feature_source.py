@@ -4,13 +4,11 @@ back with block layer indexes; the run config's raw attention limit."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_models import tiny_spec
+from _helpers import record_forwards, tiny_model_entry
 from vlprobe.analyses.base import FeatureRequest
 from vlprobe.config import parse_config
 from vlprobe.errors import ConfigError
@@ -29,9 +27,7 @@ def config(tmp_path, **extraction) -> dict:
             pixels = rng.integers(0, 90, size=(32, 32, 3))
             pixels[..., c] += 150
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    spec = tiny_spec("hf_vit", tmp_path / "vit")
-    model = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0, "float32")}
-    model["random_init"] = True
+    model = tiny_model_entry("hf_vit", tmp_path / "vit")
     return {
         "name": "att", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
         "models": {"vit": model},
@@ -42,16 +38,8 @@ def config(tmp_path, **extraction) -> dict:
 
 
 def spy(source: RunFeatureSource, model: str) -> list[tuple[tuple[str, ...], int]]:
-    adapter = source.adapter(model)
-    calls: list[tuple[tuple[str, ...], int]] = []
-    orig = adapter.forward
-
-    def forward(batch, sites):
-        calls.append((tuple(sites), len(batch)))
-        return orig(batch, sites)
-
-    adapter.forward = forward
-    return calls
+    return record_forwards(source, (model,), lambda _, batch, sites, __: (tuple(sites),
+                                                                         len(batch)))
 
 
 def test_prefetch_merges_attention_reducers_into_the_hidden_state_pass(tmp_path):

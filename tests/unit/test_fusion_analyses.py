@@ -5,8 +5,6 @@ VisualBERT / LXMERT (forward calls counted)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ pytest.importorskip("transformers")
 from fusion_fakes import fusion_source  # noqa: E402
 from test_data_flickr8k import write_split  # noqa: E402
 
-from _helpers import record_forwards  # noqa: E402
+from _helpers import record_forwards, tiny_model_entry  # noqa: E402
 from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.analyses import ANALYSES  # noqa: E402
 from vlprobe.config import parse_config  # noqa: E402
@@ -176,13 +174,8 @@ def test_f2_refuses_models_without_a_cls_over_a_fused_sequence():
 def _run_config(tmp_path) -> dict:
     write_split(tmp_path / "flickr", "test", 5, 0,
                 captions=[[f"a red cat sits on the tree number {i}"] * 5 for i in range(5)])
-    models = {}
-    for name in ("visual_bert", "lxmert"):
-        spec = tiny_spec(name, tmp_path / "tiny")
-        model = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0,
-                                                                   "float32")}
-        model["random_init"] = True
-        models[name] = model
+    models = {name: tiny_model_entry(name, tmp_path / "tiny")
+              for name in ("visual_bert", "lxmert")}
     return {
         "name": "fusion", "output_dir": str(tmp_path / "runs"),
         "cache_dir": str(tmp_path / "cache"), "models": models,

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from test_data_coco import _coco  # noqa: E402
 
-from _helpers import record_forwards  # noqa: E402
+from _helpers import record_forwards, tiny_model_entry  # noqa: E402
 from tiny_models import tiny_spec  # noqa: E402
 from vlprobe.config import parse_config  # noqa: E402
 from vlprobe.errors import ConfigError  # noqa: E402
@@ -24,13 +24,8 @@ from vlprobe.run_plan import plan_run  # noqa: E402
 
 
 def _config(tmp_path, objects="auto") -> dict:
-    models = {}
-    for name in ("visual_bert", "lxmert"):
-        spec = tiny_spec(name, tmp_path / "tiny")
-        model = {k: v for k, v in asdict(spec).items() if v not in (None, {}, False, 0,
-                                                                   "float32")}
-        model["random_init"] = True
-        models[name] = model
+    models = {name: tiny_model_entry(name, tmp_path / "tiny")
+              for name in ("visual_bert", "lxmert")}
     return {
         "name": "objects", "output_dir": str(tmp_path / "runs"),
         "cache_dir": str(tmp_path / "cache"), "models": models,
